@@ -1,0 +1,179 @@
+//! The frames: one enum per direction, JSON objects tagged by `"t"`.
+//!
+//! Payloads are opaque UTF-8 strings (the SDK puts JSON text there): the server never parses them,
+//! so a message is checked for size and fanned out without per-subscriber JSON work.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use serde::{Deserialize, Serialize};
+
+use crate::{CloseCode, ErrorCode};
+
+/// A frame sent by a client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// First frame on a WebSocket (SSE and long polling carry the same fields in the query).
+    Hello {
+        /// Protocol version; must equal [`crate::PROTOCOL_VERSION`].
+        v: u32,
+        /// Resume token from an earlier `welcome`, to continue that session.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<String>,
+    },
+    /// Liveness probe; the server answers `pong`.
+    Ping,
+    /// Answer to a server `ping`.
+    Pong,
+    /// Join a room. With `since`, the server first replays history after that offset.
+    Subscribe {
+        room: String,
+        /// The last offset the client has seen in this room.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<u64>,
+    },
+    /// Leave a room (also leaves its presence).
+    Unsubscribe { room: String },
+    /// Publish to a room. `id` is unique per client and deduplicates resends.
+    Publish { room: String, id: String, payload: String },
+    /// Set this connection's presence metadata (opaque JSON text) in a subscribed room.
+    Presence { room: String, meta: String },
+    /// Typing started (`active: true`) or stopped.
+    Typing { room: String, active: bool },
+    /// The client ends the session.
+    Close { code: CloseCode, reason: String },
+}
+
+/// A frame sent by a server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// The session is open (first frame on every transport).
+    Welcome {
+        v: u32,
+        /// Public session id; also the presence connection id.
+        session: String,
+        /// Secret that resumes this session and authenticates upstream POSTs.
+        resume_token: String,
+        /// True when an earlier session was resumed (presence and dedupe state kept).
+        resumed: bool,
+        /// The server pings at least this often; silence longer than this plus grace is death.
+        ping_interval_ms: u64,
+        user: UserInfo,
+        limits: Limits,
+    },
+    /// Liveness probe; the client answers `pong`.
+    Ping,
+    /// Answer to a client `ping`.
+    Pong,
+    /// A subscription is active. `head` is the room's newest offset. `recovered` is false when
+    /// the client asked for `since` but history no longer reaches back that far: the client
+    /// must resync the room from its own source of truth.
+    Subscribed { room: String, head: u64, recovered: bool },
+    /// The session left the room.
+    Unsubscribed { room: String },
+    /// A message in a room. Offsets are contiguous per room, starting at 1.
+    Message {
+        room: String,
+        offset: u64,
+        sender: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        payload: String,
+    },
+    /// A publish was stored at `offset`.
+    Ack { id: String, room: String, offset: u64 },
+    /// A request was refused. `id` is the publish id, or the room for subscribe and presence.
+    Nack { id: String, code: ErrorCode, reason: String },
+    /// Everyone present in a room, sent after `subscribed`.
+    PresenceSnapshot { room: String, conns: Vec<PresenceConn> },
+    /// A connection joined a room's presence.
+    PresenceJoin { room: String, conn: PresenceConn },
+    /// A connection changed its metadata.
+    PresenceUpdate { room: String, conn: PresenceConn },
+    /// A connection left (after the server's grace period).
+    PresenceLeave { room: String, session: String, user: String },
+    /// Someone started or stopped typing. The server sends `active: false` itself when a start
+    /// is not followed by a stop within its typing TTL.
+    Typing { room: String, user: String, name: String, active: bool },
+    /// The server is draining: reconnect at a random point in `[min_ms, max_ms]` from now.
+    ReconnectAfter { min_ms: u64, max_ms: u64 },
+    /// The server ends the transport; `code` says what the client does next.
+    Close { code: CloseCode, reason: String },
+    /// A frame type from a newer server; clients ignore it.
+    #[serde(other)]
+    Unknown,
+}
+
+/// Who the token says the user is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserInfo {
+    pub id: String,
+    pub name: String,
+}
+
+/// Limits the server enforces, announced so the client can refuse early with a clear error.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub max_frame_bytes: u64,
+    /// Sustained publishes per second per connection.
+    pub rate_per_sec: u32,
+    /// Token-bucket burst.
+    pub burst: u32,
+    pub max_rooms: u32,
+    /// How long a disconnected session stays resumable.
+    pub resume_window_ms: u64,
+}
+
+/// One connection in a room's presence. A user with two tabs is two connections with one `user`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceConn {
+    /// The connection's session id.
+    pub session: String,
+    pub user: String,
+    pub name: String,
+    /// Opaque JSON text set by the client, empty string when unset.
+    #[serde(default)]
+    pub meta: String,
+}
+
+impl ServerFrame {
+    /// The frame's tag, for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Welcome { .. } => "welcome",
+            Self::Ping => "ping",
+            Self::Pong => "pong",
+            Self::Subscribed { .. } => "subscribed",
+            Self::Unsubscribed { .. } => "unsubscribed",
+            Self::Message { .. } => "message",
+            Self::Ack { .. } => "ack",
+            Self::Nack { .. } => "nack",
+            Self::PresenceSnapshot { .. } => "presence_snapshot",
+            Self::PresenceJoin { .. } => "presence_join",
+            Self::PresenceUpdate { .. } => "presence_update",
+            Self::PresenceLeave { .. } => "presence_leave",
+            Self::Typing { .. } => "typing",
+            Self::ReconnectAfter { .. } => "reconnect_after",
+            Self::Close { .. } => "close",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+impl ClientFrame {
+    /// The frame's tag, for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Hello { .. } => "hello",
+            Self::Ping => "ping",
+            Self::Pong => "pong",
+            Self::Subscribe { .. } => "subscribe",
+            Self::Unsubscribe { .. } => "unsubscribe",
+            Self::Publish { .. } => "publish",
+            Self::Presence { .. } => "presence",
+            Self::Typing { .. } => "typing",
+            Self::Close { .. } => "close",
+        }
+    }
+}

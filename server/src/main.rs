@@ -1,0 +1,1 @@
+fn main() { eprintln!("rtlink-server: not built yet"); std::process::exit(1) }

@@ -1,0 +1,7 @@
+//! rtlink: a realtime client SDK.
+//!
+//! [`core`] is a sans-IO state machine: it never touches a socket or reads a clock. Time comes in
+//! as an argument and randomness from a seed, so the whole connection lifecycle is tested natively
+//! with a virtual clock. The browser glue drives it.
+
+pub mod core;
