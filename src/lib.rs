@@ -5,3 +5,7 @@
 //! with a virtual clock. The browser glue drives it.
 
 pub mod core;
+
+/// The browser glue and the JS API (wasm32 only).
+#[cfg(target_arch = "wasm32")]
+pub mod wasm;

@@ -1,1 +1,398 @@
-pub fn placeholder() {}
+//! The rtlink client connection core: a sans-IO state machine.
+//!
+//! This module never opens a socket, never reads a clock and never spawns anything. Time comes in
+//! as an argument ([`Instant`], milliseconds on the caller's clock) on every call, randomness from
+//! the seed given to [`Client::new`]. Everything it wants done comes out of [`Client::poll_output`]
+//! as an [`Output`]; everything that happens comes in through [`Client::handle_input`]. That is
+//! what lets the whole connection lifecycle — backoff, transport fallback, heartbeats, resume,
+//! exactly-once delivery — be tested natively with a virtual clock and a scripted server.
+//!
+//! # The run loop
+//!
+//! ```ignore
+//! let mut client = Client::new(Config::default(), now(), seed);
+//! client.handle_input(now(), Input::Connect);
+//! loop {
+//!     // 1. Drain everything the core wants done.
+//!     while let Some(out) = client.poll_output() {
+//!         match out {
+//!             Output::RequestToken => { /* call getToken(), later feed Input::TokenReady */ }
+//!             Output::OpenTransport { id, kind, token, resume } => { /* open it */ }
+//!             Output::Send { id, frame } => { /* encode and send on transport `id` */ }
+//!             Output::CloseTransport { id, code } => { /* close and drop transport `id` */ }
+//!             Output::Event(event) => { /* hand to the app */ }
+//!         }
+//!     }
+//!     // 2. Arm one timer for the next deadline (none: nothing is due until new input).
+//!     let deadline = client.poll_timeout();
+//!     // 3. Wait for whichever comes first:
+//!     match wait(deadline) {
+//!         Woke::Timer => client.handle_timeout(now()),
+//!         Woke::Input(input) => client.handle_input(now(), input),
+//!     }
+//!     // and repeat: every call may queue output and move the deadline.
+//! }
+//! ```
+//!
+//! App commands are inputs too ([`Input::Subscribe`], …), except [`Client::publish`], which returns
+//! the [`SendId`] the later [`Event::PublishAcked`] / [`Event::PublishFailed`] refers to.
+//!
+//! # What happens, in one place per concern
+//!
+//! - Connection phases: [`state`]. Attempts, closes and their actions, probes, online/offline:
+//!   `connection.rs`. What arrives on an open session: `session.rs`.
+//! - Reconnect delays: [`backoff`]. WebSocket → SSE → long polling and back up: [`ladder`].
+//! - Liveness and throttled background timers: [`heartbeat`].
+//! - Publishes until acked: [`send_queue`]. Exactly-once, in-order delivery: [`rooms`].
+//! - Presence aggregation: [`presence`]. Typing throttle and expiry: [`typing`].
+//!
+//! Every state change emits [`Event::StateChanged`]. A closed client ignores all input.
+
+pub mod backoff;
+pub mod config;
+mod connection;
+pub mod event;
+pub mod heartbeat;
+pub mod ladder;
+pub mod presence;
+pub mod rng;
+pub mod rooms;
+pub mod send_queue;
+mod session;
+pub mod state;
+pub mod time;
+mod timer;
+pub mod typing;
+
+use std::collections::VecDeque;
+
+pub use rtlink_protocol::{ClientFrame, CloseCode, ErrorCode, ServerFrame};
+
+pub use config::{BackoffConfig, Config};
+pub use event::{
+    Event, Input, Member, OpenError, Output, SendError, SendId, TransportId, TransportKind, TypingUser,
+};
+pub use ladder::{Fallback, FallbackReason};
+pub use state::{CloseReason, State};
+pub use time::Instant;
+
+use backoff::Backoff;
+use heartbeat::Heartbeat;
+use ladder::Ladder;
+use presence::Presence;
+use rng::Rng;
+use rooms::Rooms;
+use send_queue::SendQueue;
+use state::{Phase, Probe};
+use timer::{Timer, TimerTable};
+use typing::Typing;
+
+/// What the last `welcome` said about the session.
+#[derive(Clone, Debug)]
+struct Session {
+    id: String,
+    resume_token: String,
+    user_id: String,
+    resume_window_ms: u64,
+    max_frame_bytes: u64,
+    /// When the session lost its transport (`None` while open).
+    lost_at: Option<Instant>,
+}
+
+/// One client connection: a session with the server over whichever transport works.
+#[derive(Debug)]
+pub struct Client {
+    cfg: Config,
+    rng: Rng,
+    now: Instant,
+    phase: Phase,
+    /// The state the app was last told about.
+    shown: State,
+    next_transport: u64,
+    out: VecDeque<Output>,
+    timers: TimerTable,
+    backoff: Backoff,
+    ladder: Ladder,
+    heartbeat: Heartbeat,
+    sends: SendQueue,
+    rooms: Rooms,
+    presence: Presence,
+    typing: Typing,
+    session: Option<Session>,
+    /// Auth failures since the last `welcome` (the second one is terminal).
+    auth_failures: u32,
+    /// A new-session retry happened since the last `welcome` (a second one backs off).
+    new_session_retry: bool,
+    online: bool,
+    frozen: bool,
+    hidden: bool,
+}
+
+impl Client {
+    /// A client in state `Idle`. `seed` drives all randomness (jitter, publish ids): give every
+    /// client a different one (the glue uses `crypto.getRandomValues`).
+    pub fn new(cfg: Config, now: Instant, seed: u64) -> Self {
+        let mut rng = Rng::new(seed);
+        let id_prefix = format!("{:016x}", rng.next_u64());
+        Self {
+            rng,
+            now,
+            phase: Phase::Idle,
+            shown: State::Idle,
+            next_transport: 0,
+            out: VecDeque::new(),
+            timers: TimerTable::default(),
+            backoff: Backoff::new(cfg.backoff.clone()),
+            ladder: Ladder::new(&cfg.transports, cfg.start_transport, cfg.step_down_after),
+            heartbeat: Heartbeat::new(cfg.heartbeat_grace_ms, cfg.late_timer_threshold_ms, cfg.liveness_probe_window_ms),
+            sends: SendQueue::new(cfg.send_queue_capacity, cfg.ack_timeout_ms, id_prefix),
+            rooms: Rooms::default(),
+            presence: Presence::default(),
+            typing: Typing::new(cfg.typing_throttle_ms, cfg.typing_idle_ms, cfg.typing_expiry_ms),
+            session: None,
+            auth_failures: 0,
+            new_session_retry: false,
+            online: true,
+            frozen: false,
+            hidden: false,
+            cfg,
+        }
+    }
+
+    /// Feeds one input. Call [`Client::poll_output`] and [`Client::poll_timeout`] afterwards.
+    pub fn handle_input(&mut self, now: Instant, input: Input) {
+        self.advance(now);
+        if self.is_closed() {
+            return;
+        }
+        match input {
+            Input::Connect => self.connect(),
+            Input::Close => self.close_by_app(),
+            Input::Subscribe { room } => self.subscribe(&room),
+            Input::Unsubscribe { room } => self.unsubscribe(&room),
+            Input::SetPresence { room, meta } => self.set_presence(&room, meta),
+            Input::Keystroke { room } => self.keystroke(&room),
+            Input::TypingStop { room } => self.typing_stop(&room),
+            Input::TokenReady(token) => self.on_token_ready(token),
+            Input::TokenFailed { terminal } => self.on_token_failed(terminal),
+            Input::Online => {
+                self.online = true;
+                self.resume_if_possible();
+            }
+            Input::Offline => {
+                self.online = false;
+                self.suspend();
+            }
+            Input::Frozen => {
+                self.frozen = true;
+                self.suspend();
+            }
+            Input::Resumed => {
+                self.frozen = false;
+                self.resume_if_possible();
+                self.check_liveness(true);
+            }
+            Input::Hidden => self.hidden = true,
+            Input::Visible => {
+                self.hidden = false;
+                self.check_liveness(false);
+            }
+            Input::TransportOpened { id } => self.on_transport_opened(id),
+            Input::Frame { id, frame } => self.on_frame(id, frame),
+            Input::TransportClosed { id, code, reason } => self.on_transport_closed(id, code, reason),
+            Input::OpenFailed { id, error } => self.on_open_failed(id, error),
+        }
+    }
+
+    /// Queues a publish to `room` (which the app must have subscribed to). It is sent now if
+    /// open, else on the next `welcome`, and resent after every reconnect until the server
+    /// acknowledges it. Ends in exactly one [`Event::PublishAcked`] or [`Event::PublishFailed`].
+    pub fn publish(&mut self, now: Instant, room: &str, payload: String) -> Result<SendId, SendError> {
+        self.advance(now);
+        self.publish_inner(room, payload)
+    }
+
+    /// Handles expired deadlines. Call when the deadline from [`Client::poll_timeout`] passes;
+    /// calling it early or repeatedly is harmless.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.advance(now);
+        if self.is_closed() {
+            return;
+        }
+        while let Some(timer) = self.timers.pop_expired(self.now) {
+            self.on_timer(timer);
+            if self.is_closed() {
+                return;
+            }
+        }
+        self.on_heartbeat_timeout();
+        self.expire_sends();
+        self.expire_typing();
+    }
+
+    /// The next thing for the glue to do, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When [`Client::handle_timeout`] should be called next. `None`: only new input matters.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.is_closed() {
+            return None;
+        }
+        let open = matches!(self.phase, Phase::Open { .. });
+        [
+            self.timers.next(),
+            if open { self.heartbeat.next_deadline() } else { None },
+            self.sends.next_deadline(),
+            self.typing.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// The current state (as last reported in [`Event::StateChanged`]).
+    pub fn state(&self) -> &State {
+        &self.shown
+    }
+
+    /// The primary transport, if one is open or opening.
+    pub fn primary_transport(&self) -> Option<(TransportId, TransportKind)> {
+        match &self.phase {
+            Phase::AwaitingWelcome { slot } | Phase::Open { slot, .. } => Some((slot.id, slot.kind)),
+            _ => None,
+        }
+    }
+
+    /// The background probe transport, if one is opening.
+    pub fn probe_transport(&self) -> Option<(TransportId, TransportKind)> {
+        match &self.phase {
+            Phase::Open { probe: Some(Probe::Opening { slot }), .. } => Some((slot.id, slot.kind)),
+            _ => None,
+        }
+    }
+
+    /// The rung the next attempt will use.
+    pub fn current_rung(&self) -> TransportKind {
+        self.ladder.current()
+    }
+
+    /// The most recent step down the ladder and why.
+    pub fn last_fallback(&self) -> Option<Fallback> {
+        self.ladder.last_fallback()
+    }
+
+    /// Unacknowledged publishes (queued or in flight).
+    pub fn pending_sends(&self) -> usize {
+        self.sends.len()
+    }
+
+    /// Consecutive failed attempts since the last stable connection.
+    pub fn failures(&self) -> u32 {
+        self.backoff.failures()
+    }
+
+    /// The room's current aggregated presence.
+    pub fn members(&self, room: &str) -> Vec<Member> {
+        self.presence.members(room)
+    }
+
+    /// The last offset delivered in `room`.
+    pub fn last_offset(&self, room: &str) -> Option<u64> {
+        self.rooms.last_offset(room)
+    }
+
+    /// Whether the page was last reported hidden.
+    pub fn is_hidden(&self) -> bool {
+        self.hidden
+    }
+
+    // --- plumbing shared by connection.rs and session.rs ---
+
+    /// Moves the clock; a `now` earlier than the last one counts as no time passing.
+    fn advance(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+    }
+
+    fn is_closed(&self) -> bool {
+        matches!(self.phase, Phase::Closed { .. })
+    }
+
+    fn suspended(&self) -> bool {
+        !self.online || self.frozen
+    }
+
+    fn emit(&mut self, event: Event) {
+        self.out.push_back(Output::Event(event));
+    }
+
+    /// Sends on the primary transport, if a session is open on it.
+    fn send(&mut self, frame: ClientFrame) {
+        if let Phase::Open { slot, .. } = &self.phase {
+            let id = slot.id;
+            self.out.push_back(Output::Send { id, frame });
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        matches!(self.phase, Phase::Open { .. })
+    }
+
+    fn mint_transport_id(&mut self) -> TransportId {
+        self.next_transport += 1;
+        TransportId(self.next_transport)
+    }
+
+    /// Enters `phase` and tells the app if what it shows changed.
+    fn set_phase(&mut self, phase: Phase) {
+        self.phase = phase;
+        let attempt = self.backoff.failures().saturating_add(1);
+        let (state, transport, retry_in_ms) = match &self.phase {
+            Phase::Idle => (State::Idle, None, None),
+            Phase::AwaitingToken => {
+                let transport = self.ladder.current();
+                (State::Connecting { transport, attempt }, Some(transport), None)
+            }
+            Phase::AwaitingWelcome { slot } => {
+                (State::Connecting { transport: slot.kind, attempt }, Some(slot.kind), None)
+            }
+            Phase::Open { slot, .. } => {
+                let session = self.session.as_ref().map(|s| s.id.clone()).unwrap_or_default();
+                (State::Open { transport: slot.kind, session }, Some(slot.kind), None)
+            }
+            Phase::BackingOff { until } => {
+                let until = *until;
+                (State::BackingOff { until, attempt }, None, Some(until.millis_since(self.now)))
+            }
+            Phase::Offline => (State::Offline, None, None),
+            Phase::Closed { reason } => (State::Closed { reason: reason.clone() }, None, None),
+        };
+        if state != self.shown {
+            self.shown = state.clone();
+            let attempt = match state {
+                State::Connecting { .. } | State::BackingOff { .. } => attempt,
+                _ => 0,
+            };
+            self.emit(Event::StateChanged { state, transport, attempt, retry_in_ms });
+        }
+    }
+
+    fn on_timer(&mut self, timer: Timer) {
+        match timer {
+            Timer::Reconnect => {
+                if matches!(self.phase, Phase::BackingOff { .. }) {
+                    self.start_attempt();
+                }
+            }
+            Timer::FirstFrame => self.on_first_frame_timeout(),
+            Timer::ProbeStart => self.start_probe(),
+            Timer::ProbeFirstFrame => self.probe_failed(),
+            Timer::Stable => {
+                if self.is_open() {
+                    self.backoff.reset();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! Presence: the server reports connections, the app wants users.
+//!
+//! Each room keeps the server's per-connection view (session → conn), replaced by a snapshot and
+//! patched by join/update/leave. The app sees it aggregated by user: one [`Member`] per user with
+//! the number of connections and the metadata most recently set by any of them. A user with two
+//! tabs is one member with `connections: 2`; closing one tab is an update, not a leave.
+
+use std::collections::BTreeMap;
+
+use rtlink_protocol::PresenceConn;
+
+use super::event::Member;
+
+#[derive(Clone, Debug, Default)]
+struct RoomPresence {
+    /// session → (connection, sequence number of its last change).
+    conns: BTreeMap<String, (PresenceConn, u64)>,
+    /// What the app was last told.
+    members: Vec<Member>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Presence {
+    rooms: BTreeMap<String, RoomPresence>,
+    /// Orders changes, to pick a user's latest metadata across connections.
+    seq: u64,
+}
+
+impl Presence {
+    /// Replaces the room's view. Returns the member list if it changed.
+    pub fn snapshot(&mut self, room: &str, conns: Vec<PresenceConn>) -> Option<Vec<Member>> {
+        let mut map = BTreeMap::new();
+        for conn in conns {
+            self.seq += 1;
+            map.insert(conn.session.clone(), (conn, self.seq));
+        }
+        let r = self.rooms.entry(room.to_owned()).or_default();
+        r.conns = map;
+        recompute(r)
+    }
+
+    /// A connection joined or changed its metadata.
+    pub fn upsert(&mut self, room: &str, conn: PresenceConn) -> Option<Vec<Member>> {
+        self.seq += 1;
+        let r = self.rooms.entry(room.to_owned()).or_default();
+        r.conns.insert(conn.session.clone(), (conn, self.seq));
+        recompute(r)
+    }
+
+    pub fn leave(&mut self, room: &str, session: &str) -> Option<Vec<Member>> {
+        let r = self.rooms.get_mut(room)?;
+        r.conns.remove(session)?;
+        recompute(r)
+    }
+
+    /// Forgets a room (the app unsubscribed).
+    pub fn remove_room(&mut self, room: &str) {
+        self.rooms.remove(room);
+    }
+
+    pub fn members(&self, room: &str) -> Vec<Member> {
+        self.rooms.get(room).map(|r| r.members.clone()).unwrap_or_default()
+    }
+
+    /// Whether `user` still has a connection in `room`.
+    pub fn is_present(&self, room: &str, user: &str) -> bool {
+        self.rooms.get(room).is_some_and(|r| r.conns.values().any(|(c, _)| c.user == user))
+    }
+}
+
+fn recompute(r: &mut RoomPresence) -> Option<Vec<Member>> {
+    // user → (member, seq of the connection whose meta it shows)
+    let mut by_user: BTreeMap<&str, (Member, u64)> = BTreeMap::new();
+    for (conn, seq) in r.conns.values() {
+        let entry = by_user.entry(conn.user.as_str()).or_insert_with(|| {
+            let member = Member { user: conn.user.clone(), name: conn.name.clone(), meta: conn.meta.clone(), connections: 0 };
+            (member, *seq)
+        });
+        entry.0.connections += 1;
+        if *seq > entry.1 {
+            entry.0.name = conn.name.clone();
+            entry.0.meta = conn.meta.clone();
+            entry.1 = *seq;
+        }
+    }
+    let members: Vec<Member> = by_user.into_values().map(|(m, _)| m).collect();
+    if members == r.members {
+        return None;
+    }
+    r.members = members.clone();
+    Some(members)
+}

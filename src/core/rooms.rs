@@ -1,0 +1,157 @@
+//! Subscribed rooms and the one rule that makes delivery exactly-once and in order: remember the
+//! last delivered offset per room, deliver only `last + 1`.
+//!
+//! - On `subscribed{head}` with no offset yet, `last = head`: the app sees messages published
+//!   after it subscribed.
+//! - `offset <= last`: a duplicate (replay after a reconnect or transport switch), dropped.
+//! - `offset == last + 1`: delivered, `last = offset`.
+//! - `offset > last + 1`: a gap. The message is dropped and `subscribe{since: last}` asks the
+//!   server to replay from the gap. At most one subscribe is outstanding per room: while one is
+//!   in flight its replay will cover the gap, so further gaps are just dropped.
+//! - `subscribed{recovered: false}` after a `since` (history no longer reaches back), or a head
+//!   below `last` (the room's history was reset): resync needed, continue from the head.
+//!
+//! After every `welcome` each room is re-subscribed with `since = last`, which is also how a
+//! resumed session catches up on whatever the dropped transport did not deliver.
+
+use std::collections::BTreeMap;
+
+use rtlink_protocol::ClientFrame;
+
+#[derive(Clone, Debug, Default)]
+struct Room {
+    last: Option<u64>,
+    /// A `subscribed` has arrived since the app subscribed (the app was told).
+    live: bool,
+    /// A subscribe is in flight; the inner value is the `since` it carried.
+    outstanding: Option<Option<u64>>,
+    /// Own presence metadata for this room.
+    meta: Option<String>,
+    /// `meta` was sent on the current session.
+    meta_announced: bool,
+}
+
+/// What to do with an incoming room message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    Deliver,
+    Duplicate,
+    /// Drop it and send `subscribe{since}` to repair the gap.
+    Gap { since: u64 },
+    /// Not deliverable now (unknown room, head not known yet, a repair already in flight).
+    Drop,
+}
+
+/// What a `subscribed` frame meant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Subscribed {
+    /// First `subscribed` since the app subscribed.
+    pub first: bool,
+    /// Messages were lost for good: the app must resync the room.
+    pub resync: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Rooms {
+    map: BTreeMap<String, Room>,
+}
+
+impl Rooms {
+    pub fn contains(&self, room: &str) -> bool {
+        self.map.contains_key(room)
+    }
+
+    /// Adds a room the app subscribed to; false if already there.
+    pub fn add(&mut self, room: &str) -> bool {
+        if self.map.contains_key(room) {
+            return false;
+        }
+        self.map.insert(room.to_owned(), Room::default());
+        true
+    }
+
+    pub fn remove(&mut self, room: &str) -> bool {
+        self.map.remove(room).is_some()
+    }
+
+    pub fn last_offset(&self, room: &str) -> Option<u64> {
+        self.map.get(room).and_then(|r| r.last)
+    }
+
+    /// The subscribe frame for `room` (with `since = last`), marking it outstanding.
+    pub fn subscribe_frame(&mut self, room: &str) -> Option<ClientFrame> {
+        let r = self.map.get_mut(room)?;
+        r.outstanding = Some(r.last);
+        Some(ClientFrame::Subscribe { room: room.to_owned(), since: r.last })
+    }
+
+    /// After a `welcome`: a subscribe for every room, each followed by own presence when the
+    /// session is new (`resumed == false`) or the metadata changed while disconnected.
+    pub fn resync_frames(&mut self, resumed: bool) -> Vec<ClientFrame> {
+        let mut frames = Vec::new();
+        for (name, r) in &mut self.map {
+            r.outstanding = Some(r.last);
+            frames.push(ClientFrame::Subscribe { room: name.clone(), since: r.last });
+            if let Some(meta) = &r.meta {
+                if !resumed || !r.meta_announced {
+                    frames.push(ClientFrame::Presence { room: name.clone(), meta: meta.clone() });
+                    r.meta_announced = true;
+                }
+            }
+        }
+        frames
+    }
+
+    /// The transport dropped: nothing is in flight any more.
+    pub fn on_transport_lost(&mut self) {
+        for r in self.map.values_mut() {
+            r.outstanding = None;
+        }
+    }
+
+    /// Stores own metadata. Returns the frame to send if `open`, `None` for unknown rooms.
+    pub fn set_meta(&mut self, room: &str, meta: String, open: bool) -> Option<ClientFrame> {
+        let r = self.map.get_mut(room)?;
+        r.meta = Some(meta.clone());
+        r.meta_announced = open;
+        open.then(|| ClientFrame::Presence { room: room.to_owned(), meta })
+    }
+
+    /// A subscribe is in flight for a room that never went live (so a nack with this room as
+    /// id refuses the subscription).
+    pub fn first_subscribe_pending(&self, room: &str) -> bool {
+        self.map.get(room).is_some_and(|r| !r.live && r.outstanding.is_some())
+    }
+
+    pub fn on_subscribed(&mut self, room: &str, head: u64, recovered: bool) -> Option<Subscribed> {
+        let r = self.map.get_mut(room)?;
+        let since = r.outstanding.take().flatten();
+        let resync = match r.last {
+            Some(last) if head < last => true,
+            Some(_) => since.is_some() && !recovered,
+            None => false,
+        };
+        if resync || r.last.is_none() {
+            r.last = Some(head);
+        }
+        let first = !r.live;
+        r.live = true;
+        Some(Subscribed { first, resync })
+    }
+
+    pub fn on_message(&mut self, room: &str, offset: u64) -> Delivery {
+        let Some(r) = self.map.get_mut(room) else { return Delivery::Drop };
+        let Some(last) = r.last else { return Delivery::Drop };
+        if offset <= last {
+            Delivery::Duplicate
+        } else if Some(offset) == last.checked_add(1) {
+            r.last = Some(offset);
+            Delivery::Deliver
+        } else if r.outstanding.is_some() {
+            Delivery::Drop
+        } else {
+            r.outstanding = Some(Some(last));
+            Delivery::Gap { since: last }
+        }
+    }
+}

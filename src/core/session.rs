@@ -1,0 +1,290 @@
+//! What happens on an open session: the `welcome` and the resync after it, frames from the
+//! server, and the app's room commands.
+
+use rtlink_protocol::{ClientFrame, CloseCode, ErrorCode, ServerFrame};
+
+use super::connection::{End, Role};
+use super::event::{Event, Output, SendError, SendId};
+use super::state::{Phase, Probe};
+use super::timer::Timer;
+use super::{Client, Session};
+
+/// The fields of a `welcome` the core keeps.
+struct Welcome {
+    session: String,
+    resume_token: String,
+    resumed: bool,
+    ping_interval_ms: u64,
+    user_id: String,
+    resume_window_ms: u64,
+    max_frame_bytes: u64,
+}
+
+impl Welcome {
+    fn from_frame(frame: ServerFrame) -> Option<Self> {
+        match frame {
+            ServerFrame::Welcome { session, resume_token, resumed, ping_interval_ms, user, limits, .. } => Some(Self {
+                session,
+                resume_token,
+                resumed,
+                ping_interval_ms,
+                user_id: user.id,
+                resume_window_ms: limits.resume_window_ms,
+                max_frame_bytes: limits.max_frame_bytes,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Room names the server accepts: 1–128 characters of `[A-Za-z0-9_.:-]`.
+fn valid_room(room: &str) -> bool {
+    (1..=128).contains(&room.len())
+        && room.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+}
+
+impl Client {
+    pub(super) fn on_frame(&mut self, id: super::TransportId, frame: ServerFrame) {
+        match self.role(id) {
+            Role::Primary => self.on_primary_frame(frame),
+            Role::Probe => self.on_probe_frame(frame),
+            Role::Stale => {}
+        }
+    }
+
+    fn on_primary_frame(&mut self, frame: ServerFrame) {
+        let id = match &mut self.phase {
+            Phase::AwaitingWelcome { slot } | Phase::Open { slot, .. } => {
+                slot.got_frame = true;
+                slot.id
+            }
+            _ => return,
+        };
+        let open = self.is_open();
+        if open {
+            self.heartbeat.on_frame(self.now);
+        }
+        match frame {
+            ServerFrame::Welcome { .. } if !open => {
+                if let Some(welcome) = Welcome::from_frame(frame) {
+                    self.on_welcome(welcome);
+                }
+            }
+            ServerFrame::Ping => self.out.push_back(Output::Send { id, frame: ClientFrame::Pong }),
+            ServerFrame::Close { code, reason } => {
+                self.on_primary_end(End::Closed { code: Some(code), reason, reported: false })
+            }
+            ServerFrame::ReconnectAfter { min_ms, max_ms } => self.backoff.set_drain_window(min_ms, max_ms),
+            other if open => self.on_session_frame(other),
+            _ => {}
+        }
+    }
+
+    fn on_probe_frame(&mut self, frame: ServerFrame) {
+        let Phase::Open { slot: old, probe: Some(Probe::Opening { slot: probe }) } = self.phase else { return };
+        match frame {
+            ServerFrame::Welcome { .. } => {
+                let Some(welcome) = Welcome::from_frame(frame) else { return };
+                // The server attached the session to the probe and will close the old transport
+                // with 4006; close it ourselves in the same step so there is never a moment with
+                // two primaries. Anything the old one still delivers is from a stale id, and the
+                // re-subscribe below replays it by offset.
+                self.out.push_back(Output::CloseTransport { id: old.id, code: Some(CloseCode::SUPERSEDED) });
+                self.heartbeat.stop();
+                self.timers.stop(Timer::ProbeFirstFrame);
+                self.sends.pause();
+                self.rooms.on_transport_lost();
+                self.typing.reset_own();
+                let mut slot = probe;
+                slot.got_frame = true;
+                self.phase = Phase::AwaitingWelcome { slot };
+                self.on_welcome(welcome);
+            }
+            ServerFrame::Ping => self.out.push_back(Output::Send { id: probe.id, frame: ClientFrame::Pong }),
+            ServerFrame::Close { .. } => {
+                self.drop_probe(true);
+                self.schedule_probe();
+            }
+            _ => {}
+        }
+    }
+
+    /// The session is open on the transport in `AwaitingWelcome`: catch up on everything.
+    fn on_welcome(&mut self, w: Welcome) {
+        let Phase::AwaitingWelcome { slot } = self.phase else { return };
+        self.timers.stop(Timer::FirstFrame);
+        let ping_interval_ms = if w.ping_interval_ms == 0 { self.cfg.default_ping_interval_ms } else { w.ping_interval_ms };
+        self.session = Some(Session {
+            id: w.session,
+            resume_token: w.resume_token,
+            user_id: w.user_id,
+            resume_window_ms: w.resume_window_ms,
+            max_frame_bytes: w.max_frame_bytes,
+            lost_at: None,
+        });
+        self.auth_failures = 0;
+        self.new_session_retry = false;
+        self.backoff.clear_drain_window();
+        if let Some(kind) = self.ladder.on_welcome(slot.kind) {
+            self.emit(Event::TransportRemembered(kind));
+        }
+        self.heartbeat.start(self.now, ping_interval_ms);
+        self.timers.set(Timer::Stable, self.now.plus(self.backoff.stable_ms()));
+        self.set_phase(Phase::Open { slot, probe: None });
+        self.schedule_probe();
+        for frame in self.rooms.resync_frames(w.resumed) {
+            self.send(frame);
+        }
+        for frame in self.sends.transmit_all(self.now) {
+            self.send(frame);
+        }
+    }
+
+    fn on_session_frame(&mut self, frame: ServerFrame) {
+        match frame {
+            ServerFrame::Subscribed { room, head, recovered } => {
+                let Some(outcome) = self.rooms.on_subscribed(&room, head, recovered) else { return };
+                if outcome.resync {
+                    self.emit(Event::ResyncNeeded { room: room.clone() });
+                }
+                if outcome.first {
+                    self.emit(Event::Subscribed { room });
+                }
+            }
+            ServerFrame::Message { room, offset, sender, name, payload } => match self.rooms.on_message(&room, offset) {
+                super::rooms::Delivery::Deliver => self.emit(Event::Message { room, offset, sender, name, payload }),
+                super::rooms::Delivery::Gap { since } => self.send(ClientFrame::Subscribe { room, since: Some(since) }),
+                super::rooms::Delivery::Duplicate | super::rooms::Delivery::Drop => {}
+            },
+            ServerFrame::Ack { id, offset, .. } => {
+                if let Some(removed) = self.sends.take(&id) {
+                    self.emit(Event::PublishAcked { send_id: removed.send_id, offset });
+                }
+            }
+            ServerFrame::Nack { id, code, reason } => {
+                if let Some(removed) = self.sends.take(&id) {
+                    self.emit(Event::PublishFailed { send_id: removed.send_id, code, reason });
+                } else if self.rooms.first_subscribe_pending(&id) {
+                    self.forget_room(&id);
+                    self.emit(Event::SubscribeFailed { room: id, code, reason });
+                }
+            }
+            ServerFrame::PresenceSnapshot { room, conns } if self.rooms.contains(&room) => {
+                if let Some(members) = self.presence.snapshot(&room, conns) {
+                    self.emit(Event::PresenceChanged { room, members });
+                }
+            }
+            ServerFrame::PresenceJoin { room, conn } | ServerFrame::PresenceUpdate { room, conn }
+                if self.rooms.contains(&room) =>
+            {
+                if let Some(members) = self.presence.upsert(&room, conn) {
+                    self.emit(Event::PresenceChanged { room, members });
+                }
+            }
+            ServerFrame::PresenceLeave { room, session, user } => {
+                if let Some(members) = self.presence.leave(&room, &session) {
+                    self.emit(Event::PresenceChanged { room: room.clone(), members });
+                }
+                if !self.presence.is_present(&room, &user) {
+                    if let Some(users) = self.typing.remove_user(&room, &user) {
+                        self.emit(Event::TypingChanged { room, users });
+                    }
+                }
+            }
+            ServerFrame::Typing { room, user, name, active } if self.rooms.contains(&room) => {
+                if self.session.as_ref().is_some_and(|s| s.user_id == user) {
+                    return;
+                }
+                if let Some(users) = self.typing.on_remote(self.now, &room, &user, &name, active) {
+                    self.emit(Event::TypingChanged { room, users });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn forget_room(&mut self, room: &str) {
+        self.rooms.remove(room);
+        self.presence.remove_room(room);
+        self.typing.remove_room(room);
+    }
+
+    pub(super) fn subscribe(&mut self, room: &str) {
+        if !valid_room(room) {
+            let reason = "room names are 1-128 characters of [A-Za-z0-9_.:-]".to_owned();
+            self.emit(Event::SubscribeFailed { room: room.to_owned(), code: ErrorCode::InvalidRoom, reason });
+            return;
+        }
+        if self.rooms.add(room) && self.is_open() {
+            if let Some(frame) = self.rooms.subscribe_frame(room) {
+                self.send(frame);
+            }
+        }
+    }
+
+    pub(super) fn unsubscribe(&mut self, room: &str) {
+        if !self.rooms.contains(room) {
+            return;
+        }
+        self.forget_room(room);
+        self.send(ClientFrame::Unsubscribe { room: room.to_owned() });
+    }
+
+    pub(super) fn set_presence(&mut self, room: &str, meta: String) {
+        let open = self.is_open();
+        if let Some(frame) = self.rooms.set_meta(room, meta, open) {
+            self.send(frame);
+        }
+    }
+
+    pub(super) fn keystroke(&mut self, room: &str) {
+        if self.is_open() && self.rooms.contains(room) && self.typing.keystroke(self.now, room) {
+            self.send(ClientFrame::Typing { room: room.to_owned(), active: true });
+        }
+    }
+
+    pub(super) fn typing_stop(&mut self, room: &str) {
+        if self.typing.stop(room) {
+            self.send(ClientFrame::Typing { room: room.to_owned(), active: false });
+        }
+    }
+
+    pub(super) fn publish_inner(&mut self, room: &str, payload: String) -> Result<SendId, SendError> {
+        if self.is_closed() {
+            return Err(SendError::Closed);
+        }
+        if !self.rooms.contains(room) {
+            return Err(SendError::NotSubscribed);
+        }
+        let limit = self.session.as_ref().map_or(0, |s| s.max_frame_bytes);
+        if limit > 0 && payload.len() as u64 > limit {
+            return Err(SendError::TooLarge);
+        }
+        let send_id = self.sends.push(room.to_owned(), payload)?;
+        if self.is_open() {
+            // Publishing ends "typing…" in that room.
+            self.typing_stop(room);
+            if let Some(frame) = self.sends.transmit(send_id, self.now) {
+                self.send(frame);
+            }
+        }
+        Ok(send_id)
+    }
+
+    pub(super) fn expire_sends(&mut self) {
+        for removed in self.sends.expire(self.now) {
+            let reason = format!("no ack within {} ms", self.cfg.ack_timeout_ms);
+            self.emit(Event::PublishFailed { send_id: removed.send_id, code: ErrorCode::Timeout, reason });
+        }
+    }
+
+    pub(super) fn expire_typing(&mut self) {
+        let expired = self.typing.expire(self.now);
+        for room in expired.own_stopped {
+            self.send(ClientFrame::Typing { room, active: false });
+        }
+        for (room, users) in expired.changed {
+            self.emit(Event::TypingChanged { room, users });
+        }
+    }
+}

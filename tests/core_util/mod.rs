@@ -1,0 +1,736 @@
+//! Test harness for the sans-IO core: a virtual clock that jumps to the next deadline, and a
+//! scripted fake server that speaks the protocol well enough to keep room histories with
+//! offsets, acknowledge publishes with dedupe by id, track presence per connection, resume
+//! sessions, and fail or kill transports of a given kind in the ways real networks do.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use rtlink::core::{
+    Client, ClientFrame, CloseCode, Config, ErrorCode, Event, Input, Instant, OpenError, Output, SendId, ServerFrame,
+    State, TransportId, TransportKind,
+};
+use rtlink_protocol::{Limits, PresenceConn, UserInfo};
+
+pub const LATENCY_MS: u64 = 5;
+
+/// How the fake server treats attempts to open a transport kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Normal,
+    /// The HTTP request fails.
+    OpenFail(OpenError),
+    /// Opens (101 / headers) and dies before sending a single frame.
+    DieBeforeFirstFrame,
+    /// Opens and then nothing ever arrives (a buffering proxy).
+    Silent,
+}
+
+#[derive(Clone, Debug)]
+pub struct StoredMsg {
+    pub offset: u64,
+    pub sender: String,
+    pub payload: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Sess {
+    pub client: usize,
+    pub user: String,
+    pub resume_token: String,
+    pub transport: Option<TransportId>,
+    pub rooms: BTreeSet<String>,
+    pub meta: BTreeMap<String, String>,
+    pub detached_at: Option<Instant>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Conn {
+    pub kind: TransportKind,
+    pub session: Option<String>,
+    pub next_ping: Instant,
+    /// Delivers nothing either way (a dead link nobody noticed).
+    pub blackholed: bool,
+}
+
+#[derive(Debug)]
+pub struct FakeServer {
+    pub ping_interval_ms: u64,
+    pub resume_window_ms: u64,
+    pub presence_grace_ms: u64,
+    /// Messages kept per room; older ones are gone (subscribe since older → recovered: false).
+    pub history_limit: usize,
+    pub rooms: BTreeMap<String, Vec<StoredMsg>>,
+    pub sessions: BTreeMap<String, Sess>,
+    pub conns: BTreeMap<(usize, TransportId), Conn>,
+    pub acks: BTreeMap<(String, String), (String, u64)>,
+    pub modes: BTreeMap<TransportKind, Mode>,
+    /// The next N opens answer 401.
+    pub reject_tokens: u32,
+    pub forbidden: bool,
+    /// Send 4006 to the old transport before the welcome on the new one.
+    pub supersede_before_welcome: bool,
+    pub stored_publishes: u64,
+    next_sid: u64,
+}
+
+impl FakeServer {
+    fn new() -> Self {
+        Self {
+            ping_interval_ms: 20_000,
+            resume_window_ms: 120_000,
+            presence_grace_ms: 5_000,
+            history_limit: 1_000,
+            rooms: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+            conns: BTreeMap::new(),
+            acks: BTreeMap::new(),
+            modes: BTreeMap::new(),
+            reject_tokens: 0,
+            forbidden: false,
+            supersede_before_welcome: false,
+            stored_publishes: 0,
+            next_sid: 0,
+        }
+    }
+
+    pub fn mode(&self, kind: TransportKind) -> Mode {
+        self.modes.get(&kind).copied().unwrap_or(Mode::Normal)
+    }
+
+    pub fn head(&self, room: &str) -> u64 {
+        self.rooms.get(room).and_then(|h| h.last()).map_or(0, |m| m.offset)
+    }
+}
+
+/// One browser tab: a client plus everything it did.
+#[derive(Debug)]
+pub struct Tab {
+    pub client: Client,
+    pub user: String,
+    /// Answer RequestToken automatically (else the test feeds TokenReady itself).
+    pub auto_token: bool,
+    pub token_requests: u32,
+    pub events: Vec<Event>,
+    pub opens: Vec<(TransportId, TransportKind, Option<String>)>,
+    pub closes: Vec<(TransportId, Option<CloseCode>)>,
+    pub sent: Vec<(TransportId, ClientFrame)>,
+    /// Transports the glue holds: opened by the core and not yet closed by either side.
+    pub live: BTreeSet<TransportId>,
+    /// Offsets delivered to the app, per room.
+    pub delivered: BTreeMap<String, Vec<u64>>,
+    /// Timers and deliveries are held until then (a frozen or sleeping page).
+    pub paused_until: Option<Instant>,
+}
+
+impl Tab {
+    pub fn states(&self) -> Vec<State> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::StateChanged { state, .. } => Some(state.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn is_open(&self) -> bool {
+        matches!(self.client.state(), State::Open { .. })
+    }
+
+    pub fn open_kind(&self) -> Option<TransportKind> {
+        match self.client.state() {
+            State::Open { transport, .. } => Some(*transport),
+            _ => None,
+        }
+    }
+
+    pub fn acked(&self, id: SendId) -> Option<u64> {
+        self.events.iter().find_map(|e| match e {
+            Event::PublishAcked { send_id, offset } if *send_id == id => Some(*offset),
+            _ => None,
+        })
+    }
+
+    pub fn failed(&self, id: SendId) -> Option<ErrorCode> {
+        self.events.iter().find_map(|e| match e {
+            Event::PublishFailed { send_id, code, .. } if *send_id == id => Some(*code),
+            _ => None,
+        })
+    }
+
+    pub fn count<F: Fn(&Event) -> bool>(&self, f: F) -> usize {
+        self.events.iter().filter(|e| f(e)).count()
+    }
+}
+
+pub struct Sim {
+    pub now: Instant,
+    pub tabs: Vec<Tab>,
+    pub server: FakeServer,
+    /// (deliver at, tab, input), kept in time order (stable for equal times).
+    pub queue: VecDeque<(Instant, usize, Input)>,
+}
+
+impl Sim {
+    /// `users[i]` is tab i's user; two tabs with the same user are one person with two tabs.
+    pub fn new(cfg: Config, users: &[&str]) -> Self {
+        let now = Instant::from_millis(1_000);
+        let tabs = users
+            .iter()
+            .enumerate()
+            .map(|(i, user)| Tab {
+                client: Client::new(cfg.clone(), now, 0xC0FFEE + i as u64),
+                user: (*user).to_owned(),
+                auto_token: true,
+                token_requests: 0,
+                events: Vec::new(),
+                opens: Vec::new(),
+                closes: Vec::new(),
+                sent: Vec::new(),
+                live: BTreeSet::new(),
+                delivered: BTreeMap::new(),
+                paused_until: None,
+            })
+            .collect();
+        Self { now, tabs, server: FakeServer::new(), queue: VecDeque::new() }
+    }
+
+    pub fn one(cfg: Config) -> Self {
+        Self::new(cfg, &["ana"])
+    }
+
+    pub fn at(&self, ms_from_now: u64) -> Instant {
+        self.now.plus(ms_from_now)
+    }
+
+    pub fn input(&mut self, tab: usize, input: Input) {
+        let now = self.now;
+        self.note_input(tab, &input);
+        self.tabs[tab].client.handle_input(now, input);
+        self.drain();
+    }
+
+    pub fn publish(&mut self, tab: usize, room: &str, payload: &str) -> Result<SendId, rtlink::core::SendError> {
+        let now = self.now;
+        let r = self.tabs[tab].client.publish(now, room, payload.to_owned());
+        self.drain();
+        r
+    }
+
+    /// Connect a tab, subscribe to rooms, and run until open and subscribed.
+    pub fn connect(&mut self, tab: usize, rooms: &[&str]) {
+        self.input(tab, Input::Connect);
+        for room in rooms {
+            self.input(tab, Input::Subscribe { room: (*room).to_owned() });
+        }
+        self.run_for(200);
+    }
+
+    pub fn run_for(&mut self, ms: u64) {
+        let t = self.now.plus(ms);
+        self.run_until(t);
+    }
+
+    /// Advances the virtual clock event by event (jumping to the next deadline) up to `t`.
+    pub fn run_until(&mut self, t: Instant) {
+        for _ in 0..1_000_000 {
+            self.drain();
+            match self.next_event() {
+                Some(next) if next <= t => {
+                    self.now = self.now.max(next);
+                    self.fire_due();
+                }
+                _ => {
+                    self.now = self.now.max(t);
+                    self.drain();
+                    return;
+                }
+            }
+        }
+        panic!("simulation did not settle");
+    }
+
+    fn next_event(&self) -> Option<Instant> {
+        let mut best: Option<Instant> = None;
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                best = Some(best.map_or(t, |b| b.min(t)));
+            }
+        };
+        for (at, tab, _) in &self.queue {
+            consider(Some((*at).max(self.tabs[*tab].paused_until.unwrap_or(*at))));
+        }
+        for tab in &self.tabs {
+            consider(tab.client.poll_timeout().map(|t| t.max(tab.paused_until.unwrap_or(t))));
+        }
+        for ((_, _), conn) in &self.server.conns {
+            if conn.session.is_some() {
+                consider(Some(conn.next_ping));
+            }
+        }
+        for s in self.server.sessions.values() {
+            consider(s.detached_at.map(|d| d.plus(self.server.presence_grace_ms)));
+        }
+        best
+    }
+
+    fn paused(&self, tab: usize) -> bool {
+        self.tabs[tab].paused_until.is_some_and(|p| p > self.now)
+    }
+
+    fn fire_due(&mut self) {
+        let now = self.now;
+        // Timers first: a page waking from sleep runs its late timers before queued network events.
+        for i in 0..self.tabs.len() {
+            if self.paused(i) {
+                continue;
+            }
+            if self.tabs[i].client.poll_timeout().is_some_and(|t| t <= now) {
+                self.tabs[i].client.handle_timeout(now);
+                self.drain();
+            }
+        }
+        // Network deliveries due now, in order.
+        let mut held = VecDeque::new();
+        while let Some((at, tab, input)) = self.queue.pop_front() {
+            if at > now {
+                held.push_back((at, tab, input));
+                continue;
+            }
+            if self.paused(tab) {
+                held.push_back((at, tab, input));
+                continue;
+            }
+            self.note_input(tab, &input);
+            self.tabs[tab].client.handle_input(now, input);
+            self.drain();
+        }
+        // Deliveries queued during the loop above went straight into `self.queue`; keep order.
+        held.extend(self.queue.drain(..));
+        self.queue = held;
+        // Server pings and presence grace.
+        let due: Vec<(usize, TransportId)> = self
+            .server
+            .conns
+            .iter()
+            .filter(|(_, c)| c.session.is_some() && c.next_ping <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for (tab, id) in due {
+            let interval = self.server.ping_interval_ms;
+            if let Some(conn) = self.server.conns.get_mut(&(tab, id)) {
+                conn.next_ping = now.plus(interval);
+            }
+            self.send_to_conn(tab, id, ServerFrame::Ping);
+        }
+        let expired: Vec<String> = self
+            .server
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.detached_at.is_some_and(|d| d.plus(self.server.presence_grace_ms) <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for sid in expired {
+            self.end_session(&sid);
+        }
+        self.drain();
+    }
+
+    fn note_input(&mut self, tab: usize, input: &Input) {
+        match input {
+            Input::TransportClosed { id, .. } | Input::OpenFailed { id, .. } => {
+                self.tabs[tab].live.remove(id);
+            }
+            Input::Subscribe { room } | Input::Unsubscribe { room } => {
+                self.tabs[tab].delivered.remove(room);
+            }
+            _ => {}
+        }
+    }
+
+    fn deliver(&mut self, tab: usize, input: Input) {
+        let at = self.now.plus(LATENCY_MS);
+        self.queue.push_back((at, tab, input));
+    }
+
+    /// Handles every pending output of every tab, checking the invariants as it goes.
+    pub fn drain(&mut self) {
+        loop {
+            let mut any = false;
+            for i in 0..self.tabs.len() {
+                while let Some(out) = self.tabs[i].client.poll_output() {
+                    any = true;
+                    self.on_output(i, out);
+                    let tab = &self.tabs[i];
+                    assert!(tab.live.len() <= 2, "more than one primary + one probe: {:?}", tab.live);
+                }
+            }
+            if !any {
+                return;
+            }
+        }
+    }
+
+    fn on_output(&mut self, tab: usize, out: Output) {
+        match out {
+            Output::RequestToken => {
+                self.tabs[tab].token_requests += 1;
+                if self.tabs[tab].auto_token {
+                    let token = self.tabs[tab].user.clone();
+                    self.deliver(tab, Input::TokenReady(token));
+                }
+            }
+            Output::OpenTransport { id, kind, token, resume } => {
+                self.tabs[tab].opens.push((id, kind, resume.clone()));
+                self.tabs[tab].live.insert(id);
+                self.open(tab, id, kind, token, resume);
+            }
+            Output::Send { id, frame } => {
+                self.tabs[tab].sent.push((id, frame.clone()));
+                self.on_client_frame(tab, id, frame);
+            }
+            Output::CloseTransport { id, code } => {
+                self.tabs[tab].closes.push((id, code));
+                self.tabs[tab].live.remove(&id);
+                self.detach(tab, id);
+            }
+            Output::Event(event) => {
+                self.check_event(tab, &event);
+                self.tabs[tab].events.push(event);
+            }
+        }
+    }
+
+    /// The app-facing invariant: per room, offsets strictly contiguous between resets.
+    fn check_event(&mut self, tab: usize, event: &Event) {
+        let t = &mut self.tabs[tab];
+        match event {
+            Event::Message { room, offset, .. } => {
+                let list = t.delivered.entry(room.clone()).or_default();
+                if let Some(last) = list.last() {
+                    assert_eq!(*offset, last + 1, "tab {tab} room {room}: got {offset} after {last}");
+                }
+                list.push(*offset);
+            }
+            Event::ResyncNeeded { room } => {
+                t.delivered.remove(room);
+            }
+            _ => {}
+        }
+    }
+
+    // ------------------------------------------------------------------ fake server
+
+    fn open(&mut self, tab: usize, id: TransportId, kind: TransportKind, token: String, resume: Option<String>) {
+        if self.server.forbidden {
+            return self.deliver(tab, Input::OpenFailed { id, error: OpenError::Forbidden });
+        }
+        if self.server.reject_tokens > 0 {
+            self.server.reject_tokens -= 1;
+            return self.deliver(tab, Input::OpenFailed { id, error: OpenError::Unauthorized });
+        }
+        match self.server.mode(kind) {
+            Mode::OpenFail(error) => self.deliver(tab, Input::OpenFailed { id, error }),
+            Mode::DieBeforeFirstFrame => {
+                self.deliver(tab, Input::TransportOpened { id });
+                self.deliver(tab, Input::TransportClosed { id, code: None, reason: "proxy".into() });
+            }
+            Mode::Silent => {
+                self.server.conns.insert(
+                    (tab, id),
+                    Conn { kind, session: None, next_ping: Instant::from_millis(u64::MAX), blackholed: true },
+                );
+                self.deliver(tab, Input::TransportOpened { id });
+            }
+            Mode::Normal => {
+                let far = Instant::from_millis(u64::MAX);
+                self.server.conns.insert((tab, id), Conn { kind, session: None, next_ping: far, blackholed: false });
+                self.deliver(tab, Input::TransportOpened { id });
+                if kind != TransportKind::WebSocket {
+                    self.attach(tab, id, &token, resume);
+                }
+            }
+        }
+    }
+
+    fn attach(&mut self, tab: usize, id: TransportId, user: &str, resume: Option<String>) {
+        let existing = resume.and_then(|r| {
+            self.server.sessions.iter().find(|(_, s)| s.resume_token == r).map(|(k, _)| k.clone())
+        });
+        let (sid, resumed) = match existing {
+            Some(sid) => (sid, true),
+            None => {
+                self.server.next_sid += 1;
+                let sid = format!("s{}", self.server.next_sid);
+                let sess = Sess {
+                    client: tab,
+                    user: user.to_owned(),
+                    resume_token: format!("r-{sid}"),
+                    transport: None,
+                    rooms: BTreeSet::new(),
+                    meta: BTreeMap::new(),
+                    detached_at: None,
+                };
+                self.server.sessions.insert(sid.clone(), sess);
+                (sid, false)
+            }
+        };
+        let old = self.server.sessions.get(&sid).and_then(|s| s.transport);
+        let supersede = |sim: &mut Sim| {
+            if let Some(old) = old.filter(|&o| o != id) {
+                sim.send_to_conn(tab, old, ServerFrame::Close { code: CloseCode::SUPERSEDED, reason: "superseded".into() });
+                sim.server.conns.remove(&(tab, old));
+                sim.deliver(tab, Input::TransportClosed { id: old, code: Some(CloseCode::SUPERSEDED), reason: String::new() });
+            }
+        };
+        if self.server.supersede_before_welcome {
+            supersede(self);
+        }
+        let interval = self.server.ping_interval_ms;
+        let now = self.now;
+        if let Some(conn) = self.server.conns.get_mut(&(tab, id)) {
+            conn.session = Some(sid.clone());
+            conn.next_ping = now.plus(interval);
+        }
+        let (token, user_id) = {
+            let s = self.server.sessions.get_mut(&sid).expect("session");
+            s.transport = Some(id);
+            s.detached_at = None;
+            (s.resume_token.clone(), s.user.clone())
+        };
+        let welcome = ServerFrame::Welcome {
+            v: 1,
+            session: sid.clone(),
+            resume_token: token,
+            resumed,
+            ping_interval_ms: self.server.ping_interval_ms,
+            user: UserInfo { id: user_id.clone(), name: user_id.to_uppercase() },
+            limits: Limits {
+                max_frame_bytes: 65_536,
+                rate_per_sec: 100,
+                burst: 100,
+                max_rooms: 100,
+                resume_window_ms: self.server.resume_window_ms,
+            },
+        };
+        self.send_to_conn(tab, id, welcome);
+        if !self.server.supersede_before_welcome {
+            supersede(self);
+        }
+    }
+
+    /// Sends a frame down a transport (dropped if it is gone or blackholed).
+    pub fn send_to_conn(&mut self, tab: usize, id: TransportId, frame: ServerFrame) {
+        match self.server.conns.get(&(tab, id)) {
+            Some(conn) if !conn.blackholed => self.deliver(tab, Input::Frame { id, frame }),
+            _ => {}
+        }
+    }
+
+    /// Sends a frame to a session's current transport; dropped if detached (the client
+    /// recovers it by offset when it re-subscribes).
+    fn send_to_session(&mut self, sid: &str, frame: ServerFrame) {
+        let Some(s) = self.server.sessions.get(sid) else { return };
+        if let Some(t) = s.transport {
+            let tab = s.client;
+            self.send_to_conn(tab, t, frame);
+        }
+    }
+
+    fn session_of(&self, tab: usize, id: TransportId) -> Option<String> {
+        self.server.conns.get(&(tab, id)).filter(|c| !c.blackholed).and_then(|c| c.session.clone())
+    }
+
+    fn presence_conn(&self, sid: &str, room: &str) -> Option<PresenceConn> {
+        let s = self.server.sessions.get(sid)?;
+        Some(PresenceConn {
+            session: sid.to_owned(),
+            user: s.user.clone(),
+            name: s.user.to_uppercase(),
+            meta: s.meta.get(room).cloned().unwrap_or_default(),
+        })
+    }
+
+    fn room_members(&self, room: &str) -> Vec<String> {
+        self.server.sessions.iter().filter(|(_, s)| s.rooms.contains(room)).map(|(k, _)| k.clone()).collect()
+    }
+
+    fn on_client_frame(&mut self, tab: usize, id: TransportId, frame: ClientFrame) {
+        if let ClientFrame::Hello { resume, .. } = &frame {
+            let fresh = self.server.conns.get(&(tab, id)).is_some_and(|c| c.session.is_none() && !c.blackholed);
+            if fresh {
+                let user = self.tabs[tab].user.clone();
+                self.attach(tab, id, &user, resume.clone());
+            }
+            return;
+        }
+        let Some(sid) = self.session_of(tab, id) else { return };
+        let user = self.server.sessions[&sid].user.clone();
+        match frame {
+            ClientFrame::Hello { .. } | ClientFrame::Pong => {}
+            ClientFrame::Ping => self.send_to_conn(tab, id, ServerFrame::Pong),
+            ClientFrame::Subscribe { room, since } => {
+                let joined = self.server.sessions.get_mut(&sid).is_some_and(|s| s.rooms.insert(room.clone()));
+                let history = self.server.rooms.get(&room).cloned().unwrap_or_default();
+                let head = history.last().map_or(0, |m| m.offset);
+                let oldest_kept = history.first().map_or(head + 1, |m| m.offset);
+                let recovered = match since { Some(s) => s + 1 >= oldest_kept, None => true };
+                self.send_to_conn(tab, id, ServerFrame::Subscribed { room: room.clone(), head, recovered });
+                if let Some(since) = since {
+                    for m in history.iter().filter(|m| m.offset > since) {
+                        let frame = ServerFrame::Message {
+                            room: room.clone(),
+                            offset: m.offset,
+                            sender: m.sender.clone(),
+                            name: None,
+                            payload: m.payload.clone(),
+                        };
+                        self.send_to_conn(tab, id, frame);
+                    }
+                }
+                let conns = self.room_members(&room).iter().filter_map(|m| self.presence_conn(m, &room)).collect();
+                self.send_to_conn(tab, id, ServerFrame::PresenceSnapshot { room: room.clone(), conns });
+                if joined {
+                    if let Some(conn) = self.presence_conn(&sid, &room) {
+                        for other in self.room_members(&room).into_iter().filter(|o| *o != sid) {
+                            self.send_to_session(&other, ServerFrame::PresenceJoin { room: room.clone(), conn: conn.clone() });
+                        }
+                    }
+                }
+            }
+            ClientFrame::Unsubscribe { room } => {
+                if let Some(s) = self.server.sessions.get_mut(&sid) {
+                    s.rooms.remove(&room);
+                }
+                self.send_to_conn(tab, id, ServerFrame::Unsubscribed { room: room.clone() });
+                for other in self.room_members(&room) {
+                    let frame = ServerFrame::PresenceLeave { room: room.clone(), session: sid.clone(), user: user.clone() };
+                    self.send_to_session(&other, frame);
+                }
+            }
+            ClientFrame::Publish { room, id: msg_id, payload } => {
+                if !self.server.sessions[&sid].rooms.contains(&room) {
+                    let nack = ServerFrame::Nack { id: msg_id, code: ErrorCode::NotSubscribed, reason: String::new() };
+                    return self.send_to_conn(tab, id, nack);
+                }
+                if let Some((r, offset)) = self.server.acks.get(&(user.clone(), msg_id.clone())).cloned() {
+                    return self.send_to_conn(tab, id, ServerFrame::Ack { id: msg_id, room: r, offset });
+                }
+                let offset = self.store(&room, &user, &payload);
+                self.server.acks.insert((user.clone(), msg_id.clone()), (room.clone(), offset));
+                self.send_to_conn(tab, id, ServerFrame::Ack { id: msg_id, room: room.clone(), offset });
+                self.fan_out(&room, offset, &user, &payload);
+            }
+            ClientFrame::Presence { room, meta } => {
+                if let Some(s) = self.server.sessions.get_mut(&sid) {
+                    s.meta.insert(room.clone(), meta);
+                }
+                if let Some(conn) = self.presence_conn(&sid, &room) {
+                    for m in self.room_members(&room) {
+                        self.send_to_session(&m, ServerFrame::PresenceUpdate { room: room.clone(), conn: conn.clone() });
+                    }
+                }
+            }
+            ClientFrame::Typing { room, active } => {
+                for m in self.room_members(&room).into_iter().filter(|m| *m != sid) {
+                    let frame = ServerFrame::Typing { room: room.clone(), user: user.clone(), name: user.to_uppercase(), active };
+                    self.send_to_session(&m, frame);
+                }
+            }
+            ClientFrame::Close { .. } => self.end_session(&sid),
+        }
+    }
+
+    fn store(&mut self, room: &str, sender: &str, payload: &str) -> u64 {
+        self.server.stored_publishes += 1;
+        let limit = self.server.history_limit;
+        let history = self.server.rooms.entry(room.to_owned()).or_default();
+        let offset = history.last().map_or(1, |m| m.offset + 1);
+        history.push(StoredMsg { offset, sender: sender.to_owned(), payload: payload.to_owned() });
+        if history.len() > limit {
+            history.remove(0);
+        }
+        offset
+    }
+
+    fn fan_out(&mut self, room: &str, offset: u64, sender: &str, payload: &str) {
+        for m in self.room_members(room) {
+            let frame = ServerFrame::Message {
+                room: room.to_owned(),
+                offset,
+                sender: sender.to_owned(),
+                name: None,
+                payload: payload.to_owned(),
+            };
+            self.send_to_session(&m, frame);
+        }
+    }
+
+    /// Someone outside the simulated tabs publishes.
+    pub fn server_publish(&mut self, room: &str, sender: &str, payload: &str) -> u64 {
+        let offset = self.store(room, sender, payload);
+        self.fan_out(room, offset, sender, payload);
+        offset
+    }
+
+    /// Stores a message without delivering it to anyone (a fan-out the network lost).
+    pub fn store_only(&mut self, room: &str) -> u64 {
+        self.store(room, "ghost", "")
+    }
+
+    /// A session ends: everyone in its rooms sees it leave.
+    pub fn end_session(&mut self, sid: &str) {
+        let Some(s) = self.server.sessions.remove(sid) else { return };
+        if let Some(t) = s.transport {
+            self.server.conns.remove(&(s.client, t));
+        }
+        for room in &s.rooms {
+            for m in self.room_members(room) {
+                let frame = ServerFrame::PresenceLeave { room: room.clone(), session: sid.to_owned(), user: s.user.clone() };
+                self.send_to_session(&m, frame);
+            }
+        }
+    }
+
+    /// The client closed a transport: its session waits for a resume (presence grace).
+    fn detach(&mut self, tab: usize, id: TransportId) {
+        let Some(conn) = self.server.conns.remove(&(tab, id)) else { return };
+        let now = self.now;
+        if let Some(sid) = conn.session {
+            if let Some(s) = self.server.sessions.get_mut(&sid) {
+                if s.transport == Some(id) {
+                    s.transport = None;
+                    s.detached_at = Some(now);
+                }
+            }
+        }
+    }
+
+    /// The tab's primary transport as the glue sees it.
+    pub fn primary(&self, tab: usize) -> Option<TransportId> {
+        self.tabs[tab].client.primary_transport().map(|(id, _)| id)
+    }
+
+    /// The network drops the tab's primary transport: both sides see it close.
+    pub fn kill(&mut self, tab: usize, code: Option<CloseCode>) {
+        let Some(id) = self.primary(tab) else { return };
+        self.detach(tab, id);
+        self.deliver(tab, Input::TransportClosed { id, code, reason: "killed".into() });
+    }
+
+    /// The server closes the tab's primary transport with a `close` frame.
+    pub fn server_close(&mut self, tab: usize, code: CloseCode) {
+        let Some(id) = self.primary(tab) else { return };
+        self.send_to_conn(tab, id, ServerFrame::Close { code, reason: code.name().into() });
+        self.detach(tab, id);
+    }
+
+    /// The tab's primary transport silently stops delivering anything, both ways.
+    pub fn blackhole(&mut self, tab: usize) {
+        let Some(id) = self.primary(tab) else { return };
+        if let Some(conn) = self.server.conns.get_mut(&(tab, id)) {
+            conn.blackholed = true;
+        }
+    }
+}
