@@ -41,6 +41,30 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code except [`ErrorCode::Unknown`], for name lookups.
+    pub const ALL: [ErrorCode; 14] = [
+        Self::Forbidden,
+        Self::InvalidRoom,
+        Self::TooLarge,
+        Self::RateLimited,
+        Self::NotSubscribed,
+        Self::TooManyRooms,
+        Self::Unauthorized,
+        Self::OriginNotAllowed,
+        Self::UnknownSession,
+        Self::Overloaded,
+        Self::TransportDisabled,
+        Self::BadRequest,
+        Self::Internal,
+        Self::Timeout,
+    ];
+
+    /// The code with this wire name; [`ErrorCode::Unknown`] for a name this version does not know.
+    /// (For decoders that do not use serde, like the browser glue.)
+    pub fn from_name(name: &str) -> Self {
+        Self::ALL.into_iter().find(|c| c.as_str() == name).unwrap_or(Self::Unknown)
+    }
+
     /// The snake_case name used on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -60,5 +84,20 @@ impl ErrorCode {
             Self::Timeout => "timeout",
             Self::Unknown => "unknown",
         }
+    }
+}
+
+#[cfg(all(test, feature = "json"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_match_serde() {
+        for code in ErrorCode::ALL {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, alloc::format!("\"{}\"", code.as_str()));
+            assert_eq!(ErrorCode::from_name(code.as_str()), code);
+        }
+        assert_eq!(ErrorCode::from_name("later"), ErrorCode::Unknown);
     }
 }

@@ -58,6 +58,7 @@ pub mod presence;
 pub mod rng;
 pub mod rooms;
 pub mod send_queue;
+pub mod small_map;
 mod session;
 pub mod state;
 pub mod time;

@@ -5,7 +5,7 @@
 //! the number of connections and the metadata most recently set by any of them. A user with two
 //! tabs is one member with `connections: 2`; closing one tab is an update, not a leave.
 
-use std::collections::BTreeMap;
+use super::small_map::SmallMap;
 
 use rtlink_protocol::PresenceConn;
 
@@ -14,14 +14,14 @@ use super::event::Member;
 #[derive(Clone, Debug, Default)]
 struct RoomPresence {
     /// session → (connection, sequence number of its last change).
-    conns: BTreeMap<String, (PresenceConn, u64)>,
+    conns: SmallMap<String, (PresenceConn, u64)>,
     /// What the app was last told.
     members: Vec<Member>,
 }
 
 #[derive(Clone, Debug, Default)]
 pub struct Presence {
-    rooms: BTreeMap<String, RoomPresence>,
+    rooms: SmallMap<String, RoomPresence>,
     /// Orders changes, to pick a user's latest metadata across connections.
     seq: u64,
 }
@@ -29,12 +29,12 @@ pub struct Presence {
 impl Presence {
     /// Replaces the room's view. Returns the member list if it changed.
     pub fn snapshot(&mut self, room: &str, conns: Vec<PresenceConn>) -> Option<Vec<Member>> {
-        let mut map = BTreeMap::new();
+        let mut map = SmallMap::new();
         for conn in conns {
             self.seq += 1;
             map.insert(conn.session.clone(), (conn, self.seq));
         }
-        let r = self.rooms.entry(room.to_owned()).or_default();
+        let r = self.rooms.get_or_insert_with(room.to_owned(), Default::default);
         r.conns = map;
         recompute(r)
     }
@@ -42,7 +42,7 @@ impl Presence {
     /// A connection joined or changed its metadata.
     pub fn upsert(&mut self, room: &str, conn: PresenceConn) -> Option<Vec<Member>> {
         self.seq += 1;
-        let r = self.rooms.entry(room.to_owned()).or_default();
+        let r = self.rooms.get_or_insert_with(room.to_owned(), Default::default);
         r.conns.insert(conn.session.clone(), (conn, self.seq));
         recompute(r)
     }
@@ -70,9 +70,9 @@ impl Presence {
 
 fn recompute(r: &mut RoomPresence) -> Option<Vec<Member>> {
     // user → (member, seq of the connection whose meta it shows)
-    let mut by_user: BTreeMap<&str, (Member, u64)> = BTreeMap::new();
+    let mut by_user: SmallMap<&str, (Member, u64)> = SmallMap::new();
     for (conn, seq) in r.conns.values() {
-        let entry = by_user.entry(conn.user.as_str()).or_insert_with(|| {
+        let entry = by_user.get_or_insert_with(conn.user.as_str(), || {
             let member = Member { user: conn.user.clone(), name: conn.name.clone(), meta: conn.meta.clone(), connections: 0 };
             (member, *seq)
         });

@@ -14,7 +14,7 @@
 //! After every `welcome` each room is re-subscribed with `since = last`, which is also how a
 //! resumed session catches up on whatever the dropped transport did not deliver.
 
-use std::collections::BTreeMap;
+use super::small_map::SmallMap;
 
 use rtlink_protocol::ClientFrame;
 
@@ -53,7 +53,7 @@ pub struct Subscribed {
 
 #[derive(Clone, Debug, Default)]
 pub struct Rooms {
-    map: BTreeMap<String, Room>,
+    map: SmallMap<String, Room>,
 }
 
 impl Rooms {
@@ -89,7 +89,7 @@ impl Rooms {
     /// session is new (`resumed == false`) or the metadata changed while disconnected.
     pub fn resync_frames(&mut self, resumed: bool) -> Vec<ClientFrame> {
         let mut frames = Vec::new();
-        for (name, r) in &mut self.map {
+        for (name, r) in self.map.iter_mut() {
             r.outstanding = Some(r.last);
             frames.push(ClientFrame::Subscribe { room: name.clone(), since: r.last });
             if let Some(meta) = &r.meta {

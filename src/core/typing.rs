@@ -8,7 +8,7 @@
 //! Others' typing: kept per room with an expiry after their last start, so a lost stop cannot
 //! leave someone "typing" forever. The app gets the full sorted list whenever it changes.
 
-use std::collections::BTreeMap;
+use super::small_map::SmallMap;
 
 use super::event::TypingUser;
 use super::time::Instant;
@@ -24,9 +24,9 @@ pub struct Typing {
     throttle_ms: u64,
     idle_ms: u64,
     expiry_ms: u64,
-    own: BTreeMap<String, Own>,
+    own: SmallMap<String, Own>,
     /// room → user → (name, expiry)
-    others: BTreeMap<String, BTreeMap<String, (String, Instant)>>,
+    others: SmallMap<String, SmallMap<String, (String, Instant)>>,
 }
 
 /// Work found by [`Typing::expire`].
@@ -40,7 +40,7 @@ pub struct Expired {
 
 impl Typing {
     pub fn new(throttle_ms: u64, idle_ms: u64, expiry_ms: u64) -> Self {
-        Self { throttle_ms, idle_ms, expiry_ms, own: BTreeMap::new(), others: BTreeMap::new() }
+        Self { throttle_ms, idle_ms, expiry_ms, own: SmallMap::new(), others: SmallMap::new() }
     }
 
     /// A keystroke in `room`. Returns true if `typing{active: true}` should be sent now.
@@ -74,7 +74,7 @@ impl Typing {
 
     /// Someone else's typing frame. Returns the room's new list if it changed.
     pub fn on_remote(&mut self, now: Instant, room: &str, user: &str, name: &str, active: bool) -> Option<Vec<TypingUser>> {
-        let users = self.others.entry(room.to_owned()).or_default();
+        let users = self.others.get_or_insert_with(room.to_owned(), Default::default);
         let changed = if active {
             let prev = users.insert(user.to_owned(), (name.to_owned(), now.plus(self.expiry_ms)));
             match prev {
@@ -108,7 +108,7 @@ impl Typing {
             }
             keep
         });
-        for (room, users) in &mut self.others {
+        for (room, users) in self.others.iter_mut() {
             let before = users.len();
             users.retain(|_, (_, expiry)| *expiry > now);
             if users.len() != before {
@@ -125,6 +125,6 @@ impl Typing {
     }
 }
 
-fn list(users: &BTreeMap<String, (String, Instant)>) -> Vec<TypingUser> {
+fn list(users: &SmallMap<String, (String, Instant)>) -> Vec<TypingUser> {
     users.iter().map(|(user, (name, _))| TypingUser { user: user.clone(), name: name.clone() }).collect()
 }

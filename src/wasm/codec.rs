@@ -1,0 +1,177 @@
+//! Frames between the core's typed values and the JS objects the transports carry.
+//!
+//! JSON text is parsed and printed by the browser (`JSON.parse`/`JSON.stringify`), and the
+//! objects are read and built field by field with `Reflect`: no JSON library and no serde code
+//! ships in the wasm module, which keeps the package small. The field names are those of
+//! `rtlink-protocol` (the server's codec); `tests/browser.rs` round-trips through a real server.
+
+use js_sys::{Array, Object, Reflect};
+use rtlink_protocol::{
+    ClientFrame, CloseCode, ErrorCode, Limits, PresenceConn, ServerFrame, UserInfo, PROTOCOL_VERSION,
+};
+use wasm_bindgen::JsValue;
+
+fn field(v: &JsValue, key: &str) -> JsValue {
+    Reflect::get(v, &JsValue::from_str(key)).unwrap_or(JsValue::UNDEFINED)
+}
+
+fn string(v: &JsValue, key: &str) -> Result<String, String> {
+    field(v, key).as_string().ok_or_else(|| missing(key))
+}
+
+fn opt_string(v: &JsValue, key: &str) -> Option<String> {
+    field(v, key).as_string()
+}
+
+fn number(v: &JsValue, key: &str) -> Result<u64, String> {
+    match field(v, key).as_f64() {
+        Some(n) if n >= 0.0 && n.fract() == 0.0 && n <= 9_007_199_254_740_991.0 => Ok(n as u64),
+        _ => Err(missing(key)),
+    }
+}
+
+fn boolean(v: &JsValue, key: &str) -> Result<bool, String> {
+    field(v, key).as_bool().ok_or_else(|| missing(key))
+}
+
+fn missing(key: &str) -> String {
+    let mut s = String::from("missing or invalid field ");
+    s.push_str(key);
+    s
+}
+
+fn conn(v: &JsValue) -> Result<PresenceConn, String> {
+    Ok(PresenceConn {
+        session: string(v, "session")?,
+        user: string(v, "user")?,
+        name: string(v, "name")?,
+        meta: opt_string(v, "meta").unwrap_or_default(),
+    })
+}
+
+/// A server frame from its parsed JSON. Unknown frame types decode as [`ServerFrame::Unknown`].
+pub(crate) fn decode(f: JsValue) -> Result<ServerFrame, String> {
+    if !f.is_object() {
+        return Err("frame is not an object".into());
+    }
+    let t = string(&f, "t")?;
+    let room = || string(&f, "room");
+    Ok(match t.as_str() {
+        "welcome" => {
+            let v = number(&f, "v")? as u32;
+            if v != PROTOCOL_VERSION {
+                return Err("unsupported protocol version".into());
+            }
+            let user = field(&f, "user");
+            let limits = field(&f, "limits");
+            ServerFrame::Welcome {
+                v,
+                session: string(&f, "session")?,
+                resume_token: string(&f, "resume_token")?,
+                resumed: boolean(&f, "resumed")?,
+                ping_interval_ms: number(&f, "ping_interval_ms")?,
+                user: UserInfo { id: string(&user, "id")?, name: string(&user, "name")? },
+                limits: Limits {
+                    max_frame_bytes: number(&limits, "max_frame_bytes")?,
+                    rate_per_sec: number(&limits, "rate_per_sec")? as u32,
+                    burst: number(&limits, "burst")? as u32,
+                    max_rooms: number(&limits, "max_rooms")? as u32,
+                    resume_window_ms: number(&limits, "resume_window_ms")?,
+                },
+            }
+        }
+        "ping" => ServerFrame::Ping,
+        "pong" => ServerFrame::Pong,
+        "subscribed" => ServerFrame::Subscribed {
+            room: room()?,
+            head: number(&f, "head")?,
+            recovered: boolean(&f, "recovered")?,
+        },
+        "unsubscribed" => ServerFrame::Unsubscribed { room: room()? },
+        "message" => ServerFrame::Message {
+            room: room()?,
+            offset: number(&f, "offset")?,
+            sender: string(&f, "sender")?,
+            name: opt_string(&f, "name"),
+            payload: string(&f, "payload")?,
+        },
+        "ack" => ServerFrame::Ack { id: string(&f, "id")?, room: room()?, offset: number(&f, "offset")? },
+        "nack" => ServerFrame::Nack {
+            id: string(&f, "id")?,
+            code: ErrorCode::from_name(&string(&f, "code")?),
+            reason: opt_string(&f, "reason").unwrap_or_default(),
+        },
+        "presence_snapshot" => {
+            let conns = Array::from(&field(&f, "conns"));
+            ServerFrame::PresenceSnapshot {
+                room: room()?,
+                conns: conns.iter().map(|c| conn(&c)).collect::<Result<_, _>>()?,
+            }
+        }
+        "presence_join" => ServerFrame::PresenceJoin { room: room()?, conn: conn(&field(&f, "conn"))? },
+        "presence_update" => ServerFrame::PresenceUpdate { room: room()?, conn: conn(&field(&f, "conn"))? },
+        "presence_leave" => ServerFrame::PresenceLeave {
+            room: room()?,
+            session: string(&f, "session")?,
+            user: string(&f, "user")?,
+        },
+        "typing" => ServerFrame::Typing {
+            room: room()?,
+            user: string(&f, "user")?,
+            name: string(&f, "name")?,
+            active: boolean(&f, "active")?,
+        },
+        "reconnect_after" => ServerFrame::ReconnectAfter {
+            min_ms: number(&f, "min_ms")?,
+            max_ms: number(&f, "max_ms")?,
+        },
+        "close" => ServerFrame::Close {
+            code: CloseCode(number(&f, "code")?.min(u16::MAX as u64) as u16),
+            reason: opt_string(&f, "reason").unwrap_or_default(),
+        },
+        _ => ServerFrame::Unknown,
+    })
+}
+
+fn object(t: &str, fields: &[(&str, JsValue)]) -> JsValue {
+    let o = Object::new();
+    let _ = Reflect::set(&o, &"t".into(), &t.into());
+    for (k, v) in fields {
+        let _ = Reflect::set(&o, &(*k).into(), v);
+    }
+    o.into()
+}
+
+fn n(x: u64) -> JsValue {
+    JsValue::from_f64(x as f64)
+}
+
+/// A client frame as the object `JSON.stringify` turns into the wire form.
+pub(crate) fn encode(frame: &ClientFrame) -> JsValue {
+    match frame {
+        ClientFrame::Hello { v, resume } => match resume {
+            Some(r) => object("hello", &[("v", (*v).into()), ("resume", r.as_str().into())]),
+            None => object("hello", &[("v", (*v).into())]),
+        },
+        ClientFrame::Ping => object("ping", &[]),
+        ClientFrame::Pong => object("pong", &[]),
+        ClientFrame::Subscribe { room, since } => match since {
+            Some(s) => object("subscribe", &[("room", room.as_str().into()), ("since", n(*s))]),
+            None => object("subscribe", &[("room", room.as_str().into())]),
+        },
+        ClientFrame::Unsubscribe { room } => object("unsubscribe", &[("room", room.as_str().into())]),
+        ClientFrame::Publish { room, id, payload } => object(
+            "publish",
+            &[("room", room.as_str().into()), ("id", id.as_str().into()), ("payload", payload.as_str().into())],
+        ),
+        ClientFrame::Presence { room, meta } => {
+            object("presence", &[("room", room.as_str().into()), ("meta", meta.as_str().into())])
+        }
+        ClientFrame::Typing { room, active } => {
+            object("typing", &[("room", room.as_str().into()), ("active", (*active).into())])
+        }
+        ClientFrame::Close { code, reason } => {
+            object("close", &[("code", code.0.into()), ("reason", reason.as_str().into())])
+        }
+    }
+}

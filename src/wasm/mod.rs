@@ -1,0 +1,18 @@
+//! The browser glue: runs the sans-IO core with real transports, one timer and the page's
+//! lifecycle events, and exposes the typed JS API (`RealtimeClient`, `Room`, `Presence`, `Typing`).
+//!
+//! Ownership is the whole design: a [`driver::Driver`] owns the core, its transports, its one timer
+//! and its page listeners; dropping any of them removes what it added. Nothing is `.forget()`-ed.
+
+mod api;
+mod codec;
+mod driver;
+mod emitter;
+mod error;
+mod lifecycle;
+pub mod listener;
+mod options;
+mod transports;
+mod types;
+
+pub use api::{live_listeners, Presence, RealtimeClient, Room, Typing};

@@ -1,0 +1,93 @@
+//! `ClientOptions` from JS, validated into the core's [`Config`]. Bad options throw an
+//! `RtlinkError` with code `invalid_options` naming the field.
+
+use js_sys::{Array, Function, Reflect};
+use wasm_bindgen::{JsCast, JsValue};
+
+use super::error::rtlink_error;
+use super::types::transport_from_name;
+use crate::core::Config;
+
+pub(crate) struct Options {
+    pub url: String,
+    pub get_token: Function,
+    pub config: Config,
+    pub remember_transport: bool,
+}
+
+fn invalid(msg: &str) -> JsValue {
+    rtlink_error("invalid_options", msg)
+}
+
+fn get(obj: &JsValue, key: &str) -> JsValue {
+    Reflect::get(obj, &key.into()).unwrap_or(JsValue::UNDEFINED)
+}
+
+fn opt_ms(obj: &JsValue, key: &str, path: &str) -> Result<Option<u64>, JsValue> {
+    let v = get(obj, key);
+    if v.is_undefined() || v.is_null() {
+        return Ok(None);
+    }
+    match v.as_f64() {
+        Some(n) if n.is_finite() && n >= 0.0 && n <= 86_400_000.0 => Ok(Some(n as u64)),
+        _ => Err(invalid(&format!("{path} must be a number of milliseconds between 0 and 86400000"))),
+    }
+}
+
+pub(crate) fn parse(options: &JsValue) -> Result<Options, JsValue> {
+    if !options.is_object() {
+        return Err(invalid("options must be an object with `url` and `getToken`"));
+    }
+    let url = get(options, "url").as_string().ok_or_else(|| invalid("`url` must be a string"))?;
+    let url = url.trim_end_matches('/').to_owned();
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(invalid("`url` must start with http:// or https:// (the server's base URL)"));
+    }
+    let get_token: Function = get(options, "getToken")
+        .dyn_into()
+        .map_err(|_| invalid("`getToken` must be a function returning a token or a promise of one"))?;
+
+    let mut config = Config::default();
+    let transports = get(options, "transports");
+    if !transports.is_undefined() {
+        let list: Array = transports.dyn_into().map_err(|_| invalid("`transports` must be an array"))?;
+        let mut kinds = Vec::new();
+        for name in list.iter() {
+            let name = name.as_string().unwrap_or_default();
+            let kind = transport_from_name(&name).ok_or_else(|| {
+                invalid(&format!("unknown transport {name:?}: use \"websocket\", \"sse\" or \"long-polling\""))
+            })?;
+            if !kinds.contains(&kind) {
+                kinds.push(kind);
+            }
+        }
+        if kinds.is_empty() {
+            return Err(invalid("`transports` must name at least one transport"));
+        }
+        config.transports = kinds;
+    }
+    let backoff = get(options, "backoff");
+    if backoff.is_object() {
+        if let Some(v) = opt_ms(&backoff, "baseMs", "backoff.baseMs")? {
+            config.backoff.base_ms = v.max(1);
+        }
+        if let Some(v) = opt_ms(&backoff, "capMs", "backoff.capMs")? {
+            config.backoff.cap_ms = v.max(1);
+        }
+        let max = get(&backoff, "maxAttempts");
+        if !(max.is_undefined() || max.is_null()) {
+            match max.as_f64() {
+                Some(n) if n >= 1.0 && n.fract() == 0.0 && n <= 1e9 => config.backoff.max_attempts = Some(n as u32),
+                _ => return Err(invalid("backoff.maxAttempts must be a positive integer or null")),
+            }
+        }
+    }
+    let heartbeat = get(options, "heartbeat");
+    if heartbeat.is_object() {
+        if let Some(v) = opt_ms(&heartbeat, "graceMs", "heartbeat.graceMs")? {
+            config.heartbeat_grace_ms = v;
+        }
+    }
+    let remember_transport = get(options, "rememberTransport").as_bool().unwrap_or(true);
+    Ok(Options { url, get_token, config, remember_transport })
+}

@@ -1,0 +1,143 @@
+//! Server-Sent Events transport: an `EventSource` down, ordered POSTs up.
+//!
+//! The EventSource's own reconnect is never used: on the first error it is closed and the driver
+//! decides (resume, backoff, or step down the ladder), so one policy governs every transport.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use js_sys::JSON;
+use wasm_bindgen::JsCast;
+use web_sys::{AbortController, EventSource, MessageEvent};
+
+use super::http;
+use super::upstream::Upstream;
+use super::{EventSink, OpenFailure, OpenParams, TransportEvent};
+use crate::wasm::listener::Listener;
+
+pub(crate) struct SseTransport {
+    inner: Rc<Inner>,
+}
+
+struct Inner {
+    es: RefCell<Option<EventSource>>,
+    listeners: RefCell<Vec<Listener>>,
+    upstream: Upstream,
+    opened: Cell<bool>,
+    done: Cell<bool>,
+    abort: Option<AbortController>,
+    sink: EventSink,
+}
+
+impl SseTransport {
+    pub(crate) fn open(params: OpenParams, sink: EventSink) -> Self {
+        let inner = Rc::new(Inner {
+            es: RefCell::new(None),
+            listeners: RefCell::new(Vec::new()),
+            upstream: Upstream::new(&params.base_url, sink.clone()),
+            opened: Cell::new(false),
+            done: Cell::new(false),
+            abort: AbortController::new().ok(),
+            sink,
+        });
+        let weak = Rc::downgrade(&inner);
+        let signal = inner.abort.as_ref().map(|a| a.signal());
+        wasm_bindgen_futures::spawn_local(async move {
+            let Some(signal) = signal else { return };
+            let ticket = http::ticket(&params.base_url, &params.token, &signal).await;
+            let Some(inner) = weak.upgrade() else { return };
+            match ticket {
+                Err(f) => fail(&inner, f),
+                Ok(ticket) => connect(&inner, &params, &ticket),
+            }
+        });
+        Self { inner }
+    }
+
+    pub(crate) fn send(&self, frame: wasm_bindgen::JsValue) {
+        self.inner.upstream.send(frame);
+    }
+}
+
+impl Drop for SseTransport {
+    fn drop(&mut self) {
+        self.inner.done.set(true);
+        if let Some(a) = &self.inner.abort {
+            a.abort();
+        }
+        self.inner.listeners.borrow_mut().clear();
+        if let Some(es) = self.inner.es.borrow_mut().take() {
+            es.close();
+        }
+    }
+}
+
+fn fail(inner: &Inner, f: OpenFailure) {
+    if !inner.done.replace(true) {
+        (inner.sink)(TransportEvent::OpenFailed(f));
+    }
+}
+
+fn connect(inner: &Rc<Inner>, params: &OpenParams, ticket: &str) {
+    let url = http::transport_url(&params.base_url, "/v1/sse", ticket, params.resume.as_deref());
+    let es = match EventSource::new(&url) {
+        Ok(es) => es,
+        Err(_) => return fail(inner, OpenFailure::Network("EventSource refused the URL".into())),
+    };
+    let weak = Rc::downgrade(inner);
+    let on_open = {
+        let weak = weak.clone();
+        move |_| {
+            let Some(inner) = weak.upgrade() else { return };
+            if !inner.opened.replace(true) {
+                (inner.sink)(TransportEvent::Opened);
+            }
+        }
+    };
+    let on_message = {
+        let weak = weak.clone();
+        move |e: web_sys::Event| {
+            let Some(inner) = weak.upgrade() else { return };
+            if inner.done.get() {
+                return;
+            }
+            let Some(data) = e.dyn_ref::<MessageEvent>().and_then(|m| m.data().as_string()) else { return };
+            match JSON::parse(&data) {
+                Ok(frame) => {
+                    if let Some(token) = http::welcome_token(&frame) {
+                        inner.upstream.set_session(token);
+                    }
+                    (inner.sink)(TransportEvent::Frame(frame));
+                }
+                Err(_) => {
+                    inner.done.set(true);
+                    if let Some(es) = inner.es.borrow().as_ref() {
+                        es.close();
+                    }
+                    (inner.sink)(TransportEvent::Closed { code: Some(4000), reason: "malformed frame from server".into() });
+                }
+            }
+        }
+    };
+    let on_error = move |_| {
+        let Some(inner) = weak.upgrade() else { return };
+        if let Some(es) = inner.es.borrow().as_ref() {
+            es.close();
+        }
+        if inner.done.replace(true) {
+            return;
+        }
+        if inner.opened.get() {
+            (inner.sink)(TransportEvent::Closed { code: None, reason: "event stream ended".into() });
+        } else {
+            (inner.sink)(TransportEvent::OpenFailed(OpenFailure::Network("event stream refused".into())));
+        }
+    };
+    let target: &web_sys::EventTarget = es.as_ref();
+    *inner.listeners.borrow_mut() = vec![
+        Listener::new(target, "open", on_open),
+        Listener::new(target, "message", on_message),
+        Listener::new(target, "error", on_error),
+    ];
+    *inner.es.borrow_mut() = Some(es);
+}

@@ -1,0 +1,159 @@
+//! WebSocket transport: one JSON frame per text message. The core sends `hello` after `Opened`.
+
+use std::cell::{Cell, RefCell};
+use std::rc::{Rc, Weak};
+
+use js_sys::JSON;
+use wasm_bindgen::{JsCast, JsValue};
+use web_sys::{AbortController, CloseEvent, MessageEvent, WebSocket};
+
+use super::http;
+use super::{EventSink, OpenFailure, OpenParams, TransportEvent};
+use crate::wasm::listener::Listener;
+
+pub(crate) struct WebSocketTransport {
+    inner: Rc<Inner>,
+}
+
+struct Inner {
+    ws: RefCell<Option<WebSocket>>,
+    listeners: RefCell<Vec<Listener>>,
+    /// Frames sent before the socket opened, flushed on open.
+    pending: RefCell<Vec<String>>,
+    opened: Cell<bool>,
+    done: Cell<bool>,
+    abort: Option<AbortController>,
+    sink: EventSink,
+}
+
+impl WebSocketTransport {
+    pub(crate) fn open(params: OpenParams, sink: EventSink) -> Self {
+        let inner = Rc::new(Inner {
+            ws: RefCell::new(None),
+            listeners: RefCell::new(Vec::new()),
+            pending: RefCell::new(Vec::new()),
+            opened: Cell::new(false),
+            done: Cell::new(false),
+            abort: AbortController::new().ok(),
+            sink,
+        });
+        let weak = Rc::downgrade(&inner);
+        let signal = inner.abort.as_ref().map(|a| a.signal());
+        wasm_bindgen_futures::spawn_local(async move {
+            let Some(signal) = signal else { return };
+            let ticket = http::ticket(&params.base_url, &params.token, &signal).await;
+            let Some(inner) = weak.upgrade() else { return };
+            match ticket {
+                Err(f) => fail(&inner, f),
+                Ok(ticket) => connect(&inner, &params, &ticket),
+            }
+        });
+        Self { inner }
+    }
+
+    pub(crate) fn send(&self, frame: &JsValue) {
+        let Ok(text) = JSON::stringify(frame) else { return };
+        let text = String::from(text);
+        if self.inner.opened.get() {
+            if let Some(ws) = self.inner.ws.borrow().as_ref() {
+                let _ = ws.send_with_str(&text);
+            }
+        } else {
+            self.inner.pending.borrow_mut().push(text);
+        }
+    }
+}
+
+impl Drop for WebSocketTransport {
+    fn drop(&mut self) {
+        self.inner.done.set(true);
+        if let Some(a) = &self.inner.abort {
+            a.abort();
+        }
+        self.inner.listeners.borrow_mut().clear();
+        if let Some(ws) = self.inner.ws.borrow_mut().take() {
+            let _ = ws.close_with_code_and_reason(1000, "client closed");
+        }
+    }
+}
+
+fn fail(inner: &Inner, f: OpenFailure) {
+    if !inner.done.replace(true) {
+        (inner.sink)(TransportEvent::OpenFailed(f));
+    }
+}
+
+fn ws_url(base: &str, ticket: &str) -> String {
+    let base = if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        base.to_string()
+    };
+    format!("{base}/v1/ws?ticket={}", http::enc(ticket))
+}
+
+fn connect(inner: &Rc<Inner>, params: &OpenParams, ticket: &str) {
+    let ws = match WebSocket::new(&ws_url(&params.base_url, ticket)) {
+        Ok(ws) => ws,
+        Err(_) => return fail(inner, OpenFailure::Network("WebSocket constructor refused the URL".into())),
+    };
+    let weak = Rc::downgrade(inner);
+    let on_open = {
+        let weak: Weak<Inner> = weak.clone();
+        move |_| {
+            let Some(inner) = weak.upgrade() else { return };
+            inner.opened.set(true);
+            if let Some(ws) = inner.ws.borrow().as_ref() {
+                for text in inner.pending.borrow_mut().drain(..) {
+                    let _ = ws.send_with_str(&text);
+                }
+            }
+            (inner.sink)(TransportEvent::Opened);
+        }
+    };
+    let on_message = {
+        let weak = weak.clone();
+        move |e: web_sys::Event| {
+            let Some(inner) = weak.upgrade() else { return };
+            if inner.done.get() {
+                return;
+            }
+            let Some(text) = e.dyn_ref::<MessageEvent>().and_then(|m| m.data().as_string()) else { return };
+            match JSON::parse(&text) {
+                Ok(frame) => (inner.sink)(TransportEvent::Frame(frame)),
+                Err(_) => {
+                    inner.done.set(true);
+                    if let Some(ws) = inner.ws.borrow().as_ref() {
+                        let _ = ws.close_with_code_and_reason(4000, "malformed frame from server");
+                    }
+                    (inner.sink)(TransportEvent::Closed { code: Some(4000), reason: "malformed frame from server".into() });
+                }
+            }
+        }
+    };
+    let on_close = move |e: web_sys::Event| {
+        let Some(inner) = weak.upgrade() else { return };
+        if inner.done.replace(true) {
+            return;
+        }
+        let (code, reason) = e
+            .dyn_ref::<CloseEvent>()
+            .map(|c| (c.code(), c.reason()))
+            .unwrap_or((1006, String::new()));
+        if inner.opened.get() {
+            (inner.sink)(TransportEvent::Closed { code: Some(code), reason });
+        } else {
+            (inner.sink)(TransportEvent::OpenFailed(OpenFailure::Network(format!("WebSocket closed before open ({code})"))));
+        }
+    };
+    let target: &web_sys::EventTarget = ws.as_ref();
+    let listeners = vec![
+        Listener::new(target, "open", on_open),
+        Listener::new(target, "message", on_message),
+        Listener::new(target, "close", on_close),
+    ];
+    *inner.listeners.borrow_mut() = listeners;
+    *inner.ws.borrow_mut() = Some(ws);
+}

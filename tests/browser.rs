@@ -1,0 +1,293 @@
+//! Browser tests: the wasm client in headless Chromium against real `rtlink-server`s.
+//!
+//! Run by `make test-browser` (scripts/with-servers starts the servers and passes their URLs at
+//! compile time): `RTLINK_SERVER` (all transports, Redis, restartable), `RTLINK_SERVER_NO_WS`
+//! and `RTLINK_SERVER_POLL_ONLY`.
+#![cfg(target_arch = "wasm32")]
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use js_sys::{Function, Object, Promise, Reflect, JSON};
+use rtlink::wasm::{live_listeners, RealtimeClient, Room};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::JsFuture;
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+fn server(var: &str) -> String {
+    let url = match var {
+        "main" => option_env!("RTLINK_SERVER"),
+        "no-ws" => option_env!("RTLINK_SERVER_NO_WS"),
+        _ => option_env!("RTLINK_SERVER_POLL_ONLY"),
+    };
+    url.expect("run the browser tests with `make test-browser` (it starts the servers)").to_string()
+}
+
+async fn sleep(ms: i32) {
+    let p = Promise::new(&mut |resolve, _| {
+        let w = web_sys::window().unwrap();
+        w.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms).unwrap();
+    });
+    JsFuture::from(p).await.unwrap();
+}
+
+/// Polls `cond` every 25 ms for up to `ms`; panics with `what` on timeout.
+async fn wait_for(what: &str, ms: i32, mut cond: impl FnMut() -> bool) {
+    let mut waited = 0;
+    while !cond() {
+        assert!(waited < ms, "timed out after {ms} ms waiting for {what}");
+        sleep(25).await;
+        waited += 25;
+    }
+}
+
+fn get(v: &JsValue, key: &str) -> JsValue {
+    Reflect::get(v, &key.into()).unwrap()
+}
+
+async fn demo_token(base: &str, name: &str) -> Result<JsValue, JsValue> {
+    let init = web_sys::RequestInit::new();
+    init.set_method("POST");
+    init.set_body(&JsValue::from_str(&format!("{{\"name\":\"{name}\"}}")));
+    let headers = web_sys::Headers::new()?;
+    headers.set("content-type", "application/json")?;
+    init.set_headers(&headers);
+    let w = web_sys::window().unwrap();
+    let resp: web_sys::Response = JsFuture::from(w.fetch_with_str_and_init(&format!("{base}/v1/demo-token"), &init))
+        .await?
+        .dyn_into()?;
+    let body = JsFuture::from(resp.json()?).await?;
+    Ok(get(&body, "token"))
+}
+
+/// Options with a `getToken` that asks the demo endpoint for a token for `name`.
+fn options(base: &str, name: &str, transports: Option<&[&str]>) -> JsValue {
+    let o = Object::new();
+    Reflect::set(&o, &"url".into(), &base.into()).unwrap();
+    let (b, n) = (base.to_string(), name.to_string());
+    let get_token = Closure::<dyn FnMut() -> Promise>::new(move || {
+        let (b, n) = (b.clone(), n.clone());
+        wasm_bindgen_futures::future_to_promise(async move { demo_token(&b, &n).await })
+    });
+    Reflect::set(&o, &"getToken".into(), &get_token.into_js_value()).unwrap();
+    if let Some(ts) = transports {
+        let arr: js_sys::Array = ts.iter().map(|t| JsValue::from_str(t)).collect();
+        Reflect::set(&o, &"transports".into(), &arr).unwrap();
+    }
+    // Fast retries keep the restart test short.
+    let backoff = Object::new();
+    Reflect::set(&backoff, &"baseMs".into(), &200.into()).unwrap();
+    Reflect::set(&backoff, &"capMs".into(), &1000.into()).unwrap();
+    Reflect::set(&o, &"backoff".into(), &backoff).unwrap();
+    Reflect::set(&o, &"rememberTransport".into(), &false.into()).unwrap();
+    o.into()
+}
+
+/// Records every value a listener receives.
+#[derive(Clone, Default)]
+struct Recorder(Rc<RefCell<Vec<JsValue>>>);
+
+impl Recorder {
+    fn listener(&self) -> Function {
+        let log = self.0.clone();
+        Closure::<dyn FnMut(JsValue)>::new(move |v| log.borrow_mut().push(v)).into_js_value().unchecked_into()
+    }
+    fn values(&self) -> Vec<JsValue> {
+        self.0.borrow().clone()
+    }
+    fn last(&self) -> Option<JsValue> {
+        self.0.borrow().last().cloned()
+    }
+}
+
+fn state_is(states: &Recorder, state: &str) -> bool {
+    states.last().is_some_and(|s| get(&s, "state").as_string().as_deref() == Some(state))
+}
+
+fn transport_of(client: &RealtimeClient) -> String {
+    get(&client.state(), "transport").as_string().unwrap_or_default()
+}
+
+fn offsets(messages: &Recorder) -> Vec<u64> {
+    messages.values().iter().map(|m| get(m, "offset").as_f64().unwrap() as u64).collect()
+}
+
+fn unique_room(prefix: &str) -> String {
+    format!("{prefix}-{}", (js_sys::Math::random() * 1e12) as u64)
+}
+
+async fn connected(base: &str, name: &str, transports: Option<&[&str]>) -> (RealtimeClient, Recorder) {
+    let client = RealtimeClient::new(options(base, name, transports)).unwrap();
+    let states = Recorder::default();
+    let _ = client.on("state", states.listener()).unwrap();
+    client.connect();
+    wait_for(&format!("{name} to open"), 10_000, || state_is(&states, "open")).await;
+    (client, states)
+}
+
+async fn publish(room: &Room, text: &str) -> JsValue {
+    JsFuture::from(room.publish(JsValue::from_str(text))).await.expect("publish acked")
+}
+
+async fn round_trip_on(transport: &str) {
+    let base = server("main");
+    let (client, _states) = connected(&base, "solo", Some(&[transport])).await;
+    assert_eq!(transport_of(&client), transport);
+    let room = client.room(&unique_room("rt")).unwrap();
+    let messages = Recorder::default();
+    let _ = room.on("message", messages.listener()).unwrap();
+    let subscribed = Recorder::default();
+    let _ = room.on("subscribed", subscribed.listener()).unwrap();
+    wait_for("subscribed", 5_000, || !subscribed.values().is_empty()).await;
+    for i in 0..3 {
+        let ack = publish(&room, &format!("m{i}")).await;
+        assert_eq!(get(&ack, "offset").as_f64(), Some((i + 1) as f64));
+    }
+    wait_for("3 messages", 5_000, || messages.values().len() == 3).await;
+    assert_eq!(offsets(&messages), vec![1, 2, 3]);
+    assert_eq!(get(&messages.values()[2], "payload").as_string().as_deref(), Some("m2"));
+    client.close();
+}
+
+#[wasm_bindgen_test]
+async fn websocket_round_trip() {
+    round_trip_on("websocket").await;
+}
+
+#[wasm_bindgen_test]
+async fn sse_round_trip() {
+    round_trip_on("sse").await;
+}
+
+#[wasm_bindgen_test]
+async fn long_polling_round_trip() {
+    round_trip_on("long-polling").await;
+}
+
+#[wasm_bindgen_test]
+async fn websocket_disabled_lands_on_sse() {
+    let (client, _s) = connected(&server("no-ws"), "ladder", None).await;
+    assert_eq!(transport_of(&client), "sse");
+    client.close();
+}
+
+#[wasm_bindgen_test]
+async fn websocket_and_sse_disabled_lands_on_long_polling() {
+    let (client, _s) = connected(&server("poll-only"), "ladder", None).await;
+    assert_eq!(transport_of(&client), "long-polling");
+    let room = client.room(&unique_room("lp")).unwrap();
+    let ack = publish(&room, "over polling").await;
+    assert_eq!(get(&ack, "offset").as_f64(), Some(1.0));
+    client.close();
+}
+
+#[wasm_bindgen_test]
+async fn two_clients_see_each_others_presence_and_typing() {
+    let base = server("main");
+    let room_name = unique_room("pt");
+    let (ana, _s1) = connected(&base, "Ana", None).await;
+    let (bo, _s2) = connected(&base, "Bo", None).await;
+    let ana_room = ana.room(&room_name).unwrap();
+    let bo_room = bo.room(&room_name).unwrap();
+    let ana_presence = Recorder::default();
+    let _ = ana_room.presence().on("change", ana_presence.listener()).unwrap();
+    let bo_typing = Recorder::default();
+    let _ = bo_room.typing().on("change", bo_typing.listener()).unwrap();
+    ana_room.presence().set(JSON::parse(r#"{"status":"here"}"#).unwrap()).unwrap();
+    bo_room.presence().set(JSON::parse(r#"{"status":"busy"}"#).unwrap()).unwrap();
+
+    let names = |list: JsValue| -> Vec<String> {
+        js_sys::Array::from(&list).iter().map(|m| get(&m, "name").as_string().unwrap()).collect()
+    };
+    wait_for("Ana to see Bo", 5_000, || names(ana_room.presence().list()) == ["Ana", "Bo"] || names(ana_room.presence().list()) == ["Bo", "Ana"]).await;
+    let bo_entry = js_sys::Array::from(&ana_room.presence().list())
+        .iter()
+        .find(|m| get(m, "name").as_string().as_deref() == Some("Bo"))
+        .unwrap();
+    wait_for("Bo's status", 5_000, || {
+        let list = js_sys::Array::from(&ana_room.presence().list());
+        list.iter().any(|m| get(&get(&m, "meta"), "status").as_string().as_deref() == Some("busy"))
+    })
+    .await;
+    assert_eq!(get(&bo_entry, "connections").as_f64(), Some(1.0));
+
+    ana_room.typing().keystroke();
+    wait_for("Bo to see Ana typing", 5_000, || names(bo_room.typing().list()) == ["Ana"]).await;
+    ana_room.typing().stop();
+    wait_for("Ana's typing to clear", 5_000, || names(bo_room.typing().list()).is_empty()).await;
+    assert!(!bo_typing.values().is_empty());
+    ana.close();
+    bo.close();
+}
+
+async fn crash_main_server(base: &str) {
+    let init = web_sys::RequestInit::new();
+    init.set_method("POST");
+    let w = web_sys::window().unwrap();
+    // The server exits before answering, so the fetch itself may fail: that is the point.
+    let _ = JsFuture::from(w.fetch_with_str_and_init(&format!("{base}/v1/test/exit"), &init)).await;
+}
+
+#[wasm_bindgen_test]
+async fn server_restart_mid_stream_loses_and_duplicates_nothing() {
+    let base = server("main");
+    let room_name = unique_room("restart");
+    let (sender, sender_states) = connected(&base, "sender", None).await;
+    let (receiver, receiver_states) = connected(&base, "receiver", None).await;
+    let tx = sender.room(&room_name).unwrap();
+    let rx = receiver.room(&room_name).unwrap();
+    let messages = Recorder::default();
+    let _ = rx.on("message", messages.listener()).unwrap();
+    let subscribed = Recorder::default();
+    let _ = rx.on("subscribed", subscribed.listener()).unwrap();
+    wait_for("receiver subscribed", 5_000, || !subscribed.values().is_empty()).await;
+
+    let mut acks = Vec::new();
+    for i in 0..5 {
+        acks.push(tx.publish(JsValue::from_str(&format!("before-{i}"))));
+    }
+    wait_for("5 messages before the crash", 5_000, || messages.values().len() == 5).await;
+    crash_main_server(&base).await;
+    wait_for("sender to notice", 10_000, || !state_is(&sender_states, "open")).await;
+    // Published while the server is down: queued, sent once after the reconnect.
+    for i in 0..5 {
+        acks.push(tx.publish(JsValue::from_str(&format!("during-{i}"))));
+    }
+    wait_for("sender back", 20_000, || state_is(&sender_states, "open")).await;
+    wait_for("receiver back", 20_000, || state_is(&receiver_states, "open")).await;
+    for i in 0..5 {
+        acks.push(tx.publish(JsValue::from_str(&format!("after-{i}"))));
+    }
+    for ack in acks {
+        JsFuture::from(ack).await.expect("every publish acked");
+    }
+    wait_for("15 messages", 10_000, || messages.values().len() >= 15).await;
+    sleep(300).await;
+    assert_eq!(offsets(&messages), (1..=15).collect::<Vec<u64>>(), "no loss, no duplicate, in order");
+    let payloads: Vec<String> = messages.values().iter().map(|m| get(m, "payload").as_string().unwrap()).collect();
+    assert_eq!(&payloads[..5], ["before-0", "before-1", "before-2", "before-3", "before-4"]);
+    assert_eq!(payloads.iter().filter(|p| p.starts_with("during-")).count(), 5);
+    sender.close();
+    receiver.close();
+}
+
+#[wasm_bindgen_test]
+async fn close_leaves_no_timer_or_listener_after_50_reconnects() {
+    let base = server("main");
+    let before = live_listeners();
+    let (client, states) = connected(&base, "leaky", Some(&["websocket"])).await;
+    let w: web_sys::EventTarget = web_sys::window().unwrap().into();
+    let during = live_listeners();
+    for i in 0..50 {
+        // Going offline closes the transport; coming back opens a new one.
+        w.dispatch_event(&web_sys::Event::new("offline").unwrap()).unwrap();
+        wait_for("offline", 2_000, || state_is(&states, "offline")).await;
+        w.dispatch_event(&web_sys::Event::new("online").unwrap()).unwrap();
+        wait_for(&format!("reconnect {i}"), 5_000, || state_is(&states, "open")).await;
+    }
+    assert_eq!(live_listeners(), during, "listeners and timers must not grow with reconnects");
+    client.close();
+    assert_eq!(live_listeners(), before, "close() removes every listener and the timer");
+}
