@@ -12,6 +12,16 @@ if (!entry.includes("export { RtlinkError }")) {
   writeFileSync("pkg/rtlink.js", `${entry}\nexport { RtlinkError } from "${errorModule}";\n`);
 }
 
+// wasm-bindgen's InitOutput lists the raw wasm exports typed `any`; apps never call them, so the
+// public .d.ts keeps only the memory and stays free of `any`.
+const dts = readFileSync("pkg/rtlink.d.ts", "utf8");
+const trimmed = dts.replace(
+  /export interface InitOutput \{[\s\S]*?\n\}/,
+  "export interface InitOutput {\n    readonly memory: WebAssembly.Memory;\n}",
+);
+if (/\bany\b/.test(trimmed.replace(/\/\*[\s\S]*?\*\//g, ""))) throw new Error("pkg/rtlink.d.ts still mentions `any`");
+writeFileSync("pkg/rtlink.d.ts", trimmed);
+
 Object.assign(pkg, {
   name: "rtlink",
   description: "Realtime client for the browser: WebSocket, SSE and long-polling fallback, resume without loss, presence and typing. Rust compiled to WebAssembly.",
