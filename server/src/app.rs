@@ -1,0 +1,269 @@
+//! The application: shared state and the router. `main.rs` only parses the command line and
+//! serves [`app`]; tests serve it on port 0.
+
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rtlink_protocol::envelope::TicketResponse;
+use rtlink_protocol::paths;
+use serde::Deserialize;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::services::ServeDir;
+
+use crate::auth::{random_token, Auth};
+use crate::broker::local::{LocalBroker, LocalBrokerConfig};
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::http::{self, OriginPolicy};
+use crate::hub::Hub;
+use crate::limits::ConnectionLimiter;
+use crate::metrics::Metrics;
+use crate::transport;
+
+/// Shared state of the server; cheap to clone. Also the handle tests and `main` use to drain.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub config: Arc<Config>,
+    pub hub: Arc<Hub>,
+    pub auth: Auth,
+    pub limiter: Arc<ConnectionLimiter>,
+    pub metrics: Arc<Metrics>,
+    pub origins: OriginPolicy,
+    /// Demo endpoints (`/v1/demo-token`, `/v1/demo/drain`) are on.
+    pub demo: bool,
+    pub(crate) draining: AtomicBool,
+    local_broker: Option<Arc<LocalBroker>>,
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Builds the state with the broker the configuration asks for. Must run inside a Tokio
+    /// runtime (it starts the hub's tasks).
+    pub fn new(config: Config) -> anyhow::Result<Self> {
+        if config.redis.is_some() {
+            anyhow::bail!("redis broker not available in this build");
+        }
+        let broker = Arc::new(LocalBroker::new(LocalBrokerConfig {
+            history_max_messages: config.history_max_messages,
+            history_max_age: config.history_max_age,
+            dedupe_window: config.dedupe_window,
+            ..LocalBrokerConfig::default()
+        }));
+        Ok(Self::build(config, broker.clone(), Some(broker)))
+    }
+
+    /// Builds the state around any broker (e.g. Redis).
+    pub fn with_broker(config: Config, broker: Arc<dyn Broker>) -> Self {
+        Self::build(config, broker, None)
+    }
+
+    fn build(config: Config, broker: Arc<dyn Broker>, local: Option<Arc<LocalBroker>>) -> Self {
+        let (secret, demo) = match &config.auth_secret {
+            Some(s) if !s.is_empty() => (s.as_bytes().to_vec(), config.demo_auth),
+            _ => {
+                tracing::warn!(
+                    "!!! no --auth-secret: DEMO MODE with a random secret; anyone can get a token \
+                     from POST /v1/demo-token. Do not run this in production. !!!"
+                );
+                (random_token(32).into_bytes(), true)
+            }
+        };
+        let origins = OriginPolicy::new(&config.allowed_origins, config.allow_localhost_origins);
+        if origins.allows_any() {
+            tracing::warn!("no --allowed-origin configured: requests from any Origin are accepted");
+        }
+        let metrics = Arc::new(Metrics::default());
+        let config = Arc::new(config);
+        let hub = Hub::new(config.clone(), broker, metrics.clone());
+        hub.start();
+        let state = Self(Arc::new(Inner {
+            auth: Auth::new(secret, config.ticket_ttl),
+            limiter: ConnectionLimiter::new(
+                config.max_connections,
+                config.max_connections_per_ip,
+                metrics.clone(),
+            ),
+            config,
+            hub,
+            metrics,
+            origins,
+            demo,
+            draining: AtomicBool::new(false),
+            local_broker: local,
+        }));
+        tokio::spawn(sweep(Arc::downgrade(&state.0)));
+        state
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Periodic housekeeping: expired tickets, idle rooms, old dedupe ids.
+async fn sweep(state: std::sync::Weak<Inner>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tick.tick().await;
+        let Some(state) = state.upgrade() else { return };
+        state.auth.sweep();
+        if let Some(b) = &state.local_broker {
+            b.sweep();
+        }
+    }
+}
+
+/// The router: every endpoint of docs/PROTOCOL.md, CORS for the HTTP ones, and the demo's
+/// static files at `/` when `--static-dir` is set.
+pub fn app(state: AppState) -> Router {
+    let origins = state.origins.clone();
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::predicate(move |origin: &HeaderValue, _| {
+            origin.to_str().is_ok_and(|o| origins.allows(o))
+        }))
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .expose_headers([header::RETRY_AFTER])
+        .max_age(Duration::from_secs(600));
+    let mut router = Router::new()
+        .route(paths::HEALTH, get(healthz))
+        .route(paths::METRICS, get(metrics))
+        .route(paths::TICKET, post(ticket))
+        .route("/v1/demo-token", post(demo_token))
+        .route("/v1/demo/drain", post(demo_drain))
+        .route(paths::WEBSOCKET, get(transport::websocket::handler))
+        .route(paths::SSE, get(transport::sse::handler))
+        .route(paths::POLL, get(transport::long_poll::handler))
+        .route(paths::SEND, post(transport::send::handler));
+    if let Some(dir) = &state.config.static_dir {
+        router = router.fallback_service(ServeDir::new(dir));
+    }
+    router.layer(cors).with_state(state)
+}
+
+/// Serves `router` on `listener` with the peer address available (for per-IP limits) until
+/// `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    if state.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else {
+        (StatusCode::OK, "ok\n").into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let body = state
+        .metrics
+        .render(&state.hub.broker.stats(), state.is_draining());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+/// `POST /v1/ticket` with `Authorization: Bearer <token>`.
+async fn ticket(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if !state.origins.check(&headers) {
+        return http::origin_refused();
+    }
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        });
+    let Some(token) = token else {
+        return http::unauthorized("missing bearer token");
+    };
+    let claims = match state.auth.verify(token.trim()) {
+        Ok(c) => c,
+        Err(e) => return http::unauthorized(&e.to_string()),
+    };
+    match state.auth.issue_ticket(claims) {
+        Some((ticket, ttl)) => Json(TicketResponse {
+            ticket,
+            expires_in_ms: ttl.as_millis() as u64,
+        })
+        .into_response(),
+        None => http::overloaded(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many tickets",
+            Duration::from_secs(5),
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+struct DemoTokenRequest {
+    name: String,
+}
+
+/// `POST /v1/demo-token {"name"}` → `{"token"}` (demo mode only).
+async fn demo_token(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    if !state.demo {
+        return http::error(
+            StatusCode::NOT_FOUND,
+            rtlink_protocol::ErrorCode::BadRequest,
+            "demo auth is off",
+            None,
+        );
+    }
+    if !state.origins.check(&headers) {
+        return http::origin_refused();
+    }
+    let Ok(req) = serde_json::from_slice::<DemoTokenRequest>(&body) else {
+        return http::bad_request("body must be {\"name\": \"...\"}");
+    };
+    let name = req.name.trim();
+    if name.is_empty() || name.chars().count() > 64 {
+        return http::bad_request("name must be 1-64 characters");
+    }
+    Json(serde_json::json!({ "token": state.auth.demo_token(name) })).into_response()
+}
+
+/// `POST /v1/demo/drain`: the demo's "drain server" button. Drains like SIGTERM, then accepts
+/// connections again instead of exiting.
+async fn demo_drain(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if !state.demo {
+        return http::error(
+            StatusCode::NOT_FOUND,
+            rtlink_protocol::ErrorCode::BadRequest,
+            "demo mode is off",
+            None,
+        );
+    }
+    if !state.origins.check(&headers) {
+        return http::origin_refused();
+    }
+    let s = state.clone();
+    tokio::spawn(async move { s.drain_then_resume().await });
+    StatusCode::ACCEPTED.into_response()
+}

@@ -1,0 +1,409 @@
+//! The in-process broker: one node, state in memory behind one mutex.
+//!
+//! Events are sent on the broadcast channel while the state lock is held, so their order on the
+//! channel is the order of the state changes (offsets of a room arrive ascending). The lock is a
+//! `parking_lot::Mutex` held for short, non-async sections only.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use rtlink_protocol::PresenceConn;
+use tokio::sync::broadcast;
+
+use super::{
+    now_ms, Broker, BrokerResult, BrokerStats, DedupeKey, HistoryPage, PublishOutcome,
+    PublishRequest, RoomEvent, RoomEventKind, StoredMessage,
+};
+
+/// Bounds of the in-process broker.
+#[derive(Clone, Debug)]
+pub struct LocalBrokerConfig {
+    /// Messages kept per room.
+    pub history_max_messages: usize,
+    /// Messages older than this are trimmed.
+    pub history_max_age: Duration,
+    /// How long a publish id is remembered.
+    pub dedupe_window: Duration,
+    /// Upper bound on remembered publish ids (oldest forgotten first).
+    pub dedupe_max_entries: usize,
+    /// Capacity of the event channel; a slower receiver lags and resyncs.
+    pub event_capacity: usize,
+}
+
+impl Default for LocalBrokerConfig {
+    fn default() -> Self {
+        Self {
+            history_max_messages: 1000,
+            history_max_age: Duration::from_secs(600),
+            dedupe_window: Duration::from_secs(120),
+            dedupe_max_entries: 100_000,
+            event_capacity: 16_384,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Room {
+    head: u64,
+    history: VecDeque<Arc<StoredMessage>>,
+    presence: BTreeMap<String, PresenceConn>,
+    last_active_ms: u64,
+}
+
+#[derive(Default)]
+struct State {
+    rooms: HashMap<String, Room>,
+    watched: HashSet<String>,
+    dedupe: HashMap<DedupeKey, (String, u64)>,
+    /// (remembered at, key), oldest first: the eviction order of `dedupe`.
+    dedupe_order: VecDeque<(u64, DedupeKey)>,
+    history_messages: u64,
+    presence_members: u64,
+}
+
+pub struct LocalBroker {
+    cfg: LocalBrokerConfig,
+    state: Mutex<State>,
+    tx: broadcast::Sender<RoomEvent>,
+}
+
+impl LocalBroker {
+    pub fn new(cfg: LocalBrokerConfig) -> Self {
+        let (tx, _) = broadcast::channel(cfg.event_capacity.max(16));
+        Self {
+            cfg,
+            state: Mutex::new(State::default()),
+            tx,
+        }
+    }
+
+    fn emit(&self, room: &str, kind: RoomEventKind) {
+        // No receiver is not an error: nobody on this node listens.
+        let _ = self.tx.send(RoomEvent::new(room, kind));
+    }
+
+    fn trim(cfg: &LocalBrokerConfig, state_msgs: &mut u64, room: &mut Room, now: u64) {
+        let max_age = cfg.history_max_age.as_millis() as u64;
+        while let Some(front) = room.history.front() {
+            let too_many = room.history.len() > cfg.history_max_messages;
+            let too_old = now.saturating_sub(front.stored_at_ms) > max_age;
+            if !(too_many || too_old) {
+                break;
+            }
+            room.history.pop_front();
+            *state_msgs = state_msgs.saturating_sub(1);
+        }
+    }
+
+    fn forget_old_ids(&self, state: &mut State, now: u64) {
+        let window = self.cfg.dedupe_window.as_millis() as u64;
+        while let Some((at, _)) = state.dedupe_order.front() {
+            let expired = now.saturating_sub(*at) > window;
+            if !(expired || state.dedupe_order.len() > self.cfg.dedupe_max_entries) {
+                break;
+            }
+            if let Some((_, key)) = state.dedupe_order.pop_front() {
+                state.dedupe.remove(&key);
+            }
+        }
+    }
+
+    /// Drops rooms that hold nothing any more and that nobody watches. Called from the
+    /// server's periodic sweep. A dropped room's offsets restart at 1; a client that resumes
+    /// with a `since` above the new head is told `recovered: false`.
+    pub fn sweep(&self) {
+        let now = now_ms();
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        let max_age = self.cfg.history_max_age.as_millis() as u64;
+        let mut msgs = state.history_messages;
+        for room in state.rooms.values_mut() {
+            Self::trim(&self.cfg, &mut msgs, room, now);
+        }
+        state.history_messages = msgs;
+        let watched = &state.watched;
+        state.rooms.retain(|name, room| {
+            watched.contains(name)
+                || !room.history.is_empty()
+                || !room.presence.is_empty()
+                || now.saturating_sub(room.last_active_ms) <= max_age
+        });
+        self.forget_old_ids(state, now);
+    }
+}
+
+#[async_trait]
+impl Broker for LocalBroker {
+    fn events(&self) -> broadcast::Receiver<RoomEvent> {
+        self.tx.subscribe()
+    }
+
+    async fn watch(&self, room: &str) -> BrokerResult<()> {
+        self.state.lock().watched.insert(room.to_owned());
+        Ok(())
+    }
+
+    async fn unwatch(&self, room: &str) -> BrokerResult<()> {
+        self.state.lock().watched.remove(room);
+        Ok(())
+    }
+
+    async fn publish(&self, req: PublishRequest) -> BrokerResult<PublishOutcome> {
+        let now = now_ms();
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        if let Some(key) = &req.dedupe {
+            self.forget_old_ids(state, now);
+            if let Some((room, offset)) = state.dedupe.get(key) {
+                return Ok(PublishOutcome::Duplicate {
+                    room: room.clone(),
+                    offset: *offset,
+                });
+            }
+        }
+        let room = state.rooms.entry(req.room.clone()).or_default();
+        room.head += 1;
+        room.last_active_ms = now;
+        let msg = Arc::new(StoredMessage::new(
+            req.room.clone(),
+            room.head,
+            req.sender,
+            req.name,
+            req.payload,
+            now,
+        ));
+        room.history.push_back(msg.clone());
+        state.history_messages += 1;
+        Self::trim(&self.cfg, &mut state.history_messages, room, now);
+        if let Some(key) = req.dedupe {
+            state
+                .dedupe
+                .insert(key.clone(), (req.room.clone(), msg.offset));
+            state.dedupe_order.push_back((now, key));
+            self.forget_old_ids(state, now);
+        }
+        self.emit(&req.room, RoomEventKind::Message(msg.clone()));
+        Ok(PublishOutcome::Stored(msg))
+    }
+
+    async fn history(&self, room: &str, since: u64, limit: usize) -> BrokerResult<HistoryPage> {
+        let now = now_ms();
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        let Some(r) = state.rooms.get_mut(room) else {
+            return Ok(HistoryPage {
+                messages: Vec::new(),
+                head: 0,
+                complete: since == 0,
+            });
+        };
+        Self::trim(&self.cfg, &mut state.history_messages, r, now);
+        let oldest_kept = r.history.front().map_or(r.head + 1, |m| m.offset);
+        let complete = since.saturating_add(1) >= oldest_kept && since <= r.head;
+        // Offsets in history are contiguous: index of `since + 1` is `since + 1 - oldest_kept`.
+        let skip = since.saturating_add(1).saturating_sub(oldest_kept) as usize;
+        let messages = r.history.iter().skip(skip).take(limit).cloned().collect();
+        Ok(HistoryPage {
+            messages,
+            head: r.head,
+            complete,
+        })
+    }
+
+    async fn presence_join(&self, room: &str, conn: PresenceConn) -> BrokerResult<()> {
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        let r = state.rooms.entry(room.to_owned()).or_default();
+        r.last_active_ms = now_ms();
+        let existed = r
+            .presence
+            .insert(conn.session.clone(), conn.clone())
+            .is_some();
+        if existed {
+            self.emit(room, RoomEventKind::PresenceUpdate(conn));
+        } else {
+            state.presence_members += 1;
+            self.emit(room, RoomEventKind::PresenceJoin(conn));
+        }
+        Ok(())
+    }
+
+    async fn presence_update(&self, room: &str, conn: PresenceConn) -> BrokerResult<bool> {
+        let mut guard = self.state.lock();
+        let Some(r) = guard.rooms.get_mut(room) else {
+            return Ok(false);
+        };
+        let Some(slot) = r.presence.get_mut(&conn.session) else {
+            return Ok(false);
+        };
+        *slot = conn.clone();
+        self.emit(room, RoomEventKind::PresenceUpdate(conn));
+        Ok(true)
+    }
+
+    async fn presence_leave(&self, room: &str, session: &str) -> BrokerResult<()> {
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        let Some(r) = state.rooms.get_mut(room) else {
+            return Ok(());
+        };
+        if let Some(conn) = r.presence.remove(session) {
+            r.last_active_ms = now_ms();
+            state.presence_members = state.presence_members.saturating_sub(1);
+            self.emit(
+                room,
+                RoomEventKind::PresenceLeave {
+                    session: conn.session,
+                    user: conn.user,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    async fn presence_snapshot(&self, room: &str) -> BrokerResult<Vec<PresenceConn>> {
+        let guard = self.state.lock();
+        Ok(guard
+            .rooms
+            .get(room)
+            .map(|r| r.presence.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn typing(&self, room: &str, user: &str, name: &str, active: bool) -> BrokerResult<()> {
+        // Under the lock so typing is ordered with the room's other events.
+        let _guard = self.state.lock();
+        self.emit(
+            room,
+            RoomEventKind::Typing {
+                user: user.to_owned(),
+                name: name.to_owned(),
+                active,
+            },
+        );
+        Ok(())
+    }
+
+    fn stats(&self) -> BrokerStats {
+        let guard = self.state.lock();
+        BrokerStats {
+            rooms: guard.rooms.len() as u64,
+            presence_members: guard.presence_members,
+            history_messages: guard.history_messages,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(room: &str, id: Option<&str>) -> PublishRequest {
+        PublishRequest {
+            room: room.into(),
+            sender: "u".into(),
+            name: None,
+            payload: "p".into(),
+            dedupe: id.map(|id| DedupeKey {
+                user: "u".into(),
+                id: id.into(),
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn offsets_are_contiguous_and_history_is_bounded() {
+        let b = LocalBroker::new(LocalBrokerConfig {
+            history_max_messages: 3,
+            ..Default::default()
+        });
+        for i in 1..=5u64 {
+            assert_eq!(
+                b.publish(req("r", None)).await.map(|o| o.offset()).ok(),
+                Some(i)
+            );
+        }
+        let page = b.history("r", 0, 100).await.ok().unwrap_or_default();
+        assert_eq!(page.head, 5);
+        assert!(!page.complete);
+        assert_eq!(
+            page.messages.iter().map(|m| m.offset).collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
+        let page = b.history("r", 3, 100).await.ok().unwrap_or_default();
+        assert!(page.complete);
+        assert_eq!(
+            page.messages.iter().map(|m| m.offset).collect::<Vec<_>>(),
+            vec![4, 5]
+        );
+        let page = b.history("r", 5, 100).await.ok().unwrap_or_default();
+        assert!(page.complete && page.messages.is_empty());
+        let page = b.history("r", 9, 100).await.ok().unwrap_or_default();
+        assert!(
+            !page.complete,
+            "a since beyond the head cannot be recovered"
+        );
+    }
+
+    #[tokio::test]
+    async fn dedupe_returns_the_original_offset() {
+        let b = LocalBroker::new(LocalBrokerConfig::default());
+        let mut rx = b.events();
+        let first = b
+            .publish(req("r", Some("m1")))
+            .await
+            .map(|o| o.offset())
+            .ok();
+        let again = b.publish(req("r", Some("m1"))).await.ok();
+        assert!(matches!(
+            again,
+            Some(PublishOutcome::Duplicate { offset: 1, .. })
+        ));
+        assert_eq!(first, Some(1));
+        assert!(rx.try_recv().is_ok());
+        assert!(rx.try_recv().is_err(), "a duplicate is not fanned out");
+    }
+
+    #[tokio::test]
+    async fn dedupe_memory_is_bounded() {
+        let b = LocalBroker::new(LocalBrokerConfig {
+            dedupe_max_entries: 10,
+            ..Default::default()
+        });
+        for i in 0..100 {
+            let _ = b.publish(req("r", Some(&format!("m{i}")))).await;
+        }
+        assert!(b.state.lock().dedupe.len() <= 10);
+    }
+
+    #[tokio::test]
+    async fn presence_join_leave_events() {
+        let b = LocalBroker::new(LocalBrokerConfig::default());
+        let mut rx = b.events();
+        let conn = PresenceConn {
+            session: "s".into(),
+            user: "u".into(),
+            name: "n".into(),
+            meta: String::new(),
+        };
+        let _ = b.presence_join("r", conn.clone()).await;
+        let _ = b.presence_join("r", conn).await;
+        let _ = b.presence_leave("r", "s").await;
+        let _ = b.presence_leave("r", "s").await;
+        let kinds: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|e| e.kind)
+            .collect();
+        assert!(matches!(
+            kinds.as_slice(),
+            [
+                RoomEventKind::PresenceJoin(_),
+                RoomEventKind::PresenceUpdate(_),
+                RoomEventKind::PresenceLeave { .. }
+            ]
+        ));
+        assert_eq!(b.stats().presence_members, 0);
+    }
+}

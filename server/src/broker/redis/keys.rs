@@ -1,0 +1,96 @@
+//! Names of every Redis key and channel the broker touches, in one place.
+//!
+//! Each kind of key has its own fixed segment right after the prefix (`head:`, `hist:`, …), so
+//! no room name (which may contain `:`) can make two kinds collide. A single-instance Redis (or
+//! a primary with replicas) is assumed: scripts touch keys of several rooms, which Redis
+//! Cluster would refuse.
+
+/// The key and channel names under one prefix.
+#[derive(Clone, Debug)]
+pub(super) struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub(super) fn new(prefix: &str) -> Self {
+        Self { prefix: prefix.to_owned() }
+    }
+
+    /// Pub/Sub channel of a room: every event of the room, in order.
+    pub(super) fn channel(&self, room: &str) -> String {
+        format!("{}:room:{room}", self.prefix)
+    }
+
+    /// The room name of a channel from [`Keys::channel`], if it is one.
+    pub(super) fn room_of_channel<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        channel.strip_prefix(self.prefix.as_str())?.strip_prefix(":room:")
+    }
+
+    /// String counter: the room's newest offset. Never expires, so offsets are never reused.
+    pub(super) fn head(&self, room: &str) -> String {
+        format!("{}:head:{room}", self.prefix)
+    }
+
+    /// Stream of the room's retained messages, entry id `{offset}-0`.
+    pub(super) fn history(&self, room: &str) -> String {
+        format!("{}:hist:{room}", self.prefix)
+    }
+
+    /// Prefix of history keys, for scripts that walk every room.
+    pub(super) fn history_prefix(&self) -> String {
+        format!("{}:hist:", self.prefix)
+    }
+
+    /// Hash session -> JSON of the connection and its owning node.
+    pub(super) fn presence(&self, room: &str) -> String {
+        format!("{}:pres:{room}", self.prefix)
+    }
+
+    /// Prefix of presence keys, for scripts that walk every room.
+    pub(super) fn presence_prefix(&self) -> String {
+        format!("{}:pres:", self.prefix)
+    }
+
+    /// Set of rooms that have (or recently had) history.
+    pub(super) fn history_rooms(&self) -> String {
+        format!("{}:idx:hist-rooms", self.prefix)
+    }
+
+    /// Set of rooms that have presence entries.
+    pub(super) fn presence_rooms(&self) -> String {
+        format!("{}:idx:pres-rooms", self.prefix)
+    }
+
+    /// Set of node ids that have announced themselves (alive or not).
+    pub(super) fn nodes(&self) -> String {
+        format!("{}:idx:nodes", self.prefix)
+    }
+
+    /// Liveness key of a node, refreshed with a TTL while the node runs.
+    pub(super) fn node(&self, id: &str) -> String {
+        format!("{}{id}", self.node_prefix())
+    }
+
+    pub(super) fn node_prefix(&self) -> String {
+        format!("{}:node:", self.prefix)
+    }
+
+    /// Remembered publish id. The user's length goes first so `("a:b", "c")` and `("a", "b:c")`
+    /// are different keys.
+    pub(super) fn dedupe(&self, user: &str, id: &str) -> String {
+        format!("{}:dedupe:{}:{user}:{id}", self.prefix, user.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Keys;
+
+    #[test]
+    fn channel_round_trips_and_dedupe_keys_do_not_collide() {
+        let k = Keys::new("p");
+        assert_eq!(k.room_of_channel(&k.channel("chat:a")), Some("chat:a"));
+        assert_eq!(k.room_of_channel("other:room:x"), None);
+        assert_ne!(k.dedupe("a:b", "c"), k.dedupe("a", "b:c"));
+    }
+}

@@ -1,0 +1,209 @@
+//! The Lua scripts. Every state change that must be atomic across nodes is one script: Redis
+//! runs scripts one at a time, so offsets, stream order and Pub/Sub order always agree, join vs
+//! update is decided on the hash's own answer, and two reapers never announce the same leave.
+//!
+//! Scripts publish events themselves (`PUBLISH` inside the script), so the order of events on a
+//! room's channel is the order of the state changes. Event payloads are JSON built by string
+//! concatenation around pieces the Rust side already encoded (see `wire.rs`); the only JSON
+//! Lua parses is a presence entry's `node` field, in the reaper.
+
+use redis::Script;
+
+/// Helpers shared by the scripts that touch history.
+const PRELUDE: &str = r#"
+local function fmt(n) return string.format('%d', n) end
+
+-- Redis's clock, so every node stamps messages with the same clock.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function id_offset(id)
+  return tonumber(string.match(id, '^(%d+)-')) or 0
+end
+
+local function stored_at(entry)
+  local f = entry[2]
+  for i = 1, #f, 2 do
+    if f[i] == 't' then return tonumber(f[i + 1]) or 0 end
+  end
+  return 0
+end
+
+-- Drops entries stored before `cutoff`. Stamps never decrease along the stream (one clock,
+-- scripts run one at a time), so what is kept is a suffix; `PEXPIRE` on every publish bounds
+-- how many old entries one call can meet.
+local function trim_by_age(stream, cutoff)
+  while true do
+    local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
+    if #first == 0 or stored_at(first[1]) >= cutoff then return end
+    redis.call('XTRIM', stream, 'MINID', fmt(id_offset(first[1][1]) + 1) .. '-0')
+  end
+end
+"#;
+
+/// KEYS: head, history, history-rooms index, [dedupe key].
+/// ARGV: room, channel, max messages, max age ms, dedupe window ms, sender, payload,
+/// wire tail (the event JSON after `"at":N,`), [name].
+/// Returns `{1, offset, stored_at_ms}` or `{0, "room offset"}` for a duplicate.
+const PUBLISH: &str = r#"
+if KEYS[4] then
+  local seen = redis.call('GET', KEYS[4])
+  if seen then return {0, seen} end
+end
+local now = now_ms()
+local offset = redis.call('INCR', KEYS[1])
+local id = fmt(offset) .. '-0'
+if ARGV[9] then
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], id,
+    's', ARGV[6], 'p', ARGV[7], 't', fmt(now), 'n', ARGV[9])
+else
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], id, 's', ARGV[6], 'p', ARGV[7], 't', fmt(now))
+end
+trim_by_age(KEYS[2], now - tonumber(ARGV[4]))
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call('SADD', KEYS[3], ARGV[1])
+if KEYS[4] then
+  redis.call('SET', KEYS[4], ARGV[1] .. ' ' .. fmt(offset), 'PX', ARGV[5])
+end
+redis.call('PUBLISH', ARGV[2],
+  '{"t":"m","o":' .. fmt(offset) .. ',"at":' .. fmt(now) .. ',' .. ARGV[8])
+return {1, offset, now}
+"#;
+
+/// KEYS: head, history. ARGV: since, limit, max age ms.
+/// Returns `{head, complete (0/1), XRANGE entries}`.
+const HISTORY: &str = r#"
+local since = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+trim_by_age(KEYS[2], now_ms() - tonumber(ARGV[3]))
+local head = tonumber(redis.call('GET', KEYS[1]) or '0')
+local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+local oldest = head + 1
+if #first > 0 then oldest = id_offset(first[1][1]) end
+local complete = 0
+if since + 1 >= oldest and since <= head then complete = 1 end
+local messages = {}
+if limit > 0 and since < head then
+  messages = redis.call('XRANGE', KEYS[2], fmt(since + 1) .. '-0', '+', 'COUNT', limit)
+end
+return {head, complete, messages}
+"#;
+
+/// KEYS: presence hash, presence-rooms index. ARGV: session, entry JSON, room, channel.
+/// Returns 1 for a join, 0 for an update.
+const PRESENCE_JOIN: &str = r#"
+local new = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[3])
+local t = 'pu'
+if new == 1 then t = 'pj' end
+redis.call('PUBLISH', ARGV[4], '{"t":"' .. t .. '","c":' .. ARGV[2] .. '}')
+return new
+"#;
+
+/// KEYS: presence hash. ARGV: session, entry JSON, channel. Returns 1 if the session was there.
+const PRESENCE_UPDATE: &str = r#"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PUBLISH', ARGV[3], '{"t":"pu","c":' .. ARGV[2] .. '}')
+return 1
+"#;
+
+/// KEYS: presence hash, presence-rooms index. ARGV: session, room, channel.
+/// Returns 1 if the session was there.
+const PRESENCE_LEAVE: &str = r#"
+local entry = redis.call('HGET', KEYS[1], ARGV[1])
+if not entry then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[2]) end
+redis.call('PUBLISH', ARGV[3], '{"t":"pl","c":' .. entry .. '}')
+return 1
+"#;
+
+/// A room's presence and, in the same atomic step, a marker on its channel: a reader knows
+/// that the presence events before the marker are in the snapshot and the ones after are not.
+/// KEYS: presence hash. ARGV: channel, marker event JSON. Returns HGETALL's reply.
+const PRESENCE_MARKED_SNAPSHOT: &str = r#"
+local entries = redis.call('HGETALL', KEYS[1])
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return entries
+"#;
+
+/// Removes the entries of dead nodes (liveness key gone) from one room and announces each
+/// leave once. KEYS: presence hash, presence-rooms index. ARGV: room, channel, node key prefix.
+/// Returns how many entries were removed.
+const REAP_ROOM: &str = r#"
+local alive = {}
+local entries = redis.call('HGETALL', KEYS[1])
+local removed = 0
+for i = 1, #entries, 2 do
+  local ok, conn = pcall(cjson.decode, entries[i + 1])
+  local node = ok and type(conn) == 'table' and conn.node
+  if type(node) == 'string' then
+    if alive[node] == nil then alive[node] = redis.call('EXISTS', ARGV[3] .. node) == 1 end
+    if not alive[node] then
+      redis.call('HDEL', KEYS[1], entries[i])
+      redis.call('PUBLISH', ARGV[2], '{"t":"pl","c":' .. entries[i + 1] .. '}')
+      removed = removed + 1
+    end
+  end
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[1]) end
+return removed
+"#;
+
+/// Counts for `/metrics`, and forgets index entries whose keys are gone (expired history).
+/// KEYS: history-rooms index, presence-rooms index. ARGV: history prefix, presence prefix.
+/// Returns `{rooms, presence members, history messages}`. O(rooms): run it rarely.
+const STATS: &str = r#"
+local seen = {}
+local rooms, members, messages = 0, 0, 0
+for _, room in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('EXISTS', ARGV[1] .. room) == 0 then
+    redis.call('SREM', KEYS[1], room)
+  else
+    seen[room] = true
+    rooms = rooms + 1
+    messages = messages + redis.call('XLEN', ARGV[1] .. room)
+  end
+end
+for _, room in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local n = redis.call('HLEN', ARGV[2] .. room)
+  if n == 0 then
+    redis.call('SREM', KEYS[2], room)
+  else
+    members = members + n
+    if not seen[room] then rooms = rooms + 1 end
+  end
+end
+return {rooms, members, messages}
+"#;
+
+/// The compiled scripts (`EVALSHA`, loaded on first use and after a `SCRIPT FLUSH`).
+pub(super) struct Scripts {
+    pub publish: Script,
+    pub history: Script,
+    pub presence_join: Script,
+    pub presence_update: Script,
+    pub presence_leave: Script,
+    pub presence_marked_snapshot: Script,
+    pub reap_room: Script,
+    pub stats: Script,
+}
+
+impl Scripts {
+    pub(super) fn new() -> Self {
+        let with_prelude = |body: &str| Script::new(&format!("{PRELUDE}\n{body}"));
+        Self {
+            publish: with_prelude(PUBLISH),
+            history: with_prelude(HISTORY),
+            presence_join: Script::new(PRESENCE_JOIN),
+            presence_update: Script::new(PRESENCE_UPDATE),
+            presence_leave: Script::new(PRESENCE_LEAVE),
+            presence_marked_snapshot: Script::new(PRESENCE_MARKED_SNAPSHOT),
+            reap_room: Script::new(REAP_ROOM),
+            stats: Script::new(STATS),
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! The Pub/Sub side: which rooms this node watches, the reader task that turns channel
+//! messages into room events, and recovery after the Pub/Sub connection drops.
+//!
+//! Race-free subscribe: [`Shared::watch`] returns only after Redis confirmed the `SUBSCRIBE`.
+//! Every publish script that runs after that reaches this node's reader, and every one that
+//! ran before is already in the stream the hub reads next, so nothing falls between the two.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::aio::{PubSubSink, PubSubStream};
+use redis::Msg;
+use rtlink_protocol::PresenceConn;
+
+use super::wire::{StoredConn, Wire};
+use super::{redis_err, timed_out, Shared};
+use crate::broker::{BrokerError, BrokerResult, RoomEvent, RoomEventKind};
+
+/// Messages fetched per history call while filling a gap after a reconnect.
+const RESYNC_PAGE: usize = 500;
+const RECONNECT_MIN: Duration = Duration::from_millis(100);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// What the reader knows about a watched room, to recover after a reconnect.
+#[derive(Default)]
+struct Watch {
+    /// Highest offset sent on the event channel; a message at or below it is a replay.
+    forwarded: u64,
+    /// The room's head right after it was subscribed: the hub read history up to at least
+    /// this, so a gap fill never needs to start lower.
+    seeded: u64,
+    /// The room's presence as the events sent so far describe it (session -> conn).
+    presence: HashMap<String, PresenceConn>,
+    /// Set after a gap fill: the presence snapshot it diffed against was taken atomically with
+    /// publishing this marker, so live presence events before the marker are already in the
+    /// diff and are dropped until the marker comes by.
+    pending_marker: Option<String>,
+}
+
+pub(super) struct Subscriptions {
+    /// The command half of the Pub/Sub connection, `None` while reconnecting. Held across
+    /// `SUBSCRIBE`/`UNSUBSCRIBE`, so watch, unwatch and re-subscribing never interleave.
+    sink: tokio::sync::Mutex<Option<PubSubSink>>,
+    watched: parking_lot::Mutex<HashMap<String, Watch>>,
+}
+
+impl Subscriptions {
+    pub(super) fn new(sink: PubSubSink) -> Self {
+        Self {
+            sink: tokio::sync::Mutex::new(Some(sink)),
+            watched: parking_lot::Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Shared {
+    pub(super) async fn watch(&self, room: &str) -> BrokerResult<()> {
+        let mut guard = self.subs.sink.lock().await;
+        if self.subs.watched.lock().contains_key(room) {
+            return Ok(());
+        }
+        let Some(sink) = guard.as_mut() else {
+            return Err(BrokerError(String::from("redis: pub/sub is reconnecting")));
+        };
+        // Registered before SUBSCRIBE so the reader tracks the room's first events.
+        self.subs.watched.lock().insert(room.to_owned(), Watch::default());
+        let subscribed = tokio::time::timeout(
+            self.opts.response_timeout,
+            sink.subscribe(self.keys.channel(room)),
+        )
+        .await
+        .map_err(|_| timed_out("subscribe"))
+        .and_then(|r| r.map_err(redis_err));
+        if let Err(e) = subscribed {
+            self.subs.watched.lock().remove(room);
+            return Err(e);
+        }
+        drop(guard);
+        // Only needed to recover after a Pub/Sub outage, so a failure here is not the caller's.
+        if let Err(e) = self.seed(room).await {
+            tracing::warn!(room, error = %e, "redis broker: could not seed a watched room");
+        }
+        Ok(())
+    }
+
+    /// Records the head and presence of a newly watched room: the hub reads both next, so they
+    /// are where a later gap fill and presence diff start.
+    async fn seed(&self, room: &str) -> BrokerResult<()> {
+        let head: Option<u64> = redis::cmd("GET")
+            .arg(self.keys.head(room))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(redis_err)?;
+        let conns = self.presence_snapshot(room).await?;
+        let mut watched = self.subs.watched.lock();
+        if let Some(w) = watched.get_mut(room) {
+            w.seeded = head.unwrap_or(0);
+            for conn in conns {
+                w.presence.entry(conn.session.clone()).or_insert(conn);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn unwatch(&self, room: &str) -> BrokerResult<()> {
+        let mut guard = self.subs.sink.lock().await;
+        if self.subs.watched.lock().remove(room).is_none() {
+            return Ok(());
+        }
+        // While reconnecting there is nothing to undo: only watched rooms are re-subscribed.
+        let Some(sink) = guard.as_mut() else { return Ok(()) };
+        tokio::time::timeout(self.opts.response_timeout, sink.unsubscribe(self.keys.channel(room)))
+            .await
+            .map_err(|_| timed_out("unsubscribe"))?
+            .map_err(redis_err)
+    }
+
+    /// One message from the Pub/Sub connection.
+    fn deliver(&self, msg: &Msg) {
+        let Some(room) = self.keys.room_of_channel(msg.get_channel_name()) else { return };
+        let wire = match serde_json::from_slice::<Wire>(msg.get_payload_bytes()) {
+            Ok(wire) => wire,
+            Err(e) => return tracing::warn!(room, error = %e, "redis broker: undecodable event"),
+        };
+        if let Wire::Marker { k } = &wire {
+            if let Some(w) = self.subs.watched.lock().get_mut(room) {
+                if w.pending_marker.as_ref() == Some(k) {
+                    w.pending_marker = None;
+                }
+            }
+            return;
+        }
+        if let Some(kind) = wire.into_kind(room) {
+            self.emit(room, kind, true);
+        }
+    }
+
+    /// Sends an event to the hub (encoding its frame, once) and keeps the room's recovery
+    /// state. Drops what a gap fill already covered: a message at or below the last offset
+    /// sent, a `live` presence event from before the fill's marker.
+    fn emit(&self, room: &str, kind: RoomEventKind, live: bool) {
+        if let Some(w) = self.subs.watched.lock().get_mut(room) {
+            let presence =
+                !matches!(kind, RoomEventKind::Message(_) | RoomEventKind::Typing { .. });
+            if live && presence && w.pending_marker.is_some() {
+                return;
+            }
+            match &kind {
+                RoomEventKind::Message(m) if m.offset <= w.forwarded => return,
+                RoomEventKind::Message(m) => w.forwarded = m.offset,
+                RoomEventKind::PresenceJoin(c) | RoomEventKind::PresenceUpdate(c) => {
+                    w.presence.insert(c.session.clone(), c.clone());
+                }
+                RoomEventKind::PresenceLeave { session, .. } => {
+                    w.presence.remove(session);
+                }
+                RoomEventKind::Typing { .. } => {}
+            }
+        }
+        // No receiver is not an error: nobody on this node listens.
+        let _ = self.tx.send(RoomEvent::new(room, kind));
+    }
+
+    /// Is the Pub/Sub connection still answering?
+    async fn subscriber_alive(&self) -> bool {
+        let sink = self.subs.sink.lock().await.clone();
+        let Some(mut sink) = sink else { return false };
+        matches!(
+            tokio::time::timeout(self.opts.response_timeout, sink.ping::<redis::Value>()).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// Opens a new Pub/Sub connection, subscribes every watched room and sends what was missed.
+    async fn reconnect(&self) -> BrokerResult<PubSubStream> {
+        let pubsub =
+            tokio::time::timeout(self.opts.connect_timeout, self.client.get_async_pubsub())
+                .await
+                .map_err(|_| timed_out("pub/sub connect"))?
+                .map_err(redis_err)?;
+        let (mut sink, stream) = pubsub.split();
+        {
+            let mut guard = self.subs.sink.lock().await;
+            let channels: Vec<String> =
+                self.subs.watched.lock().keys().map(|r| self.keys.channel(r)).collect();
+            if !channels.is_empty() {
+                tokio::time::timeout(self.opts.response_timeout, sink.subscribe(channels))
+                    .await
+                    .map_err(|_| timed_out("subscribe"))?
+                    .map_err(redis_err)?;
+            }
+            *guard = Some(sink);
+        }
+        if let Err(e) = self.resync().await {
+            *self.subs.sink.lock().await = None;
+            return Err(e);
+        }
+        Ok(stream)
+    }
+
+    /// Sends, for every watched room, the messages stored since the last one sent and the
+    /// presence changes between the mirror and the current hash. Runs on the reader task, so
+    /// live events (queued meanwhile) come after and replays among them are dropped by offset.
+    async fn resync(&self) -> BrokerResult<()> {
+        let rooms: Vec<(String, u64)> = self
+            .subs
+            .watched
+            .lock()
+            .iter()
+            .map(|(room, w)| (room.clone(), w.forwarded.max(w.seeded)))
+            .collect();
+        let (mut messages, mut presence) = (0usize, 0usize);
+        for (room, mut since) in rooms {
+            loop {
+                let page = self.history_page(&room, since, RESYNC_PAGE).await?;
+                if !page.complete {
+                    tracing::warn!(room, since, "redis broker: messages trimmed during a pub/sub outage are lost to live subscribers");
+                }
+                let Some(last) = page.messages.last().map(|m| m.offset) else { break };
+                messages += page.messages.len();
+                for m in page.messages {
+                    self.emit(&room, RoomEventKind::Message(m), false);
+                }
+                since = last;
+                if since >= page.head {
+                    break;
+                }
+            }
+            let marker = format!("{}-{:x}", self.node_id, rand::random::<u64>());
+            let now = self.marked_snapshot(&room, &marker).await?;
+            let changes = {
+                let mut watched = self.subs.watched.lock();
+                let Some(w) = watched.get_mut(&room) else { continue };
+                w.pending_marker = Some(marker);
+                presence_diff(&w.presence, now)
+            };
+            presence += changes.len();
+            for kind in changes {
+                self.emit(&room, kind, false);
+            }
+        }
+        tracing::info!(
+            messages,
+            presence,
+            "redis broker: recovered events missed during a pub/sub outage"
+        );
+        Ok(())
+    }
+}
+
+impl Shared {
+    /// The room's presence, read atomically with publishing `marker` on its channel.
+    async fn marked_snapshot(&self, room: &str, marker: &str) -> BrokerResult<Vec<PresenceConn>> {
+        let json = serde_json::to_string(&Wire::Marker { k: marker.to_owned() })
+            .map_err(|e| BrokerError(format!("encode marker: {e}")))?;
+        let entries: Vec<(String, String)> = self
+            .scripts
+            .presence_marked_snapshot
+            .key(self.keys.presence(room))
+            .arg(self.keys.channel(room))
+            .arg(json)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(redis_err)?;
+        Ok(entries.into_iter().filter_map(|(_, v)| StoredConn::decode(&v)).collect())
+    }
+}
+
+/// The events that turn presence `before` into `now`.
+fn presence_diff(
+    before: &HashMap<String, PresenceConn>,
+    now: Vec<PresenceConn>,
+) -> Vec<RoomEventKind> {
+    let mut changes = Vec::new();
+    let mut still_here = std::collections::HashSet::new();
+    for conn in now {
+        still_here.insert(conn.session.clone());
+        match before.get(&conn.session) {
+            None => changes.push(RoomEventKind::PresenceJoin(conn)),
+            Some(old) if *old != conn => changes.push(RoomEventKind::PresenceUpdate(conn)),
+            Some(_) => {}
+        }
+    }
+    for (session, old) in before {
+        if !still_here.contains(session) {
+            changes.push(RoomEventKind::PresenceLeave {
+                session: session.clone(),
+                user: old.user.clone(),
+            });
+        }
+    }
+    changes
+}
+
+/// The reader task: delivers Pub/Sub messages until the connection is lost, then reconnects
+/// with backoff. Stops when the broker is dropped (the task is aborted).
+pub(super) async fn run(shared: Arc<Shared>, mut stream: PubSubStream) {
+    loop {
+        pump(&shared, &mut stream).await;
+        *shared.subs.sink.lock().await = None;
+        tracing::warn!("redis broker: pub/sub connection lost, reconnecting");
+        let mut backoff = RECONNECT_MIN;
+        stream = loop {
+            match shared.reconnect().await {
+                Ok(stream) => break stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "redis broker: pub/sub reconnect failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RECONNECT_MAX);
+                }
+            }
+        };
+        tracing::info!("redis broker: pub/sub reconnected");
+    }
+}
+
+/// Delivers messages until the stream ends or the connection stops answering pings (a peer
+/// that vanished without closing the socket).
+async fn pump(shared: &Shared, stream: &mut PubSubStream) {
+    let mut ping = tokio::time::interval(shared.opts.node_ttl.max(Duration::from_millis(100)));
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            msg = stream.next() => match msg {
+                Some(msg) => shared.deliver(&msg),
+                None => return,
+            },
+            _ = ping.tick() => {
+                if !shared.subscriber_alive().await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(session: &str, meta: &str) -> PresenceConn {
+        PresenceConn {
+            session: session.into(),
+            user: "u".into(),
+            name: "n".into(),
+            meta: meta.into(),
+        }
+    }
+
+    #[test]
+    fn presence_diff_joins_updates_and_leaves() {
+        let before: HashMap<String, PresenceConn> =
+            [conn("same", ""), conn("changed", "1"), conn("gone", "")]
+                .into_iter()
+                .map(|c| (c.session.clone(), c))
+                .collect();
+        let changes =
+            presence_diff(&before, vec![conn("same", ""), conn("changed", "2"), conn("new", "")]);
+        let mut summary: Vec<String> = changes
+            .iter()
+            .map(|k| match k {
+                RoomEventKind::PresenceJoin(c) => format!("join {}", c.session),
+                RoomEventKind::PresenceUpdate(c) => format!("update {} {}", c.session, c.meta),
+                RoomEventKind::PresenceLeave { session, .. } => format!("leave {session}"),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        summary.sort();
+        assert_eq!(summary, ["join new", "leave gone", "update changed 2"]);
+    }
+}

@@ -1,0 +1,172 @@
+//! The upkeep task: this node's liveness key, the reaper of dead nodes' presence, and the
+//! cached numbers of `stats()`.
+//!
+//! Every tick (a third of the node TTL) the node refreshes `node:{id}` with the TTL. The reaper
+//! looks at the announced nodes; when one's key is gone it walks every room's presence and a
+//! script removes (and announces the leave of) each entry whose node is not alive — checked
+//! inside the script, so two reapers never announce the same leave and a node that came back
+//! in between keeps its entries. The first tick sweeps every room once, for nodes that died
+//! while no other node was running.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::wire::int;
+use super::{millis, redis_err, Shared};
+use crate::broker::{BrokerError, BrokerResult};
+
+impl Shared {
+    /// Refreshes this node's liveness key. Returns true if the key had expired, i.e. the other
+    /// nodes may have taken this node for dead and reaped its presence.
+    pub(super) async fn heartbeat(&self) -> BrokerResult<bool> {
+        let (previous,): (Option<String>,) = redis::pipe()
+            .cmd("SET")
+            .arg(self.keys.node(&self.node_id))
+            .arg(1)
+            .arg("PX")
+            .arg(millis(self.opts.node_ttl))
+            .arg("GET")
+            .cmd("SADD")
+            .arg(self.keys.nodes())
+            .arg(&self.node_id)
+            .ignore()
+            .query_async(&mut self.conn())
+            .await
+            .map_err(redis_err)?;
+        Ok(previous.is_none())
+    }
+
+    /// Joins again every presence entry this node owns (after it was taken for dead).
+    async fn reannounce(&self) -> BrokerResult<()> {
+        let owned: Vec<(String, rtlink_protocol::PresenceConn)> = self
+            .owned
+            .lock()
+            .iter()
+            .flat_map(|(room, conns)| conns.values().map(move |c| (room.clone(), c.clone())))
+            .collect();
+        for (room, conn) in owned {
+            self.presence_join(&room, &conn).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes the presence of dead nodes; `all_rooms` sweeps even if no announced node is
+    /// dead. Returns how many entries were removed.
+    async fn reap(&self, all_rooms: bool) -> BrokerResult<u64> {
+        let mut conn = self.conn();
+        let nodes: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.nodes())
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err)?;
+        let others: Vec<String> = nodes.into_iter().filter(|n| *n != self.node_id).collect();
+        let mut pipe = redis::pipe();
+        for node in &others {
+            pipe.cmd("EXISTS").arg(self.keys.node(node));
+        }
+        let alive: Vec<bool> = if others.is_empty() {
+            Vec::new()
+        } else {
+            pipe.query_async(&mut conn).await.map_err(redis_err)?
+        };
+        let dead: Vec<&String> =
+            others.iter().zip(alive).filter(|(_, alive)| !alive).map(|(n, _)| n).collect();
+        if dead.is_empty() && !all_rooms {
+            return Ok(0);
+        }
+        let rooms: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.presence_rooms())
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err)?;
+        let mut removed = 0;
+        for room in rooms {
+            let n: u64 = self
+                .scripts
+                .reap_room
+                .key(self.keys.presence(&room))
+                .key(self.keys.presence_rooms())
+                .arg(&room)
+                .arg(self.keys.channel(&room))
+                .arg(self.keys.node_prefix())
+                .invoke_async(&mut conn)
+                .await
+                .map_err(redis_err)?;
+            removed += n;
+        }
+        if !dead.is_empty() {
+            // A node that comes back announces itself again on its next heartbeat.
+            let _: () = redis::cmd("SREM")
+                .arg(self.keys.nodes())
+                .arg(&dead)
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_err)?;
+        }
+        if removed > 0 {
+            tracing::info!(
+                removed,
+                dead_nodes = dead.len(),
+                "redis broker: reaped presence of dead nodes"
+            );
+        }
+        Ok(removed)
+    }
+
+    async fn refresh_stats(&self) -> BrokerResult<()> {
+        let reply: Vec<redis::Value> = self
+            .scripts
+            .stats
+            .key(self.keys.history_rooms())
+            .key(self.keys.presence_rooms())
+            .arg(self.keys.history_prefix())
+            .arg(self.keys.presence_prefix())
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(redis_err)?;
+        let [rooms, members, messages] = reply.as_slice() else {
+            return Err(BrokerError(String::from("redis: unexpected stats reply")));
+        };
+        let cache = &self.stats;
+        cache.rooms.store(int(rooms).unwrap_or(0), Ordering::Relaxed);
+        cache.presence_members.store(int(members).unwrap_or(0), Ordering::Relaxed);
+        cache.history_messages.store(int(messages).unwrap_or(0), Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Runs until the broker is dropped (the task is aborted). Failures are logged and retried on
+/// the next tick: Redis being away is not this task's to report.
+pub(super) async fn run(shared: Arc<Shared>) {
+    let period = (shared.opts.node_ttl / 3).max(Duration::from_millis(20));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut swept_all = false;
+    let mut stats_due = Instant::now();
+    loop {
+        tick.tick().await;
+        match shared.heartbeat().await {
+            Ok(true) => {
+                tracing::warn!(
+                    "redis broker: this node's liveness had expired, re-announcing its presence"
+                );
+                if let Err(e) = shared.reannounce().await {
+                    tracing::warn!(error = %e, "redis broker: re-announcing presence failed");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "redis broker: liveness refresh failed"),
+        }
+        match shared.reap(!swept_all).await {
+            Ok(_) => swept_all = true,
+            Err(e) => tracing::warn!(error = %e, "redis broker: reaper failed"),
+        }
+        if Instant::now() >= stats_due {
+            if let Err(e) = shared.refresh_stats().await {
+                tracing::warn!(error = %e, "redis broker: stats refresh failed");
+            }
+            stats_due = Instant::now() + shared.opts.stats_interval;
+        }
+    }
+}

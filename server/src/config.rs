@@ -1,0 +1,266 @@
+//! Command line and environment configuration. Every flag has an `RTLINK_*` environment variable.
+//!
+//! Durations take a unit: `250ms`, `10s`, `2m`, `1h` (a bare number is seconds).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// A transport, as named on the command line and in metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ValueEnum)]
+pub enum TransportKind {
+    #[value(name = "websocket")]
+    WebSocket,
+    #[value(name = "sse")]
+    Sse,
+    #[value(name = "poll")]
+    Poll,
+}
+
+impl TransportKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::WebSocket => "websocket",
+            Self::Sse => "sse",
+            Self::Poll => "poll",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Parses `250ms`, `10s`, `2m`, `1h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 250ms, 10s, 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
+        "h" => Ok(Duration::from_secs(n.saturating_mul(3600))),
+        _ => Err(format!("unknown unit in `{s}` (use ms, s, m or h)")),
+    }
+}
+
+/// rtlink reference server: WebSocket, SSE and long-polling transports for the rtlink SDK.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "rtlink-server", version, about)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "RTLINK_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// HS256 secret that signs tokens. Without it the server runs in demo mode with a random
+    /// secret.
+    #[arg(long, env = "RTLINK_AUTH_SECRET", hide_env_values = true)]
+    pub auth_secret: Option<String>,
+
+    /// Enable `POST /v1/demo-token` (a token for any name) and `POST /v1/demo/drain`.
+    #[arg(long, env = "RTLINK_DEMO_AUTH")]
+    pub demo_auth: bool,
+
+    /// Allowed `Origin` (repeatable or comma separated). With none, any origin is allowed.
+    #[arg(
+        long = "allowed-origin",
+        env = "RTLINK_ALLOWED_ORIGIN",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+
+    /// Also allow any `http://localhost:<port>` and `http://127.0.0.1:<port>` origin.
+    #[arg(long, env = "RTLINK_ALLOW_LOCALHOST_ORIGINS")]
+    pub allow_localhost_origins: bool,
+
+    /// Serve the files in this directory at `/` (the demo app).
+    #[arg(long, env = "RTLINK_STATIC_DIR")]
+    pub static_dir: Option<PathBuf>,
+
+    /// Switch a transport off (testing the client's fallback); repeatable.
+    #[arg(
+        long = "disable-transport",
+        env = "RTLINK_DISABLE_TRANSPORT",
+        value_delimiter = ','
+    )]
+    pub disabled_transports: Vec<TransportKind>,
+
+    /// Redis URL for the scale-out broker.
+    #[arg(long, env = "RTLINK_REDIS")]
+    pub redis: Option<String>,
+
+    /// Log format.
+    #[arg(long, env = "RTLINK_LOG_FORMAT", value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+
+    /// TLS certificate chain (PEM); with `--tls-key` the server speaks HTTPS (h2 + http/1.1).
+    #[arg(long, env = "RTLINK_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM).
+    #[arg(long, env = "RTLINK_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// How often the server pings every transport.
+    #[arg(long, env = "RTLINK_PING_INTERVAL", default_value = "25s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+
+    /// Extra silence tolerated after a ping interval before a WebSocket is closed 4005.
+    #[arg(long, env = "RTLINK_HEARTBEAT_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub heartbeat_grace: Duration,
+
+    /// SSE keep-alive comment interval.
+    #[arg(long, env = "RTLINK_SSE_KEEPALIVE", default_value = "15s", value_parser = parse_duration)]
+    pub sse_keepalive: Duration,
+
+    /// Longest a long-poll request is held open.
+    #[arg(long, env = "RTLINK_POLL_HOLD", default_value = "25s", value_parser = parse_duration)]
+    pub poll_hold: Duration,
+
+    /// How long a session without transport stays resumable.
+    #[arg(long, env = "RTLINK_RESUME_WINDOW", default_value = "2m", value_parser = parse_duration)]
+    pub resume_window: Duration,
+
+    /// How long a dropped connection stays present before `presence_leave` goes out.
+    #[arg(long, env = "RTLINK_PRESENCE_GRACE", default_value = "5s", value_parser = parse_duration)]
+    pub presence_grace: Duration,
+
+    /// A typing start with no stop is ended by the server after this long.
+    #[arg(long, env = "RTLINK_TYPING_TTL", default_value = "8s", value_parser = parse_duration)]
+    pub typing_ttl: Duration,
+
+    /// Lifetime of a ticket from `POST /v1/ticket`.
+    #[arg(long, env = "RTLINK_TICKET_TTL", default_value = "30s", value_parser = parse_duration)]
+    pub ticket_ttl: Duration,
+
+    /// Reconnect window announced on drain (`reconnect_after.max_ms`).
+    #[arg(long, env = "RTLINK_DRAIN_WINDOW", default_value = "10s", value_parser = parse_duration)]
+    pub drain_window: Duration,
+
+    /// How long a drain waits for transports to close before giving up on them.
+    #[arg(long, env = "RTLINK_DRAIN_GRACE", default_value = "2s", value_parser = parse_duration)]
+    pub drain_grace: Duration,
+
+    /// Largest frame (and `/v1/send` body) accepted, in bytes.
+    #[arg(long, env = "RTLINK_MAX_FRAME_BYTES", default_value_t = 65_536)]
+    pub max_frame_bytes: usize,
+
+    /// Sustained publish/presence/typing frames per second per connection.
+    #[arg(long, env = "RTLINK_RATE_PER_SEC", default_value_t = 20)]
+    pub rate_per_sec: u32,
+
+    /// Token-bucket burst.
+    #[arg(long, env = "RTLINK_RATE_BURST", default_value_t = 40)]
+    pub rate_burst: u32,
+
+    /// Rate-limit nacks tolerated (within 10 s) before closing 4003.
+    #[arg(long, env = "RTLINK_RATE_STRIKES", default_value_t = 10)]
+    pub rate_strikes: u32,
+
+    /// Rooms one session may be subscribed to.
+    #[arg(long, env = "RTLINK_MAX_ROOMS", default_value_t = 100)]
+    pub max_rooms: u32,
+
+    /// Open transports in total; more get 503.
+    #[arg(long, env = "RTLINK_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Open transports from one IP address; more get 429.
+    #[arg(long, env = "RTLINK_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    pub max_connections_per_ip: usize,
+
+    /// Sessions (connected or resumable) in total; more get 503.
+    #[arg(long, env = "RTLINK_MAX_SESSIONS", default_value_t = 50_000)]
+    pub max_sessions: usize,
+
+    /// Frames queued per session before it is closed 4004 slow_consumer.
+    #[arg(long, env = "RTLINK_OUTBOX_FRAMES", default_value_t = 1024)]
+    pub outbox_max_frames: usize,
+
+    /// Bytes queued per session before it is closed 4004 slow_consumer.
+    #[arg(long, env = "RTLINK_OUTBOX_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub outbox_max_bytes: usize,
+
+    /// Messages kept per room for resume.
+    #[arg(long, env = "RTLINK_HISTORY_MESSAGES", default_value_t = 1000)]
+    pub history_max_messages: usize,
+
+    /// Age after which history is trimmed.
+    #[arg(long, env = "RTLINK_HISTORY_AGE", default_value = "10m", value_parser = parse_duration)]
+    pub history_max_age: Duration,
+
+    /// How long publish ids are remembered for deduplication.
+    #[arg(long, env = "RTLINK_DEDUPE_WINDOW", default_value = "2m", value_parser = parse_duration)]
+    pub dedupe_window: Duration,
+}
+
+impl Default for Config {
+    /// The defaults of every flag (environment variables included, as on the command line).
+    fn default() -> Self {
+        Self::parse_from(["rtlink-server"])
+    }
+}
+
+impl Config {
+    pub fn is_disabled(&self, kind: TransportKind) -> bool {
+        self.disabled_transports.contains(&kind)
+    }
+
+    /// Defaults that make a test fast and independent of the environment.
+    pub fn for_tests() -> Self {
+        // Explicit values, so `RTLINK_*` variables in the environment do not leak into tests.
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            auth_secret: Some("test-secret".into()),
+            demo_auth: true,
+            allowed_origins: Vec::new(),
+            allow_localhost_origins: false,
+            static_dir: None,
+            disabled_transports: Vec::new(),
+            redis: None,
+            tls_cert: None,
+            tls_key: None,
+            ..Self::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("x").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn flags_parse() {
+        let c = Config::parse_from([
+            "rtlink-server",
+            "--allowed-origin",
+            "http://a,http://b",
+            "--disable-transport",
+            "websocket",
+            "--drain-window",
+            "3s",
+        ]);
+        assert_eq!(c.allowed_origins, vec!["http://a", "http://b"]);
+        assert!(c.is_disabled(TransportKind::WebSocket));
+        assert_eq!(c.drain_window, Duration::from_secs(3));
+    }
+}

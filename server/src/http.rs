@@ -1,0 +1,230 @@
+//! HTTP plumbing shared by the endpoints: JSON error responses, the Origin policy, the client
+//! address, and the admission checks every transport runs before it opens (or upgrades).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::http::{header, HeaderMap, HeaderValue, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use rtlink_protocol::envelope::HttpError;
+use rtlink_protocol::ErrorCode;
+
+use crate::app::AppState;
+use crate::auth::Claims;
+use crate::config::TransportKind;
+use crate::limits::{ConnGuard, Refusal};
+use crate::metrics::DropReason;
+
+/// An HTTP error with the protocol's JSON body (`{"error","message","retry_after_ms"?}`).
+pub fn error(
+    status: StatusCode,
+    code: ErrorCode,
+    message: &str,
+    retry_after: Option<Duration>,
+) -> Response {
+    let body = HttpError {
+        error: code,
+        message: message.to_owned(),
+        retry_after_ms: retry_after.map(|d| d.as_millis() as u64),
+    };
+    let mut resp = (status, axum::Json(body)).into_response();
+    if let Some(d) = retry_after {
+        let secs = d.as_secs().max(1);
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+    }
+    resp
+}
+
+pub fn bad_request(message: &str) -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        ErrorCode::BadRequest,
+        message,
+        None,
+    )
+}
+
+pub fn unauthorized(message: &str) -> Response {
+    error(
+        StatusCode::UNAUTHORIZED,
+        ErrorCode::Unauthorized,
+        message,
+        None,
+    )
+}
+
+pub fn unknown_session() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        ErrorCode::UnknownSession,
+        "no such session (expired?)",
+        None,
+    )
+}
+
+pub fn overloaded(status: StatusCode, message: &str, retry_after: Duration) -> Response {
+    error(status, ErrorCode::Overloaded, message, Some(retry_after))
+}
+
+/// Which browser origins may talk to this server.
+#[derive(Clone, Debug)]
+pub struct OriginPolicy {
+    allowed: Vec<String>,
+    localhost: bool,
+}
+
+impl OriginPolicy {
+    pub fn new(allowed: &[String], localhost: bool) -> Self {
+        let allowed = allowed
+            .iter()
+            .map(|o| o.trim().trim_end_matches('/').to_owned())
+            .collect();
+        Self { allowed, localhost }
+    }
+
+    /// True when no list is configured: any origin is allowed (warned about at start-up).
+    pub fn allows_any(&self) -> bool {
+        self.allowed.is_empty() && !self.localhost
+    }
+
+    pub fn allows(&self, origin: &str) -> bool {
+        self.allows_any()
+            || self.allowed.iter().any(|o| o == origin)
+            || (self.localhost && is_localhost_origin(origin))
+    }
+
+    /// A request without `Origin` is not from a browser page and is allowed.
+    pub fn check(&self, headers: &HeaderMap) -> bool {
+        match headers.get(header::ORIGIN) {
+            None => true,
+            Some(v) => v.to_str().is_ok_and(|o| self.allows(o)),
+        }
+    }
+}
+
+/// `http://localhost[:port]`, `http://127.0.0.1[:port]` or `http://[::1][:port]`.
+pub fn is_localhost_origin(origin: &str) -> bool {
+    let Some(rest) = origin.strip_prefix("http://") else {
+        return false;
+    };
+    let port = ["localhost", "127.0.0.1", "[::1]"]
+        .iter()
+        .find_map(|host| rest.strip_prefix(host));
+    match port {
+        Some("") => true,
+        Some(p) => p.strip_prefix(':').is_some_and(|n| {
+            !n.is_empty() && n.len() <= 5 && n.bytes().all(|b| b.is_ascii_digit())
+        }),
+        None => false,
+    }
+}
+
+/// The peer's IP, when the server was started with connect info.
+pub fn client_ip<B>(req: &Request<B>) -> Option<IpAddr> {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ci| ci.0.ip())
+}
+
+pub fn origin_refused() -> Response {
+    error(
+        StatusCode::FORBIDDEN,
+        ErrorCode::OriginNotAllowed,
+        "origin not allowed",
+        None,
+    )
+}
+
+/// Everything a transport needs once admitted.
+pub struct Admission {
+    pub claims: Claims,
+    pub guard: ConnGuard,
+}
+
+#[allow(clippy::result_large_err)]
+/// The checks before a transport opens, in order: transport enabled (404), Origin (403), not
+/// draining (503), connection limits (503/429), ticket (401). Nothing is upgraded or streamed
+/// unless all pass; a refused ticket is consumed only when everything else passed.
+pub fn admit(
+    state: &AppState,
+    kind: TransportKind,
+    headers: &HeaderMap,
+    ip: Option<IpAddr>,
+    ticket: Option<&str>,
+) -> Result<Admission, Response> {
+    check_enabled(state, kind)?;
+    if !state.origins.check(headers) {
+        state.metrics.count_drop(DropReason::OriginNotAllowed);
+        return Err(origin_refused());
+    }
+    if state.is_draining() {
+        return Err(overloaded(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server is draining",
+            state.config.drain_window.max(Duration::from_secs(1)),
+        ));
+    }
+    let guard = state.limiter.acquire(ip, kind).map_err(|refusal| {
+        state.metrics.count_drop(DropReason::Overloaded);
+        match refusal {
+            Refusal::Total => overloaded(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many connections",
+                Duration::from_secs(5),
+            ),
+            Refusal::PerIp => overloaded(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many connections from this address",
+                Duration::from_secs(5),
+            ),
+        }
+    })?;
+    let claims = ticket
+        .and_then(|t| state.auth.redeem_ticket(t))
+        .ok_or_else(|| {
+            state.metrics.count_drop(DropReason::Unauthorized);
+            unauthorized("missing, invalid, expired or reused ticket")
+        })?;
+    Ok(Admission { claims, guard })
+}
+
+#[allow(clippy::result_large_err)]
+pub fn check_enabled(state: &AppState, kind: TransportKind) -> Result<(), Response> {
+    if state.config.is_disabled(kind) {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            ErrorCode::TransportDisabled,
+            &format!("the {} transport is disabled on this server", kind.as_str()),
+            None,
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn localhost_origins() {
+        assert!(is_localhost_origin("http://localhost:8080"));
+        assert!(is_localhost_origin("http://127.0.0.1:1"));
+        assert!(is_localhost_origin("http://localhost"));
+        assert!(!is_localhost_origin("http://localhost.evil.com"));
+        assert!(!is_localhost_origin("http://localhost:80x"));
+        assert!(!is_localhost_origin("https://example.com"));
+    }
+
+    #[test]
+    fn policy() {
+        let p = OriginPolicy::new(&["https://app.example".into()], false);
+        assert!(p.allows("https://app.example"));
+        assert!(!p.allows("https://evil.example"));
+        assert!(OriginPolicy::new(&[], false).allows("anything"));
+        let l = OriginPolicy::new(&[], true);
+        assert!(l.allows("http://localhost:3000") && !l.allows("https://app.example"));
+    }
+}

@@ -1,0 +1,364 @@
+//! The hub: this node's sessions, its index of local subscribers per room, and the one task that
+//! routes broker events to them.
+//!
+//! A room event arrives once from the broker with its frame already encoded; the dispatcher
+//! hands the same bytes to every local subscriber (no per-subscriber JSON work). If the
+//! dispatcher's broadcast receiver lags, that is not a disconnect: every local subscription is
+//! resynchronised from history and a fresh presence snapshot.
+//!
+//! Session lifecycle timers live here too: presence grace and resume window after a transport
+//! drops, heartbeats and the periodic sweep.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rtlink_protocol::{CloseCode, Limits, ServerFrame, UserInfo, PROTOCOL_VERSION};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::auth::{random_token, Claims};
+use crate::broker::{Broker, RoomEvent};
+use crate::config::{Config, TransportKind};
+use crate::limits::{ConnGuard, TokenBucket};
+use crate::metrics::{DropReason, Metrics};
+use crate::session::{Attached, OutboxLimits, Session};
+
+#[derive(Default)]
+struct Sessions {
+    by_id: HashMap<String, Arc<Session>>,
+    by_token: HashMap<String, Arc<Session>>,
+}
+
+pub struct Hub {
+    pub config: Arc<Config>,
+    pub broker: Arc<dyn Broker>,
+    pub metrics: Arc<Metrics>,
+    sessions: Mutex<Sessions>,
+    /// Local subscribers: room → session id → session.
+    rooms: Mutex<HashMap<String, HashMap<String, Arc<Session>>>>,
+}
+
+/// Too many sessions.
+#[derive(Debug)]
+pub struct SessionsFull;
+
+impl Hub {
+    pub fn new(config: Arc<Config>, broker: Arc<dyn Broker>, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            broker,
+            metrics,
+            sessions: Mutex::new(Sessions::default()),
+            rooms: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Starts the dispatcher and the heartbeat. Both stop when the hub is dropped.
+    pub fn start(self: &Arc<Self>) {
+        let rx = self.broker.events();
+        tokio::spawn(dispatch(Arc::downgrade(self), rx));
+        tokio::spawn(heartbeat(Arc::downgrade(self), self.config.ping_interval));
+    }
+
+    /// Resumes the session of `resume` if it exists and belongs to this user, else opens a new
+    /// one. Returns the session and whether it was resumed.
+    pub fn open_session(
+        &self,
+        claims: Claims,
+        resume: Option<&str>,
+    ) -> Result<(Arc<Session>, bool), SessionsFull> {
+        let mut sessions = self.sessions.lock();
+        if let Some(token) = resume {
+            if let Some(s) = sessions.by_token.get(token) {
+                if s.claims.sub == claims.sub && !s.lock().ended {
+                    return Ok((s.clone(), true));
+                }
+            }
+        }
+        if sessions.by_id.len() >= self.config.max_sessions {
+            return Err(SessionsFull);
+        }
+        let now = Instant::now();
+        let session = Arc::new(Session::new(
+            random_token(12),
+            random_token(32),
+            claims,
+            OutboxLimits {
+                max_frames: self.config.outbox_max_frames.max(8),
+                max_bytes: self
+                    .config
+                    .outbox_max_bytes
+                    .max(self.config.max_frame_bytes * 2),
+            },
+            TokenBucket::new(self.config.rate_per_sec, self.config.rate_burst, now),
+            self.metrics.clone(),
+        ));
+        sessions.by_id.insert(session.id.clone(), session.clone());
+        sessions
+            .by_token
+            .insert(session.resume_token.clone(), session.clone());
+        self.metrics
+            .sessions
+            .store(sessions.by_id.len() as u64, Relaxed);
+        Ok((session, false))
+    }
+
+    pub fn session_by_token(&self, token: &str) -> Option<Arc<Session>> {
+        self.sessions.lock().by_token.get(token).cloned()
+    }
+
+    pub fn all_sessions(&self) -> Vec<Arc<Session>> {
+        self.sessions.lock().by_id.values().cloned().collect()
+    }
+
+    pub fn welcome(&self, session: &Session, resumed: bool) -> ServerFrame {
+        let c = &self.config;
+        ServerFrame::Welcome {
+            v: PROTOCOL_VERSION,
+            session: session.id.clone(),
+            resume_token: session.resume_token.clone(),
+            resumed,
+            ping_interval_ms: c.ping_interval.as_millis() as u64,
+            user: UserInfo {
+                id: session.claims.sub.clone(),
+                name: session.claims.name.clone(),
+            },
+            limits: Limits {
+                max_frame_bytes: c.max_frame_bytes as u64,
+                rate_per_sec: c.rate_per_sec,
+                burst: c.rate_burst,
+                max_rooms: c.max_rooms,
+                resume_window_ms: c.resume_window.as_millis() as u64,
+            },
+        }
+    }
+
+    /// Attaches a transport to a session (superseding the old one) and queues `welcome`. If
+    /// the presence grace had run out, the session's presence is restored.
+    pub fn attach(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        kind: TransportKind,
+        guard: ConnGuard,
+        resumed: bool,
+    ) -> Attached {
+        let welcome = self.welcome(session, resumed);
+        let attached = session.attach(kind, guard, &welcome);
+        // Session ids are public; resume tokens and tickets are never logged.
+        tracing::debug!(session = %session.id, user = %session.claims.sub, transport = kind.as_str(), resumed, "transport attached");
+        let rejoin = std::mem::take(&mut session.lock().presence_left);
+        if rejoin {
+            let hub = self.clone();
+            let session = session.clone();
+            tokio::spawn(async move { hub.rejoin_presence(&session).await });
+        }
+        attached
+    }
+
+    /// The transport `gen` of `session` ended. Starts the presence grace and resume window.
+    pub fn detached(self: &Arc<Self>, session: &Arc<Session>, gen: u64) {
+        if !session.detach(gen) {
+            return;
+        }
+        self.schedule_expiry(session, gen);
+    }
+
+    /// Closes a session's transport at once with `code` and starts its grace timers.
+    pub fn force_close(self: &Arc<Self>, session: &Arc<Session>, code: CloseCode) {
+        if let Some(gen) = session.force_close(code) {
+            self.schedule_expiry(session, gen);
+        }
+    }
+
+    fn schedule_expiry(self: &Arc<Self>, session: &Arc<Session>, gen: u64) {
+        let hub = Arc::downgrade(self);
+        let session = session.clone();
+        let grace = self.config.presence_grace;
+        let window = self.config.resume_window;
+        tokio::spawn(async move {
+            // Still detached since `gen` ended: no transport attached in the meantime.
+            let still_detached = |s: &Session| {
+                let st = s.lock();
+                st.attached_gen().is_none() && st.attach_gen_is(gen) && !st.ended
+            };
+            tokio::time::sleep(grace.min(window)).await;
+            let Some(h) = hub.upgrade() else { return };
+            if !still_detached(&session) {
+                return; // resumed (a later detach has its own timer) or ended
+            }
+            h.leave_presence_all(&session, true).await;
+            drop(h);
+            tokio::time::sleep(window.saturating_sub(grace)).await;
+            let Some(h) = hub.upgrade() else { return };
+            if still_detached(&session) {
+                h.end_session(&session, CloseCode::SESSION_EXPIRED).await;
+            }
+        });
+    }
+
+    /// Ends a session for good: presence leaves at once, subscriptions go, the resume token
+    /// stops working.
+    pub async fn end_session(self: &Arc<Self>, session: &Arc<Session>, code: CloseCode) {
+        {
+            let mut st = session.lock();
+            if st.ended {
+                return;
+            }
+            st.ended = true;
+        }
+        {
+            let mut sessions = self.sessions.lock();
+            sessions.by_id.remove(&session.id);
+            sessions.by_token.remove(&session.resume_token);
+            self.metrics
+                .sessions
+                .store(sessions.by_id.len() as u64, Relaxed);
+        }
+        tracing::debug!(session = %session.id, code = code.0, "session ended");
+        session.close_transport(code, "session ended");
+        self.leave_presence_all(session, false).await;
+        let rooms: Vec<String> = session.lock().rooms.drain().map(|(r, _)| r).collect();
+        for room in rooms {
+            self.remove_local_sub(&room, &session.id).await;
+        }
+    }
+
+    /// Registers a local subscriber; the first one of a room makes this node watch it.
+    pub async fn add_local_sub(&self, room: &str, session: &Arc<Session>) {
+        let first = {
+            let mut rooms = self.rooms.lock();
+            let subs = rooms.entry(room.to_owned()).or_default();
+            let first = subs.is_empty();
+            subs.insert(session.id.clone(), session.clone());
+            self.metrics.local_rooms.store(rooms.len() as u64, Relaxed);
+            first
+        };
+        if first {
+            if let Err(e) = self.broker.watch(room).await {
+                tracing::warn!(error = %e, "broker watch failed");
+            }
+        }
+    }
+
+    pub async fn remove_local_sub(&self, room: &str, session_id: &str) {
+        let last = {
+            let mut rooms = self.rooms.lock();
+            let last = match rooms.get_mut(room) {
+                Some(subs) => {
+                    subs.remove(session_id);
+                    subs.is_empty()
+                }
+                None => false,
+            };
+            if last {
+                rooms.remove(room);
+            }
+            self.metrics.local_rooms.store(rooms.len() as u64, Relaxed);
+            last
+        };
+        if last {
+            if let Err(e) = self.broker.unwatch(room).await {
+                tracing::warn!(error = %e, "broker unwatch failed");
+            }
+        }
+    }
+
+    fn route(&self, ev: &RoomEvent) {
+        let subs: Vec<Arc<Session>> = match self.rooms.lock().get(&*ev.room) {
+            Some(subs) => subs.values().cloned().collect(),
+            None => return,
+        };
+        for s in subs {
+            s.update(|st, m| st.deliver(ev, &s.claims.sub, m));
+        }
+    }
+
+    /// After the dispatcher lagged: every local subscription replays from its last offset and
+    /// gets a fresh presence snapshot. The replays begin (buffer live events) *before* the
+    /// dispatcher routes the next event, so nothing slips between history and live.
+    fn resync_all(self: &Arc<Self>) {
+        let pairs: Vec<(String, Arc<Session>)> = self
+            .rooms
+            .lock()
+            .iter()
+            .flat_map(|(room, subs)| subs.values().map(move |s| (room.clone(), s.clone())))
+            .collect();
+        for (room, session) in pairs {
+            let Some((gen, from)) = Self::begin_replay(&session, &room, None, false) else {
+                continue;
+            };
+            let hub = self.clone();
+            tokio::spawn(async move { hub.complete_replay(&session, &room, gen, from).await });
+        }
+    }
+
+    /// One heartbeat round: ping every attached transport, close dead WebSockets (4005) and
+    /// silent long polls, close transports whose token expired (4009).
+    fn beat(self: &Arc<Self>) {
+        let now = Instant::now();
+        let ws_deadline = self.config.ping_interval + self.config.heartbeat_grace;
+        let poll_deadline = self.config.poll_hold + ws_deadline;
+        for s in self.all_sessions() {
+            let (kind, last_inbound, last_seen) = {
+                let st = s.lock();
+                (
+                    st.attached_kind(),
+                    st.last_inbound,
+                    st.transport_last_seen(),
+                )
+            };
+            let Some(kind) = kind else { continue };
+            if s.claims.expired() {
+                s.close_transport(CloseCode::TOKEN_EXPIRED, "token expired");
+                continue;
+            }
+            let dead = match kind {
+                TransportKind::WebSocket => {
+                    now.saturating_duration_since(last_inbound) > ws_deadline
+                }
+                TransportKind::Poll => {
+                    last_seen.is_some_and(|t| now.saturating_duration_since(t) > poll_deadline)
+                }
+                TransportKind::Sse => false,
+            };
+            if dead {
+                self.metrics.count_drop(DropReason::HeartbeatTimeout);
+                self.force_close(&s, CloseCode::HEARTBEAT_TIMEOUT);
+                continue;
+            }
+            s.push_frame(&ServerFrame::Ping);
+        }
+    }
+}
+
+async fn dispatch(hub: Weak<Hub>, mut rx: tokio::sync::broadcast::Receiver<RoomEvent>) {
+    loop {
+        let got = rx.recv().await;
+        let Some(hub) = hub.upgrade() else { return };
+        match got {
+            Ok(ev) => hub.route(&ev),
+            Err(RecvError::Lagged(n)) => {
+                hub.metrics.broker_lagged_events.fetch_add(n, Relaxed);
+                tracing::warn!(
+                    missed = n,
+                    "hub lagged behind the broker; resyncing subscriptions"
+                );
+                hub.resync_all();
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+async fn heartbeat(hub: Weak<Hub>, every: Duration) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(hub) = hub.upgrade() else { return };
+        hub.beat();
+    }
+}

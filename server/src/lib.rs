@@ -1,0 +1,24 @@
+//! rtlink-server: the reference server of the rtlink realtime SDK.
+//!
+//! [`app::app`] builds the router from an [`app::AppState`]; `main.rs` only parses the command
+//! line and serves it. See docs/PROTOCOL.md for the wire protocol this implements, and
+//! [`broker`] for the seam a multi-node deployment plugs into.
+
+pub mod app;
+pub mod auth;
+pub mod broker;
+pub mod config;
+pub mod drain;
+pub mod http;
+pub mod hub;
+pub mod limits;
+pub mod metrics;
+pub mod presence;
+pub mod rooms;
+pub mod session;
+pub mod tls;
+pub mod transport;
+pub mod typing;
+
+pub use app::{app, serve, AppState};
+pub use config::Config;

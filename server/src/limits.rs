@@ -1,0 +1,213 @@
+//! Abuse limits: the per-connection token bucket and connection counting (total and per IP).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::config::TransportKind;
+use crate::metrics::Metrics;
+
+/// A token bucket: `rate` tokens per second, at most `burst` saved up.
+#[derive(Debug)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(rate_per_sec: u32, burst: u32, now: Instant) -> Self {
+        let burst = f64::from(burst.max(1));
+        Self {
+            rate: f64::from(rate_per_sec),
+            burst,
+            tokens: burst,
+            last: now,
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub fn try_take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Counts rate-limit nacks; too many within a window means the client ignores them.
+#[derive(Debug, Default)]
+pub struct Strikes {
+    count: u32,
+    last: Option<Instant>,
+}
+
+impl Strikes {
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    /// Records a nack; true when the client has now exceeded `max` strikes.
+    pub fn strike(&mut self, now: Instant, max: u32) -> bool {
+        if self
+            .last
+            .is_some_and(|l| now.saturating_duration_since(l) > Self::WINDOW)
+        {
+            self.count = 0;
+        }
+        self.last = Some(now);
+        self.count += 1;
+        self.count > max
+    }
+}
+
+/// Why a connection was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Too many in total (503).
+    Total,
+    /// Too many from this address (429).
+    PerIp,
+}
+
+struct Counts {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+    by_transport: HashMap<TransportKind, usize>,
+}
+
+/// Counts open transports. A [`ConnGuard`] is one open transport; dropping it releases it.
+pub struct ConnectionLimiter {
+    max_total: usize,
+    max_per_ip: usize,
+    counts: Mutex<Counts>,
+    metrics: Arc<Metrics>,
+}
+
+impl ConnectionLimiter {
+    pub fn new(max_total: usize, max_per_ip: usize, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            max_total,
+            max_per_ip,
+            counts: Mutex::new(Counts {
+                total: 0,
+                per_ip: HashMap::new(),
+                by_transport: HashMap::new(),
+            }),
+            metrics,
+        })
+    }
+
+    /// Reserves a connection slot for `ip`.
+    pub fn acquire(
+        self: &Arc<Self>,
+        ip: Option<IpAddr>,
+        kind: TransportKind,
+    ) -> Result<ConnGuard, Refusal> {
+        let mut c = self.counts.lock();
+        if c.total >= self.max_total {
+            return Err(Refusal::Total);
+        }
+        if let Some(ip) = ip {
+            let n = c.per_ip.entry(ip).or_insert(0);
+            if *n >= self.max_per_ip {
+                return Err(Refusal::PerIp);
+            }
+            *n += 1;
+        }
+        c.total += 1;
+        let n = c.by_transport.entry(kind).or_insert(0);
+        *n += 1;
+        self.metrics.set_connections(kind, *n as u64);
+        Ok(ConnGuard {
+            limiter: self.clone(),
+            ip,
+            kind,
+        })
+    }
+
+    pub fn total(&self) -> usize {
+        self.counts.lock().total
+    }
+}
+
+/// One open transport; released on drop.
+pub struct ConnGuard {
+    limiter: Arc<ConnectionLimiter>,
+    ip: Option<IpAddr>,
+    kind: TransportKind,
+}
+
+impl ConnGuard {
+    pub fn kind(&self) -> TransportKind {
+        self.kind
+    }
+}
+
+impl std::fmt::Debug for ConnGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ConnGuard({})", self.kind.as_str())
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let mut c = self.limiter.counts.lock();
+        c.total = c.total.saturating_sub(1);
+        if let Some(ip) = self.ip {
+            if let Some(n) = c.per_ip.get_mut(&ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    c.per_ip.remove(&ip);
+                }
+            }
+        }
+        let n = c.by_transport.entry(self.kind).or_insert(1);
+        *n = n.saturating_sub(1);
+        let n = *n as u64;
+        self.limiter.metrics.set_connections(self.kind, n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_refills() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10, 2, t0);
+        assert!(b.try_take(t0));
+        assert!(b.try_take(t0));
+        assert!(!b.try_take(t0));
+        assert!(b.try_take(t0 + Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn limiter_counts_and_releases() {
+        let l = ConnectionLimiter::new(3, 2, Arc::new(Metrics::default()));
+        let ip: IpAddr = [127, 0, 0, 1].into();
+        let a = l.acquire(Some(ip), TransportKind::Sse);
+        let b = l.acquire(Some(ip), TransportKind::Sse);
+        assert!(a.is_ok() && b.is_ok());
+        assert_eq!(
+            l.acquire(Some(ip), TransportKind::Sse).err(),
+            Some(Refusal::PerIp)
+        );
+        let c = l.acquire(Some([10, 0, 0, 1].into()), TransportKind::Poll);
+        assert!(c.is_ok());
+        assert_eq!(
+            l.acquire(None, TransportKind::Poll).err(),
+            Some(Refusal::Total)
+        );
+        drop(a);
+        assert!(l.acquire(Some(ip), TransportKind::Sse).is_ok());
+    }
+}

@@ -1,0 +1,371 @@
+//! Client frames that act on rooms: subscribe (with replay), unsubscribe, publish; and the
+//! dispatch of every inbound frame.
+//!
+//! Subscribe is race-free: the subscription is registered for live events *first* (they are
+//! buffered while the replay runs), then history after `since` is read, then the replay is
+//! queued followed by the buffered live events with an offset above the last replayed one.
+//! No gap, no duplicate, in order. Re-subscribing a room the session is already in is the
+//! resume path: the same replay, no second presence join.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use rtlink_protocol::{ClientFrame, CloseCode, ErrorCode, PresenceConn, ServerFrame};
+
+use crate::broker::{DedupeKey, PublishOutcome, PublishRequest};
+use crate::hub::Hub;
+use crate::metrics::DropReason;
+use crate::session::{Replay, ReplayResult, RoomSub, Session};
+
+/// Room names: 1–128 characters of `[A-Za-z0-9_.:-]`.
+pub fn valid_room(room: &str) -> bool {
+    (1..=128).contains(&room.len())
+        && room
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
+}
+
+/// The transport must end with this close code (a `close` frame is already queued).
+pub type Flow = Result<(), CloseCode>;
+
+impl Hub {
+    /// Handles one frame from the client. `Err(code)` means the transport must close.
+    pub async fn handle_frame(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        frame: ClientFrame,
+    ) -> Flow {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.metrics.frames_in.fetch_add(1, Relaxed);
+        session.lock().last_inbound = Instant::now();
+        let flow = match frame {
+            ClientFrame::Hello { .. } => Err(CloseCode::PROTOCOL_VIOLATION),
+            ClientFrame::Ping => {
+                session.push_frame(&ServerFrame::Pong);
+                Ok(())
+            }
+            ClientFrame::Pong => Ok(()),
+            ClientFrame::Subscribe { room, since } => self.subscribe(session, room, since).await,
+            ClientFrame::Unsubscribe { room } => self.unsubscribe(session, room).await,
+            ClientFrame::Publish { room, id, payload } => {
+                self.publish(session, room, id, payload).await
+            }
+            ClientFrame::Presence { room, meta } => self.set_presence(session, room, meta).await,
+            ClientFrame::Typing { room, active } => self.typing(session, room, active).await,
+            ClientFrame::Close { .. } => {
+                self.end_session(session, CloseCode::NORMAL).await;
+                Err(CloseCode::NORMAL)
+            }
+        };
+        if let Err(code) = flow {
+            session.close_transport(code, code.name());
+        }
+        flow
+    }
+
+    pub(crate) fn nack(&self, session: &Session, id: String, code: ErrorCode, reason: &str) {
+        session.push_frame(&ServerFrame::Nack {
+            id,
+            code,
+            reason: reason.to_owned(),
+        });
+    }
+
+    /// Takes a token from the session's bucket. Without one: nack `rate_limited`, and after too
+    /// many nacks, close 4003.
+    pub(crate) fn check_rate(&self, session: &Session, id: &str) -> Result<bool, CloseCode> {
+        let now = Instant::now();
+        let max_strikes = self.config.rate_strikes;
+        let verdict = {
+            let mut st = session.lock();
+            if st.bucket.try_take(now) {
+                None
+            } else {
+                Some(st.strikes.strike(now, max_strikes))
+            }
+        };
+        match verdict {
+            None => Ok(true),
+            Some(false) => {
+                self.metrics.count_drop(DropReason::RateLimited);
+                self.nack(session, id.to_owned(), ErrorCode::RateLimited, "slow down");
+                Ok(false)
+            }
+            Some(true) => {
+                self.metrics.count_drop(DropReason::RateLimited);
+                Err(CloseCode::RATE_LIMITED)
+            }
+        }
+    }
+
+    /// True if the session is subscribed to `room`; otherwise nacks `not_subscribed`.
+    pub(crate) fn require_subscribed(&self, session: &Session, room: &str, id: &str) -> bool {
+        let subscribed = session.lock().rooms.contains_key(room);
+        if !subscribed {
+            self.nack(
+                session,
+                id.to_owned(),
+                ErrorCode::NotSubscribed,
+                "subscribe first",
+            );
+        }
+        subscribed
+    }
+
+    pub(crate) fn presence_conn(&self, session: &Session, meta: String) -> PresenceConn {
+        PresenceConn {
+            session: session.id.clone(),
+            user: session.claims.sub.clone(),
+            name: session.claims.name.clone(),
+            meta,
+        }
+    }
+
+    async fn subscribe(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        room: String,
+        since: Option<u64>,
+    ) -> Flow {
+        if !valid_room(&room) {
+            self.nack(
+                session,
+                room,
+                ErrorCode::InvalidRoom,
+                "room names are 1-128 of [A-Za-z0-9_.:-]",
+            );
+            return Ok(());
+        }
+        if !session.claims.may_access(&room) {
+            self.nack(
+                session,
+                room,
+                ErrorCode::Forbidden,
+                "the token does not allow this room",
+            );
+            return Ok(());
+        }
+        let max_rooms = self.config.max_rooms as usize;
+        let new = session.update(|st, _| {
+            if st.rooms.contains_key(&room) {
+                return Some(false);
+            }
+            if st.rooms.len() >= max_rooms {
+                return None;
+            }
+            // Buffer live events from now on; the replay below takes the buffer over.
+            st.rooms.insert(
+                room.clone(),
+                RoomSub {
+                    last_offset: 0,
+                    replay: Some(Replay {
+                        send_subscribed: true,
+                        ..Replay::default()
+                    }),
+                    meta: String::new(),
+                    typing_gen: 0,
+                    typing_active: false,
+                },
+            );
+            Some(true)
+        });
+        let Some(new) = new else {
+            self.nack(
+                session,
+                room,
+                ErrorCode::TooManyRooms,
+                "too many rooms on this session",
+            );
+            return Ok(());
+        };
+        if new {
+            self.add_local_sub(&room, session).await;
+            let conn = self.presence_conn(session, String::new());
+            if let Err(e) = self.broker.presence_join(&room, conn).await {
+                tracing::warn!(error = %e, "presence join failed");
+            }
+        }
+        self.replay(session, &room, since, true).await;
+        Ok(())
+    }
+
+    /// Replays `room` for `session` from `since` (or from the head when `None`), then switches
+    /// the subscription to live.
+    pub(crate) async fn replay(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        room: &str,
+        since: Option<u64>,
+        send_subscribed: bool,
+    ) {
+        if let Some((gen, from)) = Self::begin_replay(session, room, since, send_subscribed) {
+            self.complete_replay(session, room, gen, from).await;
+        }
+    }
+
+    /// First half of a replay, synchronous: from now on live events of the room are buffered.
+    /// Returns the replay's generation and the offset to read history after (`None`: from the
+    /// head). A resync (`send_subscribed` false, no `since`) continues from what the client
+    /// already has.
+    pub(crate) fn begin_replay(
+        session: &Session,
+        room: &str,
+        since: Option<u64>,
+        send_subscribed: bool,
+    ) -> Option<(u64, Option<u64>)> {
+        session.update(|st, _| {
+            let gen = st.next_replay_gen();
+            let sub = st.rooms.get_mut(room)?;
+            let from = match since {
+                Some(s) => {
+                    sub.last_offset = s;
+                    Some(s)
+                }
+                None if !send_subscribed => Some(sub.last_offset),
+                None => None,
+            };
+            let prev = sub.replay.take();
+            let owed = send_subscribed || prev.as_ref().is_some_and(|r| r.send_subscribed);
+            let (buffered, buffered_bytes) = prev
+                .map(|r| (r.buffered, r.buffered_bytes))
+                .unwrap_or_default();
+            sub.replay = Some(Replay {
+                gen,
+                buffered,
+                buffered_bytes,
+                send_subscribed: owed,
+            });
+            Some((gen, from))
+        })
+    }
+
+    /// Second half of a replay: reads history and presence, queues them, goes live.
+    pub(crate) async fn complete_replay(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        room: &str,
+        gen: u64,
+        from: Option<u64>,
+    ) {
+        let limit = self.config.history_max_messages;
+        let page = match from {
+            Some(f) => self.broker.history(room, f, limit).await,
+            None => self.broker.history(room, 0, 0).await,
+        };
+        let snapshot = self.broker.presence_snapshot(room).await;
+        let (page, conns) = match (page, snapshot) {
+            (Ok(p), Ok(c)) => (p, c),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "replay failed");
+                session.update(|st, _| {
+                    if let Some(sub) = st.rooms.get_mut(room) {
+                        sub.replay = None;
+                    }
+                });
+                self.nack(
+                    session,
+                    room.to_owned(),
+                    ErrorCode::Internal,
+                    "history unavailable",
+                );
+                return;
+            }
+        };
+        let recovered = from.is_none() || page.complete;
+        session.update(|st, m| {
+            if from.is_none() {
+                if let Some(sub) = st.rooms.get_mut(room) {
+                    sub.last_offset = sub.last_offset.max(page.head);
+                }
+            }
+            let result = ReplayResult {
+                room,
+                gen,
+                head: page.head,
+                recovered,
+                history: &page.messages,
+                conns,
+                own_user: &session.claims.sub,
+                own_session: &session.id,
+            };
+            st.finish_replay(result, m);
+        });
+    }
+
+    async fn unsubscribe(self: &Arc<Self>, session: &Arc<Session>, room: String) -> Flow {
+        let removed = session.update(|st, _| st.rooms.remove(&room));
+        if let Some(sub) = removed {
+            self.remove_local_sub(&room, &session.id).await;
+            if sub.typing_active {
+                let _ = self
+                    .broker
+                    .typing(&room, &session.claims.sub, &session.claims.name, false)
+                    .await;
+            }
+            if let Err(e) = self.broker.presence_leave(&room, &session.id).await {
+                tracing::warn!(error = %e, "presence leave failed");
+            }
+        }
+        session.push_frame(&ServerFrame::Unsubscribed { room });
+        Ok(())
+    }
+
+    async fn publish(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        room: String,
+        id: String,
+        payload: String,
+    ) -> Flow {
+        if !self.require_subscribed(session, &room, &id) {
+            return Ok(());
+        }
+        if !self.check_rate(session, &id)? {
+            return Ok(());
+        }
+        let req = PublishRequest {
+            room: room.clone(),
+            sender: session.claims.sub.clone(),
+            name: Some(session.claims.name.clone()).filter(|n| !n.is_empty()),
+            payload,
+            dedupe: (!id.is_empty()).then(|| DedupeKey {
+                user: session.claims.sub.clone(),
+                id: id.clone(),
+            }),
+        };
+        match self.broker.publish(req).await {
+            Ok(outcome) => {
+                let (room, offset) = match &outcome {
+                    PublishOutcome::Stored(m) => {
+                        self.metrics
+                            .messages_published
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        (m.room.clone(), m.offset)
+                    }
+                    PublishOutcome::Duplicate { room, offset } => (room.clone(), *offset),
+                };
+                session.push_frame(&ServerFrame::Ack { id, room, offset });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "publish failed");
+                self.nack(session, id, ErrorCode::Internal, "publish failed");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_room;
+
+    #[test]
+    fn room_names() {
+        assert!(valid_room("chat:lobby-1.a_b"));
+        assert!(!valid_room(""));
+        assert!(!valid_room("has space"));
+        assert!(!valid_room("ü"));
+        assert!(valid_room(&"a".repeat(128)));
+        assert!(!valid_room(&"a".repeat(129)));
+    }
+}

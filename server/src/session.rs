@@ -1,0 +1,549 @@
+//! Sessions, independent of the transport that carries them.
+//!
+//! A session owns an **outbox**: the frames queued for the client, each with a sequence number
+//! (`seq`, from 1, per session). Whatever transport is attached reads the outbox: WebSocket and
+//! SSE take frames out as they write them; long polling keeps them until the client's cursor
+//! says they arrived. The outbox is bounded (frames and bytes); overflow empties it and queues a
+//! close 4004 slow_consumer instead.
+//!
+//! At most one transport is attached. Attaching another supersedes the old one (it is told to
+//! close with 4006) and re-queues the undelivered frames behind the new `welcome`. A detached
+//! session lives on for the resume window; the [`crate::hub::Hub`] owns those timers.
+//!
+//! All state sits behind one short-held `parking_lot::Mutex`; nothing awaits while holding it.
+//! Changes are announced on a `watch` channel (a version counter), so a transport never misses
+//! a wake-up.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::{Mutex, MutexGuard};
+use rtlink_protocol::{CloseCode, PresenceConn, ServerFrame};
+use tokio::sync::{oneshot, watch};
+
+use crate::auth::Claims;
+use crate::broker::{encode_frame, Frame, RoomEvent, RoomEventKind, StoredMessage};
+use crate::config::TransportKind;
+use crate::limits::{ConnGuard, Strikes, TokenBucket};
+use crate::metrics::{DropReason, Metrics};
+
+/// One queued frame.
+#[derive(Clone, Debug)]
+pub struct OutFrame {
+    pub seq: u64,
+    pub frame: Frame,
+    /// Set on the last frame of a transport: after writing it, close with this code.
+    pub close: Option<CloseCode>,
+}
+
+/// Bounds of an outbox.
+#[derive(Clone, Copy, Debug)]
+pub struct OutboxLimits {
+    pub max_frames: usize,
+    pub max_bytes: usize,
+}
+
+#[derive(Debug)]
+struct Outbox {
+    limits: OutboxLimits,
+    next_seq: u64,
+    frames: VecDeque<OutFrame>,
+    bytes: usize,
+    /// A close is queued: later frames are dropped until the next attach.
+    closing: bool,
+}
+
+impl Outbox {
+    fn enqueue(&mut self, frame: Frame, close: Option<CloseCode>) {
+        self.next_seq += 1;
+        self.bytes += frame.len();
+        self.frames.push_back(OutFrame {
+            seq: self.next_seq,
+            frame,
+            close,
+        });
+    }
+
+    fn clear(&mut self) {
+        self.frames.clear();
+        self.bytes = 0;
+    }
+
+    fn pop_through(&mut self, seq: u64) {
+        while self.frames.front().is_some_and(|f| f.seq <= seq) {
+            if let Some(f) = self.frames.pop_front() {
+                self.bytes = self.bytes.saturating_sub(f.frame.len());
+            }
+        }
+    }
+}
+
+/// A subscription of this session to a room.
+#[derive(Debug)]
+pub struct RoomSub {
+    /// Highest message offset queued to the client.
+    pub last_offset: u64,
+    /// While a history replay runs, live events wait here (bounded by the outbox limit).
+    pub replay: Option<Replay>,
+    /// This connection's presence metadata in the room.
+    pub meta: String,
+    /// Bumped by every typing change; a TTL timer only fires for its own generation.
+    pub typing_gen: u64,
+    pub typing_active: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct Replay {
+    /// Which replay owns the buffer (a newer one takes over).
+    pub gen: u64,
+    pub buffered: Vec<RoomEvent>,
+    /// Encoded size of `buffered`, bounded like the outbox.
+    pub buffered_bytes: usize,
+    /// A `subscribed` frame is owed to the client when the replay finishes.
+    pub send_subscribed: bool,
+}
+
+/// What a replay read, handed to [`SessionState::finish_replay`].
+pub struct ReplayResult<'a> {
+    pub room: &'a str,
+    pub gen: u64,
+    pub head: u64,
+    pub recovered: bool,
+    pub history: &'a [Arc<StoredMessage>],
+    pub conns: Vec<PresenceConn>,
+    pub own_user: &'a str,
+    pub own_session: &'a str,
+}
+
+/// The transport currently carrying a session.
+#[derive(Debug)]
+struct Attachment {
+    gen: u64,
+    kind: TransportKind,
+    /// Tells the transport to close at once (superseded, heartbeat timeout).
+    force: Option<oneshot::Sender<CloseCode>>,
+    last_seen: Instant,
+    _guard: ConnGuard,
+}
+
+/// What an attached transport holds.
+pub struct Attached {
+    pub gen: u64,
+    pub force_close: oneshot::Receiver<CloseCode>,
+    pub changes: watch::Receiver<u64>,
+}
+
+pub struct SessionState {
+    outbox: Outbox,
+    attachment: Option<Attachment>,
+    attach_gen: u64,
+    pub rooms: HashMap<String, RoomSub>,
+    /// The grace period ran out while detached: presence was left and is rejoined on attach.
+    pub presence_left: bool,
+    pub bucket: TokenBucket,
+    pub strikes: Strikes,
+    pub ended: bool,
+    /// Last frame received from the client (WebSocket liveness).
+    pub last_inbound: Instant,
+    /// The close a long-poll client has not seen yet (its transport ended while no poll waited).
+    poll_close: Option<CloseCode>,
+    /// Bumped by every poll request; an older held poll sees it and answers empty.
+    poll_waiter: u64,
+    replay_gen: u64,
+}
+
+pub struct Session {
+    /// Public id; also the presence connection id.
+    pub id: String,
+    /// Secret that resumes the session and authenticates `/v1/send` and polls.
+    pub resume_token: String,
+    pub claims: Claims,
+    state: Mutex<SessionState>,
+    changes: watch::Sender<u64>,
+    /// Serialises the handling of inbound frames (WebSocket reader, concurrent `/v1/send`s).
+    pub inbound: tokio::sync::Mutex<()>,
+    /// Serialises presence leave-all / rejoin-all so they cannot interleave.
+    pub presence_lock: tokio::sync::Mutex<()>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the resume token.
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("user", &self.claims.sub)
+            .finish()
+    }
+}
+
+impl SessionState {
+    /// Queues a frame. On overflow the outbox is emptied and a close 4004 is queued instead.
+    pub fn push(&mut self, frame: Frame, metrics: &Metrics) {
+        let ob = &mut self.outbox;
+        if ob.closing {
+            return;
+        }
+        if ob.frames.len() >= ob.limits.max_frames || ob.bytes + frame.len() > ob.limits.max_bytes {
+            self.push_overflow(metrics);
+            return;
+        }
+        ob.enqueue(frame, None);
+    }
+
+    pub fn push_frame(&mut self, frame: &ServerFrame, metrics: &Metrics) {
+        self.push(encode_frame(frame), metrics);
+    }
+
+    /// Queues the transport's last frame; frames pushed after it are dropped.
+    pub fn push_close(&mut self, code: CloseCode, reason: &str) {
+        if self.outbox.closing || self.attachment.is_none() {
+            return;
+        }
+        self.outbox.closing = true;
+        self.outbox.enqueue(close_frame(code, reason), Some(code));
+    }
+
+    pub fn attached_kind(&self) -> Option<TransportKind> {
+        self.attachment.as_ref().map(|a| a.kind)
+    }
+
+    pub fn attached_gen(&self) -> Option<u64> {
+        self.attachment.as_ref().map(|a| a.gen)
+    }
+
+    pub fn transport_last_seen(&self) -> Option<Instant> {
+        self.attachment.as_ref().map(|a| a.last_seen)
+    }
+
+    /// True if no transport was attached since generation `gen`.
+    pub fn attach_gen_is(&self, gen: u64) -> bool {
+        self.attach_gen == gen
+    }
+
+    pub fn next_replay_gen(&mut self) -> u64 {
+        self.replay_gen += 1;
+        self.replay_gen
+    }
+
+    /// Routes a room event to the client (or into a running replay's buffer).
+    pub fn deliver(&mut self, ev: &RoomEvent, own_user: &str, metrics: &Metrics) {
+        let Some(sub) = self.rooms.get_mut(&*ev.room) else {
+            return;
+        };
+        if let Some(replay) = &mut sub.replay {
+            let limits = self.outbox.limits;
+            if replay.buffered.len() < limits.max_frames
+                && replay.buffered_bytes + ev.frame.len() <= limits.max_bytes
+            {
+                replay.buffered_bytes += ev.frame.len();
+                replay.buffered.push(ev.clone());
+                return;
+            }
+            // A replay that cannot keep up is a slow consumer too.
+            sub.replay = None;
+            self.push_overflow(metrics);
+            return;
+        }
+        match &ev.kind {
+            RoomEventKind::Message(m) => {
+                if m.offset <= sub.last_offset {
+                    return;
+                }
+                sub.last_offset = m.offset;
+            }
+            // Your own typing is not news to you.
+            RoomEventKind::Typing { user, .. } if user == own_user => return,
+            _ => {}
+        }
+        self.push(ev.frame.clone(), metrics);
+    }
+
+    fn push_overflow(&mut self, metrics: &Metrics) {
+        metrics.count_drop(DropReason::SlowConsumer);
+        self.outbox.clear();
+        self.outbox.closing = true;
+        self.outbox.enqueue(
+            close_frame(CloseCode::SLOW_CONSUMER, "outbound queue overflow"),
+            Some(CloseCode::SLOW_CONSUMER),
+        );
+    }
+
+    /// Ends a replay: queues `subscribed` (if owed), the presence snapshot, the replayed
+    /// messages after `last_offset`, then the live events buffered meanwhile (skipping
+    /// messages already replayed). Does nothing if a newer replay took over.
+    pub fn finish_replay(&mut self, r: ReplayResult<'_>, metrics: &Metrics) {
+        let ReplayResult {
+            room,
+            gen,
+            head,
+            recovered,
+            history,
+            conns,
+            own_user,
+            own_session,
+        } = r;
+        let Some(sub) = self.rooms.get_mut(room) else {
+            return;
+        };
+        if sub.replay.as_ref().map(|r| r.gen) != Some(gen) {
+            return;
+        }
+        let Some(replay) = sub.replay.take() else {
+            return;
+        };
+        let mut frames: Vec<Frame> = Vec::with_capacity(history.len() + replay.buffered.len() + 2);
+        if replay.send_subscribed || !recovered {
+            frames.push(encode_frame(&ServerFrame::Subscribed {
+                room: room.to_owned(),
+                head,
+                recovered,
+            }));
+        }
+        // The snapshot already holds this connection: its own buffered join is redundant.
+        let self_in_snapshot = conns.iter().any(|c| c.session == own_session);
+        frames.push(encode_frame(&ServerFrame::PresenceSnapshot {
+            room: room.to_owned(),
+            conns,
+        }));
+        if recovered {
+            for m in history {
+                if m.offset > sub.last_offset {
+                    sub.last_offset = m.offset;
+                    frames.push(m.frame.clone());
+                }
+            }
+        } else {
+            // The client must resync the room anyway; continue live from the head.
+            sub.last_offset = head;
+        }
+        for ev in &replay.buffered {
+            match &ev.kind {
+                RoomEventKind::Message(m) => {
+                    if m.offset <= sub.last_offset {
+                        continue;
+                    }
+                    sub.last_offset = m.offset;
+                }
+                RoomEventKind::Typing { user, .. } if user == own_user => continue,
+                RoomEventKind::PresenceJoin(c) if self_in_snapshot && c.session == own_session => {
+                    continue
+                }
+                _ => {}
+            }
+            frames.push(ev.frame.clone());
+        }
+        for f in frames {
+            self.push(f, metrics);
+        }
+    }
+}
+
+impl Session {
+    pub fn new(
+        id: String,
+        resume_token: String,
+        claims: Claims,
+        limits: OutboxLimits,
+        bucket: TokenBucket,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let now = Instant::now();
+        Self {
+            id,
+            resume_token,
+            claims,
+            state: Mutex::new(SessionState {
+                outbox: Outbox {
+                    limits,
+                    next_seq: 0,
+                    frames: VecDeque::new(),
+                    bytes: 0,
+                    closing: false,
+                },
+                attachment: None,
+                attach_gen: 0,
+                rooms: HashMap::new(),
+                presence_left: false,
+                bucket,
+                strikes: Strikes::default(),
+                ended: false,
+                last_inbound: now,
+                poll_close: None,
+                poll_waiter: 0,
+                replay_gen: 0,
+            }),
+            changes: watch::channel(0).0,
+            inbound: tokio::sync::Mutex::new(()),
+            presence_lock: tokio::sync::Mutex::new(()),
+            metrics,
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, SessionState> {
+        self.state.lock()
+    }
+
+    /// Runs `f` on the state, then wakes the attached transport.
+    pub fn update<R>(&self, f: impl FnOnce(&mut SessionState, &Metrics) -> R) -> R {
+        let r = f(&mut self.state.lock(), &self.metrics);
+        self.wake();
+        r
+    }
+
+    pub fn wake(&self) {
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    pub fn push_frame(&self, frame: &ServerFrame) {
+        self.update(|st, m| st.push_frame(frame, m));
+    }
+
+    /// Asks the attached transport to close after the frames already queued.
+    pub fn close_transport(&self, code: CloseCode, reason: &str) {
+        self.update(|st, _| st.push_close(code, reason));
+    }
+
+    /// Attaches a transport. The old one, if any, is told to close with 4006. Undelivered
+    /// frames are queued again behind `welcome` (which must be the first frame the client sees).
+    pub fn attach(&self, kind: TransportKind, guard: ConnGuard, welcome: &ServerFrame) -> Attached {
+        let (tx, rx) = oneshot::channel();
+        let attached = self.update(|st, metrics| {
+            if let Some(old) = st.attachment.take() {
+                if let Some(force) = old.force {
+                    let _ = force.send(CloseCode::SUPERSEDED);
+                }
+                if old.kind == TransportKind::Poll {
+                    st.poll_close = Some(CloseCode::SUPERSEDED);
+                }
+            }
+            if kind == TransportKind::Poll {
+                st.poll_close = None;
+            }
+            st.attach_gen += 1;
+            let now = Instant::now();
+            st.attachment = Some(Attachment {
+                gen: st.attach_gen,
+                kind,
+                force: Some(tx),
+                last_seen: now,
+                _guard: guard,
+            });
+            st.last_inbound = now;
+            let pending: Vec<OutFrame> = st.outbox.frames.drain(..).collect();
+            st.outbox.bytes = 0;
+            st.outbox.closing = false;
+            st.push_frame(welcome, metrics);
+            for f in pending.into_iter().filter(|f| f.close.is_none()) {
+                st.push(f.frame, metrics);
+            }
+            st.attach_gen
+        });
+        Attached {
+            gen: attached,
+            force_close: rx,
+            changes: self.changes.subscribe(),
+        }
+    }
+
+    /// Detaches the transport `gen` if it is still the attached one. True if it was.
+    pub fn detach(&self, gen: u64) -> bool {
+        let mut st = self.state.lock();
+        if st.attached_gen() != Some(gen) {
+            return false;
+        }
+        if let Some(a) = st.attachment.take() {
+            if a.kind == TransportKind::Poll && st.outbox.closing {
+                // The poll client learns about its close from its next poll.
+                st.poll_close = st.outbox.frames.back().and_then(|f| f.close);
+            }
+        }
+        st.outbox.closing = false;
+        st.outbox.frames.retain(|f| f.close.is_none());
+        true
+    }
+
+    /// Closes the attached transport at once (without waiting for queued frames). Returns the
+    /// detached generation.
+    pub fn force_close(&self, code: CloseCode) -> Option<u64> {
+        let gen = {
+            let mut st = self.state.lock();
+            let a = st.attachment.take()?;
+            if let Some(force) = a.force {
+                let _ = force.send(code);
+            }
+            if a.kind == TransportKind::Poll {
+                st.poll_close = Some(code);
+            }
+            st.outbox.closing = false;
+            st.outbox.frames.retain(|f| f.close.is_none());
+            a.gen
+        };
+        self.wake();
+        Some(gen)
+    }
+
+    /// For streaming transports: takes every queued frame, if `gen` is still attached.
+    pub fn take_frames(&self, gen: u64) -> Option<Vec<OutFrame>> {
+        let mut st = self.state.lock();
+        if st.attached_gen() != Some(gen) {
+            return None;
+        }
+        let frames: Vec<OutFrame> = st.outbox.frames.drain(..).collect();
+        st.outbox.bytes = 0;
+        Some(frames)
+    }
+
+    /// For long polling: forgets frames up to `cursor`, returns copies of the later ones.
+    pub fn frames_after(&self, cursor: u64) -> Vec<OutFrame> {
+        let mut st = self.state.lock();
+        st.outbox.pop_through(cursor);
+        st.outbox.frames.iter().cloned().collect()
+    }
+
+    /// Registers a new poll request; returns its ticket (older held polls then answer empty).
+    pub fn begin_poll(&self) -> u64 {
+        let id = {
+            let mut st = self.state.lock();
+            st.poll_waiter += 1;
+            if let Some(a) = &mut st.attachment {
+                a.last_seen = Instant::now();
+            }
+            st.poll_waiter
+        };
+        self.wake();
+        id
+    }
+
+    pub fn poll_superseded(&self, ticket: u64) -> bool {
+        self.state.lock().poll_waiter != ticket
+    }
+
+    /// Marks the poll transport as seen (end of a poll request).
+    pub fn touch(&self) {
+        if let Some(a) = &mut self.state.lock().attachment {
+            a.last_seen = Instant::now();
+        }
+    }
+
+    /// The close a detached long-poll client should be told about, consumed.
+    pub fn take_poll_close(&self) -> Option<CloseCode> {
+        self.state.lock().poll_close.take()
+    }
+
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+}
+
+pub fn close_frame(code: CloseCode, reason: &str) -> Frame {
+    encode_frame(&ServerFrame::Close {
+        code,
+        reason: reason.to_owned(),
+    })
+}

@@ -1,0 +1,152 @@
+//! Long-polling transport.
+//!
+//! - `GET /v1/poll?ticket=T&v=1[&resume=R]` opens (or resumes) a session and answers at once
+//!   with a batch that starts with `welcome`.
+//! - `GET /v1/poll?session=R&cursor=N` forgets the frames up to `N` and answers the later ones,
+//!   waiting up to the hold time when there are none. A lost response loses nothing: the client
+//!   sends the same cursor again and gets the same frames. At most one poll per session is
+//!   held; a newer one makes the older answer an empty batch.
+//!
+//! A poll for a session that now lives on another transport answers `close 4006`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use rtlink_protocol::{CloseCode, PROTOCOL_VERSION};
+
+use crate::app::AppState;
+use crate::config::TransportKind;
+use crate::http::{self, admit};
+use crate::session::{close_frame, OutFrame, Session};
+use crate::transport::poll_batch_body;
+
+pub async fn handler(State(state): State<AppState>, req: Request) -> Response {
+    let ip = http::client_ip(&req);
+    if let Err(resp) = http::check_enabled(&state, TransportKind::Poll) {
+        return resp;
+    }
+    let query = match Query::<HashMap<String, String>>::try_from_uri(req.uri()) {
+        Ok(q) => q.0,
+        Err(_) => return http::bad_request("malformed query"),
+    };
+    if let Some(token) = query.get("session") {
+        if !state.origins.check(req.headers()) {
+            return http::origin_refused();
+        }
+        let cursor = match query.get("cursor").map(|c| c.parse::<u64>()) {
+            None => 0,
+            Some(Ok(c)) => c,
+            Some(Err(_)) => return http::bad_request("cursor must be a number"),
+        };
+        let Some(session) = state.hub.session_by_token(token) else {
+            return http::unknown_session();
+        };
+        return wait(&state, &session, cursor).await;
+    }
+    let admission = match admit(
+        &state,
+        TransportKind::Poll,
+        req.headers(),
+        ip,
+        query.get("ticket").map(String::as_str),
+    ) {
+        Ok(a) => a,
+        Err(resp) => return resp,
+    };
+    if query
+        .get("v")
+        .is_some_and(|v| v != &PROTOCOL_VERSION.to_string())
+    {
+        return http::bad_request("unsupported protocol version");
+    }
+    let hub = &state.hub;
+    let Ok((session, resumed)) =
+        hub.open_session(admission.claims, query.get("resume").map(String::as_str))
+    else {
+        return http::overloaded(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many sessions",
+            Duration::from_secs(5),
+        );
+    };
+    let attached = hub.attach(&session, TransportKind::Poll, admission.guard, resumed);
+    let frames = session.frames_after(0);
+    answer(&state, &session, attached.gen, 0, &frames)
+}
+
+fn json(body: String) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn close_batch(cursor: u64, code: CloseCode) -> Response {
+    let frame = close_frame(code, code.name());
+    json(poll_batch_body(cursor, std::iter::once(frame.as_str())))
+}
+
+/// Answers a batch; if it carries the transport's close, the transport detaches.
+fn answer(
+    state: &AppState,
+    session: &Arc<Session>,
+    gen: u64,
+    cursor: u64,
+    frames: &[OutFrame],
+) -> Response {
+    let last = frames.last().map_or(cursor, |f| f.seq);
+    state.metrics.frames_out(frames.len() as u64);
+    let body = poll_batch_body(last, frames.iter().map(|f| f.frame.as_str()));
+    if frames.iter().any(|f| f.close.is_some()) {
+        state.hub.detached(session, gen);
+    } else {
+        session.touch();
+    }
+    json(body)
+}
+
+async fn wait(state: &AppState, session: &Arc<Session>, cursor: u64) -> Response {
+    let (kind, gen) = {
+        let st = session.lock();
+        (st.attached_kind(), st.attached_gen())
+    };
+    let gen = match (kind, gen) {
+        (Some(TransportKind::Poll), Some(gen)) => gen,
+        (Some(_), _) => return close_batch(cursor, CloseCode::SUPERSEDED),
+        _ => {
+            // Not attached: tell the client why, or (after a silence) to reopen with resume.
+            let code = session
+                .take_poll_close()
+                .unwrap_or(CloseCode::HEARTBEAT_TIMEOUT);
+            return close_batch(cursor, code);
+        }
+    };
+    let ticket = session.begin_poll();
+    let mut changes = session.changes();
+    let deadline = tokio::time::Instant::now() + state.config.poll_hold;
+    loop {
+        if session.lock().attached_gen() != Some(gen) {
+            let code = session.take_poll_close().unwrap_or(CloseCode::SUPERSEDED);
+            return close_batch(cursor, code);
+        }
+        if session.poll_superseded(ticket) {
+            return answer(state, session, gen, cursor, &[]);
+        }
+        let frames = session.frames_after(cursor);
+        if !frames.is_empty() {
+            return answer(state, session, gen, cursor, &frames);
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return answer(state, session, gen, cursor, &[]) },
+            _ = tokio::time::sleep_until(deadline) => return answer(state, session, gen, cursor, &[]),
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Server-Sent Events transport: `GET /v1/sse?ticket=T&v=1[&resume=R]`.
+//!
+//! One event per frame (`id: <seq>`, `data: <frame JSON>`), `: ka` comments as keep-alives so
+//! buffering proxies flush. Upstream frames arrive on `POST /v1/send`. When the client goes
+//! away the body stream is dropped, which detaches the session.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use rtlink_protocol::codec::{sse_event, SSE_KEEPALIVE};
+use rtlink_protocol::{CloseCode, PROTOCOL_VERSION};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+
+use crate::app::AppState;
+use crate::config::TransportKind;
+use crate::http::{self, admit};
+use crate::hub::Hub;
+use crate::session::{close_frame, Attached, Session};
+
+pub async fn handler(State(state): State<AppState>, req: Request) -> Response {
+    let ip = http::client_ip(&req);
+    let query = match Query::<HashMap<String, String>>::try_from_uri(req.uri()) {
+        Ok(q) => q.0,
+        Err(_) => return http::bad_request("malformed query"),
+    };
+    let admission = match admit(
+        &state,
+        TransportKind::Sse,
+        req.headers(),
+        ip,
+        query.get("ticket").map(String::as_str),
+    ) {
+        Ok(a) => a,
+        Err(resp) => return resp,
+    };
+    if query
+        .get("v")
+        .is_some_and(|v| v != &PROTOCOL_VERSION.to_string())
+    {
+        return http::bad_request("unsupported protocol version");
+    }
+    let hub = state.hub.clone();
+    let Ok((session, resumed)) =
+        hub.open_session(admission.claims, query.get("resume").map(String::as_str))
+    else {
+        return http::overloaded(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many sessions",
+            std::time::Duration::from_secs(5),
+        );
+    };
+    let attached = hub.attach(&session, TransportKind::Sse, admission.guard, resumed);
+    let mut keepalive = tokio::time::interval_at(
+        Instant::now() + state.config.sse_keepalive,
+        state
+            .config
+            .sse_keepalive
+            .max(std::time::Duration::from_millis(10)),
+    );
+    keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let stream = SseStream {
+        detach: DetachOnDrop {
+            hub,
+            session,
+            gen: attached.gen,
+        },
+        attached,
+        keepalive,
+        pending: VecDeque::new(),
+        done: false,
+    };
+    let body = Body::from_stream(futures_util::stream::unfold(stream, |mut s| async move {
+        let chunk = s.next_chunk().await?;
+        Some((Ok::<_, std::convert::Infallible>(chunk), s))
+    }));
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache, no-transform"),
+            (header::HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Detaches the session when the response body is dropped (client gone or stream ended).
+struct DetachOnDrop {
+    hub: Arc<Hub>,
+    session: Arc<Session>,
+    gen: u64,
+}
+
+impl Drop for DetachOnDrop {
+    fn drop(&mut self) {
+        self.hub.detached(&self.session, self.gen);
+    }
+}
+
+struct SseStream {
+    detach: DetachOnDrop,
+    attached: Attached,
+    keepalive: Interval,
+    pending: VecDeque<Bytes>,
+    done: bool,
+}
+
+impl SseStream {
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(b) = self.pending.pop_front() {
+                return Some(b);
+            }
+            if self.done {
+                return None;
+            }
+            let session = &self.detach.session;
+            match session.take_frames(self.attached.gen) {
+                Some(frames) => {
+                    session.metrics().frames_out(frames.len() as u64);
+                    for f in frames {
+                        self.pending
+                            .push_back(Bytes::from(sse_event(f.seq, f.frame.as_bytes())));
+                        if f.close.is_some() {
+                            self.done = true;
+                            break;
+                        }
+                    }
+                    if !self.pending.is_empty() {
+                        continue;
+                    }
+                }
+                None => {
+                    // Superseded or cut: say why if we were told.
+                    if let Ok(code) = self.attached.force_close.try_recv() {
+                        self.push_close(code);
+                        continue;
+                    }
+                    return None;
+                }
+            }
+            tokio::select! {
+                code = &mut self.attached.force_close => match code {
+                    Ok(code) => self.push_close(code),
+                    Err(_) => return None,
+                },
+                changed = self.attached.changes.changed() => if changed.is_err() { return None },
+                _ = self.keepalive.tick() => self.pending.push_back(Bytes::from_static(SSE_KEEPALIVE)),
+            }
+        }
+    }
+
+    fn push_close(&mut self, code: CloseCode) {
+        let frame = close_frame(code, code.name());
+        let mut event = Vec::with_capacity(frame.len() + 8);
+        event.extend_from_slice(b"data: ");
+        event.extend_from_slice(frame.as_bytes());
+        event.extend_from_slice(b"\n\n");
+        self.pending.push_back(Bytes::from(event));
+        self.done = true;
+    }
+}

@@ -1,0 +1,261 @@
+//! WebSocket transport: `GET /v1/ws?ticket=T`.
+//!
+//! The ticket and Origin are checked before the upgrade (a refusal is a plain HTTP error, never
+//! `101`). After the upgrade the first frame must be `hello`; then a reader task feeds client
+//! frames to the hub and a writer task drains the session's outbox, joined by `select!`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::FromRequestParts;
+use axum::extract::{Query, Request, State};
+use axum::response::Response;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use rtlink_protocol::codec::decode_client;
+use rtlink_protocol::{ClientFrame, CloseCode};
+
+use crate::app::AppState;
+use crate::auth::Claims;
+use crate::config::TransportKind;
+use crate::http::{self, admit};
+use crate::hub::Hub;
+use crate::limits::ConnGuard;
+use crate::metrics::{DropReason, Metrics};
+use crate::session::{Attached, Session};
+
+pub async fn handler(State(state): State<AppState>, req: Request) -> Response {
+    let ip = http::client_ip(&req);
+    let (mut parts, _body) = req.into_parts();
+    let query = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
+        .map(|q| q.0)
+        .unwrap_or_default();
+    let admission = match admit(
+        &state,
+        TransportKind::WebSocket,
+        &parts.headers,
+        ip,
+        query.get("ticket").map(String::as_str),
+    ) {
+        Ok(a) => a,
+        Err(resp) => return resp,
+    };
+    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
+        Ok(u) => u,
+        Err(_) => return http::bad_request("expected a WebSocket upgrade"),
+    };
+    let max = state.config.max_frame_bytes;
+    upgrade
+        // Larger than the protocol limit so an oversized frame is answered with 4001 rather
+        // than a dropped connection.
+        .max_message_size(max.saturating_mul(4).max(1 << 20))
+        .on_upgrade(move |socket| run(socket, state, admission.claims, admission.guard))
+}
+
+/// How the reader stopped.
+enum ReadEnd {
+    /// The peer closed or the connection failed.
+    PeerGone,
+    /// A close frame was queued; the writer sends it.
+    Closing,
+}
+
+fn close_message(code: CloseCode, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: code.0,
+        reason: reason.into(),
+    }))
+}
+
+async fn run(socket: WebSocket, state: AppState, claims: Claims, guard: ConnGuard) {
+    let (mut sink, mut stream) = socket.split();
+    let max = state.config.max_frame_bytes;
+    let hello_timeout = state.config.ping_interval + state.config.heartbeat_grace;
+    let first = tokio::time::timeout(hello_timeout, stream.next()).await;
+    let hello = match first {
+        Ok(Some(Ok(Message::Text(t)))) => decode_client(t.as_bytes(), max),
+        Ok(Some(Ok(_))) => {
+            let _ = sink
+                .send(close_message(
+                    CloseCode::PROTOCOL_VIOLATION,
+                    "expected hello",
+                ))
+                .await;
+            return;
+        }
+        Ok(_) => return,
+        Err(_) => {
+            let _ = sink
+                .send(close_message(CloseCode::HEARTBEAT_TIMEOUT, "no hello"))
+                .await;
+            return;
+        }
+    };
+    let resume = match hello {
+        Ok(ClientFrame::Hello { resume, .. }) => resume,
+        Ok(_) => {
+            let _ = sink
+                .send(close_message(
+                    CloseCode::PROTOCOL_VIOLATION,
+                    "expected hello",
+                ))
+                .await;
+            return;
+        }
+        Err(e) => {
+            let _ = sink
+                .send(close_message(e.close_code(), e.close_code().name()))
+                .await;
+            return;
+        }
+    };
+    let hub = state.hub.clone();
+    let Ok((session, resumed)) = hub.open_session(claims, resume.as_deref()) else {
+        let _ = sink
+            .send(close_message(CloseCode(1013), "too many sessions"))
+            .await;
+        return;
+    };
+    let attached = hub.attach(&session, TransportKind::WebSocket, guard, resumed);
+    let gen = attached.gen;
+    let stall = state.config.ping_interval + state.config.heartbeat_grace;
+    let mut writer = tokio::spawn(write_loop(
+        sink,
+        session.clone(),
+        attached,
+        hub.metrics.clone(),
+        stall,
+    ));
+    let mut reader = tokio::spawn({
+        let (hub, session) = (hub.clone(), session.clone());
+        async move {
+            let end = read_loop(&mut stream, hub, session, max).await;
+            (end, stream)
+        }
+    });
+    tokio::select! {
+        _ = &mut writer => reader.abort(),
+        ended = &mut reader => {
+            if let Ok((ReadEnd::Closing, mut stream)) = ended {
+                // Our close is queued: let the writer send it, then read (and discard) what the
+                // peer still sends until its close, so unread data does not turn into a reset
+                // that could swallow the close code.
+                let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    while let Some(Ok(m)) = stream.next().await {
+                        if matches!(m, Message::Close(_)) {
+                            break;
+                        }
+                    }
+                })
+                .await;
+            }
+            writer.abort();
+        }
+    }
+    hub.detached(&session, gen);
+}
+
+/// Feeds client frames to the hub. Generic over the stream so it can be driven without a socket.
+async fn read_loop<R>(stream: &mut R, hub: Arc<Hub>, session: Arc<Session>, max: usize) -> ReadEnd
+where
+    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    while let Some(msg) = stream.next().await {
+        let bytes = match msg {
+            Ok(Message::Text(t)) => axum::body::Bytes::from(t),
+            Ok(Message::Binary(_)) => {
+                hub.metrics.count_drop(DropReason::Malformed);
+                session.close_transport(CloseCode::MALFORMED_FRAME, "frames are text");
+                return ReadEnd::Closing;
+            }
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            Ok(Message::Close(_)) => return ReadEnd::PeerGone,
+            Err(e) => {
+                if e.to_string().contains("Space limit exceeded") {
+                    hub.metrics.count_drop(DropReason::TooLarge);
+                    session.close_transport(CloseCode::FRAME_TOO_LARGE, "frame too large");
+                    return ReadEnd::Closing;
+                }
+                return ReadEnd::PeerGone;
+            }
+        };
+        let frame = match decode_client(&bytes, max) {
+            Ok(f) => f,
+            Err(e) => {
+                let code = e.close_code();
+                let reason = if code == CloseCode::FRAME_TOO_LARGE {
+                    hub.metrics.count_drop(DropReason::TooLarge);
+                    "frame too large"
+                } else {
+                    hub.metrics.count_drop(DropReason::Malformed);
+                    "malformed frame"
+                };
+                session.close_transport(code, reason);
+                return ReadEnd::Closing;
+            }
+        };
+        {
+            let _serial = session.inbound.lock().await;
+            if hub.handle_frame(&session, frame).await.is_err() {
+                return ReadEnd::Closing;
+            }
+        }
+        // A client's own burst must not starve its writer (and make it a "slow consumer").
+        tokio::task::yield_now().await;
+    }
+    ReadEnd::PeerGone
+}
+
+/// Drains the session's outbox into the socket until the transport closes. Generic over the
+/// sink so it can be driven without a socket.
+async fn write_loop<S>(
+    mut sink: S,
+    session: Arc<Session>,
+    mut att: Attached,
+    metrics: Arc<Metrics>,
+    stall: Duration,
+) where
+    S: Sink<Message> + Unpin,
+{
+    loop {
+        let Some(frames) = session.take_frames(att.gen) else {
+            break;
+        };
+        for f in frames {
+            if let Some(code) = f.close {
+                let reason = code.name();
+                let _ = tokio::time::timeout(stall, sink.send(close_message(code, reason))).await;
+                return;
+            }
+            // A write stalled this long is a consumer that stopped reading.
+            match tokio::time::timeout(stall, sink.send(Message::Text(f.frame))).await {
+                Ok(Ok(())) => metrics.frames_out(1),
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    metrics.count_drop(DropReason::SlowConsumer);
+                    return;
+                }
+            }
+        }
+        tokio::select! {
+            code = &mut att.force_close => {
+                if let Ok(code) = code {
+                    let send = sink.send(close_message(code, code.name()));
+                    let _ = tokio::time::timeout(Duration::from_secs(1), send).await;
+                }
+                return;
+            }
+            changed = att.changes.changed() => if changed.is_err() { return },
+        }
+    }
+    // Detached without a force signal: the force sender was dropped; just end.
+    if let Ok(code) = att.force_close.try_recv() {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            sink.send(close_message(code, code.name())),
+        )
+        .await;
+    }
+}

@@ -1,0 +1,421 @@
+//! Each transport end to end, and the ticket flow.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use rtlink_protocol::envelope::HttpError;
+use rtlink_protocol::{ClientFrame, ErrorCode, ServerFrame};
+use rtlink_server::Config;
+
+#[tokio::test]
+async fn websocket_subscribe_publish_receive_ack() {
+    let s = start(fast_config()).await;
+    let mut a = s.ws("alice").await;
+    let mut b = s.ws("bob").await;
+    assert!(matches!(
+        a.subscribe("lobby", None).await,
+        ServerFrame::Subscribed {
+            head: 0,
+            recovered: true,
+            ..
+        }
+    ));
+    b.subscribe("lobby", None).await;
+    let snapshot = b
+        .recv_until(|f| matches!(f, ServerFrame::PresenceSnapshot { .. }))
+        .await;
+    let ServerFrame::PresenceSnapshot { conns, .. } = snapshot else {
+        unreachable!()
+    };
+    assert_eq!(conns.len(), 2);
+    assert_eq!(a.publish("lobby", "m1", "{\"text\":\"hi\"}").await, 1);
+    let msg = b
+        .recv_until(|f| matches!(f, ServerFrame::Message { .. }))
+        .await;
+    assert_eq!(
+        msg,
+        ServerFrame::Message {
+            room: "lobby".into(),
+            offset: 1,
+            sender: "alice".into(),
+            name: Some("alice-name".into()),
+            payload: "{\"text\":\"hi\"}".into(),
+        }
+    );
+    // Ping is answered.
+    b.send(&ClientFrame::Ping).await;
+    assert_eq!(
+        b.recv_until(|f| matches!(f, ServerFrame::Pong | ServerFrame::Message { .. }))
+            .await,
+        ServerFrame::Pong
+    );
+    // Publishing to a room you are not in is refused.
+    b.send(&ClientFrame::Publish {
+        room: "other".into(),
+        id: "x".into(),
+        payload: String::new(),
+    })
+    .await;
+    let nack = b
+        .recv_until(|f| matches!(f, ServerFrame::Nack { .. }))
+        .await;
+    assert!(matches!(
+        nack,
+        ServerFrame::Nack {
+            code: ErrorCode::NotSubscribed,
+            ..
+        }
+    ));
+}
+
+#[tokio::test]
+async fn room_access_is_checked_against_token_patterns() {
+    let s = start(fast_config()).await;
+    let token = s.token_for("carol", &["chat:*"], 3600);
+    let ticket = s.ticket_with(&token).await;
+    let mut ws = Ws::connect(&s.ws_url(&format!("/v1/ws?ticket={ticket}"))).await;
+    ws.send(&ClientFrame::Hello { v: 1, resume: None }).await;
+    ws.recv().await;
+    ws.send(&ClientFrame::Subscribe {
+        room: "secret".into(),
+        since: None,
+    })
+    .await;
+    assert!(matches!(
+        ws.recv().await,
+        ServerFrame::Nack {
+            code: ErrorCode::Forbidden,
+            ..
+        }
+    ));
+    ws.send(&ClientFrame::Subscribe {
+        room: "bad room!".into(),
+        since: None,
+    })
+    .await;
+    assert!(matches!(
+        ws.recv().await,
+        ServerFrame::Nack {
+            code: ErrorCode::InvalidRoom,
+            ..
+        }
+    ));
+    assert!(matches!(
+        ws.subscribe("chat:lobby", None).await,
+        ServerFrame::Subscribed { .. }
+    ));
+}
+
+#[tokio::test]
+async fn sse_end_to_end_with_upstream_posts_and_keepalives() {
+    let mut config = fast_config();
+    config.sse_keepalive = Duration::from_millis(100);
+    let s = start(config).await;
+    let ticket = s.ticket("sam").await;
+    let mut sse = Sse::open(&s, &format!("ticket={ticket}&v=1"))
+        .await
+        .ok()
+        .unwrap();
+    let welcome = sse.next().await.unwrap();
+    let token = resume_token(&welcome);
+    assert_eq!(
+        send_upstream(
+            &s,
+            &token,
+            vec![ClientFrame::Subscribe {
+                room: "r".into(),
+                since: None
+            }]
+        )
+        .await,
+        204
+    );
+    sse.recv_until(|f| matches!(f, ServerFrame::Subscribed { .. }))
+        .await;
+    let mut ws = s.ws("wendy").await;
+    ws.subscribe("r", None).await;
+    let publish = ClientFrame::Publish {
+        room: "r".into(),
+        id: "p1".into(),
+        payload: "x".into(),
+    };
+    assert_eq!(send_upstream(&s, &token, vec![publish]).await, 204);
+    let ack = sse
+        .recv_until(|f| matches!(f, ServerFrame::Ack { .. }))
+        .await;
+    assert_eq!(
+        ack,
+        ServerFrame::Ack {
+            id: "p1".into(),
+            room: "r".into(),
+            offset: 1
+        }
+    );
+    let got = ws
+        .recv_until(|f| matches!(f, ServerFrame::Message { .. }))
+        .await;
+    assert!(matches!(got, ServerFrame::Message { offset: 1, .. }));
+    ws.publish("r", "w1", "y").await;
+    let got = sse
+        .recv_until(|f| matches!(f, ServerFrame::Message { offset: 2, .. }))
+        .await;
+    assert!(matches!(got, ServerFrame::Message { sender, .. } if sender == "wendy"));
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    ws.publish("r", "w2", "z").await;
+    sse.recv_until(|f| matches!(f, ServerFrame::Message { offset: 3, .. }))
+        .await;
+    assert!(sse.comments >= 1, "no `: ka` keep-alive seen");
+    // Unknown session and malformed bodies.
+    assert_eq!(
+        send_upstream(&s, "nope", vec![ClientFrame::Ping]).await,
+        404
+    );
+    let resp = s
+        .http
+        .post(s.url("/v1/send"))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(
+        resp.json::<HttpError>().await.unwrap().error,
+        ErrorCode::BadRequest
+    );
+    let huge = format!(
+        "{{\"session\":\"{token}\",\"frames\":[],\"pad\":\"{}\"}}",
+        "x".repeat(70_000)
+    );
+    let resp = s
+        .http
+        .post(s.url("/v1/send"))
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+}
+
+#[tokio::test]
+async fn long_polling_end_to_end_with_cursor_resend() {
+    let s = start(fast_config()).await;
+    let ticket = s.ticket("pat").await;
+    let (mut poll, first) = Poll::open(&s, &ticket, None).await;
+    assert!(matches!(
+        first[0],
+        ServerFrame::Welcome { resumed: false, .. }
+    ));
+    assert_eq!(
+        poll.send(
+            &s,
+            vec![ClientFrame::Subscribe {
+                room: "r".into(),
+                since: None
+            }]
+        )
+        .await,
+        204
+    );
+    poll_until(&mut poll, &s, |f| {
+        matches!(f, ServerFrame::Subscribed { .. })
+    })
+    .await;
+    let mut ws = s.ws("wendy").await;
+    ws.subscribe("r", None).await;
+    ws.publish("r", "w1", "hello").await;
+    let before = poll.cursor;
+    let frames = poll_until(&mut poll, &s, |f| matches!(f, ServerFrame::Message { .. })).await;
+    assert!(frames
+        .iter()
+        .any(|f| matches!(f, ServerFrame::Message { offset: 1, .. })));
+    // A lost response: polling again with the old cursor returns the same frames.
+    let after = poll.cursor;
+    poll.cursor = before;
+    let again = poll.poll(&s).await;
+    assert_eq!(poll.cursor, after);
+    assert!(again
+        .iter()
+        .any(|f| matches!(f, ServerFrame::Message { offset: 1, .. })));
+    // An empty hold answers with the same cursor.
+    let empty = poll.poll(&s).await;
+    assert!(empty.iter().all(|f| matches!(f, ServerFrame::Ping)));
+    assert_eq!(poll.cursor, after + empty.len() as u64);
+    // Publish over /v1/send, ack comes down the poll.
+    poll.send(
+        &s,
+        vec![ClientFrame::Publish {
+            room: "r".into(),
+            id: "p1".into(),
+            payload: "x".into(),
+        }],
+    )
+    .await;
+    let frames = poll_until(&mut poll, &s, |f| matches!(f, ServerFrame::Ack { .. })).await;
+    assert!(frames.contains(&ServerFrame::Ack {
+        id: "p1".into(),
+        room: "r".into(),
+        offset: 2
+    }));
+    let resp = s
+        .http
+        .get(s.url("/v1/poll?session=unknown&cursor=0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    assert_eq!(
+        resp.json::<HttpError>().await.unwrap().error,
+        ErrorCode::UnknownSession
+    );
+}
+
+async fn assert_401(resp: reqwest::Response) {
+    assert_eq!(resp.status(), 401);
+    assert_eq!(
+        resp.json::<HttpError>().await.unwrap().error,
+        ErrorCode::Unauthorized
+    );
+}
+
+#[tokio::test]
+async fn ticket_flow_refuses_missing_forged_expired_and_reused_tickets_before_upgrade() {
+    let mut config = fast_config();
+    config.ticket_ttl = Duration::from_millis(200);
+    let s = start(config).await;
+    // Missing and forged: 401, never 101.
+    assert_eq!(
+        Ws::try_connect(&s.ws_url("/v1/ws"), None).await.err(),
+        Some(401)
+    );
+    assert_eq!(
+        Ws::try_connect(&s.ws_url("/v1/ws?ticket=forged"), None)
+            .await
+            .err(),
+        Some(401)
+    );
+    assert_401(
+        s.http
+            .get(s.url("/v1/ws?ticket=forged"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_401(
+        s.http
+            .get(s.url("/v1/sse?ticket=forged&v=1"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_401(
+        s.http
+            .get(s.url("/v1/poll?ticket=forged&v=1"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    // Reused: the first use works, the second is 401.
+    let ticket = s.ticket("u").await;
+    let url = s.ws_url(&format!("/v1/ws?ticket={ticket}"));
+    assert!(Ws::try_connect(&url, None).await.is_ok());
+    assert_eq!(Ws::try_connect(&url, None).await.err(), Some(401));
+    // Expired ticket.
+    let ticket = s.ticket("u").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        Ws::try_connect(&s.ws_url(&format!("/v1/ws?ticket={ticket}")), None)
+            .await
+            .err(),
+        Some(401)
+    );
+    // Bad bearer tokens at /v1/ticket: missing, forged, expired.
+    assert_401(s.http.post(s.url("/v1/ticket")).send().await.unwrap()).await;
+    assert_401(
+        s.http
+            .post(s.url("/v1/ticket"))
+            .bearer_auth("a.b.c")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let expired = s.token_for("u", &["*"], -10);
+    assert_401(
+        s.http
+            .post(s.url("/v1/ticket"))
+            .bearer_auth(expired)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    // A token signed with another secret.
+    let other = start(Config {
+        auth_secret: Some("other".into()),
+        ..fast_config()
+    })
+    .await;
+    let foreign = other.token("u");
+    assert_401(
+        s.http
+            .post(s.url("/v1/ticket"))
+            .bearer_auth(foreign)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_newer_poll_answers_the_held_one_with_an_empty_batch() {
+    let mut config = fast_config();
+    config.poll_hold = Duration::from_secs(3);
+    let s = start(config).await;
+    let ticket = s.ticket("p").await;
+    let (poll, _) = Poll::open(&s, &ticket, None).await;
+    let url = s.url(&format!(
+        "/v1/poll?session={}&cursor={}",
+        poll.token, poll.cursor
+    ));
+    let get = |http: reqwest::Client, url: String| async move {
+        let started = tokio::time::Instant::now();
+        let body = http.get(url).send().await.unwrap().bytes().await.unwrap();
+        (
+            rtlink_protocol::codec::decode_poll(&body, usize::MAX).unwrap(),
+            started.elapsed(),
+        )
+    };
+    let first = tokio::spawn(get(s.http.clone(), url.clone()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = tokio::spawn(get(s.http.clone(), url));
+    let (batch, waited) = first.await.unwrap();
+    assert!(batch.frames.is_empty());
+    assert_eq!(batch.cursor, poll.cursor);
+    assert!(
+        waited < Duration::from_secs(2),
+        "the older poll was held for {waited:?}"
+    );
+    // The newer one is the held one now; a publish wakes it.
+    let mut ws = s.ws("w").await;
+    ws.subscribe("r", None).await;
+    poll.send(
+        &s,
+        vec![ClientFrame::Subscribe {
+            room: "r".into(),
+            since: None,
+        }],
+    )
+    .await;
+    let (batch, _) = second.await.unwrap();
+    assert!(batch
+        .frames
+        .iter()
+        .any(|f| matches!(f, ServerFrame::Subscribed { .. })));
+}
