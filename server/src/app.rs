@@ -21,6 +21,7 @@ use tower_http::services::ServeDir;
 
 use crate::auth::{random_token, Auth};
 use crate::broker::local::{LocalBroker, LocalBrokerConfig};
+use crate::broker::redis::{RedisBroker, RedisOptions};
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::http::{self, OriginPolicy};
@@ -58,7 +59,7 @@ impl AppState {
     /// runtime (it starts the hub's tasks).
     pub fn new(config: Config) -> anyhow::Result<Self> {
         if config.redis.is_some() {
-            anyhow::bail!("redis broker not available in this build");
+            anyhow::bail!("--redis needs AppState::from_config (it connects asynchronously)");
         }
         let broker = Arc::new(LocalBroker::new(LocalBrokerConfig {
             history_max_messages: config.history_max_messages,
@@ -67,6 +68,21 @@ impl AppState {
             ..LocalBrokerConfig::default()
         }));
         Ok(Self::build(config, broker.clone(), Some(broker)))
+    }
+
+    /// Builds the state with the in-process broker, or connects to Redis with `--redis`.
+    pub async fn from_config(config: Config) -> anyhow::Result<Self> {
+        let Some(url) = config.redis.clone() else { return Self::new(config) };
+        let opts = RedisOptions {
+            history_max_messages: config.history_max_messages,
+            history_max_age: config.history_max_age,
+            dedupe_window: config.dedupe_window,
+            ..RedisOptions::default()
+        };
+        // The URL may carry a password: it is never logged.
+        let broker = RedisBroker::connect(&url, opts).await?;
+        tracing::info!(node = broker.node_id(), "using the Redis broker");
+        Ok(Self::with_broker(config, broker))
     }
 
     /// Builds the state around any broker (e.g. Redis).
@@ -152,6 +168,9 @@ pub fn app(state: AppState) -> Router {
         .route(paths::SSE, get(transport::sse::handler))
         .route(paths::POLL, get(transport::long_poll::handler))
         .route(paths::SEND, post(transport::send::handler));
+    if state.config.test_control {
+        router = router.route("/v1/test/exit", post(test_exit));
+    }
     if let Some(dir) = &state.config.static_dir {
         router = router.fallback_service(ServeDir::new(dir));
     }
@@ -266,4 +285,11 @@ async fn demo_drain(State(state): State<AppState>, headers: HeaderMap) -> Respon
     let s = state.clone();
     tokio::spawn(async move { s.drain_then_resume().await });
     StatusCode::ACCEPTED.into_response()
+}
+
+/// `POST /v1/test/exit` (only with `--test-control`): exits at once with code 75, without a
+/// drain, so browser tests can crash the server mid-stream (scripts/with-servers restarts it).
+async fn test_exit() -> Response {
+    tracing::warn!("test control: exiting now (code 75)");
+    std::process::exit(75)
 }

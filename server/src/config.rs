@@ -95,9 +95,15 @@ pub struct Config {
     )]
     pub disabled_transports: Vec<TransportKind>,
 
-    /// Redis URL for the scale-out broker.
-    #[arg(long, env = "RTLINK_REDIS")]
+    /// Redis URL for the scale-out broker (e.g. redis://127.0.0.1:6379). Without it, an
+    /// in-process broker serves one node.
+    #[arg(long, env = "RTLINK_REDIS", hide_env_values = true)]
     pub redis: Option<String>,
+
+    /// Testing only: enable `POST /v1/test/exit`, which exits the process at once with code 75
+    /// (a simulated crash). Never enable in production.
+    #[arg(long, env = "RTLINK_TEST_CONTROL")]
+    pub test_control: bool,
 
     /// Log format.
     #[arg(long, env = "RTLINK_LOG_FORMAT", value_enum, default_value = "human")]
@@ -228,6 +234,7 @@ impl Config {
             static_dir: None,
             disabled_transports: Vec::new(),
             redis: None,
+            test_control: false,
             tls_cert: None,
             tls_key: None,
             ..Self::default()

@@ -24,7 +24,7 @@ async fn main() -> anyhow::Result<()> {
         _ => None,
     };
     let listen = config.listen;
-    let state = AppState::new(config)?;
+    let state = AppState::from_config(config).await?;
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(addr = %listener.local_addr()?, scheme, "rtlink-server listening");
