@@ -24,7 +24,7 @@ fn websocket_says_hello_with_resume_after_reconnect() {
     assert!(sim.tabs[0].sent.iter().any(|(id, f)| *id == second
         && *f == ClientFrame::Hello { v: 1, resume: Some("r-s1".into()) }));
     // resumed: re-subscribed from the last offset
-    assert!(sim.tabs[0].sent.iter().any(|(id, f)| *id == second && matches!(f, ClientFrame::Subscribe { room, since: Some(0) } if room == "lobby")));
+    assert!(sim.tabs[0].sent.iter().any(|(id, f)| *id == second && matches!(f, ClientFrame::Subscribe { room, since: Some(0), .. } if room == "lobby")));
 }
 
 #[test]

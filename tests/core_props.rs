@@ -192,7 +192,7 @@ fn run(seed: u64, ops: Vec<Op>) {
                 frame(&mut c, now, w.pick(t), f)
             }
             Op::Subscribed(t, r, head, recovered) => {
-                frame(&mut c, now, w.pick(t), ServerFrame::Subscribed { room: room(r), head: head.into(), recovered })
+                frame(&mut c, now, w.pick(t), ServerFrame::Subscribed { room: room(r), head: head.into(), recovered, epoch: String::new() })
             }
             Op::Ack(t, i, offset) => {
                 if let Some(id) = w.wire_ids.get(i as usize % w.wire_ids.len().max(1)).cloned() {

@@ -31,6 +31,12 @@ pub enum ClientFrame {
         /// The last offset the client has seen in this room.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         since: Option<u64>,
+        /// The room epoch `since` belongs to (from an earlier `subscribed`). If the room's
+        /// history was reset since (a server without shared storage restarted), offsets start
+        /// again from 1 and `since` means nothing: the server answers `recovered: false` and
+        /// replays the new epoch's history.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<String>,
     },
     /// Leave a room (also leaves its presence).
     Unsubscribe { room: String },
@@ -66,10 +72,18 @@ pub enum ServerFrame {
     Ping,
     /// Answer to a client `ping`.
     Pong,
-    /// A subscription is active. `head` is the room's newest offset. `recovered` is false when
-    /// the client asked for `since` but history no longer reaches back that far: the client
-    /// must resync the room from its own source of truth.
-    Subscribed { room: String, head: u64, recovered: bool },
+    /// A subscription is active. With `recovered: true`, `head` is the room's newest offset and
+    /// the replay after the client's `since` follows. With `recovered: false` the client cannot
+    /// be made whole (history was trimmed, or the room's epoch changed): it must resync the room
+    /// from its own source of truth, and delivery continues with the offset after `head`.
+    Subscribed {
+        room: String,
+        head: u64,
+        recovered: bool,
+        /// Identifies this incarnation of the room's offsets; sent back in `subscribe`.
+        #[serde(default)]
+        epoch: String,
+    },
     /// The session left the room.
     Unsubscribed { room: String },
     /// A message in a room. Offsets are contiguous per room, starting at 1.

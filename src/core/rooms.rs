@@ -29,6 +29,9 @@ struct Room {
     meta: Option<String>,
     /// `meta` was sent on the current session.
     meta_announced: bool,
+    /// The room epoch `last` belongs to (from `subscribed`); sent back with `since` so a server
+    /// whose offsets restarted (in-memory history lost) can tell.
+    epoch: Option<String>,
 }
 
 /// What to do with an incoming room message.
@@ -82,7 +85,7 @@ impl Rooms {
     pub fn subscribe_frame(&mut self, room: &str) -> Option<ClientFrame> {
         let r = self.map.get_mut(room)?;
         r.outstanding = Some(r.last);
-        Some(ClientFrame::Subscribe { room: room.to_owned(), since: r.last })
+        Some(subscribe(room, r))
     }
 
     /// After a `welcome`: a subscribe for every room, each followed by own presence when the
@@ -91,7 +94,7 @@ impl Rooms {
         let mut frames = Vec::new();
         for (name, r) in self.map.iter_mut() {
             r.outstanding = Some(r.last);
-            frames.push(ClientFrame::Subscribe { room: name.clone(), since: r.last });
+            frames.push(subscribe(name, r));
             if let Some(meta) = &r.meta {
                 if !resumed || !r.meta_announced {
                     frames.push(ClientFrame::Presence { room: name.clone(), meta: meta.clone() });
@@ -123,8 +126,18 @@ impl Rooms {
         self.map.get(room).is_some_and(|r| !r.live && r.outstanding.is_some())
     }
 
-    pub fn on_subscribed(&mut self, room: &str, head: u64, recovered: bool) -> Option<Subscribed> {
+    /// The gap-repair subscribe: replay after `since` of the epoch we hold.
+    pub fn repair_frame(&self, room: &str, since: u64) -> ClientFrame {
+        let epoch = self.map.get(room).and_then(|r| r.epoch.clone());
+        ClientFrame::Subscribe { room: room.to_owned(), since: Some(since), epoch }
+    }
+
+    /// A `subscribed` arrived. With `recovered: false` delivery continues after `head` (the
+    /// server chose that point: the newest offset after trimming, or just before the oldest
+    /// retained message of a new epoch).
+    pub fn on_subscribed(&mut self, room: &str, head: u64, recovered: bool, epoch: String) -> Option<Subscribed> {
         let r = self.map.get_mut(room)?;
+        r.epoch = Some(epoch);
         let since = r.outstanding.take().flatten();
         let resync = match r.last {
             Some(last) if head < last => true,
@@ -154,4 +167,9 @@ impl Rooms {
             Delivery::Gap { since: last }
         }
     }
+}
+
+fn subscribe(name: &str, r: &Room) -> ClientFrame {
+    let epoch = r.last.and(r.epoch.clone());
+    ClientFrame::Subscribe { room: name.to_owned(), since: r.last, epoch }
 }

@@ -142,8 +142,8 @@ impl Client {
 
     fn on_session_frame(&mut self, frame: ServerFrame) {
         match frame {
-            ServerFrame::Subscribed { room, head, recovered } => {
-                let Some(outcome) = self.rooms.on_subscribed(&room, head, recovered) else { return };
+            ServerFrame::Subscribed { room, head, recovered, epoch } => {
+                let Some(outcome) = self.rooms.on_subscribed(&room, head, recovered, epoch) else { return };
                 if outcome.resync {
                     self.emit(Event::ResyncNeeded { room: room.clone() });
                 }
@@ -153,7 +153,10 @@ impl Client {
             }
             ServerFrame::Message { room, offset, sender, name, payload } => match self.rooms.on_message(&room, offset) {
                 super::rooms::Delivery::Deliver => self.emit(Event::Message { room, offset, sender, name, payload }),
-                super::rooms::Delivery::Gap { since } => self.send(ClientFrame::Subscribe { room, since: Some(since) }),
+                super::rooms::Delivery::Gap { since } => {
+                    let frame = self.rooms.repair_frame(&room, since);
+                    self.send(frame);
+                }
                 super::rooms::Delivery::Duplicate | super::rooms::Delivery::Drop => {}
             },
             ServerFrame::Ack { id, offset, .. } => {

@@ -86,6 +86,7 @@ pub(crate) fn decode(f: JsValue) -> Result<ServerFrame, String> {
             room: room()?,
             head: number(&f, "head")?,
             recovered: boolean(&f, "recovered")?,
+            epoch: opt_string(&f, "epoch").unwrap_or_default(),
         },
         "unsubscribed" => ServerFrame::Unsubscribed { room: room()? },
         "message" => ServerFrame::Message {
@@ -155,10 +156,16 @@ pub(crate) fn encode(frame: &ClientFrame) -> JsValue {
         },
         ClientFrame::Ping => object("ping", &[]),
         ClientFrame::Pong => object("pong", &[]),
-        ClientFrame::Subscribe { room, since } => match since {
-            Some(s) => object("subscribe", &[("room", room.as_str().into()), ("since", n(*s))]),
-            None => object("subscribe", &[("room", room.as_str().into())]),
-        },
+        ClientFrame::Subscribe { room, since, epoch } => {
+            let o = object("subscribe", &[("room", room.as_str().into())]);
+            if let Some(s) = since {
+                let _ = Reflect::set(&o, &"since".into(), &n(*s));
+            }
+            if let Some(e) = epoch {
+                let _ = Reflect::set(&o, &"epoch".into(), &e.as_str().into());
+            }
+            o
+        }
         ClientFrame::Unsubscribe { room } => object("unsubscribe", &[("room", room.as_str().into())]),
         ClientFrame::Publish { room, id, payload } => object(
             "publish",

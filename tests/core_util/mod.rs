@@ -61,6 +61,9 @@ pub struct FakeServer {
     /// Messages kept per room; older ones are gone (subscribe since older → recovered: false).
     pub history_limit: usize,
     pub rooms: BTreeMap<String, Vec<StoredMsg>>,
+    /// Incarnation of the room offsets; bumped by [`Sim::lose_history`] (an in-memory server
+    /// restarting).
+    pub epoch: u64,
     pub sessions: BTreeMap<String, Sess>,
     pub conns: BTreeMap<(usize, TransportId), Conn>,
     pub acks: BTreeMap<(String, String), (String, u64)>,
@@ -82,6 +85,7 @@ impl FakeServer {
             presence_grace_ms: 5_000,
             history_limit: 1_000,
             rooms: BTreeMap::new(),
+            epoch: 1,
             sessions: BTreeMap::new(),
             conns: BTreeMap::new(),
             acks: BTreeMap::new(),
@@ -570,13 +574,23 @@ impl Sim {
         match frame {
             ClientFrame::Hello { .. } | ClientFrame::Pong => {}
             ClientFrame::Ping => self.send_to_conn(tab, id, ServerFrame::Pong),
-            ClientFrame::Subscribe { room, since } => {
+            ClientFrame::Subscribe { room, since, epoch } => {
                 let joined = self.server.sessions.get_mut(&sid).is_some_and(|s| s.rooms.insert(room.clone()));
                 let history = self.server.rooms.get(&room).cloned().unwrap_or_default();
-                let head = history.last().map_or(0, |m| m.offset);
+                let current_epoch = format!("e{}", self.server.epoch);
+                let mut head = history.last().map_or(0, |m| m.offset);
                 let oldest_kept = history.first().map_or(head + 1, |m| m.offset);
-                let recovered = match since { Some(s) => s + 1 >= oldest_kept, None => true };
-                self.send_to_conn(tab, id, ServerFrame::Subscribed { room: room.clone(), head, recovered });
+                let mut since = since;
+                let recovered = if epoch.as_ref().is_some_and(|e| *e != current_epoch) {
+                    // Offsets restarted: replay everything retained, continue before it.
+                    since = Some(oldest_kept - 1);
+                    head = oldest_kept - 1;
+                    false
+                } else {
+                    match since { Some(s) => s + 1 >= oldest_kept, None => true }
+                };
+                let subscribed = ServerFrame::Subscribed { room: room.clone(), head, recovered, epoch: current_epoch };
+                self.send_to_conn(tab, id, subscribed);
                 if let Some(since) = since {
                     for m in history.iter().filter(|m| m.offset > since) {
                         let frame = ServerFrame::Message {
@@ -724,6 +738,18 @@ impl Sim {
         let Some(id) = self.primary(tab) else { return };
         self.send_to_conn(tab, id, ServerFrame::Close { code, reason: code.name().into() });
         self.detach(tab, id);
+    }
+
+    /// An in-memory server restarts: every transport drops, sessions and room history are gone,
+    /// and room offsets start again from 1 in a new epoch.
+    pub fn lose_history(&mut self) {
+        for tab in 0..self.tabs.len() {
+            self.kill(tab, None);
+        }
+        self.server.sessions.clear();
+        self.server.conns.clear();
+        self.server.rooms.clear();
+        self.server.epoch += 1;
     }
 
     /// The tab's primary transport silently stops delivering anything, both ways.
