@@ -113,8 +113,8 @@ fn nack_fails_the_publish_and_close_fails_the_rest() {
     let a = sim.publish(0, "lobby", "a").unwrap();
     let b = sim.publish(0, "lobby", "b").unwrap();
     sim.input(0, Input::Close);
-    assert_eq!(sim.tabs[0].failed(a), Some(ErrorCode::Unknown));
-    assert_eq!(sim.tabs[0].failed(b), Some(ErrorCode::Unknown));
+    assert_eq!(sim.tabs[0].failed(a), Some(ErrorCode::Closed));
+    assert_eq!(sim.tabs[0].failed(b), Some(ErrorCode::Closed));
     assert_eq!(sim.publish(0, "lobby", "c"), Err(SendError::Closed));
 }
 

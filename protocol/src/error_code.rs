@@ -35,6 +35,8 @@ pub enum ErrorCode {
     Internal,
     /// The client gave up waiting for the server's ack (never sent by a server).
     Timeout,
+    /// The client was closed before the server's ack (never sent by a server).
+    Closed,
     /// A code this version does not know.
     #[serde(other)]
     Unknown,
@@ -42,7 +44,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code except [`ErrorCode::Unknown`], for name lookups.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         Self::Forbidden,
         Self::InvalidRoom,
         Self::TooLarge,
@@ -57,6 +59,7 @@ impl ErrorCode {
         Self::BadRequest,
         Self::Internal,
         Self::Timeout,
+        Self::Closed,
     ];
 
     /// The code with this wire name; [`ErrorCode::Unknown`] for a name this version does not know.
@@ -82,6 +85,7 @@ impl ErrorCode {
             Self::BadRequest => "bad_request",
             Self::Internal => "internal",
             Self::Timeout => "timeout",
+            Self::Closed => "closed",
             Self::Unknown => "unknown",
         }
     }

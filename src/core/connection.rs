@@ -76,7 +76,7 @@ impl Client {
         for removed in self.sends.drain() {
             self.emit(Event::PublishFailed {
                 send_id: removed.send_id,
-                code: rtlink_protocol::ErrorCode::Unknown,
+                code: rtlink_protocol::ErrorCode::Closed,
                 reason: why.to_owned(),
             });
         }

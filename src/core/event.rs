@@ -128,7 +128,7 @@ pub enum Event {
     Message { room: String, offset: u64, sender: String, name: Option<String>, payload: String },
     PublishAcked { send_id: SendId, offset: u64 },
     /// The publish will not be stored. `code` is the server's nack code, `Timeout` when no ack
-    /// came in time, `Unknown` when the client closed first.
+    /// came in time, `Closed` when the client closed first.
     PublishFailed { send_id: SendId, code: ErrorCode, reason: String },
     /// The first `subscribed` for a room the app subscribed to (not repeated on reconnects).
     Subscribed { room: String },

@@ -20,7 +20,7 @@ fn valid_room(name: &str) -> bool {
 
 fn event_name(allowed: &[&'static str], event: &str) -> Result<&'static str, JsValue> {
     allowed.iter().copied().find(|e| *e == event).ok_or_else(|| {
-        rtlink_error("invalid_argument", &format!("unknown event {event:?}; expected one of {allowed:?}"))
+        rtlink_error("invalid_argument", &format!("unknown event \"{event}\"; expected one of: {}", allowed.join(", ")))
     })
 }
 
@@ -62,7 +62,7 @@ impl RealtimeClient {
         if !valid_room(name) {
             return Err(rtlink_error(
                 "invalid_room",
-                &format!("room name {name:?} must be 1-128 characters of A-Z a-z 0-9 _ . : -"),
+                &format!("room name \"{name}\" must be 1-128 characters of A-Z a-z 0-9 _ . : -"),
             ));
         }
         step(&self.shared, |d, now| d.core.handle_input(now, Input::Subscribe { room: name.to_owned() }));

@@ -173,11 +173,7 @@ impl Driver {
             Event::PublishFailed { send_id, code, reason } => {
                 if let Some(i) = self.pending.iter().position(|p| p.0 == send_id) {
                     let (_, _, reject) = self.pending.swap_remove(i);
-                    let code = match code {
-                        rtlink_protocol::ErrorCode::Unknown if reason.contains("closed") => "closed",
-                        other => other.as_str(),
-                    };
-                    let _ = reject.call1(&JsValue::NULL, &rtlink_error(code, &reason));
+                    let _ = reject.call1(&JsValue::NULL, &rtlink_error(code.as_str(), &reason));
                 }
             }
             Event::Subscribed { room } => {
@@ -185,7 +181,7 @@ impl Driver {
                 emits.push((room, "subscribed", value));
             }
             Event::SubscribeFailed { room, code, reason } => {
-                let value = rtlink_error(code.as_str(), &format!("subscribe to {room:?} refused: {reason}"));
+                let value = rtlink_error(code.as_str(), &format!("subscribe to \"{room}\" refused: {reason}"));
                 emits.push((room, "error", value));
             }
             Event::ResyncNeeded { room } => {

@@ -55,7 +55,7 @@ pub(crate) fn parse(options: &JsValue) -> Result<Options, JsValue> {
         for name in list.iter() {
             let name = name.as_string().unwrap_or_default();
             let kind = transport_from_name(&name).ok_or_else(|| {
-                invalid(&format!("unknown transport {name:?}: use \"websocket\", \"sse\" or \"long-polling\""))
+                invalid(&format!("unknown transport \"{name}\": use \"websocket\", \"sse\" or \"long-polling\""))
             })?;
             if !kinds.contains(&kind) {
                 kinds.push(kind);

@@ -26,6 +26,19 @@ fn js_err(e: JsValue) -> String {
         .unwrap_or_else(|| "network error".into())
 }
 
+impl OpenFailure {
+    /// A short human description (no `Debug` formatting: it costs kilobytes of wasm).
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Self::Unauthorized => "unauthorized".into(),
+            Self::Forbidden => "forbidden".into(),
+            Self::SessionUnknown => "unknown session".into(),
+            Self::Overloaded { .. } => "server overloaded".into(),
+            Self::Network(why) => why.clone(),
+        }
+    }
+}
+
 /// Performs a fetch and waits for the response headers.
 pub(crate) async fn fetch(
     url: &str,

@@ -134,7 +134,7 @@ async fn run(weak: Weak<Inner>, params: OpenParams, signal: AbortSignal) {
             Err(f) => {
                 inner.done.set(true);
                 let code = if f == OpenFailure::SessionUnknown { Some(4007) } else { None };
-                (inner.sink)(TransportEvent::Closed { code, reason: format!("poll failed: {f:?}") });
+                (inner.sink)(TransportEvent::Closed { code, reason: format!("poll failed: {}", f.describe()) });
                 return;
             }
         }

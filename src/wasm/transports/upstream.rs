@@ -96,7 +96,7 @@ fn pump(inner: &Rc<Inner>) {
                     OpenFailure::SessionUnknown => Some(4007),
                     _ => None,
                 };
-                (inner.sink)(TransportEvent::Closed { code, reason: format!("upstream failed: {f:?}") });
+                (inner.sink)(TransportEvent::Closed { code, reason: format!("upstream failed: {}", f.describe()) });
             }
         }
     });
