@@ -29,7 +29,7 @@ fn opt_ms(obj: &JsValue, key: &str, path: &str) -> Result<Option<u64>, JsValue> 
         return Ok(None);
     }
     match v.as_f64() {
-        Some(n) if n.is_finite() && n >= 0.0 && n <= 86_400_000.0 => Ok(Some(n as u64)),
+        Some(n) if (0.0..=86_400_000.0).contains(&n) => Ok(Some(n as u64)),
         _ => Err(invalid(&format!("{path} must be a number of milliseconds between 0 and 86400000"))),
     }
 }
