@@ -23,6 +23,9 @@ use crate::auth::{random_token, Auth};
 use crate::broker::local::{LocalBroker, LocalBrokerConfig};
 use crate::broker::redis::{RedisBroker, RedisOptions};
 use crate::broker::Broker;
+use crate::cluster::local::SingleNode;
+use crate::cluster::redis::RedisCluster;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::http::{self, OriginPolicy};
 use crate::hub::Hub;
@@ -37,6 +40,8 @@ pub struct AppState(Arc<Inner>);
 pub struct Inner {
     pub config: Arc<Config>,
     pub hub: Arc<Hub>,
+    /// Where sessions of other nodes are served (no sticky sessions).
+    pub cluster: Arc<dyn Cluster>,
     pub auth: Auth,
     pub limiter: Arc<ConnectionLimiter>,
     pub metrics: Arc<Metrics>,
@@ -67,7 +72,8 @@ impl AppState {
             dedupe_window: config.dedupe_window,
             ..LocalBrokerConfig::default()
         }));
-        Ok(Self::build(config, broker.clone(), Some(broker)))
+        let single = Arc::new(SingleNode);
+        Ok(Self::build(config, broker.clone(), Some(broker), single))
     }
 
     /// Builds the state with the in-process broker, or connects to Redis with `--redis`.
@@ -77,20 +83,35 @@ impl AppState {
             history_max_messages: config.history_max_messages,
             history_max_age: config.history_max_age,
             dedupe_window: config.dedupe_window,
+            key_prefix: config.redis_key_prefix.clone(),
+            node_ttl: config.redis_node_ttl,
             ..RedisOptions::default()
         };
         // The URL may carry a password: it is never logged.
         let broker = RedisBroker::connect(&url, opts).await?;
         tracing::info!(node = broker.node_id(), "using the Redis broker");
-        Ok(Self::with_broker(config, broker))
+        let (cluster, inbox) = RedisCluster::start(broker.cluster_link()).await?;
+        let state = Self::build(config, broker, None, cluster);
+        tokio::spawn(crate::cluster::serve(Arc::downgrade(&state.0), inbox));
+        Ok(state)
     }
 
     /// Builds the state around any broker (e.g. Redis).
     pub fn with_broker(config: Config, broker: Arc<dyn Broker>) -> Self {
-        Self::build(config, broker, None)
+        Self::build(config, broker, None, Arc::new(SingleNode))
     }
 
-    fn build(config: Config, broker: Arc<dyn Broker>, local: Option<Arc<LocalBroker>>) -> Self {
+    /// The state behind a weak reference (tasks that must not keep the server alive).
+    pub(crate) fn upgrade(weak: &std::sync::Weak<Inner>) -> Option<Self> {
+        weak.upgrade().map(Self)
+    }
+
+    fn build(
+        config: Config,
+        broker: Arc<dyn Broker>,
+        local: Option<Arc<LocalBroker>>,
+        cluster: Arc<dyn Cluster>,
+    ) -> Self {
         let (secret, demo) = match &config.auth_secret {
             Some(s) if !s.is_empty() => (s.as_bytes().to_vec(), config.demo_auth),
             _ => {
@@ -118,6 +139,7 @@ impl AppState {
             ),
             config,
             hub,
+            cluster,
             metrics,
             origins,
             demo,

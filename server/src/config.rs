@@ -100,6 +100,15 @@ pub struct Config {
     #[arg(long, env = "RTLINK_REDIS", hide_env_values = true)]
     pub redis: Option<String>,
 
+    /// Prefix of every Redis key and channel; the nodes of one cluster share it.
+    #[arg(long, env = "RTLINK_REDIS_KEY_PREFIX", default_value = "rtlink")]
+    pub redis_key_prefix: String,
+
+    /// Lifetime of a node's liveness key in Redis: the sessions and presence of a node that
+    /// stops refreshing it (crashed) are gone after about this long.
+    #[arg(long, env = "RTLINK_REDIS_NODE_TTL", default_value = "10s", value_parser = parse_duration)]
+    pub redis_node_ttl: Duration,
+
     /// Testing only: enable `POST /v1/test/exit`, which exits the process at once with code 75
     /// (a simulated crash). Never enable in production.
     #[arg(long, env = "RTLINK_TEST_CONTROL")]
@@ -234,6 +243,8 @@ impl Config {
             static_dir: None,
             disabled_transports: Vec::new(),
             redis: None,
+            redis_key_prefix: String::from("rtlink"),
+            redis_node_ttl: Duration::from_secs(10),
             test_control: false,
             tls_cert: None,
             tls_key: None,

@@ -63,11 +63,13 @@ impl Hub {
     }
 
     /// Resumes the session of `resume` if it exists and belongs to this user, else opens a new
-    /// one. Returns the session and whether it was resumed.
+    /// one. Returns the session and whether it was resumed. On a cluster node, `node` prefixes
+    /// new resume tokens (`{node}.{secret}`) so any node can tell who holds the session.
     pub fn open_session(
         &self,
         claims: Claims,
         resume: Option<&str>,
+        node: Option<&str>,
     ) -> Result<(Arc<Session>, bool), SessionsFull> {
         let mut sessions = self.sessions.lock();
         if let Some(token) = resume {
@@ -81,9 +83,14 @@ impl Hub {
             return Err(SessionsFull);
         }
         let now = Instant::now();
+        let secret = random_token(32);
+        let resume_token = match node {
+            Some(node) => format!("{node}.{secret}"),
+            None => secret,
+        };
         let session = Arc::new(Session::new(
             random_token(12),
-            random_token(32),
+            resume_token,
             claims,
             OutboxLimits {
                 max_frames: self.config.outbox_max_frames.max(8),
@@ -290,7 +297,7 @@ impl Hub {
                 continue;
             };
             let hub = self.clone();
-            tokio::spawn(async move { hub.complete_replay(&session, &room, gen, from).await });
+            tokio::spawn(async move { hub.complete_replay(&session, &room, gen, from, None).await });
         }
     }
 

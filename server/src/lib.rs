@@ -7,6 +7,7 @@
 pub mod app;
 pub mod auth;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod drain;
 pub mod http;

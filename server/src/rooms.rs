@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use rtlink_protocol::{ClientFrame, CloseCode, ErrorCode, PresenceConn, ServerFrame};
 
-use crate::broker::{DedupeKey, PublishOutcome, PublishRequest};
+use crate::broker::{DedupeKey, HistoryPage, PublishOutcome, PublishRequest};
 use crate::hub::Hub;
 use crate::metrics::DropReason;
 use crate::session::{Replay, ReplayResult, RoomSub, Session};
@@ -45,7 +45,9 @@ impl Hub {
                 Ok(())
             }
             ClientFrame::Pong => Ok(()),
-            ClientFrame::Subscribe { room, since } => self.subscribe(session, room, since).await,
+            ClientFrame::Subscribe { room, since, epoch } => {
+                self.subscribe(session, room, since, epoch).await
+            }
             ClientFrame::Unsubscribe { room } => self.unsubscribe(session, room).await,
             ClientFrame::Publish { room, id, payload } => {
                 self.publish(session, room, id, payload).await
@@ -126,6 +128,7 @@ impl Hub {
         session: &Arc<Session>,
         room: String,
         since: Option<u64>,
+        epoch: Option<String>,
     ) -> Flow {
         if !valid_room(&room) {
             self.nack(
@@ -185,21 +188,22 @@ impl Hub {
                 tracing::warn!(error = %e, "presence join failed");
             }
         }
-        self.replay(session, &room, since, true).await;
+        self.replay(session, &room, since, epoch.as_deref(), true).await;
         Ok(())
     }
 
     /// Replays `room` for `session` from `since` (or from the head when `None`), then switches
-    /// the subscription to live.
+    /// the subscription to live. `epoch` is the room epoch the client's `since` belongs to.
     pub(crate) async fn replay(
         self: &Arc<Self>,
         session: &Arc<Session>,
         room: &str,
         since: Option<u64>,
+        epoch: Option<&str>,
         send_subscribed: bool,
     ) {
         if let Some((gen, from)) = Self::begin_replay(session, room, since, send_subscribed) {
-            self.complete_replay(session, room, gen, from).await;
+            self.complete_replay(session, room, gen, from, epoch).await;
         }
     }
 
@@ -240,18 +244,30 @@ impl Hub {
     }
 
     /// Second half of a replay: reads history and presence, queues them, goes live.
+    ///
+    /// If the client's `since` belongs to another epoch of the room (offsets restarted), it is
+    /// meaningless: the client gets `recovered: false` and everything retained in the current
+    /// epoch, continuing after the offset before the oldest retained message.
     pub(crate) async fn complete_replay(
         self: &Arc<Self>,
         session: &Arc<Session>,
         room: &str,
         gen: u64,
         from: Option<u64>,
+        client_epoch: Option<&str>,
     ) {
         let limit = self.config.history_max_messages;
-        let page = match from {
+        let mut page = match from {
             Some(f) => self.broker.history(room, f, limit).await,
             None => self.broker.history(room, 0, 0).await,
         };
+        let epoch_changed = |p: &HistoryPage| {
+            from.is_some() && client_epoch.is_some_and(|e| !e.is_empty() && e != p.epoch)
+        };
+        let reset = page.as_ref().is_ok_and(epoch_changed);
+        if reset && from != Some(0) {
+            page = self.broker.history(room, 0, limit).await;
+        }
         let snapshot = self.broker.presence_snapshot(room).await;
         let (page, conns) = match (page, snapshot) {
             (Ok(p), Ok(c)) => (p, c),
@@ -271,7 +287,9 @@ impl Hub {
                 return;
             }
         };
-        let recovered = from.is_none() || page.complete;
+        let recovered = !reset && (from.is_none() || page.complete);
+        let continue_after =
+            reset.then(|| page.messages.first().map_or(page.head, |m| m.offset - 1));
         session.update(|st, m| {
             if from.is_none() {
                 if let Some(sub) = st.rooms.get_mut(room) {
@@ -283,6 +301,8 @@ impl Hub {
                 gen,
                 head: page.head,
                 recovered,
+                epoch: &page.epoch,
+                continue_after,
                 history: &page.messages,
                 conns,
                 own_user: &session.claims.sub,

@@ -110,6 +110,11 @@ pub struct ReplayResult<'a> {
     pub gen: u64,
     pub head: u64,
     pub recovered: bool,
+    /// The room's current epoch, told to the client in `subscribed`.
+    pub epoch: &'a str,
+    /// Set when the client's epoch was stale: deliver `history` after this offset (and tell
+    /// the client to continue from it) instead of after its `since`.
+    pub continue_after: Option<u64>,
     pub history: &'a [Arc<StoredMessage>],
     pub conns: Vec<PresenceConn>,
     pub own_user: &'a str,
@@ -279,6 +284,8 @@ impl SessionState {
             gen,
             head,
             recovered,
+            epoch,
+            continue_after,
             history,
             conns,
             own_user,
@@ -297,8 +304,9 @@ impl SessionState {
         if replay.send_subscribed || !recovered {
             frames.push(encode_frame(&ServerFrame::Subscribed {
                 room: room.to_owned(),
-                head,
+                head: continue_after.unwrap_or(head),
                 recovered,
+                epoch: epoch.to_owned(),
             }));
         }
         // The snapshot already holds this connection: its own buffered join is redundant.
@@ -307,7 +315,10 @@ impl SessionState {
             room: room.to_owned(),
             conns,
         }));
-        if recovered {
+        if let Some(start) = continue_after {
+            sub.last_offset = start;
+        }
+        if recovered || continue_after.is_some() {
             for m in history {
                 if m.offset > sub.last_offset {
                     sub.last_offset = m.offset;
@@ -352,6 +363,7 @@ impl Session {
         let now = Instant::now();
         Self {
             id,
+            // On a cluster node the token also names this node (`{node_id}.{secret}`).
             resume_token,
             claims,
             state: Mutex::new(SessionState {

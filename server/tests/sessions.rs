@@ -56,6 +56,7 @@ async fn resume_after_disconnect_replays_without_loss_or_duplicate() {
     a.send(&ClientFrame::Subscribe {
         room: "room".into(),
         since: Some(3),
+        epoch: None,
     })
     .await;
     b.publish("room", "b7", "live").await;
@@ -88,27 +89,65 @@ async fn since_older_than_history_is_not_recovered() {
     }
     let mut b = s.ws("bob").await;
     let sub = b.subscribe("room", Some(1)).await;
-    assert_eq!(
+    assert!(matches!(
         sub,
-        ServerFrame::Subscribed {
-            room: "room".into(),
-            head: 5,
-            recovered: false
-        }
-    );
+        ServerFrame::Subscribed { head: 5, recovered: false, ref epoch, .. } if !epoch.is_empty()
+    ));
     let mut c = s.ws("carol").await;
     c.send(&ClientFrame::Subscribe {
         room: "room".into(),
         since: Some(3),
+        epoch: None,
     })
     .await;
     let frames = frames_for(&mut c, Duration::from_millis(200)).await;
-    assert!(frames.contains(&ServerFrame::Subscribed {
-        room: "room".into(),
-        head: 5,
-        recovered: true
-    }));
+    assert!(frames.iter().any(|f| matches!(
+        f,
+        ServerFrame::Subscribed { head: 5, recovered: true, .. }
+    )));
     assert_eq!(offsets(&frames), vec![4, 5]);
+}
+
+/// A client whose offsets belong to an earlier incarnation of the room (an in-memory server
+/// restarted, so offsets began again at 1) must not skip the new messages as duplicates: it is
+/// told `recovered: false`, continues after the offset before the oldest retained message,
+/// and gets all of them.
+#[tokio::test]
+async fn since_from_another_epoch_replays_the_current_epoch() {
+    let s = start(fast_config()).await;
+    let mut a = s.ws("alice").await;
+    let ServerFrame::Subscribed { epoch, .. } = a.subscribe("room", None).await else {
+        panic!("expected subscribed")
+    };
+    for i in 1..=3 {
+        a.publish("room", &format!("m{i}"), "x").await;
+    }
+    // Same epoch: the usual resume.
+    let mut b = s.ws("bob").await;
+    b.send(&ClientFrame::Subscribe {
+        room: "room".into(),
+        since: Some(2),
+        epoch: Some(epoch.clone()),
+    })
+    .await;
+    let frames = frames_for(&mut b, Duration::from_millis(200)).await;
+    assert!(frames.iter().any(|f| matches!(f, ServerFrame::Subscribed { head: 3, recovered: true, .. })));
+    assert_eq!(offsets(&frames), vec![3]);
+    // Offsets 1..=3 of an older epoch, where the client had seen up to 7.
+    let mut c = s.ws("carol").await;
+    c.send(&ClientFrame::Subscribe {
+        room: "room".into(),
+        since: Some(7),
+        epoch: Some("an-older-epoch".into()),
+    })
+    .await;
+    let frames = frames_for(&mut c, Duration::from_millis(200)).await;
+    let sub = frames.iter().find(|f| matches!(f, ServerFrame::Subscribed { .. })).unwrap();
+    assert_eq!(
+        sub,
+        &ServerFrame::Subscribed { room: "room".into(), head: 0, recovered: false, epoch }
+    );
+    assert_eq!(offsets(&frames), vec![1, 2, 3]);
 }
 
 #[tokio::test]

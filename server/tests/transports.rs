@@ -82,6 +82,7 @@ async fn room_access_is_checked_against_token_patterns() {
     ws.send(&ClientFrame::Subscribe {
         room: "secret".into(),
         since: None,
+        epoch: None,
     })
     .await;
     assert!(matches!(
@@ -94,6 +95,7 @@ async fn room_access_is_checked_against_token_patterns() {
     ws.send(&ClientFrame::Subscribe {
         room: "bad room!".into(),
         since: None,
+        epoch: None,
     })
     .await;
     assert!(matches!(
@@ -127,7 +129,8 @@ async fn sse_end_to_end_with_upstream_posts_and_keepalives() {
             &token,
             vec![ClientFrame::Subscribe {
                 room: "r".into(),
-                since: None
+                since: None,
+                epoch: None
             }]
         )
         .await,
@@ -213,7 +216,8 @@ async fn long_polling_end_to_end_with_cursor_resend() {
             &s,
             vec![ClientFrame::Subscribe {
                 room: "r".into(),
-                since: None
+                since: None,
+                epoch: None
             }]
         )
         .await,
@@ -410,6 +414,7 @@ async fn a_newer_poll_answers_the_held_one_with_an_empty_batch() {
         vec![ClientFrame::Subscribe {
             room: "r".into(),
             since: None,
+            epoch: None,
         }],
     )
     .await;

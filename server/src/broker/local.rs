@@ -47,6 +47,9 @@ impl Default for LocalBrokerConfig {
 
 #[derive(Default)]
 struct Room {
+    /// This incarnation of the room's offsets: an idle room that is swept, or a restarted
+    /// process, starts again from offset 1 under a new epoch, so clients can tell.
+    epoch: String,
     head: u64,
     history: VecDeque<Arc<StoredMessage>>,
     presence: BTreeMap<String, PresenceConn>,
@@ -62,6 +65,23 @@ struct State {
     dedupe_order: VecDeque<(u64, DedupeKey)>,
     history_messages: u64,
     presence_members: u64,
+    /// Random per process; with `rooms_created`, makes every room epoch unique.
+    epoch_prefix: String,
+    rooms_created: u64,
+}
+
+/// The room, created (with a fresh epoch) if absent. A free function over the fields it needs,
+/// so callers keep borrowing the rest of `State`.
+fn room_entry<'a>(
+    rooms: &'a mut HashMap<String, Room>,
+    created: &mut u64,
+    epoch_prefix: &str,
+    name: &str,
+) -> &'a mut Room {
+    rooms.entry(name.to_owned()).or_insert_with(|| {
+        *created += 1;
+        Room { epoch: format!("{epoch_prefix}.{created}"), ..Room::default() }
+    })
 }
 
 pub struct LocalBroker {
@@ -75,7 +95,10 @@ impl LocalBroker {
         let (tx, _) = broadcast::channel(cfg.event_capacity.max(16));
         Self {
             cfg,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                epoch_prefix: crate::auth::random_token(6),
+                ..State::default()
+            }),
             tx,
         }
     }
@@ -164,7 +187,7 @@ impl Broker for LocalBroker {
                 });
             }
         }
-        let room = state.rooms.entry(req.room.clone()).or_default();
+        let room = room_entry(&mut state.rooms, &mut state.rooms_created, &state.epoch_prefix, &req.room);
         room.head += 1;
         room.last_active_ms = now;
         let msg = Arc::new(StoredMessage::new(
@@ -193,13 +216,8 @@ impl Broker for LocalBroker {
         let now = now_ms();
         let mut guard = self.state.lock();
         let state = &mut *guard;
-        let Some(r) = state.rooms.get_mut(room) else {
-            return Ok(HistoryPage {
-                messages: Vec::new(),
-                head: 0,
-                complete: since == 0,
-            });
-        };
+        // Reading creates the room, so its epoch is fixed from the first subscriber on.
+        let r = room_entry(&mut state.rooms, &mut state.rooms_created, &state.epoch_prefix, room);
         Self::trim(&self.cfg, &mut state.history_messages, r, now);
         let oldest_kept = r.history.front().map_or(r.head + 1, |m| m.offset);
         let complete = since.saturating_add(1) >= oldest_kept && since <= r.head;
@@ -210,13 +228,14 @@ impl Broker for LocalBroker {
             messages,
             head: r.head,
             complete,
+            epoch: r.epoch.clone(),
         })
     }
 
     async fn presence_join(&self, room: &str, conn: PresenceConn) -> BrokerResult<()> {
         let mut guard = self.state.lock();
         let state = &mut *guard;
-        let r = state.rooms.entry(room.to_owned()).or_default();
+        let r = room_entry(&mut state.rooms, &mut state.rooms_created, &state.epoch_prefix, room);
         r.last_active_ms = now_ms();
         let existed = r
             .presence

@@ -213,6 +213,10 @@ pub struct HistoryPage {
     pub head: u64,
     /// False when messages after `since` were trimmed from history: replay would have a gap.
     pub complete: bool,
+    /// The incarnation of the room's offsets. It changes when offsets restart from 1 (history
+    /// lost: an in-memory broker restarted, an idle room was swept, Redis data was flushed), so a
+    /// client's `since` from another epoch is recognised as meaningless.
+    pub epoch: String,
 }
 
 /// A broker failure (a backend that is down, a timeout). The caller nacks `internal` or closes

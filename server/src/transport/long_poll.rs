@@ -7,7 +7,8 @@
 //!   sends the same cursor again and gets the same frames. At most one poll per session is
 //!   held; a newer one makes the older answer an empty batch.
 //!
-//! A poll for a session that now lives on another transport answers `close 4006`.
+//! A poll for a session that now lives on another transport answers `close 4006`. A poll for
+//! a session of another node is forwarded to it ([`crate::cluster`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use rtlink_protocol::{CloseCode, PROTOCOL_VERSION};
 
 use crate::app::AppState;
+use crate::cluster::{self, Owner, POLL_FORWARD_MARGIN};
 use crate::config::TransportKind;
 use crate::http::{self, admit};
 use crate::session::{close_frame, OutFrame, Session};
@@ -42,10 +44,17 @@ pub async fn handler(State(state): State<AppState>, req: Request) -> Response {
             Some(Ok(c)) => c,
             Some(Err(_)) => return http::bad_request("cursor must be a number"),
         };
-        let Some(session) = state.hub.session_by_token(token) else {
-            return http::unknown_session();
-        };
-        return wait(&state, &session, cursor).await;
+        if let Owner::Remote(node) = state.cluster.owner(token) {
+            let request = cluster::Request::Poll {
+                token: token.clone(),
+                cursor,
+            };
+            let wait = state.config.poll_hold + POLL_FORWARD_MARGIN;
+            let result = state.cluster.forward(node, request, wait).await;
+            // No answer in time: nothing was acknowledged, the client simply polls again.
+            return cluster::respond(result, || json(poll_batch_body(cursor, std::iter::empty())));
+        }
+        return poll_local(&state, token, cursor, usize::MAX).await;
     }
     let admission = match admit(
         &state,
@@ -64,9 +73,11 @@ pub async fn handler(State(state): State<AppState>, req: Request) -> Response {
         return http::bad_request("unsupported protocol version");
     }
     let hub = &state.hub;
-    let Ok((session, resumed)) =
-        hub.open_session(admission.claims, query.get("resume").map(String::as_str))
-    else {
+    let Ok((session, resumed)) = cluster::open_session(
+        &state,
+        admission.claims,
+        query.get("resume").map(String::as_str),
+    ) else {
         return http::overloaded(
             StatusCode::SERVICE_UNAVAILABLE,
             "too many sessions",
@@ -75,7 +86,21 @@ pub async fn handler(State(state): State<AppState>, req: Request) -> Response {
     };
     let attached = hub.attach(&session, TransportKind::Poll, admission.guard, resumed);
     let frames = session.frames_after(0);
-    answer(&state, &session, attached.gen, 0, &frames)
+    answer(&state, &session, attached.gen, 0, &frames, usize::MAX)
+}
+
+/// A poll of a session of this node (`GET /v1/poll?session&cursor`, or forwarded by another
+/// node). The batch holds at most about `max_bytes` of frames (always at least one).
+pub(crate) async fn poll_local(
+    state: &AppState,
+    token: &str,
+    cursor: u64,
+    max_bytes: usize,
+) -> Response {
+    let Some(session) = state.hub.session_by_token(token) else {
+        return http::unknown_session();
+    };
+    wait(state, &session, cursor, max_bytes).await
 }
 
 fn json(body: String) -> Response {
@@ -94,14 +119,25 @@ fn close_batch(cursor: u64, code: CloseCode) -> Response {
     json(poll_batch_body(cursor, std::iter::once(frame.as_str())))
 }
 
-/// Answers a batch; if it carries the transport's close, the transport detaches.
+/// Answers a batch (cut after about `max_bytes`; the rest goes in the next one); if it carries
+/// the transport's close, the transport detaches.
 fn answer(
     state: &AppState,
     session: &Arc<Session>,
     gen: u64,
     cursor: u64,
     frames: &[OutFrame],
+    max_bytes: usize,
 ) -> Response {
+    let mut bytes = 0usize;
+    let fit = frames
+        .iter()
+        .position(|f| {
+            bytes = bytes.saturating_add(f.frame.len());
+            bytes > max_bytes
+        })
+        .map_or(frames.len(), |i| i.max(1));
+    let frames = &frames[..fit];
     let last = frames.last().map_or(cursor, |f| f.seq);
     state.metrics.frames_out(frames.len() as u64);
     let body = poll_batch_body(last, frames.iter().map(|f| f.frame.as_str()));
@@ -113,7 +149,7 @@ fn answer(
     json(body)
 }
 
-async fn wait(state: &AppState, session: &Arc<Session>, cursor: u64) -> Response {
+async fn wait(state: &AppState, session: &Arc<Session>, cursor: u64, max_bytes: usize) -> Response {
     let (kind, gen) = {
         let st = session.lock();
         (st.attached_kind(), st.attached_gen())
@@ -138,15 +174,15 @@ async fn wait(state: &AppState, session: &Arc<Session>, cursor: u64) -> Response
             return close_batch(cursor, code);
         }
         if session.poll_superseded(ticket) {
-            return answer(state, session, gen, cursor, &[]);
+            return answer(state, session, gen, cursor, &[], max_bytes);
         }
         let frames = session.frames_after(cursor);
         if !frames.is_empty() {
-            return answer(state, session, gen, cursor, &frames);
+            return answer(state, session, gen, cursor, &frames, max_bytes);
         }
         tokio::select! {
-            changed = changes.changed() => if changed.is_err() { return answer(state, session, gen, cursor, &[]) },
-            _ = tokio::time::sleep_until(deadline) => return answer(state, session, gen, cursor, &[]),
+            changed = changes.changed() => if changed.is_err() { return answer(state, session, gen, cursor, &[], max_bytes) },
+            _ = tokio::time::sleep_until(deadline) => return answer(state, session, gen, cursor, &[], max_bytes),
         }
     }
 }

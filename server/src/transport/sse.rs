@@ -44,9 +44,11 @@ pub async fn handler(State(state): State<AppState>, req: Request) -> Response {
         return http::bad_request("unsupported protocol version");
     }
     let hub = state.hub.clone();
-    let Ok((session, resumed)) =
-        hub.open_session(admission.claims, query.get("resume").map(String::as_str))
-    else {
+    let Ok((session, resumed)) = crate::cluster::open_session(
+        &state,
+        admission.claims,
+        query.get("resume").map(String::as_str),
+    ) else {
         return http::overloaded(
             StatusCode::SERVICE_UNAVAILABLE,
             "too many sessions",

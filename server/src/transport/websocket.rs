@@ -111,7 +111,8 @@ async fn run(socket: WebSocket, state: AppState, claims: Claims, guard: ConnGuar
         }
     };
     let hub = state.hub.clone();
-    let Ok((session, resumed)) = hub.open_session(claims, resume.as_deref()) else {
+    let Ok((session, resumed)) = crate::cluster::open_session(&state, claims, resume.as_deref())
+    else {
         let _ = sink
             .send(close_message(CloseCode(1013), "too many sessions"))
             .await;
@@ -135,7 +136,13 @@ async fn run(socket: WebSocket, state: AppState, claims: Claims, guard: ConnGuar
         }
     });
     tokio::select! {
-        _ = &mut writer => reader.abort(),
+        _ = &mut writer => {
+            // The reader may be in the middle of a frame (e.g. a `close` whose presence leaves
+            // still await the broker): let it finish, then stop it between frames.
+            let _between_frames =
+                tokio::time::timeout(Duration::from_secs(2), session.inbound.lock()).await;
+            reader.abort();
+        }
         ended = &mut reader => {
             if let Ok((ReadEnd::Closing, mut stream)) = ended {
                 // Our close is queued: let the writer send it, then read (and discard) what the

@@ -55,6 +55,16 @@ pub async fn start_state(state: AppState) -> Server {
     }
 }
 
+/// A server running elsewhere (a child process started with `--auth-secret test-secret`) at
+/// `addr`. The local state only signs tokens with that secret; every request goes to `addr`.
+pub fn remote(addr: SocketAddr) -> Server {
+    Server {
+        addr,
+        state: AppState::new(Config::for_tests()).unwrap(),
+        http: reqwest::Client::new(),
+    }
+}
+
 impl Server {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
@@ -247,6 +257,7 @@ impl Ws {
         self.send(&ClientFrame::Subscribe {
             room: room.into(),
             since,
+            epoch: None,
         })
         .await;
         self.recv_until(|f| matches!(f, ServerFrame::Subscribed { .. }))

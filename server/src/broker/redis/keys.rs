@@ -31,6 +31,11 @@ impl Keys {
         format!("{}:head:{room}", self.prefix)
     }
 
+    /// The room's epoch: which incarnation of its offsets `head` counts (see `HistoryPage`).
+    pub(super) fn epoch(&self, room: &str) -> String {
+        format!("{}:epoch:{room}", self.prefix)
+    }
+
     /// Stream of the room's retained messages, entry id `{offset}-0`.
     pub(super) fn history(&self, room: &str) -> String {
         format!("{}:hist:{room}", self.prefix)
@@ -73,6 +78,13 @@ impl Keys {
 
     pub(super) fn node_prefix(&self) -> String {
         format!("{}:node:", self.prefix)
+    }
+
+    /// Pub/Sub channel on which a node receives requests forwarded by other nodes (and the
+    /// replies to its own), see `crate::cluster::redis`. A channel, not a key: it cannot clash
+    /// with the liveness key of the same name prefix.
+    pub(super) fn node_inbox(&self, id: &str) -> String {
+        format!("{}{id}:inbox", self.node_prefix())
     }
 
     /// Remembered publish id. The user's length goes first so `("a:b", "c")` and `("a", "b:c")`

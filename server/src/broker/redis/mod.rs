@@ -203,6 +203,44 @@ impl RedisBroker {
     pub fn node_id(&self) -> &str {
         &self.shared.node_id
     }
+
+    /// What the cluster layer (`crate::cluster::redis`) shares with this broker: the node id,
+    /// the Redis client and connection, and the names of the per-node keys and channels.
+    pub fn cluster_link(&self) -> ClusterLink {
+        let s = &self.shared;
+        ClusterLink {
+            node_id: s.node_id.clone(),
+            client: s.client.clone(),
+            conn: s.conn(),
+            keys: s.keys.clone(),
+            response_timeout: s.opts.response_timeout,
+            connect_timeout: s.opts.connect_timeout,
+        }
+    }
+}
+
+/// Handles for the cluster layer, from [`RedisBroker::cluster_link`].
+#[derive(Clone)]
+pub struct ClusterLink {
+    pub node_id: String,
+    pub client: redis::Client,
+    /// Commands (multiplexed, shared with the broker).
+    pub conn: ConnectionManager,
+    keys: Keys,
+    pub response_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl ClusterLink {
+    /// Liveness key of `node`: it exists while the node runs.
+    pub fn liveness_key(&self, node: &str) -> String {
+        self.keys.node(node)
+    }
+
+    /// Pub/Sub channel where `node` receives forwarded requests and replies.
+    pub fn inbox(&self, node: &str) -> String {
+        self.keys.node_inbox(node)
+    }
 }
 
 impl Shared {
@@ -221,21 +259,27 @@ impl Shared {
             .history
             .key(self.keys.head(room))
             .key(self.keys.history(room))
+            .key(self.keys.epoch(room))
             .arg(since.min(MAX_OFFSET))
             .arg(limit.min(u32::MAX as usize))
             .arg(millis(self.opts.history_max_age))
+            .arg(crate::auth::random_token(8))
             .invoke_async(&mut self.conn())
             .await
             .map_err(redis_err)?;
         let bad = || BrokerError(String::from("redis: unexpected history reply"));
         let Value::Array(parts) = reply else { return Err(bad()) };
-        let [head, complete, Value::Array(entries)] = parts.as_slice() else { return Err(bad()) };
+        let [head, complete, Value::Array(entries), epoch] = parts.as_slice() else {
+            return Err(bad());
+        };
+        let epoch: String = redis::from_redis_value(epoch).map_err(|_| bad())?;
         let messages =
             entries.iter().filter_map(|e| stored_from_entry(room, e)).map(Arc::new).collect();
         Ok(HistoryPage {
             messages,
             head: int(head).ok_or_else(bad)?,
             complete: int(complete) == Some(1),
+            epoch,
         })
     }
 

@@ -72,9 +72,13 @@ redis.call('PUBLISH', ARGV[2],
 return {1, offset, now}
 "#;
 
-/// KEYS: head, history. ARGV: since, limit, max age ms.
-/// Returns `{head, complete (0/1), XRANGE entries}`.
+/// KEYS: head, history, epoch. ARGV: since, limit, max age ms, epoch candidate.
+/// Returns `{head, complete (0/1), XRANGE entries, epoch}`. The epoch key is created (with the
+/// candidate) on first read and never expires, like the head: if Redis loses its data, both go
+/// and the room's next reader fixes a new epoch, so clients' old offsets are recognised.
 const HISTORY: &str = r#"
+redis.call('SET', KEYS[3], ARGV[4], 'NX')
+local epoch = redis.call('GET', KEYS[3])
 local since = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
 trim_by_age(KEYS[2], now_ms() - tonumber(ARGV[3]))
@@ -88,7 +92,7 @@ local messages = {}
 if limit > 0 and since < head then
   messages = redis.call('XRANGE', KEYS[2], fmt(since + 1) .. '-0', '+', 'COUNT', limit)
 end
-return {head, complete, messages}
+return {head, complete, messages, epoch}
 "#;
 
 /// KEYS: presence hash, presence-rooms index. ARGV: session, entry JSON, room, channel.
