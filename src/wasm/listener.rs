@@ -1,7 +1,7 @@
 //! An event listener that removes itself when dropped.
 //!
 //! Every DOM listener the glue adds goes through [`Listener`], so dropping a transport or a client
-//! removes exactly what it added, and [`live_listeners`] can prove it: nothing is `.forget()`-ed,
+//! removes exactly what it added, and [`live_listeners`] can prove it: no closure is leaked with `forget`,
 //! so nothing leaks per reconnect.
 
 use std::cell::Cell;

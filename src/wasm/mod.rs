@@ -2,7 +2,7 @@
 //! lifecycle events, and exposes the typed JS API (`RealtimeClient`, `Room`, `Presence`, `Typing`).
 //!
 //! Ownership is the whole design: a [`driver::Driver`] owns the core, its transports, its one timer
-//! and its page listeners; dropping any of them removes what it added. Nothing is `.forget()`-ed.
+//! and its page listeners; dropping any of them removes what it added. No closure is leaked with `forget`.
 
 mod api;
 mod codec;
