@@ -17,7 +17,7 @@ setup:
 	@scripts/setup
 
 build-server:
-	cargo build --release -p rtlink-server
+	cargo build --profile server -p rtlink-server
 
 build-wasm: package
 
@@ -28,7 +28,7 @@ demo: setup build
 	@echo
 	@echo "  rtlink demo: open http://$(DEMO_ADDR)  (Ctrl-C to stop)"
 	@echo
-	target/release/rtlink-server --listen $(DEMO_ADDR) --static-dir www --demo-auth
+	target/server/rtlink-server --listen $(DEMO_ADDR) --static-dir www --demo-auth
 
 test: setup
 	$(MAKE) test-native
@@ -61,8 +61,10 @@ test-e2e: package
 test-faults:
 	cargo test -p rtlink-server --test faults
 
-bench:
-	@echo "bench: NOT BUILT YET - no benchmarks exist yet; nothing was measured."
+# Fan-out benchmark (docs/BENCHMARKS.md): encode-once vs encode-per-subscriber side by side, and
+# WebSocket/SSE delivery on loopback. Ratios from one run; the machine is shared and noisy.
+bench: package
+	cargo bench -p rtlink-server --bench fanout
 
 bench-quick:
-	@echo "bench-quick: NOT BUILT YET - no benchmarks exist yet; nothing was measured."
+	cargo bench -p rtlink-server --bench fanout -- --quick
