@@ -1,0 +1,439 @@
+//! The scripted fake server of the harness: room histories with offsets and epochs, publish
+//! dedupe by id, presence per connection, resumable sessions, and the ways real networks fail
+//! (refused opens, transports dying before or after their first frame, silence).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rtlink::core::{ClientFrame, CloseCode, Input, ServerFrame, TransportId, TransportKind};
+use rtlink_protocol::{Limits, PresenceConn, UserInfo};
+
+use super::*;
+
+/// How the fake server treats attempts to open a transport kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Normal,
+    /// The HTTP request fails.
+    OpenFail(OpenError),
+    /// Opens (101 / headers) and dies before sending a single frame.
+    DieBeforeFirstFrame,
+    /// Opens and then nothing ever arrives (a buffering proxy).
+    Silent,
+}
+
+#[derive(Clone, Debug)]
+pub struct StoredMsg {
+    pub offset: u64,
+    pub sender: String,
+    pub payload: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Sess {
+    pub client: usize,
+    pub user: String,
+    pub resume_token: String,
+    pub transport: Option<TransportId>,
+    pub rooms: BTreeSet<String>,
+    pub meta: BTreeMap<String, String>,
+    pub detached_at: Option<Instant>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Conn {
+    pub kind: TransportKind,
+    pub session: Option<String>,
+    pub next_ping: Instant,
+    /// Delivers nothing either way (a dead link nobody noticed).
+    pub blackholed: bool,
+}
+
+#[derive(Debug)]
+pub struct FakeServer {
+    pub ping_interval_ms: u64,
+    pub resume_window_ms: u64,
+    pub presence_grace_ms: u64,
+    /// Messages kept per room; older ones are gone (subscribe since older → recovered: false).
+    pub history_limit: usize,
+    pub rooms: BTreeMap<String, Vec<StoredMsg>>,
+    /// Incarnation of the room offsets; bumped by [`Sim::lose_history`] (an in-memory server
+    /// restarting).
+    pub epoch: u64,
+    pub sessions: BTreeMap<String, Sess>,
+    pub conns: BTreeMap<(usize, TransportId), Conn>,
+    pub acks: BTreeMap<(String, String), (String, u64)>,
+    pub modes: BTreeMap<TransportKind, Mode>,
+    /// The next N opens answer 401.
+    pub reject_tokens: u32,
+    pub forbidden: bool,
+    /// Send 4006 to the old transport before the welcome on the new one.
+    pub supersede_before_welcome: bool,
+    pub stored_publishes: u64,
+    next_sid: u64,
+}
+
+impl FakeServer {
+    pub(super) fn new() -> Self {
+        Self {
+            ping_interval_ms: 20_000,
+            resume_window_ms: 120_000,
+            presence_grace_ms: 5_000,
+            history_limit: 1_000,
+            rooms: BTreeMap::new(),
+            epoch: 1,
+            sessions: BTreeMap::new(),
+            conns: BTreeMap::new(),
+            acks: BTreeMap::new(),
+            modes: BTreeMap::new(),
+            reject_tokens: 0,
+            forbidden: false,
+            supersede_before_welcome: false,
+            stored_publishes: 0,
+            next_sid: 0,
+        }
+    }
+
+    pub fn mode(&self, kind: TransportKind) -> Mode {
+        self.modes.get(&kind).copied().unwrap_or(Mode::Normal)
+    }
+
+    pub fn head(&self, room: &str) -> u64 {
+        self.rooms.get(room).and_then(|h| h.last()).map_or(0, |m| m.offset)
+    }
+}
+
+impl Sim {
+    pub(super) fn open(&mut self, tab: usize, id: TransportId, kind: TransportKind, token: String, resume: Option<String>) {
+        if self.server.forbidden {
+            return self.deliver(tab, Input::OpenFailed { id, error: OpenError::Forbidden });
+        }
+        if self.server.reject_tokens > 0 {
+            self.server.reject_tokens -= 1;
+            return self.deliver(tab, Input::OpenFailed { id, error: OpenError::Unauthorized });
+        }
+        match self.server.mode(kind) {
+            Mode::OpenFail(error) => self.deliver(tab, Input::OpenFailed { id, error }),
+            Mode::DieBeforeFirstFrame => {
+                self.deliver(tab, Input::TransportOpened { id });
+                self.deliver(tab, Input::TransportClosed { id, code: None, reason: "proxy".into() });
+            }
+            Mode::Silent => {
+                self.server.conns.insert(
+                    (tab, id),
+                    Conn { kind, session: None, next_ping: Instant::from_millis(u64::MAX), blackholed: true },
+                );
+                self.deliver(tab, Input::TransportOpened { id });
+            }
+            Mode::Normal => {
+                let far = Instant::from_millis(u64::MAX);
+                self.server.conns.insert((tab, id), Conn { kind, session: None, next_ping: far, blackholed: false });
+                self.deliver(tab, Input::TransportOpened { id });
+                if kind != TransportKind::WebSocket {
+                    self.attach(tab, id, &token, resume);
+                }
+            }
+        }
+    }
+
+    pub(super) fn attach(&mut self, tab: usize, id: TransportId, user: &str, resume: Option<String>) {
+        let existing = resume.and_then(|r| {
+            self.server.sessions.iter().find(|(_, s)| s.resume_token == r).map(|(k, _)| k.clone())
+        });
+        let (sid, resumed) = match existing {
+            Some(sid) => (sid, true),
+            None => {
+                self.server.next_sid += 1;
+                let sid = format!("s{}", self.server.next_sid);
+                let sess = Sess {
+                    client: tab,
+                    user: user.to_owned(),
+                    resume_token: format!("r-{sid}"),
+                    transport: None,
+                    rooms: BTreeSet::new(),
+                    meta: BTreeMap::new(),
+                    detached_at: None,
+                };
+                self.server.sessions.insert(sid.clone(), sess);
+                (sid, false)
+            }
+        };
+        let old = self.server.sessions.get(&sid).and_then(|s| s.transport);
+        let supersede = |sim: &mut Sim| {
+            if let Some(old) = old.filter(|&o| o != id) {
+                sim.send_to_conn(tab, old, ServerFrame::Close { code: CloseCode::SUPERSEDED, reason: "superseded".into() });
+                sim.server.conns.remove(&(tab, old));
+                sim.deliver(tab, Input::TransportClosed { id: old, code: Some(CloseCode::SUPERSEDED), reason: String::new() });
+            }
+        };
+        if self.server.supersede_before_welcome {
+            supersede(self);
+        }
+        let interval = self.server.ping_interval_ms;
+        let now = self.now;
+        if let Some(conn) = self.server.conns.get_mut(&(tab, id)) {
+            conn.session = Some(sid.clone());
+            conn.next_ping = now.plus(interval);
+        }
+        let (token, user_id) = {
+            let s = self.server.sessions.get_mut(&sid).expect("session");
+            s.transport = Some(id);
+            s.detached_at = None;
+            (s.resume_token.clone(), s.user.clone())
+        };
+        let welcome = ServerFrame::Welcome {
+            v: 1,
+            session: sid.clone(),
+            resume_token: token,
+            resumed,
+            ping_interval_ms: self.server.ping_interval_ms,
+            user: UserInfo { id: user_id.clone(), name: user_id.to_uppercase() },
+            limits: Limits {
+                max_frame_bytes: 65_536,
+                rate_per_sec: 100,
+                burst: 100,
+                max_rooms: 100,
+                resume_window_ms: self.server.resume_window_ms,
+            },
+        };
+        self.send_to_conn(tab, id, welcome);
+        if !self.server.supersede_before_welcome {
+            supersede(self);
+        }
+    }
+
+    /// Sends a frame down a transport (dropped if it is gone or blackholed).
+    pub fn send_to_conn(&mut self, tab: usize, id: TransportId, frame: ServerFrame) {
+        match self.server.conns.get(&(tab, id)) {
+            Some(conn) if !conn.blackholed => self.deliver(tab, Input::Frame { id, frame }),
+            _ => {}
+        }
+    }
+
+    /// Sends a frame to a session's current transport; dropped if detached (the client
+    /// recovers it by offset when it re-subscribes).
+    pub(super) fn send_to_session(&mut self, sid: &str, frame: ServerFrame) {
+        let Some(s) = self.server.sessions.get(sid) else { return };
+        if let Some(t) = s.transport {
+            let tab = s.client;
+            self.send_to_conn(tab, t, frame);
+        }
+    }
+
+    pub(super) fn session_of(&self, tab: usize, id: TransportId) -> Option<String> {
+        self.server.conns.get(&(tab, id)).filter(|c| !c.blackholed).and_then(|c| c.session.clone())
+    }
+
+    pub(super) fn presence_conn(&self, sid: &str, room: &str) -> Option<PresenceConn> {
+        let s = self.server.sessions.get(sid)?;
+        Some(PresenceConn {
+            session: sid.to_owned(),
+            user: s.user.clone(),
+            name: s.user.to_uppercase(),
+            meta: s.meta.get(room).cloned().unwrap_or_default(),
+        })
+    }
+
+    pub(super) fn room_members(&self, room: &str) -> Vec<String> {
+        self.server.sessions.iter().filter(|(_, s)| s.rooms.contains(room)).map(|(k, _)| k.clone()).collect()
+    }
+
+    pub(super) fn on_client_frame(&mut self, tab: usize, id: TransportId, frame: ClientFrame) {
+        if let ClientFrame::Hello { resume, .. } = &frame {
+            let fresh = self.server.conns.get(&(tab, id)).is_some_and(|c| c.session.is_none() && !c.blackholed);
+            if fresh {
+                let user = self.tabs[tab].user.clone();
+                self.attach(tab, id, &user, resume.clone());
+            }
+            return;
+        }
+        let Some(sid) = self.session_of(tab, id) else { return };
+        let user = self.server.sessions[&sid].user.clone();
+        match frame {
+            ClientFrame::Hello { .. } | ClientFrame::Pong => {}
+            ClientFrame::Ping => self.send_to_conn(tab, id, ServerFrame::Pong),
+            ClientFrame::Subscribe { room, since, epoch } => {
+                let joined = self.server.sessions.get_mut(&sid).is_some_and(|s| s.rooms.insert(room.clone()));
+                let history = self.server.rooms.get(&room).cloned().unwrap_or_default();
+                let current_epoch = format!("e{}", self.server.epoch);
+                let mut head = history.last().map_or(0, |m| m.offset);
+                let oldest_kept = history.first().map_or(head + 1, |m| m.offset);
+                let mut since = since;
+                let recovered = if epoch.as_ref().is_some_and(|e| *e != current_epoch) {
+                    // Offsets restarted: replay everything retained, continue before it.
+                    since = Some(oldest_kept - 1);
+                    head = oldest_kept - 1;
+                    false
+                } else {
+                    match since { Some(s) => s + 1 >= oldest_kept, None => true }
+                };
+                let subscribed = ServerFrame::Subscribed { room: room.clone(), head, recovered, epoch: current_epoch };
+                self.send_to_conn(tab, id, subscribed);
+                if let Some(since) = since {
+                    for m in history.iter().filter(|m| m.offset > since) {
+                        let frame = ServerFrame::Message {
+                            room: room.clone(),
+                            offset: m.offset,
+                            sender: m.sender.clone(),
+                            name: None,
+                            payload: m.payload.clone(),
+                        };
+                        self.send_to_conn(tab, id, frame);
+                    }
+                }
+                let conns = self.room_members(&room).iter().filter_map(|m| self.presence_conn(m, &room)).collect();
+                self.send_to_conn(tab, id, ServerFrame::PresenceSnapshot { room: room.clone(), conns });
+                if joined {
+                    if let Some(conn) = self.presence_conn(&sid, &room) {
+                        for other in self.room_members(&room).into_iter().filter(|o| *o != sid) {
+                            self.send_to_session(&other, ServerFrame::PresenceJoin { room: room.clone(), conn: conn.clone() });
+                        }
+                    }
+                }
+            }
+            ClientFrame::Unsubscribe { room } => {
+                if let Some(s) = self.server.sessions.get_mut(&sid) {
+                    s.rooms.remove(&room);
+                }
+                self.send_to_conn(tab, id, ServerFrame::Unsubscribed { room: room.clone() });
+                for other in self.room_members(&room) {
+                    let frame = ServerFrame::PresenceLeave { room: room.clone(), session: sid.clone(), user: user.clone() };
+                    self.send_to_session(&other, frame);
+                }
+            }
+            ClientFrame::Publish { room, id: msg_id, payload } => {
+                if !self.server.sessions[&sid].rooms.contains(&room) {
+                    let nack = ServerFrame::Nack { id: msg_id, code: ErrorCode::NotSubscribed, reason: String::new() };
+                    return self.send_to_conn(tab, id, nack);
+                }
+                if let Some((r, offset)) = self.server.acks.get(&(user.clone(), msg_id.clone())).cloned() {
+                    return self.send_to_conn(tab, id, ServerFrame::Ack { id: msg_id, room: r, offset });
+                }
+                let offset = self.store(&room, &user, &payload);
+                self.server.acks.insert((user.clone(), msg_id.clone()), (room.clone(), offset));
+                self.send_to_conn(tab, id, ServerFrame::Ack { id: msg_id, room: room.clone(), offset });
+                self.fan_out(&room, offset, &user, &payload);
+            }
+            ClientFrame::Presence { room, meta } => {
+                if let Some(s) = self.server.sessions.get_mut(&sid) {
+                    s.meta.insert(room.clone(), meta);
+                }
+                if let Some(conn) = self.presence_conn(&sid, &room) {
+                    for m in self.room_members(&room) {
+                        self.send_to_session(&m, ServerFrame::PresenceUpdate { room: room.clone(), conn: conn.clone() });
+                    }
+                }
+            }
+            ClientFrame::Typing { room, active } => {
+                for m in self.room_members(&room).into_iter().filter(|m| *m != sid) {
+                    let frame = ServerFrame::Typing { room: room.clone(), user: user.clone(), name: user.to_uppercase(), active };
+                    self.send_to_session(&m, frame);
+                }
+            }
+            ClientFrame::Close { .. } => self.end_session(&sid),
+        }
+    }
+
+    pub(super) fn store(&mut self, room: &str, sender: &str, payload: &str) -> u64 {
+        self.server.stored_publishes += 1;
+        let limit = self.server.history_limit;
+        let history = self.server.rooms.entry(room.to_owned()).or_default();
+        let offset = history.last().map_or(1, |m| m.offset + 1);
+        history.push(StoredMsg { offset, sender: sender.to_owned(), payload: payload.to_owned() });
+        if history.len() > limit {
+            history.remove(0);
+        }
+        offset
+    }
+
+    pub(super) fn fan_out(&mut self, room: &str, offset: u64, sender: &str, payload: &str) {
+        for m in self.room_members(room) {
+            let frame = ServerFrame::Message {
+                room: room.to_owned(),
+                offset,
+                sender: sender.to_owned(),
+                name: None,
+                payload: payload.to_owned(),
+            };
+            self.send_to_session(&m, frame);
+        }
+    }
+
+    /// Someone outside the simulated tabs publishes.
+    pub fn server_publish(&mut self, room: &str, sender: &str, payload: &str) -> u64 {
+        let offset = self.store(room, sender, payload);
+        self.fan_out(room, offset, sender, payload);
+        offset
+    }
+
+    /// Stores a message without delivering it to anyone (a fan-out the network lost).
+    pub fn store_only(&mut self, room: &str) -> u64 {
+        self.store(room, "ghost", "")
+    }
+
+    /// A session ends: everyone in its rooms sees it leave.
+    pub fn end_session(&mut self, sid: &str) {
+        let Some(s) = self.server.sessions.remove(sid) else { return };
+        if let Some(t) = s.transport {
+            self.server.conns.remove(&(s.client, t));
+        }
+        for room in &s.rooms {
+            for m in self.room_members(room) {
+                let frame = ServerFrame::PresenceLeave { room: room.clone(), session: sid.to_owned(), user: s.user.clone() };
+                self.send_to_session(&m, frame);
+            }
+        }
+    }
+
+    /// The client closed a transport: its session waits for a resume (presence grace).
+    pub(super) fn detach(&mut self, tab: usize, id: TransportId) {
+        let Some(conn) = self.server.conns.remove(&(tab, id)) else { return };
+        let now = self.now;
+        if let Some(sid) = conn.session {
+            if let Some(s) = self.server.sessions.get_mut(&sid) {
+                if s.transport == Some(id) {
+                    s.transport = None;
+                    s.detached_at = Some(now);
+                }
+            }
+        }
+    }
+
+    /// The tab's primary transport as the glue sees it.
+    pub fn primary(&self, tab: usize) -> Option<TransportId> {
+        self.tabs[tab].client.primary_transport().map(|(id, _)| id)
+    }
+
+    /// The network drops the tab's primary transport: both sides see it close.
+    pub fn kill(&mut self, tab: usize, code: Option<CloseCode>) {
+        let Some(id) = self.primary(tab) else { return };
+        self.detach(tab, id);
+        self.deliver(tab, Input::TransportClosed { id, code, reason: "killed".into() });
+    }
+
+    /// The server closes the tab's primary transport with a `close` frame.
+    pub fn server_close(&mut self, tab: usize, code: CloseCode) {
+        let Some(id) = self.primary(tab) else { return };
+        self.send_to_conn(tab, id, ServerFrame::Close { code, reason: code.name().into() });
+        self.detach(tab, id);
+    }
+
+    /// An in-memory server restarts: every transport drops, sessions and room history are gone,
+    /// and room offsets start again from 1 in a new epoch.
+    pub fn lose_history(&mut self) {
+        for tab in 0..self.tabs.len() {
+            self.kill(tab, None);
+        }
+        self.server.sessions.clear();
+        self.server.conns.clear();
+        self.server.rooms.clear();
+        self.server.epoch += 1;
+    }
+
+    /// The tab's primary transport silently stops delivering anything, both ways.
+    pub fn blackhole(&mut self, tab: usize) {
+        let Some(id) = self.primary(tab) else { return };
+        if let Some(conn) = self.server.conns.get_mut(&(tab, id)) {
+            conn.blackholed = true;
+        }
+    }
+}
