@@ -90,11 +90,11 @@ impl Client {
             _ => (None, None),
         };
         if let Some(id) = primary {
-            self.out.push_back(Output::CloseTransport { id, code });
+            self.out.push(Output::CloseTransport { id, code });
         }
         if let Some(id) = probe {
             self.timers.stop(Timer::ProbeFirstFrame);
-            self.out.push_back(Output::CloseTransport { id, code: None });
+            self.out.push(Output::CloseTransport { id, code: None });
         }
     }
 
@@ -128,7 +128,7 @@ impl Client {
     pub(super) fn start_attempt(&mut self) {
         self.timers.stop(Timer::Reconnect);
         self.set_phase(Phase::AwaitingToken);
-        self.out.push_back(Output::RequestToken);
+        self.out.push(Output::RequestToken);
     }
 
     pub(super) fn on_token_ready(&mut self, token: String) {
@@ -137,14 +137,14 @@ impl Client {
                 let kind = self.ladder.current();
                 let id = self.mint_transport_id();
                 let resume = self.resume_token();
-                self.out.push_back(Output::OpenTransport { id, kind, token, resume });
+                self.out.push(Output::OpenTransport { id, kind, token, resume });
                 self.timers.set(Timer::FirstFrame, self.now.plus(self.cfg.first_frame_timeout_ms));
                 self.set_phase(Phase::AwaitingWelcome { slot: Slot::new(id, kind) });
             }
             Phase::Open { probe: Some(Probe::AwaitingToken { kind }), .. } => {
                 let id = self.mint_transport_id();
                 let resume = self.session.as_ref().map(|s| s.resume_token.clone());
-                self.out.push_back(Output::OpenTransport { id, kind, token, resume });
+                self.out.push(Output::OpenTransport { id, kind, token, resume });
                 self.timers.set(Timer::ProbeFirstFrame, self.now.plus(self.cfg.first_frame_timeout_ms));
                 if let Phase::Open { probe, .. } = &mut self.phase {
                     *probe = Some(Probe::Opening { slot: Slot::new(id, kind) });
@@ -182,7 +182,7 @@ impl Client {
         // SSE and long polling carry `resume` in the URL; a WebSocket says hello first.
         if slot.kind == TransportKind::WebSocket {
             let frame = ClientFrame::Hello { v: PROTOCOL_VERSION, resume };
-            self.out.push_back(Output::Send { id, frame });
+            self.out.push(Output::Send { id, frame });
         }
     }
 
@@ -248,7 +248,7 @@ impl Client {
         let reported = matches!(end, End::OpenFailed(_) | End::Closed { reported: true, .. });
         if !reported {
             let code = (end == End::HeartbeatDead).then_some(CloseCode::HEARTBEAT_TIMEOUT);
-            self.out.push_back(Output::CloseTransport { id: slot.id, code });
+            self.out.push(Output::CloseTransport { id: slot.id, code });
         }
         let probe_deadline = self.timers.get(Timer::ProbeFirstFrame);
         self.lose_transport();
@@ -269,7 +269,7 @@ impl Client {
             }
         }
         if let Some(probe_slot) = probe.and_then(|p| p.slot()) {
-            self.out.push_back(Output::CloseTransport { id: probe_slot.id, code: None });
+            self.out.push(Output::CloseTransport { id: probe_slot.id, code: None });
         }
 
         let fallback = match &end {
@@ -403,7 +403,7 @@ impl Client {
         if let Phase::Open { probe, .. } = &mut self.phase {
             *probe = Some(Probe::AwaitingToken { kind });
         }
-        self.out.push_back(Output::RequestToken);
+        self.out.push(Output::RequestToken);
     }
 
     /// The probe did not deliver a welcome in time.
@@ -419,7 +419,7 @@ impl Client {
         let Some(old) = probe.take() else { return };
         self.timers.stop(Timer::ProbeFirstFrame);
         if let (true, Some(slot)) = (close, old.slot()) {
-            self.out.push_back(Output::CloseTransport { id: slot.id, code: None });
+            self.out.push(Output::CloseTransport { id: slot.id, code: None });
         }
     }
 }

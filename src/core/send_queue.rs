@@ -10,7 +10,6 @@
 //! acked, nacked, timed out (no ack within `ack_timeout_ms` of its last transmission on an open
 //! transport) or failed at close.
 
-use std::collections::VecDeque;
 
 use rtlink_protocol::ClientFrame;
 
@@ -30,7 +29,7 @@ struct Pending {
 
 #[derive(Clone, Debug)]
 pub struct SendQueue {
-    items: VecDeque<Pending>,
+    items: Vec<Pending>,
     capacity: usize,
     ack_timeout_ms: u64,
     id_prefix: String,
@@ -47,7 +46,7 @@ pub struct Removed {
 impl SendQueue {
     /// `id_prefix` should be random per client instance (e.g. 16 hex digits from the seed).
     pub fn new(capacity: usize, ack_timeout_ms: u64, id_prefix: String) -> Self {
-        Self { items: VecDeque::new(), capacity, ack_timeout_ms, id_prefix, next: 0 }
+        Self { items: Vec::new(), capacity, ack_timeout_ms, id_prefix, next: 0 }
     }
 
     pub fn len(&self) -> usize {
@@ -65,8 +64,10 @@ impl SendQueue {
         }
         self.next += 1;
         let send_id = SendId(self.next);
-        let msg_id = format!("{}-{}", self.id_prefix, self.next);
-        self.items.push_back(Pending { send_id, msg_id, room, payload, deadline: None });
+        let mut msg_id = self.id_prefix.clone();
+        msg_id.push('-');
+        super::text::push_dec(&mut msg_id, self.next);
+        self.items.push(Pending { send_id, msg_id, room, payload, deadline: None });
         Ok(send_id)
     }
 
@@ -100,7 +101,7 @@ impl SendQueue {
     /// Removes the entry with this wire id (for an ack or a nack).
     pub fn take(&mut self, msg_id: &str) -> Option<Removed> {
         let at = self.items.iter().position(|p| p.msg_id == msg_id)?;
-        let item = self.items.remove(at)?;
+        let item = self.items.remove(at);
         Some(Removed { send_id: item.send_id, room: item.room })
     }
 

@@ -70,7 +70,7 @@ impl Client {
                     self.on_welcome(welcome);
                 }
             }
-            ServerFrame::Ping => self.out.push_back(Output::Send { id, frame: ClientFrame::Pong }),
+            ServerFrame::Ping => self.out.push(Output::Send { id, frame: ClientFrame::Pong }),
             ServerFrame::Close { code, reason } => {
                 self.on_primary_end(End::Closed { code: Some(code), reason, reported: false })
             }
@@ -89,7 +89,7 @@ impl Client {
                 // with 4006; close it ourselves in the same step so there is never a moment with
                 // two primaries. Anything the old one still delivers is from a stale id, and the
                 // re-subscribe below replays it by offset.
-                self.out.push_back(Output::CloseTransport { id: old.id, code: Some(CloseCode::SUPERSEDED) });
+                self.out.push(Output::CloseTransport { id: old.id, code: Some(CloseCode::SUPERSEDED) });
                 self.heartbeat.stop();
                 self.timers.stop(Timer::ProbeFirstFrame);
                 self.sends.pause();
@@ -100,7 +100,7 @@ impl Client {
                 self.phase = Phase::AwaitingWelcome { slot };
                 self.on_welcome(welcome);
             }
-            ServerFrame::Ping => self.out.push_back(Output::Send { id: probe.id, frame: ClientFrame::Pong }),
+            ServerFrame::Ping => self.out.push(Output::Send { id: probe.id, frame: ClientFrame::Pong }),
             ServerFrame::Close { .. } => {
                 self.drop_probe(true);
                 self.schedule_probe();
@@ -276,7 +276,7 @@ impl Client {
 
     pub(super) fn expire_sends(&mut self) {
         for removed in self.sends.expire(self.now) {
-            let reason = format!("no ack within {} ms", self.cfg.ack_timeout_ms);
+            let reason = super::text::concat(&["no ack within ", &super::text::dec(self.cfg.ack_timeout_ms), " ms"]);
             self.emit(Event::PublishFailed { send_id: removed.send_id, code: ErrorCode::Timeout, reason });
         }
     }

@@ -10,6 +10,7 @@ use super::driver::{new_shared, step, Shared};
 use super::error::rtlink_error;
 use super::options;
 use super::types;
+use crate::core::text::concat;
 use crate::core::{Input, SendError};
 
 fn valid_room(name: &str) -> bool {
@@ -20,7 +21,14 @@ fn valid_room(name: &str) -> bool {
 
 fn event_name(allowed: &[&'static str], event: &str) -> Result<&'static str, JsValue> {
     allowed.iter().copied().find(|e| *e == event).ok_or_else(|| {
-        rtlink_error("invalid_argument", &format!("unknown event \"{event}\"; expected one of: {}", allowed.join(", ")))
+        let mut msg = concat(&["unknown event \"", event, "\"; expected one of: "]);
+        for (i, e) in allowed.iter().enumerate() {
+            if i > 0 {
+                msg.push_str(", ");
+            }
+            msg.push_str(e);
+        }
+        rtlink_error("invalid_argument", &msg)
     })
 }
 
@@ -62,7 +70,7 @@ impl RealtimeClient {
         if !valid_room(name) {
             return Err(rtlink_error(
                 "invalid_room",
-                &format!("room name \"{name}\" must be 1-128 characters of A-Z a-z 0-9 _ . : -"),
+                &concat(&["room name \"", name, "\" must be 1-128 characters of A-Z a-z 0-9 _ . : -"]),
             ));
         }
         step(&self.shared, |d, now| d.core.handle_input(now, Input::Subscribe { room: name.to_owned() }));

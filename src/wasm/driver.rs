@@ -11,18 +11,18 @@ use std::rc::{Rc, Weak};
 
 use gloo_timers::callback::Timeout;
 use js_sys::{Function, Promise};
-use wasm_bindgen::{JsCast, JsValue};
-use wasm_bindgen_futures::JsFuture;
+use wasm_bindgen::JsValue;
 
 use super::codec;
 use super::emitter::Listeners;
 use super::error::rtlink_error;
 use super::lifecycle::PageListeners;
-use super::listener::LiveGuard;
+use super::listener::{on_settle, LiveGuard};
 use super::options::Options;
 use super::transports::{EventSink, Kind, OpenFailure, OpenParams, Transport, TransportEvent};
 use super::types;
 use crate::core::small_map::SmallMap;
+use crate::core::text::concat;
 use crate::core::{Client, Event, Input, Instant, Member, OpenError, Output, SendId, TransportId, TransportKind, TypingUser};
 use rtlink_protocol::CloseCode;
 
@@ -59,7 +59,7 @@ pub(crate) fn now() -> Instant {
 }
 
 fn storage_key(url: &str) -> String {
-    format!("rtlink:transport:{url}")
+    concat(&["rtlink:transport:", url])
 }
 
 fn session_storage() -> Option<web_sys::Storage> {
@@ -109,20 +109,32 @@ pub(crate) fn new_shared(mut options: Options) -> Rc<Shared> {
 /// `None` only if the driver was already borrowed: a nested call, which the design rules out
 /// (see the module docs); the input is dropped with a console error rather than a panic.
 pub(crate) fn step<R>(shared: &Rc<Shared>, f: impl FnOnce(&mut Driver, Instant) -> R) -> Option<R> {
-    let (result, emits) = {
+    // A thin generic shell around one non-generic body: `step` has a dozen callers, and a generic
+    // body would be copied into each of them.
+    let mut f = Some(f);
+    let mut result = None;
+    run_step(shared, &mut |d, now| {
+        if let Some(f) = f.take() {
+            result = Some(f(d, now));
+        }
+    });
+    result
+}
+
+#[inline(never)]
+fn run_step(shared: &Rc<Shared>, f: &mut dyn FnMut(&mut Driver, Instant)) {
+    let emits = {
         let Ok(mut d) = shared.driver.try_borrow_mut() else {
             web_sys::console::error_1(&"rtlink: re-entrant call ignored".into());
-            return None;
+            return;
         };
         let now = now();
-        let result = f(&mut d, now);
-        let emits = d.drain(shared, now);
-        (result, emits)
+        f(&mut d, now);
+        d.drain(shared, now)
     };
     for (scope, event, value) in emits {
         shared.emitter.emit(&scope, event, &value);
     }
-    Some(result)
 }
 
 impl Driver {
@@ -181,7 +193,7 @@ impl Driver {
                 emits.push((room, "subscribed", value));
             }
             Event::SubscribeFailed { room, code, reason } => {
-                let value = rtlink_error(code.as_str(), &format!("subscribe to \"{room}\" refused: {reason}"));
+                let value = rtlink_error(code.as_str(), &concat(&["subscribe to \"", &room, "\" refused: ", &reason]));
                 emits.push((room, "error", value));
             }
             Event::ResyncNeeded { room } => {
@@ -221,22 +233,26 @@ impl Driver {
         let weak = Rc::downgrade(shared);
         let get_token = self.get_token.clone();
         let generation = self.generation;
-        wasm_bindgen_futures::spawn_local(async move {
-            let answer = match get_token.call0(&JsValue::NULL) {
-                Ok(v) if v.has_type::<Promise>() => JsFuture::from(v.unchecked_into::<Promise>()).await,
-                other => other,
+        // Two promise reactions: the first runs `getToken` in a microtask, the second waits for its
+        // answer (a string or a promise of one).
+        on_settle(&Promise::resolve(&JsValue::UNDEFINED), Box::new(move |_| {
+            let finish = move |answer: Result<JsValue, JsValue>| {
+                let input = match answer.ok().and_then(|v| v.as_string()) {
+                    Some(token) if !token.is_empty() => Input::TokenReady(token),
+                    _ => Input::TokenFailed { terminal: false },
+                };
+                let Some(shared) = weak.upgrade() else { return };
+                step(&shared, |d, now| {
+                    if d.generation == generation {
+                        d.core.handle_input(now, input);
+                    }
+                });
             };
-            let input = match answer.ok().and_then(|v| v.as_string()) {
-                Some(token) if !token.is_empty() => Input::TokenReady(token),
-                _ => Input::TokenFailed { terminal: false },
-            };
-            let Some(shared) = weak.upgrade() else { return };
-            step(&shared, |d, now| {
-                if d.generation == generation {
-                    d.core.handle_input(now, input);
-                }
-            });
-        });
+            match get_token.call0(&JsValue::NULL) {
+                Ok(v) => on_settle(&Promise::resolve(&v), Box::new(finish)),
+                Err(e) => finish(Err(e)),
+            }
+        }));
     }
 
     fn arm_timer(&mut self, shared: &Rc<Shared>, now: Instant) {
@@ -300,7 +316,7 @@ fn sink(shared: &Rc<Shared>, id: TransportId) -> EventSink {
                 Err(why) => Input::TransportClosed {
                     id,
                     code: Some(CloseCode::MALFORMED_FRAME),
-                    reason: format!("malformed frame from server: {why}"),
+                    reason: concat(&["malformed frame from server: ", &why]),
                 },
             },
             TransportEvent::Closed { code, reason } => Input::TransportClosed { id, code: code.map(CloseCode), reason },

@@ -31,20 +31,18 @@ impl PageListeners {
         // A page entering the back/forward cache must not hold a connection; `persisted` tells
         // whether it may come back.
         on(w, "pagehide", |e| {
-            let persisted = e.dyn_ref::<web_sys::PageTransitionEvent>().is_some_and(|p| p.persisted());
+            let persisted = e.unchecked_ref::<web_sys::PageTransitionEvent>().persisted();
             persisted.then_some(Input::Frozen)
         });
         on(w, "pageshow", |e| {
-            let persisted = e.dyn_ref::<web_sys::PageTransitionEvent>().is_some_and(|p| p.persisted());
+            let persisted = e.unchecked_ref::<web_sys::PageTransitionEvent>().persisted();
             persisted.then_some(Input::Resumed)
         });
         if let Some(doc) = document {
             let d: &web_sys::EventTarget = doc.as_ref();
             on(d, "visibilitychange", |e| {
-                let hidden = e
-                    .target()
-                    .and_then(|t| t.dyn_into::<web_sys::Document>().ok())
-                    .is_some_and(|d| d.hidden());
+                // The listener is on the document, so the target is the document.
+                let hidden = e.target().is_some_and(|t| t.unchecked_into::<web_sys::Document>().hidden());
                 Some(if hidden { Input::Hidden } else { Input::Visible })
             });
             // Page Lifecycle API (Chromium): frozen tabs run no timers or network.

@@ -16,3 +16,10 @@ mod transports;
 mod types;
 
 pub use api::{live_listeners, Presence, RealtimeClient, Room, Typing};
+
+/// The wasm allocator: lol_alloc's free list is a few hundred bytes of code where the default
+/// (dlmalloc) is about 8 KB. The spin lock is uncontended (wasm32 here is single-threaded) and
+/// keeps the crate free of `unsafe`.
+#[global_allocator]
+static ALLOCATOR: lol_alloc::LockedAllocator<lol_alloc::FreeListAllocator> =
+    lol_alloc::LockedAllocator::new(lol_alloc::FreeListAllocator::new());

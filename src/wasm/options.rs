@@ -6,6 +6,7 @@ use wasm_bindgen::{JsCast, JsValue};
 
 use super::error::rtlink_error;
 use super::types::transport_from_name;
+use crate::core::text::concat;
 use crate::core::Config;
 
 pub(crate) struct Options {
@@ -30,7 +31,7 @@ fn opt_ms(obj: &JsValue, key: &str, path: &str) -> Result<Option<u64>, JsValue> 
     }
     match v.as_f64() {
         Some(n) if (0.0..=86_400_000.0).contains(&n) => Ok(Some(n as u64)),
-        _ => Err(invalid(&format!("{path} must be a number of milliseconds between 0 and 86400000"))),
+        _ => Err(invalid(&concat(&[path, " must be a number of milliseconds between 0 and 86400000"]))),
     }
 }
 
@@ -55,7 +56,7 @@ pub(crate) fn parse(options: &JsValue) -> Result<Options, JsValue> {
         for name in list.iter() {
             let name = name.as_string().unwrap_or_default();
             let kind = transport_from_name(&name).ok_or_else(|| {
-                invalid(&format!("unknown transport \"{name}\": use \"websocket\", \"sse\" or \"long-polling\""))
+                invalid(&concat(&["unknown transport \"", &name, "\": use \"websocket\", \"sse\" or \"long-polling\""]))
             })?;
             if !kinds.contains(&kind) {
                 kinds.push(kind);

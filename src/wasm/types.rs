@@ -4,6 +4,7 @@
 use js_sys::{Array, Object, Reflect, JSON};
 use wasm_bindgen::prelude::*;
 
+use crate::core::text::{concat, dec};
 use crate::core::{CloseReason, Member, State, TransportKind, TypingUser};
 
 #[wasm_bindgen(typescript_custom_section)]
@@ -203,11 +204,13 @@ fn num(n: u64) -> JsValue {
 pub(crate) fn close_reason(reason: &CloseReason) -> String {
     match reason {
         CloseReason::ClientClosed => "client closed".into(),
-        CloseReason::Server { code, reason } => format!("server closed ({} {}): {reason}", code.0, code.name()),
+        CloseReason::Server { code, reason } => {
+            concat(&["server closed (", &dec(code.0.into()), " ", code.name(), "): ", reason])
+        }
         CloseReason::Unauthorized => "unauthorized: the server refused a fresh token".into(),
         CloseReason::Forbidden => "forbidden: this origin or user is not allowed".into(),
         CloseReason::TokenFailed => "getToken failed".into(),
-        CloseReason::GaveUp { attempts } => format!("gave up after {attempts} attempts"),
+        CloseReason::GaveUp { attempts } => concat(&["gave up after ", &dec((*attempts).into()), " attempts"]),
     }
 }
 

@@ -2,8 +2,11 @@
 
 use js_sys::{Promise, Reflect, JSON};
 use wasm_bindgen::{JsCast, JsValue};
-use wasm_bindgen_futures::JsFuture;
 use web_sys::{AbortSignal, Headers, RequestInit, Response};
+
+use crate::wasm::listener::on_settle;
+
+use crate::core::text::{concat, dec, parse_dec};
 
 /// Why a transport could not open, from the HTTP answer that refused it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,77 +42,97 @@ impl OpenFailure {
     }
 }
 
-/// Performs a fetch and waits for the response headers.
-pub(crate) async fn fetch(
+/// A finished HTTP exchange: what the transports read from a response.
+pub(crate) struct Reply {
+    pub ok: bool,
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub body: String,
+}
+
+/// Performs a fetch, reads the body as text and calls `done` with the reply, always from a
+/// promise reaction (never synchronously). Aborting `signal` makes it finish with a failure.
+pub(crate) fn fetch(
     url: &str,
     method: &str,
-    headers: &[(&str, &str)],
+    header: Option<(&str, &str)>,
     body: Option<&str>,
     signal: Option<&AbortSignal>,
-) -> Result<Response, OpenFailure> {
+    done: Box<dyn FnOnce(Result<Reply, OpenFailure>)>,
+) {
     let init = RequestInit::new();
     init.set_method(method);
-    let h = Headers::new().map_err(|e| OpenFailure::Network(js_err(e)))?;
-    for (k, v) in headers {
-        h.set(k, v).map_err(|e| OpenFailure::Network(js_err(e)))?;
-    }
-    init.set_headers(&h);
-    if let Some(b) = body {
-        init.set_body(&JsValue::from_str(b));
-    }
-    if let Some(s) = signal {
-        init.set_signal(Some(s));
-    }
-    let window = web_sys::window().ok_or_else(|| OpenFailure::Network("no window".into()))?;
-    let promise: Promise = window.fetch_with_str_and_init(url, &init);
-    let resp = JsFuture::from(promise).await.map_err(|e| OpenFailure::Network(js_err(e)))?;
-    resp.dyn_into::<Response>().map_err(|_| OpenFailure::Network("not a Response".into()))
+    let started = Headers::new().and_then(|h| {
+        if let Some((k, v)) = header {
+            h.set(k, v)?;
+        }
+        init.set_headers(&h);
+        if let Some(b) = body {
+            init.set_body(&JsValue::from_str(b));
+        }
+        if let Some(s) = signal {
+            init.set_signal(Some(s));
+        }
+        let window = web_sys::window().ok_or_else(|| JsValue::from_str("no window"))?;
+        Ok(window.fetch_with_str_and_init(url, &init))
+    });
+    let promise = started.unwrap_or_else(|e| Promise::reject(&e));
+    on_settle(&promise, Box::new(move |answer| {
+        let resp: Response = match answer {
+            Ok(r) => r.unchecked_into(),
+            Err(e) => return done(Err(OpenFailure::Network(js_err(e)))),
+        };
+        let (ok, status) = (resp.ok(), resp.status());
+        let retry_after = resp.headers().get("retry-after").ok().flatten();
+        let text = resp.text().unwrap_or_else(|e| Promise::reject(&e));
+        on_settle(&text, Box::new(move |body| {
+            let body = match body {
+                Ok(v) => v.as_string().unwrap_or_default(),
+                // An error answer whose body cannot be read is still that error.
+                Err(_) if !ok => String::new(),
+                Err(e) => return done(Err(OpenFailure::Network(js_err(e)))),
+            };
+            done(Ok(Reply { ok, status, retry_after, body }));
+        }));
+    }));
 }
 
-/// Reads a response body as text.
-pub(crate) async fn text(resp: &Response) -> Result<String, OpenFailure> {
-    let p = resp.text().map_err(|e| OpenFailure::Network(js_err(e)))?;
-    let v = JsFuture::from(p).await.map_err(|e| OpenFailure::Network(js_err(e)))?;
-    Ok(v.as_string().unwrap_or_default())
-}
-
-/// Maps a non-2xx response to an [`OpenFailure`], reading the JSON error body.
-pub(crate) async fn failure(resp: &Response) -> OpenFailure {
-    let status = resp.status();
-    let retry_header = resp
-        .headers()
-        .get("retry-after")
-        .ok()
-        .flatten()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .map(|secs| secs * 1000);
-    let body = text(resp).await.unwrap_or_default();
-    let parsed = JSON::parse(&body).unwrap_or(JsValue::NULL);
+/// Maps a non-2xx reply to an [`OpenFailure`], reading its JSON error body.
+pub(crate) fn failure(reply: &Reply) -> OpenFailure {
+    let retry_header = reply.retry_after.as_deref().and_then(|s| parse_dec(s.trim())).map(|secs| secs * 1000);
+    let parsed = JSON::parse(&reply.body).unwrap_or(JsValue::NULL);
     let code = Reflect::get(&parsed, &"error".into()).ok().and_then(|v| v.as_string()).unwrap_or_default();
     let retry_body = Reflect::get(&parsed, &"retry_after_ms".into()).ok().and_then(|v| v.as_f64()).map(|f| f as u64);
-    match (status, code.as_str()) {
+    match (reply.status, code.as_str()) {
         (401, _) => OpenFailure::Unauthorized,
         (403, _) => OpenFailure::Forbidden,
         (404, "unknown_session") => OpenFailure::SessionUnknown,
         (429, _) | (503, _) => OpenFailure::Overloaded { retry_after_ms: retry_body.or(retry_header) },
-        _ => OpenFailure::Network(format!("HTTP {status} {code}")),
+        (status, _) => OpenFailure::Network(concat(&["HTTP ", &dec(status.into()), " ", &code])),
     }
 }
 
 /// Trades a bearer token for a single-use ticket.
-pub(crate) async fn ticket(base_url: &str, token: &str, signal: &AbortSignal) -> Result<String, OpenFailure> {
-    let auth = format!("Bearer {token}");
-    let url = format!("{base_url}/v1/ticket");
-    let resp = fetch(&url, "POST", &[("authorization", &auth)], None, Some(signal)).await?;
-    if !resp.ok() {
-        return Err(failure(&resp).await);
-    }
-    let body = text(&resp).await?;
-    let parsed = JSON::parse(&body).map_err(|_| OpenFailure::Network("ticket: bad JSON".into()))?;
-    Reflect::get(&parsed, &"ticket".into())
-        .ok()
-        .and_then(|v| v.as_string())
-        .ok_or_else(|| OpenFailure::Network("ticket: missing field".into()))
+pub(crate) fn ticket(
+    base_url: &str,
+    token: &str,
+    signal: &AbortSignal,
+    done: Box<dyn FnOnce(Result<String, OpenFailure>)>,
+) {
+    let auth = concat(&["Bearer ", token]);
+    let url = concat(&[base_url, "/v1/ticket"]);
+    fetch(&url, "POST", Some(("authorization", &auth)), None, Some(signal), Box::new(move |reply| {
+        done(reply.and_then(|reply| {
+            if !reply.ok {
+                return Err(failure(&reply));
+            }
+            let parsed = JSON::parse(&reply.body).map_err(|_| OpenFailure::Network("ticket: bad JSON".into()))?;
+            Reflect::get(&parsed, &"ticket".into())
+                .ok()
+                .and_then(|v| v.as_string())
+                .ok_or_else(|| OpenFailure::Network("ticket: missing field".into()))
+        }))
+    }));
 }
 
 /// `encodeURIComponent`.
@@ -119,7 +142,7 @@ pub(crate) fn enc(s: &str) -> String {
 
 /// The URL of a transport endpoint with its ticket and optional resume token.
 pub(crate) fn transport_url(base_url: &str, path: &str, ticket: &str, resume: Option<&str>) -> String {
-    let mut url = format!("{base_url}{path}?v=1&ticket={}", enc(ticket));
+    let mut url = concat(&[base_url, path, "?v=1&ticket=", &enc(ticket)]);
     if let Some(r) = resume {
         url.push_str("&resume=");
         url.push_str(&enc(r));

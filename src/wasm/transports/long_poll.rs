@@ -11,6 +11,7 @@ use wasm_bindgen::JsValue;
 use web_sys::{AbortController, AbortSignal};
 
 use super::http;
+use crate::core::text::{concat, push_dec};
 use super::upstream::Upstream;
 use super::{EventSink, OpenFailure, OpenParams, TransportEvent};
 
@@ -35,7 +36,7 @@ impl LongPollTransport {
         });
         let weak = Rc::downgrade(&inner);
         if let Some(signal) = inner.abort.as_ref().map(|a| a.signal()) {
-            wasm_bindgen_futures::spawn_local(run(weak, params, signal));
+            start(weak, params, signal);
         }
         Self { inner }
     }
@@ -55,16 +56,19 @@ impl Drop for LongPollTransport {
 }
 
 /// One poll: the batch's cursor and frames, or the failure.
-async fn poll(url: &str, signal: &AbortSignal) -> Result<(u64, Array), OpenFailure> {
-    let resp = http::fetch(url, "GET", &[], None, Some(signal)).await?;
-    if !resp.ok() {
-        return Err(http::failure(&resp).await);
-    }
-    let body = http::text(&resp).await?;
-    let batch = JSON::parse(&body).map_err(|_| OpenFailure::Network("poll: malformed batch".into()))?;
-    let cursor = Reflect::get(&batch, &"cursor".into()).ok().and_then(|c| c.as_f64()).unwrap_or(0.0) as u64;
-    let frames: Array = Reflect::get(&batch, &"frames".into()).map(|v| Array::from(&v)).unwrap_or_default();
-    Ok((cursor, frames))
+fn poll(url: &str, signal: &AbortSignal, done: Box<dyn FnOnce(Result<(u64, Array), OpenFailure>)>) {
+    http::fetch(url, "GET", None, None, Some(signal), Box::new(move |reply| {
+        done(reply.and_then(|reply| {
+            if !reply.ok {
+                return Err(http::failure(&reply));
+            }
+            let batch =
+                JSON::parse(&reply.body).map_err(|_| OpenFailure::Network("poll: malformed batch".into()))?;
+            let cursor = Reflect::get(&batch, &"cursor".into()).ok().and_then(|c| c.as_f64()).unwrap_or(0.0) as u64;
+            let frames: Array = Reflect::get(&batch, &"frames".into()).map(|v| Array::from(&v)).unwrap_or_default();
+            Ok((cursor, frames))
+        }))
+    }));
 }
 
 /// Delivers a batch; returns false when the transport was dropped meanwhile.
@@ -83,29 +87,37 @@ fn deliver(weak: &Weak<Inner>, frames: &Array, session: &mut Option<String>) -> 
     weak.upgrade().is_some_and(|i| !i.done.get())
 }
 
-async fn run(weak: Weak<Inner>, params: OpenParams, signal: AbortSignal) {
-    let first = async {
-        let ticket = http::ticket(&params.base_url, &params.token, &signal).await?;
+/// The first request: ticket, then the poll that opens the session (its batch carries `welcome`).
+fn start(weak: Weak<Inner>, params: OpenParams, signal: AbortSignal) {
+    let (base_url, token) = (params.base_url.clone(), params.token.clone());
+    http::ticket(&base_url, &token, &signal.clone(), Box::new(move |ticket| {
+        let ticket = match ticket {
+            Ok(t) => t,
+            Err(f) => return open_failed(&weak, f),
+        };
         let url = http::transport_url(&params.base_url, "/v1/poll", &ticket, params.resume.as_deref());
-        poll(&url, &signal).await
-    };
-    let (mut cursor, frames) = match first.await {
-        Ok(batch) => batch,
-        Err(f) => {
-            if let Some(inner) = weak.upgrade() {
-                if !inner.done.replace(true) {
-                    (inner.sink)(TransportEvent::OpenFailed(f));
-                }
-            }
-            return;
+        poll(&url, &signal.clone(), Box::new(move |first| match first {
+            Ok((cursor, frames)) => opened(weak, &params.base_url, signal, cursor, &frames),
+            Err(f) => open_failed(&weak, f),
+        }));
+    }));
+}
+
+fn open_failed(weak: &Weak<Inner>, f: OpenFailure) {
+    if let Some(inner) = weak.upgrade() {
+        if !inner.done.replace(true) {
+            (inner.sink)(TransportEvent::OpenFailed(f));
         }
-    };
+    }
+}
+
+fn opened(weak: Weak<Inner>, base_url: &str, signal: AbortSignal, cursor: u64, frames: &Array) {
     match weak.upgrade() {
         Some(inner) if !inner.done.get() => (inner.sink)(TransportEvent::Opened),
         _ => return,
     }
     let mut session = None;
-    if !deliver(&weak, &frames, &mut session) {
+    if !deliver(&weak, frames, &mut session) {
         return;
     }
     let Some(token) = session else {
@@ -115,28 +127,32 @@ async fn run(weak: Weak<Inner>, params: OpenParams, signal: AbortSignal) {
         }
         return;
     };
-    let base = format!("{}/v1/poll?session={}&cursor=", params.base_url, http::enc(&token));
-    loop {
-        let result = poll(&format!("{base}{cursor}"), &signal).await;
+    let base = concat(&[base_url, "/v1/poll?session=", &http::enc(&token), "&cursor="]);
+    next(weak, base, signal, cursor);
+}
+
+/// The held request after the first: one at a time, each sending back the last cursor.
+fn next(weak: Weak<Inner>, base: String, signal: AbortSignal, cursor: u64) {
+    let mut url = base.clone();
+    push_dec(&mut url, cursor);
+    poll(&url, &signal.clone(), Box::new(move |result| {
         let Some(inner) = weak.upgrade() else { return };
         if inner.done.get() {
             return;
         }
         match result {
-            Ok((next, frames)) => {
+            Ok((cursor, frames)) => {
                 drop(inner);
-                cursor = next;
                 let mut ignored = None;
-                if !deliver(&weak, &frames, &mut ignored) {
-                    return;
+                if deliver(&weak, &frames, &mut ignored) {
+                    next(weak, base, signal, cursor);
                 }
             }
             Err(f) => {
                 inner.done.set(true);
                 let code = if f == OpenFailure::SessionUnknown { Some(4007) } else { None };
-                (inner.sink)(TransportEvent::Closed { code, reason: format!("poll failed: {}", f.describe()) });
-                return;
+                (inner.sink)(TransportEvent::Closed { code, reason: concat(&["poll failed: ", &f.describe()]) });
             }
         }
-    }
+    }));
 }

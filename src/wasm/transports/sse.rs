@@ -41,16 +41,16 @@ impl SseTransport {
             sink,
         });
         let weak = Rc::downgrade(&inner);
-        let signal = inner.abort.as_ref().map(|a| a.signal());
-        wasm_bindgen_futures::spawn_local(async move {
-            let Some(signal) = signal else { return };
-            let ticket = http::ticket(&params.base_url, &params.token, &signal).await;
-            let Some(inner) = weak.upgrade() else { return };
-            match ticket {
-                Err(f) => fail(&inner, f),
-                Ok(ticket) => connect(&inner, &params, &ticket),
-            }
-        });
+        if let Some(signal) = inner.abort.as_ref().map(|a| a.signal()) {
+            let (base_url, token) = (params.base_url.clone(), params.token.clone());
+            http::ticket(&base_url, &token, &signal, Box::new(move |ticket| {
+                let Some(inner) = weak.upgrade() else { return };
+                match ticket {
+                    Err(f) => fail(&inner, f),
+                    Ok(ticket) => connect(&inner, &params, &ticket),
+                }
+            }));
+        }
         Self { inner }
     }
 
@@ -101,7 +101,8 @@ fn connect(inner: &Rc<Inner>, params: &OpenParams, ticket: &str) {
             if inner.done.get() {
                 return;
             }
-            let Some(data) = e.dyn_ref::<MessageEvent>().and_then(|m| m.data().as_string()) else { return };
+            // "message" events are MessageEvents: an unchecked cast saves an `instanceof` import.
+            let Some(data) = e.unchecked_ref::<MessageEvent>().data().as_string() else { return };
             match JSON::parse(&data) {
                 Ok(frame) => {
                     if let Some(token) = http::welcome_token(&frame) {

@@ -12,6 +12,7 @@ use wasm_bindgen::JsValue;
 use web_sys::AbortController;
 
 use super::http::{self, OpenFailure};
+use crate::core::text::concat;
 use super::{EventSink, TransportEvent};
 
 pub(crate) struct Upstream {
@@ -32,7 +33,7 @@ impl Upstream {
     pub(crate) fn new(base_url: &str, sink: EventSink) -> Self {
         Self {
             inner: Rc::new(Inner {
-                url: format!("{base_url}/v1/send"),
+                url: concat(&[base_url, "/v1/send"]),
                 session: RefCell::new(None),
                 queue: RefCell::new(Vec::new()),
                 in_flight: Cell::new(false),
@@ -77,11 +78,10 @@ fn pump(inner: &Rc<Inner>) {
     let weak: Weak<Inner> = Rc::downgrade(inner);
     let signal = inner.abort.as_ref().map(|a| a.signal());
     let url = inner.url.clone();
-    wasm_bindgen_futures::spawn_local(async move {
-        let result = http::fetch(&url, "POST", &[("content-type", "text/plain")], Some(&text), signal.as_ref()).await;
+    http::fetch(&url, "POST", Some(("content-type", "text/plain")), Some(&text), signal.as_ref(), Box::new(move |result| {
         let failure = match result {
-            Ok(resp) if resp.ok() => None,
-            Ok(resp) => Some(http::failure(&resp).await),
+            Ok(reply) if reply.ok => None,
+            Ok(reply) => Some(http::failure(&reply)),
             Err(f) => Some(f),
         };
         let Some(inner) = weak.upgrade() else { return };
@@ -96,8 +96,8 @@ fn pump(inner: &Rc<Inner>) {
                     OpenFailure::SessionUnknown => Some(4007),
                     _ => None,
                 };
-                (inner.sink)(TransportEvent::Closed { code, reason: format!("upstream failed: {}", f.describe()) });
+                (inner.sink)(TransportEvent::Closed { code, reason: concat(&["upstream failed: ", &f.describe()]) });
             }
         }
-    });
+    }));
 }

@@ -8,6 +8,7 @@ use wasm_bindgen::{JsCast, JsValue};
 use web_sys::{AbortController, CloseEvent, MessageEvent, WebSocket};
 
 use super::http;
+use crate::core::text::{concat, dec};
 use super::{EventSink, OpenFailure, OpenParams, TransportEvent};
 use crate::wasm::listener::Listener;
 
@@ -38,16 +39,16 @@ impl WebSocketTransport {
             sink,
         });
         let weak = Rc::downgrade(&inner);
-        let signal = inner.abort.as_ref().map(|a| a.signal());
-        wasm_bindgen_futures::spawn_local(async move {
-            let Some(signal) = signal else { return };
-            let ticket = http::ticket(&params.base_url, &params.token, &signal).await;
-            let Some(inner) = weak.upgrade() else { return };
-            match ticket {
-                Err(f) => fail(&inner, f),
-                Ok(ticket) => connect(&inner, &params, &ticket),
-            }
-        });
+        if let Some(signal) = inner.abort.as_ref().map(|a| a.signal()) {
+            let (base_url, token) = (params.base_url.clone(), params.token.clone());
+            http::ticket(&base_url, &token, &signal, Box::new(move |ticket| {
+                let Some(inner) = weak.upgrade() else { return };
+                match ticket {
+                    Err(f) => fail(&inner, f),
+                    Ok(ticket) => connect(&inner, &params, &ticket),
+                }
+            }));
+        }
         Self { inner }
     }
 
@@ -84,14 +85,14 @@ fn fail(inner: &Inner, f: OpenFailure) {
 }
 
 fn ws_url(base: &str, ticket: &str) -> String {
-    let base = if let Some(rest) = base.strip_prefix("https://") {
-        format!("wss://{rest}")
+    let (scheme, rest) = if let Some(rest) = base.strip_prefix("https://") {
+        ("wss://", rest)
     } else if let Some(rest) = base.strip_prefix("http://") {
-        format!("ws://{rest}")
+        ("ws://", rest)
     } else {
-        base.to_string()
+        ("", base)
     };
-    format!("{base}/v1/ws?ticket={}", http::enc(ticket))
+    concat(&[scheme, rest, "/v1/ws?ticket=", &http::enc(ticket)])
 }
 
 fn connect(inner: &Rc<Inner>, params: &OpenParams, ticket: &str) {
@@ -120,7 +121,8 @@ fn connect(inner: &Rc<Inner>, params: &OpenParams, ticket: &str) {
             if inner.done.get() {
                 return;
             }
-            let Some(text) = e.dyn_ref::<MessageEvent>().and_then(|m| m.data().as_string()) else { return };
+            // "message" events are MessageEvents: an unchecked cast saves an `instanceof` import.
+            let Some(text) = e.unchecked_ref::<MessageEvent>().data().as_string() else { return };
             match JSON::parse(&text) {
                 Ok(frame) => (inner.sink)(TransportEvent::Frame(frame)),
                 Err(_) => {
@@ -138,14 +140,16 @@ fn connect(inner: &Rc<Inner>, params: &OpenParams, ticket: &str) {
         if inner.done.replace(true) {
             return;
         }
-        let (code, reason) = e
-            .dyn_ref::<CloseEvent>()
-            .map(|c| (c.code(), c.reason()))
-            .unwrap_or((1006, String::new()));
+        // "close" events are CloseEvents (codes 1000-4999); 0 means a field-less synthetic event.
+        let c = e.unchecked_ref::<CloseEvent>();
+        let (code, reason) = match c.code() {
+            0 => (1006, String::new()),
+            code => (code, c.reason()),
+        };
         if inner.opened.get() {
             (inner.sink)(TransportEvent::Closed { code: Some(code), reason });
         } else {
-            (inner.sink)(TransportEvent::OpenFailed(OpenFailure::Network(format!("WebSocket closed before open ({code})"))));
+            (inner.sink)(TransportEvent::OpenFailed(OpenFailure::Network(concat(&["WebSocket closed before open (", &dec(code.into()), ")"]))));
         }
     };
     let target: &web_sys::EventTarget = ws.as_ref();

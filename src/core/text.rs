@@ -1,0 +1,79 @@
+//! Tiny string builders used instead of `format!`: `core::fmt` costs several kilobytes of wasm
+//! (the formatting machinery, padding and per-type `Display` code), and these cover every
+//! message and id the client builds.
+
+/// Appends `n` in decimal.
+pub fn push_dec(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &b in &buf[i..] {
+        out.push(b as char);
+    }
+}
+
+/// Appends `n` as 16 lowercase hex digits (zero-padded, like `{:016x}`).
+pub fn push_hex16(out: &mut String, n: u64) {
+    for shift in (0..16).rev() {
+        let d = ((n >> (shift * 4)) & 0xf) as u8;
+        out.push(if d < 10 { (b'0' + d) as char } else { (b'a' + d - 10) as char });
+    }
+}
+
+/// The pieces joined into one string.
+pub fn concat(parts: &[&str]) -> String {
+    let mut s = String::new();
+    for p in parts {
+        s.push_str(p);
+    }
+    s
+}
+
+/// `n` in decimal.
+pub fn dec(n: u64) -> String {
+    let mut s = String::new();
+    push_dec(&mut s, n);
+    s
+}
+
+/// A decimal `u64` as `str::parse::<u64>` reads it (optional `+`, digits only, no overflow).
+pub fn parse_dec(s: &str) -> Option<u64> {
+    let digits = s.strip_prefix('+').unwrap_or(s);
+    if digits.is_empty() {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for b in digits.bytes() {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+    }
+    Some(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_format() {
+        for n in [0u64, 1, 9, 10, 99, 100, 12345, u64::MAX] {
+            assert_eq!(dec(n), format!("{n}"));
+            let mut h = String::new();
+            push_hex16(&mut h, n);
+            assert_eq!(h, format!("{n:016x}"));
+        }
+        assert_eq!(concat(&["a", "", "bc"]), "abc");
+        for s in ["0", "+7", "120", "", "+", "-1", "1a", " 1", "18446744073709551615", "18446744073709551616"] {
+            assert_eq!(parse_dec(s), s.parse::<u64>().ok(), "{s:?}");
+        }
+    }
+}
