@@ -67,6 +67,9 @@ impl Drop for Listener {
 
 type Reaction = Closure<dyn FnMut(JsValue)>;
 
+/// Called once with how a promise settled: `Ok(value)` or `Err(reason)`.
+pub(crate) type Settled = Box<dyn FnOnce(Result<JsValue, JsValue>)>;
+
 /// Calls `done` once `promise` settles: `Ok` with its value or `Err` with its rejection.
 ///
 /// The two reactions own themselves until then: each holds the slot that holds both, and whichever
@@ -74,9 +77,9 @@ type Reaction = Closure<dyn FnMut(JsValue)>;
 /// request and no reaction can be called after it was freed. Whoever stops caring makes the
 /// promise settle early (every fetch carries an `AbortSignal`) and ignores the answer (`Weak`).
 /// `done` is boxed so this exists once in the module, not once per caller.
-pub(crate) fn on_settle(promise: &Promise, done: Box<dyn FnOnce(Result<JsValue, JsValue>)>) {
+pub(crate) fn on_settle(promise: &Promise, done: Settled) {
     let slot: Rc<RefCell<Option<(Reaction, Reaction)>>> = Rc::new(RefCell::new(None));
-    let done: Rc<Cell<Option<Box<dyn FnOnce(Result<JsValue, JsValue>)>>>> = Rc::new(Cell::new(Some(done)));
+    let done: Rc<Cell<Option<Settled>>> = Rc::new(Cell::new(Some(done)));
     let reaction = |ok: bool| {
         let slot = slot.clone();
         let done = done.clone();

@@ -3,16 +3,16 @@
 //! Each response carries a cursor; the next request sends it back so the server resends anything a
 //! lost response carried. Dropping the transport aborts the held request and ends the loop.
 
-use std::cell::Cell;
 use std::rc::{Rc, Weak};
 
 use js_sys::{Array, Reflect, JSON};
 use wasm_bindgen::JsValue;
-use web_sys::{AbortController, AbortSignal};
+use web_sys::AbortSignal;
 
 use super::http;
 use crate::core::text::{concat, push_dec};
 use super::upstream::Upstream;
+use super::status::Status;
 use super::{EventSink, OpenFailure, OpenParams, TransportEvent};
 
 pub(crate) struct LongPollTransport {
@@ -21,21 +21,17 @@ pub(crate) struct LongPollTransport {
 
 struct Inner {
     upstream: Upstream,
-    done: Cell<bool>,
-    abort: Option<AbortController>,
-    sink: EventSink,
+    status: Status,
 }
 
 impl LongPollTransport {
     pub(crate) fn open(params: OpenParams, sink: EventSink) -> Self {
         let inner = Rc::new(Inner {
             upstream: Upstream::new(&params.base_url, sink.clone()),
-            done: Cell::new(false),
-            abort: AbortController::new().ok(),
-            sink,
+            status: Status::new(sink),
         });
         let weak = Rc::downgrade(&inner);
-        if let Some(signal) = inner.abort.as_ref().map(|a| a.signal()) {
+        if let Some(signal) = inner.status.signal() {
             start(weak, params, signal);
         }
         Self { inner }
@@ -48,15 +44,15 @@ impl LongPollTransport {
 
 impl Drop for LongPollTransport {
     fn drop(&mut self) {
-        self.inner.done.set(true);
-        if let Some(a) = &self.inner.abort {
-            a.abort();
-        }
+        self.inner.status.shut();
     }
 }
 
-/// One poll: the batch's cursor and frames, or the failure.
-fn poll(url: &str, signal: &AbortSignal, done: Box<dyn FnOnce(Result<(u64, Array), OpenFailure>)>) {
+/// What one poll answers: the batch's cursor and frames, or the failure.
+type PollResult = Result<(u64, Array), OpenFailure>;
+
+/// One poll.
+fn poll(url: &str, signal: &AbortSignal, done: Box<dyn FnOnce(PollResult)>) {
     http::fetch(url, "GET", None, None, Some(signal), Box::new(move |reply| {
         done(reply.and_then(|reply| {
             if !reply.ok {
@@ -75,16 +71,16 @@ fn poll(url: &str, signal: &AbortSignal, done: Box<dyn FnOnce(Result<(u64, Array
 fn deliver(weak: &Weak<Inner>, frames: &Array, session: &mut Option<String>) -> bool {
     for frame in frames.iter() {
         let Some(inner) = weak.upgrade() else { return false };
-        if inner.done.get() {
+        if inner.status.done.get() {
             return false;
         }
         if let Some(token) = http::welcome_token(&frame) {
             inner.upstream.set_session(token.clone());
             *session = Some(token);
         }
-        (inner.sink)(TransportEvent::Frame(frame));
+        (inner.status.sink)(TransportEvent::Frame(frame));
     }
-    weak.upgrade().is_some_and(|i| !i.done.get())
+    weak.upgrade().is_some_and(|i| !i.status.done.get())
 }
 
 /// The first request: ticket, then the poll that opens the session (its batch carries `welcome`).
@@ -105,15 +101,13 @@ fn start(weak: Weak<Inner>, params: OpenParams, signal: AbortSignal) {
 
 fn open_failed(weak: &Weak<Inner>, f: OpenFailure) {
     if let Some(inner) = weak.upgrade() {
-        if !inner.done.replace(true) {
-            (inner.sink)(TransportEvent::OpenFailed(f));
-        }
+        inner.status.fail(f);
     }
 }
 
 fn opened(weak: Weak<Inner>, base_url: &str, signal: AbortSignal, cursor: u64, frames: &Array) {
     match weak.upgrade() {
-        Some(inner) if !inner.done.get() => (inner.sink)(TransportEvent::Opened),
+        Some(inner) if !inner.status.done.get() => (inner.status.sink)(TransportEvent::Opened),
         _ => return,
     }
     let mut session = None;
@@ -122,8 +116,8 @@ fn opened(weak: Weak<Inner>, base_url: &str, signal: AbortSignal, cursor: u64, f
     }
     let Some(token) = session else {
         if let Some(inner) = weak.upgrade() {
-            inner.done.set(true);
-            (inner.sink)(TransportEvent::Closed { code: Some(4012), reason: "poll opened without welcome".into() });
+            inner.status.done.set(true);
+            (inner.status.sink)(TransportEvent::Closed { code: Some(4012), reason: "poll opened without welcome".into() });
         }
         return;
     };
@@ -137,7 +131,7 @@ fn next(weak: Weak<Inner>, base: String, signal: AbortSignal, cursor: u64) {
     push_dec(&mut url, cursor);
     poll(&url, &signal.clone(), Box::new(move |result| {
         let Some(inner) = weak.upgrade() else { return };
-        if inner.done.get() {
+        if inner.status.done.get() {
             return;
         }
         match result {
@@ -149,9 +143,9 @@ fn next(weak: Weak<Inner>, base: String, signal: AbortSignal, cursor: u64) {
                 }
             }
             Err(f) => {
-                inner.done.set(true);
+                inner.status.done.set(true);
                 let code = if f == OpenFailure::SessionUnknown { Some(4007) } else { None };
-                (inner.sink)(TransportEvent::Closed { code, reason: concat(&["poll failed: ", &f.describe()]) });
+                (inner.status.sink)(TransportEvent::Closed { code, reason: concat(&["poll failed: ", &f.describe()]) });
             }
         }
     }));

@@ -9,6 +9,7 @@
 mod http;
 mod long_poll;
 mod sse;
+mod status;
 mod upstream;
 mod websocket;
 

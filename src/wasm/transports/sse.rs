@@ -3,15 +3,16 @@
 //! The EventSource's own reconnect is never used: on the first error it is closed and the driver
 //! decides (resume, backoff, or step down the ladder), so one policy governs every transport.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use js_sys::JSON;
 use wasm_bindgen::JsCast;
-use web_sys::{AbortController, EventSource, MessageEvent};
+use web_sys::{EventSource, MessageEvent};
 
 use super::http;
 use super::upstream::Upstream;
+use super::status::{open_with_ticket, Status};
 use super::{EventSink, OpenFailure, OpenParams, TransportEvent};
 use crate::wasm::listener::Listener;
 
@@ -23,10 +24,7 @@ struct Inner {
     es: RefCell<Option<EventSource>>,
     listeners: RefCell<Vec<Listener>>,
     upstream: Upstream,
-    opened: Cell<bool>,
-    done: Cell<bool>,
-    abort: Option<AbortController>,
-    sink: EventSink,
+    status: Status,
 }
 
 impl SseTransport {
@@ -35,22 +33,9 @@ impl SseTransport {
             es: RefCell::new(None),
             listeners: RefCell::new(Vec::new()),
             upstream: Upstream::new(&params.base_url, sink.clone()),
-            opened: Cell::new(false),
-            done: Cell::new(false),
-            abort: AbortController::new().ok(),
-            sink,
+            status: Status::new(sink),
         });
-        let weak = Rc::downgrade(&inner);
-        if let Some(signal) = inner.abort.as_ref().map(|a| a.signal()) {
-            let (base_url, token) = (params.base_url.clone(), params.token.clone());
-            http::ticket(&base_url, &token, &signal, Box::new(move |ticket| {
-                let Some(inner) = weak.upgrade() else { return };
-                match ticket {
-                    Err(f) => fail(&inner, f),
-                    Ok(ticket) => connect(&inner, &params, &ticket),
-                }
-            }));
-        }
+        open_with_ticket(&inner, |i| &i.status, params, connect);
         Self { inner }
     }
 
@@ -61,10 +46,7 @@ impl SseTransport {
 
 impl Drop for SseTransport {
     fn drop(&mut self) {
-        self.inner.done.set(true);
-        if let Some(a) = &self.inner.abort {
-            a.abort();
-        }
+        self.inner.status.shut();
         self.inner.listeners.borrow_mut().clear();
         if let Some(es) = self.inner.es.borrow_mut().take() {
             es.close();
@@ -72,25 +54,19 @@ impl Drop for SseTransport {
     }
 }
 
-fn fail(inner: &Inner, f: OpenFailure) {
-    if !inner.done.replace(true) {
-        (inner.sink)(TransportEvent::OpenFailed(f));
-    }
-}
-
 fn connect(inner: &Rc<Inner>, params: &OpenParams, ticket: &str) {
     let url = http::transport_url(&params.base_url, "/v1/sse", ticket, params.resume.as_deref());
     let es = match EventSource::new(&url) {
         Ok(es) => es,
-        Err(_) => return fail(inner, OpenFailure::Network("EventSource refused the URL".into())),
+        Err(_) => return inner.status.fail(OpenFailure::Network("EventSource refused the URL".into())),
     };
     let weak = Rc::downgrade(inner);
     let on_open = {
         let weak = weak.clone();
         move |_| {
             let Some(inner) = weak.upgrade() else { return };
-            if !inner.opened.replace(true) {
-                (inner.sink)(TransportEvent::Opened);
+            if !inner.status.opened.replace(true) {
+                (inner.status.sink)(TransportEvent::Opened);
             }
         }
     };
@@ -98,7 +74,7 @@ fn connect(inner: &Rc<Inner>, params: &OpenParams, ticket: &str) {
         let weak = weak.clone();
         move |e: web_sys::Event| {
             let Some(inner) = weak.upgrade() else { return };
-            if inner.done.get() {
+            if inner.status.done.get() {
                 return;
             }
             // "message" events are MessageEvents: an unchecked cast saves an `instanceof` import.
@@ -108,14 +84,14 @@ fn connect(inner: &Rc<Inner>, params: &OpenParams, ticket: &str) {
                     if let Some(token) = http::welcome_token(&frame) {
                         inner.upstream.set_session(token);
                     }
-                    (inner.sink)(TransportEvent::Frame(frame));
+                    (inner.status.sink)(TransportEvent::Frame(frame));
                 }
                 Err(_) => {
-                    inner.done.set(true);
+                    inner.status.done.set(true);
                     if let Some(es) = inner.es.borrow().as_ref() {
                         es.close();
                     }
-                    (inner.sink)(TransportEvent::Closed { code: Some(4000), reason: "malformed frame from server".into() });
+                    (inner.status.sink)(TransportEvent::Closed { code: Some(4000), reason: "malformed frame from server".into() });
                 }
             }
         }
@@ -125,13 +101,13 @@ fn connect(inner: &Rc<Inner>, params: &OpenParams, ticket: &str) {
         if let Some(es) = inner.es.borrow().as_ref() {
             es.close();
         }
-        if inner.done.replace(true) {
+        if inner.status.done.replace(true) {
             return;
         }
-        if inner.opened.get() {
-            (inner.sink)(TransportEvent::Closed { code: None, reason: "event stream ended".into() });
+        if inner.status.opened.get() {
+            (inner.status.sink)(TransportEvent::Closed { code: None, reason: "event stream ended".into() });
         } else {
-            (inner.sink)(TransportEvent::OpenFailed(OpenFailure::Network("event stream refused".into())));
+            (inner.status.sink)(TransportEvent::OpenFailed(OpenFailure::Network("event stream refused".into())));
         }
     };
     let target: &web_sys::EventTarget = es.as_ref();

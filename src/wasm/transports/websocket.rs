@@ -1,14 +1,15 @@
 //! WebSocket transport: one JSON frame per text message. The core sends `hello` after `Opened`.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::rc::{Rc, Weak};
 
 use js_sys::JSON;
 use wasm_bindgen::{JsCast, JsValue};
-use web_sys::{AbortController, CloseEvent, MessageEvent, WebSocket};
+use web_sys::{CloseEvent, MessageEvent, WebSocket};
 
 use super::http;
 use crate::core::text::{concat, dec};
+use super::status::{open_with_ticket, Status};
 use super::{EventSink, OpenFailure, OpenParams, TransportEvent};
 use crate::wasm::listener::Listener;
 
@@ -21,10 +22,7 @@ struct Inner {
     listeners: RefCell<Vec<Listener>>,
     /// Frames sent before the socket opened, flushed on open.
     pending: RefCell<Vec<String>>,
-    opened: Cell<bool>,
-    done: Cell<bool>,
-    abort: Option<AbortController>,
-    sink: EventSink,
+    status: Status,
 }
 
 impl WebSocketTransport {
@@ -33,29 +31,16 @@ impl WebSocketTransport {
             ws: RefCell::new(None),
             listeners: RefCell::new(Vec::new()),
             pending: RefCell::new(Vec::new()),
-            opened: Cell::new(false),
-            done: Cell::new(false),
-            abort: AbortController::new().ok(),
-            sink,
+            status: Status::new(sink),
         });
-        let weak = Rc::downgrade(&inner);
-        if let Some(signal) = inner.abort.as_ref().map(|a| a.signal()) {
-            let (base_url, token) = (params.base_url.clone(), params.token.clone());
-            http::ticket(&base_url, &token, &signal, Box::new(move |ticket| {
-                let Some(inner) = weak.upgrade() else { return };
-                match ticket {
-                    Err(f) => fail(&inner, f),
-                    Ok(ticket) => connect(&inner, &params, &ticket),
-                }
-            }));
-        }
+        open_with_ticket(&inner, |i| &i.status, params, connect);
         Self { inner }
     }
 
     pub(crate) fn send(&self, frame: &JsValue) {
         let Ok(text) = JSON::stringify(frame) else { return };
         let text = String::from(text);
-        if self.inner.opened.get() {
+        if self.inner.status.opened.get() {
             if let Some(ws) = self.inner.ws.borrow().as_ref() {
                 let _ = ws.send_with_str(&text);
             }
@@ -67,20 +52,11 @@ impl WebSocketTransport {
 
 impl Drop for WebSocketTransport {
     fn drop(&mut self) {
-        self.inner.done.set(true);
-        if let Some(a) = &self.inner.abort {
-            a.abort();
-        }
+        self.inner.status.shut();
         self.inner.listeners.borrow_mut().clear();
         if let Some(ws) = self.inner.ws.borrow_mut().take() {
             let _ = ws.close_with_code_and_reason(1000, "client closed");
         }
-    }
-}
-
-fn fail(inner: &Inner, f: OpenFailure) {
-    if !inner.done.replace(true) {
-        (inner.sink)(TransportEvent::OpenFailed(f));
     }
 }
 
@@ -98,46 +74,46 @@ fn ws_url(base: &str, ticket: &str) -> String {
 fn connect(inner: &Rc<Inner>, params: &OpenParams, ticket: &str) {
     let ws = match WebSocket::new(&ws_url(&params.base_url, ticket)) {
         Ok(ws) => ws,
-        Err(_) => return fail(inner, OpenFailure::Network("WebSocket constructor refused the URL".into())),
+        Err(_) => return inner.status.fail(OpenFailure::Network("WebSocket constructor refused the URL".into())),
     };
     let weak = Rc::downgrade(inner);
     let on_open = {
         let weak: Weak<Inner> = weak.clone();
         move |_| {
             let Some(inner) = weak.upgrade() else { return };
-            inner.opened.set(true);
+            inner.status.opened.set(true);
             if let Some(ws) = inner.ws.borrow().as_ref() {
                 for text in inner.pending.borrow_mut().drain(..) {
                     let _ = ws.send_with_str(&text);
                 }
             }
-            (inner.sink)(TransportEvent::Opened);
+            (inner.status.sink)(TransportEvent::Opened);
         }
     };
     let on_message = {
         let weak = weak.clone();
         move |e: web_sys::Event| {
             let Some(inner) = weak.upgrade() else { return };
-            if inner.done.get() {
+            if inner.status.done.get() {
                 return;
             }
             // "message" events are MessageEvents: an unchecked cast saves an `instanceof` import.
             let Some(text) = e.unchecked_ref::<MessageEvent>().data().as_string() else { return };
             match JSON::parse(&text) {
-                Ok(frame) => (inner.sink)(TransportEvent::Frame(frame)),
+                Ok(frame) => (inner.status.sink)(TransportEvent::Frame(frame)),
                 Err(_) => {
-                    inner.done.set(true);
+                    inner.status.done.set(true);
                     if let Some(ws) = inner.ws.borrow().as_ref() {
                         let _ = ws.close_with_code_and_reason(4000, "malformed frame from server");
                     }
-                    (inner.sink)(TransportEvent::Closed { code: Some(4000), reason: "malformed frame from server".into() });
+                    (inner.status.sink)(TransportEvent::Closed { code: Some(4000), reason: "malformed frame from server".into() });
                 }
             }
         }
     };
     let on_close = move |e: web_sys::Event| {
         let Some(inner) = weak.upgrade() else { return };
-        if inner.done.replace(true) {
+        if inner.status.done.replace(true) {
             return;
         }
         // "close" events are CloseEvents (codes 1000-4999); 0 means a field-less synthetic event.
@@ -146,10 +122,10 @@ fn connect(inner: &Rc<Inner>, params: &OpenParams, ticket: &str) {
             0 => (1006, String::new()),
             code => (code, c.reason()),
         };
-        if inner.opened.get() {
-            (inner.sink)(TransportEvent::Closed { code: Some(code), reason });
+        if inner.status.opened.get() {
+            (inner.status.sink)(TransportEvent::Closed { code: Some(code), reason });
         } else {
-            (inner.sink)(TransportEvent::OpenFailed(OpenFailure::Network(concat(&["WebSocket closed before open (", &dec(code.into()), ")"]))));
+            (inner.status.sink)(TransportEvent::OpenFailed(OpenFailure::Network(concat(&["WebSocket closed before open (", &dec(code.into()), ")"]))));
         }
     };
     let target: &web_sys::EventTarget = ws.as_ref();

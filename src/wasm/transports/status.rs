@@ -1,0 +1,63 @@
+//! What every transport tracks the same way: whether it opened, whether it is finished, the abort
+//! signal carried by all its requests, and the sink it reports through.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use web_sys::{AbortController, AbortSignal};
+
+use super::{http, EventSink, OpenFailure, OpenParams, TransportEvent};
+
+pub(crate) struct Status {
+    /// The connection came up (reported `Opened`).
+    pub opened: Cell<bool>,
+    /// Nothing more is reported: it failed, closed, or the transport was dropped.
+    pub done: Cell<bool>,
+    abort: Option<AbortController>,
+    pub sink: EventSink,
+}
+
+impl Status {
+    pub(crate) fn new(sink: EventSink) -> Self {
+        Self { opened: Cell::new(false), done: Cell::new(false), abort: AbortController::new().ok(), sink }
+    }
+
+    pub(crate) fn signal(&self) -> Option<AbortSignal> {
+        self.abort.as_ref().map(|a| a.signal())
+    }
+
+    /// Reports that the transport could not open, unless it already finished.
+    pub(crate) fn fail(&self, f: OpenFailure) {
+        if !self.done.replace(true) {
+            (self.sink)(TransportEvent::OpenFailed(f));
+        }
+    }
+
+    /// The transport is dropped: report nothing more, abort every request in flight.
+    pub(crate) fn shut(&self) {
+        self.done.set(true);
+        if let Some(a) = &self.abort {
+            a.abort();
+        }
+    }
+}
+
+/// Trades the token for a ticket, then runs `connect` on the transport, unless it was dropped
+/// meanwhile (it is held weakly). A refused ticket is reported as the failure to open.
+pub(crate) fn open_with_ticket<T: 'static>(
+    inner: &Rc<T>,
+    status: fn(&T) -> &Status,
+    params: OpenParams,
+    connect: fn(&Rc<T>, &OpenParams, &str),
+) {
+    let Some(signal) = status(inner).signal() else { return };
+    let weak = Rc::downgrade(inner);
+    let (base_url, token) = (params.base_url.clone(), params.token.clone());
+    http::ticket(&base_url, &token, &signal, Box::new(move |ticket| {
+        let Some(inner) = weak.upgrade() else { return };
+        match ticket {
+            Err(f) => status(&inner).fail(f),
+            Ok(ticket) => connect(&inner, &params, &ticket),
+        }
+    }));
+}
