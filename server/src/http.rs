@@ -1,6 +1,7 @@
 //! HTTP plumbing shared by the endpoints: JSON error responses, the Origin policy, the client
 //! address, and the admission checks every transport runs before it opens (or upgrades).
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderMap, HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use rtlink_protocol::envelope::HttpError;
-use rtlink_protocol::ErrorCode;
+use rtlink_protocol::{ErrorCode, PROTOCOL_VERSION};
 
 use crate::app::AppState;
 use crate::auth::Claims;
@@ -202,6 +203,23 @@ pub fn check_enabled(state: &AppState, kind: TransportKind) -> Result<(), Respon
         ));
     }
     Ok(())
+}
+
+/// Admission for the HTTP transport opens (SSE, long polling), whose hello travels in the query:
+/// [`admit`] with `?ticket=`, then the protocol version `?v=` (absent means the current one).
+#[allow(clippy::result_large_err)]
+pub fn admit_query(
+    state: &AppState,
+    kind: TransportKind,
+    headers: &HeaderMap,
+    ip: Option<IpAddr>,
+    query: &HashMap<String, String>,
+) -> Result<Admission, Response> {
+    let admission = admit(state, kind, headers, ip, query.get("ticket").map(String::as_str))?;
+    if query.get("v").is_some_and(|v| v != &PROTOCOL_VERSION.to_string()) {
+        return Err(bad_request("unsupported protocol version"));
+    }
+    Ok(admission)
 }
 
 #[cfg(test)]

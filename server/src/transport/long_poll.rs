@@ -17,12 +17,12 @@ use std::time::Duration;
 use axum::extract::{Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use rtlink_protocol::{CloseCode, PROTOCOL_VERSION};
+use rtlink_protocol::CloseCode;
 
 use crate::app::AppState;
 use crate::cluster::{self, Owner, POLL_FORWARD_MARGIN};
 use crate::config::TransportKind;
-use crate::http::{self, admit};
+use crate::http;
 use crate::session::{close_frame, OutFrame, Session};
 use crate::transport::poll_batch_body;
 
@@ -56,22 +56,10 @@ pub async fn handler(State(state): State<AppState>, req: Request) -> Response {
         }
         return poll_local(&state, token, cursor, usize::MAX).await;
     }
-    let admission = match admit(
-        &state,
-        TransportKind::Poll,
-        req.headers(),
-        ip,
-        query.get("ticket").map(String::as_str),
-    ) {
+    let admission = match http::admit_query(&state, TransportKind::Poll, req.headers(), ip, &query) {
         Ok(a) => a,
         Err(resp) => return resp,
     };
-    if query
-        .get("v")
-        .is_some_and(|v| v != &PROTOCOL_VERSION.to_string())
-    {
-        return http::bad_request("unsupported protocol version");
-    }
     let hub = &state.hub;
     let Ok((session, resumed)) = cluster::open_session(
         &state,

@@ -12,12 +12,12 @@ use axum::extract::{Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use rtlink_protocol::codec::SSE_KEEPALIVE;
-use rtlink_protocol::{CloseCode, PROTOCOL_VERSION};
+use rtlink_protocol::CloseCode;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use crate::app::AppState;
 use crate::config::TransportKind;
-use crate::http::{self, admit};
+use crate::http;
 use crate::hub::Hub;
 use crate::session::{close_frame, Attached, Session};
 
@@ -27,22 +27,10 @@ pub async fn handler(State(state): State<AppState>, req: Request) -> Response {
         Ok(q) => q.0,
         Err(_) => return http::bad_request("malformed query"),
     };
-    let admission = match admit(
-        &state,
-        TransportKind::Sse,
-        req.headers(),
-        ip,
-        query.get("ticket").map(String::as_str),
-    ) {
+    let admission = match http::admit_query(&state, TransportKind::Sse, req.headers(), ip, &query) {
         Ok(a) => a,
         Err(resp) => return resp,
     };
-    if query
-        .get("v")
-        .is_some_and(|v| v != &PROTOCOL_VERSION.to_string())
-    {
-        return http::bad_request("unsupported protocol version");
-    }
     let hub = state.hub.clone();
     let Ok((session, resumed)) = crate::cluster::open_session(
         &state,
