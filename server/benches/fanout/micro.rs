@@ -6,7 +6,8 @@
 //! - **per-subscriber** is the naive server: the same frame serialised with the server's own
 //!   encoder (`encode_frame`, serde_json) once per subscriber.
 //! - **shared + SSE framing** is shared plus what the SSE transport does per subscriber when it
-//!   writes: `sse_event(seq, frame)` copies the bytes into a fresh `id:`/`data:` event.
+//!   writes: a fresh `id: <seq>\ndata: ` prefix, the shared frame bytes (no copy) and `\n\n`,
+//!   as three body chunks (`server/src/transport/sse.rs`).
 //!
 //! Each outbox is a `parking_lot::Mutex<VecDeque<Frame>>` (the hub locks a session per
 //! delivery), and every delivered frame is then taken out again, as a transport writer would.
@@ -18,7 +19,6 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use parking_lot::Mutex;
-use rtlink_protocol::codec::sse_event;
 use rtlink_protocol::ServerFrame;
 use rtlink_server::broker::{encode_frame, Frame, RoomEvent, RoomEventKind, StoredMessage};
 use stats_alloc::Region;
@@ -104,7 +104,9 @@ fn deliver_and_drain(strategy: Strategy, msg: &Publish, offset: u64, outboxes: &
         let mut queue = outbox.lock();
         while let Some(frame) = queue.pop_front() {
             if strategy == Strategy::SharedSse {
-                black_box(Bytes::from(sse_event(offset, frame.as_bytes())));
+                black_box(Bytes::from(format!("id: {offset}\ndata: ")));
+                black_box(Bytes::from(frame));
+                black_box(Bytes::from_static(b"\n\n"));
             } else {
                 black_box(frame.len());
             }
