@@ -5,15 +5,13 @@
 //! ships in the wasm module, which keeps the package small. The field names are those of
 //! `rtlink-protocol` (the server's codec); `tests/browser.rs` round-trips through a real server.
 
-use js_sys::{Array, Object, Reflect};
+use js_sys::Array;
 use rtlink_protocol::{
     ClientFrame, CloseCode, ErrorCode, Limits, PresenceConn, ServerFrame, UserInfo, PROTOCOL_VERSION,
 };
 use wasm_bindgen::JsValue;
 
-fn field(v: &JsValue, key: &str) -> JsValue {
-    Reflect::get(v, &JsValue::from_str(key)).unwrap_or(JsValue::UNDEFINED)
-}
+use super::{get as field, new_object, set, set_num, set_str};
 
 fn string(v: &JsValue, key: &str) -> Result<String, String> {
     field(v, key).as_string().ok_or_else(|| missing(key))
@@ -134,51 +132,65 @@ pub(crate) fn decode(f: JsValue) -> Result<ServerFrame, String> {
     })
 }
 
-fn object(t: &str, fields: &[(&str, JsValue)]) -> JsValue {
-    let o = Object::new();
-    let _ = Reflect::set(&o, &"t".into(), &t.into());
-    for (k, v) in fields {
-        let _ = Reflect::set(&o, &(*k).into(), v);
-    }
-    o.into()
+/// `{ t }`, the start of every client frame (`t` first, as on the wire).
+fn object(t: &str) -> JsValue {
+    let o = new_object();
+    set_str(&o, "t", t);
+    o
 }
 
-fn n(x: u64) -> JsValue {
-    JsValue::from_f64(x as f64)
+/// `{ t, room }`.
+fn room_object(t: &str, room: &str) -> JsValue {
+    let o = object(t);
+    set_str(&o, "room", room);
+    o
 }
 
 /// A client frame as the object `JSON.stringify` turns into the wire form.
 pub(crate) fn encode(frame: &ClientFrame) -> JsValue {
     match frame {
-        ClientFrame::Hello { v, resume } => match resume {
-            Some(r) => object("hello", &[("v", (*v).into()), ("resume", r.as_str().into())]),
-            None => object("hello", &[("v", (*v).into())]),
-        },
-        ClientFrame::Ping => object("ping", &[]),
-        ClientFrame::Pong => object("pong", &[]),
-        ClientFrame::Subscribe { room, since, epoch } => {
-            let o = object("subscribe", &[("room", room.as_str().into())]);
-            if let Some(s) = since {
-                let _ = Reflect::set(&o, &"since".into(), &n(*s));
-            }
-            if let Some(e) = epoch {
-                let _ = Reflect::set(&o, &"epoch".into(), &e.as_str().into());
+        ClientFrame::Hello { v, resume } => {
+            let o = object("hello");
+            set_num(&o, "v", (*v).into());
+            if let Some(r) = resume {
+                set_str(&o, "resume", r);
             }
             o
         }
-        ClientFrame::Unsubscribe { room } => object("unsubscribe", &[("room", room.as_str().into())]),
-        ClientFrame::Publish { room, id, payload } => object(
-            "publish",
-            &[("room", room.as_str().into()), ("id", id.as_str().into()), ("payload", payload.as_str().into())],
-        ),
+        ClientFrame::Ping => object("ping"),
+        ClientFrame::Pong => object("pong"),
+        ClientFrame::Subscribe { room, since, epoch } => {
+            let o = room_object("subscribe", room);
+            if let Some(s) = since {
+                set_num(&o, "since", *s as f64);
+            }
+            if let Some(e) = epoch {
+                set_str(&o, "epoch", e);
+            }
+            o
+        }
+        ClientFrame::Unsubscribe { room } => room_object("unsubscribe", room),
+        ClientFrame::Publish { room, id, payload } => {
+            let o = room_object("publish", room);
+            set_str(&o, "id", id);
+            set_str(&o, "payload", payload);
+            o
+        }
         ClientFrame::Presence { room, meta } => {
-            object("presence", &[("room", room.as_str().into()), ("meta", meta.as_str().into())])
+            let o = room_object("presence", room);
+            set_str(&o, "meta", meta);
+            o
         }
         ClientFrame::Typing { room, active } => {
-            object("typing", &[("room", room.as_str().into()), ("active", (*active).into())])
+            let o = room_object("typing", room);
+            set(&o, "active", &(*active).into());
+            o
         }
         ClientFrame::Close { code, reason } => {
-            object("close", &[("code", code.0.into()), ("reason", reason.as_str().into())])
+            let o = object("close");
+            set_num(&o, "code", code.0.into());
+            set_str(&o, "reason", reason);
+            o
         }
     }
 }

@@ -11,9 +11,10 @@ use std::rc::{Rc, Weak};
 
 use gloo_timers::callback::Timeout;
 use js_sys::{Function, Promise};
-use wasm_bindgen::JsValue;
+use wasm_bindgen::{JsCast, JsValue};
 
 use super::codec;
+use super::get;
 use super::emitter::Listeners;
 use super::error::rtlink_error;
 use super::lifecycle::PageListeners;
@@ -54,7 +55,11 @@ pub(crate) struct Driver {
 type Emit = (String, &'static str, JsValue);
 
 pub(crate) fn now() -> Instant {
-    let ms = web_sys::window().and_then(|w| w.performance()).map(|p| p.now()).unwrap_or(0.0);
+    let ms = crate::wasm::window()
+        .map(|w| get(&w, "performance"))
+        .filter(|p| p.is_object())
+        .map(|p| p.unchecked_into::<web_sys::Performance>().now())
+        .unwrap_or(0.0);
     Instant::from_f64_millis(ms)
 }
 
@@ -63,13 +68,15 @@ fn storage_key(url: &str) -> String {
 }
 
 fn session_storage() -> Option<web_sys::Storage> {
-    web_sys::window()?.session_storage().ok()?
+    let s = get(&crate::wasm::window()?.into(), "sessionStorage");
+    s.is_object().then(|| s.unchecked_into())
 }
 
 fn random_seed() -> u64 {
     let mut bytes = [0u8; 8];
-    if let Some(crypto) = web_sys::window().and_then(|w| w.crypto().ok()) {
-        let _ = crypto.get_random_values_with_u8_array(&mut bytes);
+    let crypto = crate::wasm::window().map(|w| get(&w, "crypto")).unwrap_or_default();
+    if crypto.is_object() {
+        let _ = crypto.unchecked_into::<web_sys::Crypto>().get_random_values_with_u8_array(&mut bytes);
     }
     let seed = u64::from_le_bytes(bytes);
     // Without crypto (never in a real browser), mix in the clock so two clients still differ.
@@ -179,7 +186,11 @@ impl Driver {
             Event::PublishAcked { send_id, offset } => {
                 if let Some(i) = self.pending.iter().position(|p| p.0 == send_id) {
                     let (_, resolve, _) = self.pending.swap_remove(i);
-                    let _ = resolve.call1(&JsValue::NULL, &types::obj(&[("offset", (offset as f64).into())]));
+                    let _ = resolve.call1(&JsValue::NULL, &{
+                        let o = super::new_object();
+                        super::set_num(&o, "offset", offset as f64);
+                        o
+                    });
                 }
             }
             Event::PublishFailed { send_id, code, reason } => {
@@ -189,7 +200,7 @@ impl Driver {
                 }
             }
             Event::Subscribed { room } => {
-                let value = types::obj(&[("room", room.as_str().into())]);
+                let value = types::obj_str("room", &room);
                 emits.push((room, "subscribed", value));
             }
             Event::SubscribeFailed { room, code, reason } => {
@@ -197,7 +208,7 @@ impl Driver {
                 emits.push((room, "error", value));
             }
             Event::ResyncNeeded { room } => {
-                let value = types::obj(&[("room", room.as_str().into())]);
+                let value = types::obj_str("room", &room);
                 emits.push((room, "resync", value));
             }
             Event::PresenceChanged { room, members } => {

@@ -1,10 +1,11 @@
 //! `ClientOptions` from JS, validated into the core's [`Config`]. Bad options throw an
 //! `RtlinkError` with code `invalid_options` naming the field.
 
-use js_sys::{Array, Function, Reflect};
+use js_sys::{Array, Function};
 use wasm_bindgen::{JsCast, JsValue};
 
 use super::error::rtlink_error;
+use super::get;
 use super::types::transport_from_name;
 use crate::core::text::concat;
 use crate::core::Config;
@@ -20,9 +21,6 @@ fn invalid(msg: &str) -> JsValue {
     rtlink_error("invalid_options", msg)
 }
 
-fn get(obj: &JsValue, key: &str) -> JsValue {
-    Reflect::get(obj, &key.into()).unwrap_or(JsValue::UNDEFINED)
-}
 
 fn opt_ms(obj: &JsValue, key: &str, path: &str) -> Result<Option<u64>, JsValue> {
     let v = get(obj, key);

@@ -1,9 +1,10 @@
 //! Core values as the JS objects the public API promises, and the hand-written TypeScript that
 //! describes them precisely (wasm-bindgen cannot express the event maps and overloads).
 
-use js_sys::{Array, Object, Reflect, JSON};
+use js_sys::{Array, JSON};
 use wasm_bindgen::prelude::*;
 
+use super::{new_object, set, set_num, set_str};
 use crate::core::text::{concat, dec};
 use crate::core::{CloseReason, Member, State, TransportKind, TypingUser};
 
@@ -164,12 +165,11 @@ export class Typing {
 export function liveListeners(): number;
 "#;
 
-pub(crate) fn obj(fields: &[(&str, JsValue)]) -> JsValue {
-    let o = Object::new();
-    for (k, v) in fields {
-        let _ = Reflect::set(&o, &(*k).into(), v);
-    }
-    o.into()
+/// `{ [key]: value }` for one string field.
+pub(crate) fn obj_str(key: &str, value: &str) -> JsValue {
+    let o = new_object();
+    set_str(&o, key, value);
+    o
 }
 
 pub(crate) fn transport_name(kind: TransportKind) -> &'static str {
@@ -195,10 +195,6 @@ pub(crate) fn json_value(text: &str) -> JsValue {
         return JsValue::NULL;
     }
     JSON::parse(text).unwrap_or_else(|_| JsValue::from_str(text))
-}
-
-fn num(n: u64) -> JsValue {
-    JsValue::from_f64(n as f64)
 }
 
 pub(crate) fn close_reason(reason: &CloseReason) -> String {
@@ -228,35 +224,44 @@ pub(crate) fn state(
         State::Offline => ("offline", None),
         State::Closed { reason } => ("closed", Some(close_reason(reason))),
     };
-    obj(&[
-        ("state", name.into()),
-        ("transport", transport.map(|t| JsValue::from_str(transport_name(t))).unwrap_or(JsValue::NULL)),
-        ("attempt", attempt.into()),
-        ("retryInMs", retry_in_ms.map(num).unwrap_or(JsValue::NULL)),
-        ("reason", reason.map(JsValue::from).unwrap_or(JsValue::NULL)),
-    ])
+    let o = obj_str("state", name);
+    match transport {
+        Some(t) => set_str(&o, "transport", transport_name(t)),
+        None => set(&o, "transport", &JsValue::NULL),
+    }
+    set_num(&o, "attempt", attempt.into());
+    match retry_in_ms {
+        Some(ms) => set_num(&o, "retryInMs", ms as f64),
+        None => set(&o, "retryInMs", &JsValue::NULL),
+    }
+    match reason {
+        Some(r) => set_str(&o, "reason", &r),
+        None => set(&o, "reason", &JsValue::NULL),
+    }
+    o
 }
 
 pub(crate) fn message(room: &str, offset: u64, sender: &str, name: Option<&str>, payload: &str) -> JsValue {
-    obj(&[
-        ("room", room.into()),
-        ("offset", num(offset)),
-        ("sender", sender.into()),
-        ("name", name.map(JsValue::from).unwrap_or(JsValue::NULL)),
-        ("payload", json_value(payload)),
-    ])
+    let o = obj_str("room", room);
+    set_num(&o, "offset", offset as f64);
+    set_str(&o, "sender", sender);
+    match name {
+        Some(n) => set_str(&o, "name", n),
+        None => set(&o, "name", &JsValue::NULL),
+    }
+    set(&o, "payload", &json_value(payload));
+    o
 }
 
 pub(crate) fn members(members: &[Member]) -> JsValue {
     members
         .iter()
         .map(|m| {
-            obj(&[
-                ("user", m.user.as_str().into()),
-                ("name", m.name.as_str().into()),
-                ("meta", json_value(&m.meta)),
-                ("connections", m.connections.into()),
-            ])
+            let o = obj_str("user", &m.user);
+            set_str(&o, "name", &m.name);
+            set(&o, "meta", &json_value(&m.meta));
+            set_num(&o, "connections", m.connections.into());
+            o
         })
         .collect::<Array>()
         .into()
@@ -265,7 +270,11 @@ pub(crate) fn members(members: &[Member]) -> JsValue {
 pub(crate) fn typing_users(users: &[TypingUser]) -> JsValue {
     users
         .iter()
-        .map(|u| obj(&[("user", u.user.as_str().into()), ("name", u.name.as_str().into())]))
+        .map(|u| {
+            let o = obj_str("user", &u.user);
+            set_str(&o, "name", &u.name);
+            o
+        })
         .collect::<Array>()
         .into()
 }

@@ -1,10 +1,11 @@
 //! fetch helpers shared by the transports: the ticket exchange, upstream POSTs and error mapping.
 
-use js_sys::{Promise, Reflect, JSON};
+use js_sys::{Object, Promise, JSON};
 use wasm_bindgen::{JsCast, JsValue};
-use web_sys::{AbortSignal, Headers, RequestInit, Response};
+use web_sys::{AbortSignal, Response};
 
 use crate::wasm::listener::on_settle;
+use crate::wasm::{get, set};
 
 use crate::core::text::{concat, dec, parse_dec};
 
@@ -25,7 +26,7 @@ pub(crate) enum OpenFailure {
 
 fn js_err(e: JsValue) -> String {
     e.as_string()
-        .or_else(|| Reflect::get(&e, &"message".into()).ok().and_then(|m| m.as_string()))
+        .or_else(|| get(&e, "message").as_string())
         .unwrap_or_else(|| "network error".into())
 }
 
@@ -60,30 +61,34 @@ pub(crate) fn fetch(
     signal: Option<&AbortSignal>,
     done: Box<dyn FnOnce(Result<Reply, OpenFailure>)>,
 ) {
-    let init = RequestInit::new();
-    init.set_method(method);
-    let started = Headers::new().and_then(|h| {
-        if let Some((k, v)) = header {
-            h.set(k, v)?;
-        }
-        init.set_headers(&h);
-        if let Some(b) = body {
-            init.set_body(&JsValue::from_str(b));
-        }
-        if let Some(s) = signal {
-            init.set_signal(Some(s));
-        }
-        let window = web_sys::window().ok_or_else(|| JsValue::from_str("no window"))?;
-        Ok(window.fetch_with_str_and_init(url, &init))
-    });
-    let promise = started.unwrap_or_else(|e| Promise::reject(&e));
+    // `RequestInit` and the headers as plain objects (what fetch accepts): fewer imports than
+    // web-sys's `RequestInit` setters and `Headers`. A header value fetch refuses rejects the
+    // fetch, as `Headers.set` threw before.
+    let init: JsValue = Object::new().into();
+    set(&init, "method", &method.into());
+    if let Some((k, v)) = header {
+        let headers: JsValue = Object::new().into();
+        set(&headers, k, &v.into());
+        set(&init, "headers", &headers);
+    }
+    if let Some(b) = body {
+        set(&init, "body", &b.into());
+    }
+    if let Some(s) = signal {
+        set(&init, "signal", s);
+    }
+    let promise = match crate::wasm::window() {
+        Some(window) => window.fetch_with_str_and_init(url, init.unchecked_ref()),
+        None => Promise::reject(&"no window".into()),
+    };
     on_settle(&promise, Box::new(move |answer| {
         let resp: Response = match answer {
             Ok(r) => r.unchecked_into(),
             Err(e) => return done(Err(OpenFailure::Network(js_err(e)))),
         };
-        let (ok, status) = (resp.ok(), resp.status());
-        let retry_after = resp.headers().get("retry-after").ok().flatten();
+        let ok = get(&resp, "ok").as_bool().unwrap_or(false);
+        let status = get(&resp, "status").as_f64().unwrap_or(0.0) as u16;
+        let retry_after = get(&resp, "headers").unchecked_into::<web_sys::Headers>().get("retry-after").ok().flatten();
         let text = resp.text().unwrap_or_else(|e| Promise::reject(&e));
         on_settle(&text, Box::new(move |body| {
             let body = match body {
@@ -101,8 +106,8 @@ pub(crate) fn fetch(
 pub(crate) fn failure(reply: &Reply) -> OpenFailure {
     let retry_header = reply.retry_after.as_deref().and_then(|s| parse_dec(s.trim())).map(|secs| secs * 1000);
     let parsed = JSON::parse(&reply.body).unwrap_or(JsValue::NULL);
-    let code = Reflect::get(&parsed, &"error".into()).ok().and_then(|v| v.as_string()).unwrap_or_default();
-    let retry_body = Reflect::get(&parsed, &"retry_after_ms".into()).ok().and_then(|v| v.as_f64()).map(|f| f as u64);
+    let code = get(&parsed, "error").as_string().unwrap_or_default();
+    let retry_body = get(&parsed, "retry_after_ms").as_f64().map(|f| f as u64);
     match (reply.status, code.as_str()) {
         (401, _) => OpenFailure::Unauthorized,
         (403, _) => OpenFailure::Forbidden,
@@ -127,9 +132,8 @@ pub(crate) fn ticket(
                 return Err(failure(&reply));
             }
             let parsed = JSON::parse(&reply.body).map_err(|_| OpenFailure::Network("ticket: bad JSON".into()))?;
-            Reflect::get(&parsed, &"ticket".into())
-                .ok()
-                .and_then(|v| v.as_string())
+            get(&parsed, "ticket")
+                .as_string()
                 .ok_or_else(|| OpenFailure::Network("ticket: missing field".into()))
         }))
     }));
@@ -152,9 +156,9 @@ pub(crate) fn transport_url(base_url: &str, path: &str, ticket: &str, resume: Op
 
 /// Reads `resume_token` from a `welcome` frame, if this is one.
 pub(crate) fn welcome_token(frame: &JsValue) -> Option<String> {
-    let t = Reflect::get(frame, &"t".into()).ok()?.as_string()?;
+    let t = get(frame, "t").as_string()?;
     if t != "welcome" {
         return None;
     }
-    Reflect::get(frame, &"resume_token".into()).ok()?.as_string()
+    get(frame, "resume_token").as_string()
 }

@@ -60,7 +60,7 @@ fn poll(url: &str, signal: &AbortSignal, done: Box<dyn FnOnce(PollResult)>) {
             }
             let batch =
                 JSON::parse(&reply.body).map_err(|_| OpenFailure::Network("poll: malformed batch".into()))?;
-            let cursor = Reflect::get(&batch, &"cursor".into()).ok().and_then(|c| c.as_f64()).unwrap_or(0.0) as u64;
+            let cursor = crate::wasm::get(&batch, "cursor").as_f64().unwrap_or(0.0) as u64;
             let frames: Array = Reflect::get(&batch, &"frames".into()).map(|v| Array::from(&v)).unwrap_or_default();
             Ok((cursor, frames))
         }))

@@ -7,8 +7,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use js_sys::JSON;
-use wasm_bindgen::JsCast;
-use web_sys::{EventSource, MessageEvent};
+use web_sys::EventSource;
 
 use super::http;
 use super::upstream::Upstream;
@@ -77,8 +76,8 @@ fn connect(inner: &Rc<Inner>, params: &OpenParams, ticket: &str) {
             if inner.status.done.get() {
                 return;
             }
-            // "message" events are MessageEvents: an unchecked cast saves an `instanceof` import.
-            let Some(data) = e.unchecked_ref::<MessageEvent>().data().as_string() else { return };
+            // "message" events are MessageEvents; `data` is read as a plain property (no typed getter).
+            let Some(data) = crate::wasm::get(&e, "data").as_string() else { return };
             match JSON::parse(&data) {
                 Ok(frame) => {
                     if let Some(token) = http::welcome_token(&frame) {

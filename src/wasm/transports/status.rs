@@ -4,9 +4,15 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
+use wasm_bindgen::JsCast;
 use web_sys::{AbortController, AbortSignal};
 
 use super::{http, EventSink, OpenFailure, OpenParams, TransportEvent};
+
+/// `controller.signal`, read as a plain property (no typed getter import).
+pub(crate) fn signal(controller: &AbortController) -> AbortSignal {
+    crate::wasm::get(controller, "signal").unchecked_into()
+}
 
 pub(crate) struct Status {
     /// The connection came up (reported `Opened`).
@@ -23,7 +29,7 @@ impl Status {
     }
 
     pub(crate) fn signal(&self) -> Option<AbortSignal> {
-        self.abort.as_ref().map(|a| a.signal())
+        self.abort.as_ref().map(signal)
     }
 
     /// Reports that the transport could not open, unless it already finished.

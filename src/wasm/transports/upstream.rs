@@ -7,7 +7,7 @@
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 
-use js_sys::{Array, Object, Reflect, JSON};
+use js_sys::{Array, Object, JSON};
 use wasm_bindgen::JsValue;
 use web_sys::AbortController;
 
@@ -70,13 +70,13 @@ fn pump(inner: &Rc<Inner>) {
     let Some(session) = inner.session.borrow().clone() else { return };
     let frames: Array = inner.queue.borrow_mut().drain(..).collect();
     let body = Object::new();
-    let _ = Reflect::set(&body, &"session".into(), &session.into());
-    let _ = Reflect::set(&body, &"frames".into(), &frames);
+    crate::wasm::set(&body, "session", &session.into());
+    crate::wasm::set(&body, "frames", &frames);
     let Ok(text) = JSON::stringify(&body) else { return };
     let text = String::from(text);
     inner.in_flight.set(true);
     let weak: Weak<Inner> = Rc::downgrade(inner);
-    let signal = inner.abort.as_ref().map(|a| a.signal());
+    let signal = inner.abort.as_ref().map(super::status::signal);
     let url = inner.url.clone();
     http::fetch(&url, "POST", Some(("content-type", "text/plain")), Some(&text), signal.as_ref(), Box::new(move |result| {
         let failure = match result {

@@ -4,8 +4,8 @@ use std::cell::RefCell;
 use std::rc::{Rc, Weak};
 
 use js_sys::JSON;
-use wasm_bindgen::{JsCast, JsValue};
-use web_sys::{CloseEvent, MessageEvent, WebSocket};
+use wasm_bindgen::JsValue;
+use web_sys::WebSocket;
 
 use super::http;
 use crate::core::text::{concat, dec};
@@ -97,8 +97,8 @@ fn connect(inner: &Rc<Inner>, params: &OpenParams, ticket: &str) {
             if inner.status.done.get() {
                 return;
             }
-            // "message" events are MessageEvents: an unchecked cast saves an `instanceof` import.
-            let Some(text) = e.unchecked_ref::<MessageEvent>().data().as_string() else { return };
+            // "message" events are MessageEvents; `data` is read as a plain property (no typed getter).
+            let Some(text) = crate::wasm::get(&e, "data").as_string() else { return };
             match JSON::parse(&text) {
                 Ok(frame) => (inner.status.sink)(TransportEvent::Frame(frame)),
                 Err(_) => {
@@ -117,10 +117,9 @@ fn connect(inner: &Rc<Inner>, params: &OpenParams, ticket: &str) {
             return;
         }
         // "close" events are CloseEvents (codes 1000-4999); 0 means a field-less synthetic event.
-        let c = e.unchecked_ref::<CloseEvent>();
-        let (code, reason) = match c.code() {
+        let (code, reason) = match crate::wasm::get(&e, "code").as_f64().unwrap_or(0.0) as u16 {
             0 => (1006, String::new()),
-            code => (code, c.reason()),
+            code => (code, crate::wasm::get(&e, "reason").as_string().unwrap_or_default()),
         };
         if inner.status.opened.get() {
             (inner.status.sink)(TransportEvent::Closed { code: Some(code), reason });
