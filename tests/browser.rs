@@ -291,3 +291,62 @@ async fn close_leaves_no_timer_or_listener_after_50_reconnects() {
     client.close();
     assert_eq!(live_listeners(), before, "close() removes every listener and the timer");
 }
+
+#[wasm_bindgen_test]
+async fn starts_on_a_remembered_fallback_and_probes_back_up_without_losing_messages() {
+    let base = server("main");
+    // A tab that last worked on long polling starts there (sessionStorage), then probes SSE and
+    // WebSocket in the background and switches up with the same session.
+    let storage = web_sys::window().unwrap().session_storage().unwrap().unwrap();
+    storage.set_item(&format!("rtlink:transport:{base}"), "long-polling").unwrap();
+    let opts = options(&base, "climber", None);
+    Reflect::set(&opts, &"rememberTransport".into(), &true.into()).unwrap();
+    Reflect::set(&opts, &"probeIntervalMs".into(), &400.into()).unwrap();
+    let client = RealtimeClient::new(opts).unwrap();
+    let states = Recorder::default();
+    let _ = client.on("state", states.listener()).unwrap();
+    client.connect();
+    wait_for("open", 10_000, || state_is(&states, "open")).await;
+    assert_eq!(transport_of(&client), "long-polling", "started on the remembered rung");
+
+    let (other, _s) = connected(&base, "publisher", Some(&["websocket"])).await;
+    let room_name = unique_room("climb");
+    let rx = client.room(&room_name).unwrap();
+    let tx = other.room(&room_name).unwrap();
+    let messages = Recorder::default();
+    let _ = rx.on("message", messages.listener()).unwrap();
+    let subscribed = Recorder::default();
+    let _ = rx.on("subscribed", subscribed.listener()).unwrap();
+    wait_for("subscribed", 5_000, || !subscribed.values().is_empty()).await;
+    // Publish steadily while the client climbs long polling -> SSE -> WebSocket.
+    let mut sent = 0u64;
+    let mut waited = 0;
+    while transport_of(&client) != "websocket" {
+        assert!(waited < 15_000, "still on {} after 15 s", transport_of(&client));
+        publish(&tx, &format!("m{sent}")).await;
+        sent += 1;
+        sleep(100).await;
+        waited += 100;
+    }
+    for _ in 0..5 {
+        publish(&tx, &format!("m{sent}")).await;
+        sent += 1;
+    }
+    wait_for("every message", 10_000, || messages.values().len() as u64 >= sent).await;
+    sleep(300).await;
+    assert_eq!(offsets(&messages), (1..=sent).collect::<Vec<u64>>(), "no loss, no duplicate, in order across both switches");
+    let seen: Vec<String> = states
+        .values()
+        .iter()
+        .filter_map(|s| get(s, "transport").as_string())
+        .fold(Vec::new(), |mut acc, t| {
+            if acc.last() != Some(&t) {
+                acc.push(t);
+            }
+            acc
+        });
+    assert!(seen.ends_with(&["long-polling".to_string(), "sse".to_string(), "websocket".to_string()]), "climbed rung by rung: {seen:?}");
+    storage.remove_item(&format!("rtlink:transport:{base}")).unwrap();
+    client.close();
+    other.close();
+}

@@ -87,6 +87,10 @@ pub(crate) fn parse(options: &JsValue) -> Result<Options, JsValue> {
             config.heartbeat_grace_ms = v;
         }
     }
+    if let Some(v) = opt_ms(options, "probeIntervalMs", "probeIntervalMs")? {
+        // A probe opens a second connection: more often than once a second is a storm.
+        config.probe_interval_ms = v.max(250);
+    }
     let remember_transport = get(options, "rememberTransport").as_bool().unwrap_or(true);
     Ok(Options { url, get_token, config, remember_transport })
 }

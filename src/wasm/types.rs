@@ -56,6 +56,8 @@ export interface ClientOptions {
   heartbeat?: HeartbeatOptions;
   /** Start from the last transport that worked in this tab (sessionStorage; default true). */
   rememberTransport?: boolean;
+  /** While on a fallback transport, try the next better one about this often, in ms (default 60000). */
+  probeIntervalMs?: number;
 }
 
 export type RtlinkErrorCode =
