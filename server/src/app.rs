@@ -19,7 +19,7 @@ use serde::Deserialize;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::services::ServeDir;
 
-use crate::auth::{random_token, Auth};
+use crate::auth::{random_token, Auth, TicketRefusal};
 use crate::broker::local::{LocalBroker, LocalBrokerConfig};
 use crate::broker::redis::{RedisBroker, RedisOptions};
 use crate::broker::Broker;
@@ -249,12 +249,17 @@ async fn ticket(State(state): State<AppState>, headers: HeaderMap) -> Response {
         Err(e) => return http::unauthorized(&e.to_string()),
     };
     match state.auth.issue_ticket(claims) {
-        Some((ticket, ttl)) => Json(TicketResponse {
+        Ok((ticket, ttl)) => Json(TicketResponse {
             ticket,
             expires_in_ms: ttl.as_millis() as u64,
         })
         .into_response(),
-        None => http::overloaded(
+        Err(TicketRefusal::TooManyForUser) => http::overloaded(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many unused tickets for this user; use them or wait for them to expire",
+            state.config.ticket_ttl,
+        ),
+        Err(TicketRefusal::TableFull) => http::overloaded(
             StatusCode::SERVICE_UNAVAILABLE,
             "too many tickets",
             Duration::from_secs(5),

@@ -20,6 +20,10 @@ type HmacSha256 = Hmac<Sha256>;
 
 /// Tickets held at most; past it the oldest expired ones go first, then new tickets are refused.
 const MAX_TICKETS: usize = 100_000;
+/// Live (issued, not yet used or expired) tickets one user may hold. A client needs one per
+/// connection attempt and uses it within moments; the cap stops one token from filling the
+/// table that every user shares.
+const MAX_TICKETS_PER_USER: u32 = 64;
 
 /// The claims of an rtlink token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,7 +96,51 @@ impl std::fmt::Display for AuthError {
 pub struct Auth {
     secret: Vec<u8>,
     ticket_ttl: Duration,
-    tickets: Mutex<HashMap<String, (Claims, Instant)>>,
+    tickets: Mutex<Tickets>,
+}
+
+/// Live tickets, and how many each user holds.
+#[derive(Default)]
+struct Tickets {
+    by_ticket: HashMap<String, (Claims, Instant)>,
+    per_user: HashMap<String, u32>,
+}
+
+impl Tickets {
+    fn forget_user_ticket(per_user: &mut HashMap<String, u32>, user: &str) {
+        if let Some(n) = per_user.get_mut(user) {
+            *n -= 1;
+            if *n == 0 {
+                per_user.remove(user);
+            }
+        }
+    }
+
+    fn remove(&mut self, ticket: &str) -> Option<(Claims, Instant)> {
+        let entry = self.by_ticket.remove(ticket)?;
+        Self::forget_user_ticket(&mut self.per_user, &entry.0.sub);
+        Some(entry)
+    }
+
+    fn sweep(&mut self, now: Instant) {
+        let per_user = &mut self.per_user;
+        self.by_ticket.retain(|_, (claims, exp)| {
+            let live = *exp > now;
+            if !live {
+                Self::forget_user_ticket(per_user, &claims.sub);
+            }
+            live
+        });
+    }
+}
+
+/// Why no ticket was issued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TicketRefusal {
+    /// This user holds [`MAX_TICKETS_PER_USER`] unused tickets (429).
+    TooManyForUser,
+    /// The shared table is full of live tickets (503).
+    TableFull,
 }
 
 impl Auth {
@@ -100,7 +148,7 @@ impl Auth {
         Self {
             secret,
             ticket_ttl,
-            tickets: Mutex::new(HashMap::new()),
+            tickets: Mutex::new(Tickets::default()),
         }
     }
 
@@ -172,20 +220,25 @@ impl Auth {
         self.sign(&claims)
     }
 
-    /// Issues a single-use ticket for already verified claims. `None` when the ticket table is
-    /// full of live tickets (the caller answers 503).
-    pub fn issue_ticket(&self, claims: Claims) -> Option<(String, Duration)> {
+    /// Issues a single-use ticket for already verified claims, unless the user already holds
+    /// too many unused ones or the shared table is full of live tickets.
+    pub fn issue_ticket(&self, claims: Claims) -> Result<(String, Duration), TicketRefusal> {
         let now = Instant::now();
         let mut tickets = self.tickets.lock();
-        if tickets.len() >= MAX_TICKETS {
-            tickets.retain(|_, (_, exp)| *exp > now);
-            if tickets.len() >= MAX_TICKETS {
-                return None;
+        let held = |t: &Tickets| t.per_user.get(&claims.sub).copied().unwrap_or(0);
+        if held(&tickets) >= MAX_TICKETS_PER_USER || tickets.by_ticket.len() >= MAX_TICKETS {
+            tickets.sweep(now);
+            if held(&tickets) >= MAX_TICKETS_PER_USER {
+                return Err(TicketRefusal::TooManyForUser);
+            }
+            if tickets.by_ticket.len() >= MAX_TICKETS {
+                return Err(TicketRefusal::TableFull);
             }
         }
         let ticket = random_token(24);
-        tickets.insert(ticket.clone(), (claims, now + self.ticket_ttl));
-        Some((ticket, self.ticket_ttl))
+        *tickets.per_user.entry(claims.sub.clone()).or_default() += 1;
+        tickets.by_ticket.insert(ticket.clone(), (claims, now + self.ticket_ttl));
+        Ok((ticket, self.ticket_ttl))
     }
 
     /// Consumes a ticket: the claims if it exists, has not expired and the token inside has
@@ -197,8 +250,7 @@ impl Auth {
 
     /// Forgets expired tickets (periodic sweep).
     pub fn sweep(&self) {
-        let now = Instant::now();
-        self.tickets.lock().retain(|_, (_, exp)| *exp > now);
+        self.tickets.lock().sweep(Instant::now());
     }
 }
 
@@ -252,11 +304,26 @@ mod tests {
     #[test]
     fn tickets_are_single_use() {
         let a = auth();
-        let Some((t, _)) = a.issue_ticket(claims(now_ms() / 1000 + 60)) else {
+        let Ok((t, _)) = a.issue_ticket(claims(now_ms() / 1000 + 60)) else {
             panic!("ticket refused")
         };
         assert!(a.redeem_ticket(&t).is_some());
         assert!(a.redeem_ticket(&t).is_none());
         assert!(a.redeem_ticket("forged").is_none());
+    }
+
+    #[test]
+    fn one_user_cannot_fill_the_ticket_table() {
+        let a = auth();
+        let exp = now_ms() / 1000 + 60;
+        let mut held = Vec::new();
+        for _ in 0..MAX_TICKETS_PER_USER {
+            held.push(a.issue_ticket(claims(exp)).map(|(t, _)| t).expect("under the cap"));
+        }
+        assert_eq!(a.issue_ticket(claims(exp)).map(|_| ()), Err(TicketRefusal::TooManyForUser));
+        let other = Claims { sub: "someone-else".into(), ..claims(exp) };
+        assert!(a.issue_ticket(other).is_ok(), "other users are not affected");
+        assert!(a.redeem_ticket(&held[0]).is_some());
+        assert!(a.issue_ticket(claims(exp)).is_ok(), "using a ticket frees a slot");
     }
 }
