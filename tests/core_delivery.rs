@@ -200,6 +200,32 @@ fn restarted_in_memory_server_new_epoch_is_delivered_not_dropped_as_duplicates()
 }
 
 #[test]
+fn a_late_ack_timer_after_a_throttled_sleep_does_not_fail_an_acked_publish() {
+    let mut sim = Sim::one(Config::default());
+    sim.connect(0, &["lobby"]);
+    let id = sim.publish(0, "lobby", "sent just before the tab slept").unwrap();
+    // The tab sleeps for 2 minutes right after sending: the server's ack is queued, and on waking
+    // the (late) ack-timeout timer runs before the queued network event.
+    sim.tabs[0].paused_until = Some(sim.at(120_000));
+    sim.run_for(121_000);
+    assert_eq!(sim.tabs[0].failed(id), None, "failed a publish whose ack was waiting in the queue");
+    assert!(sim.tabs[0].acked(id).is_some());
+}
+
+#[test]
+fn an_ack_that_never_comes_still_times_out_after_a_late_timer() {
+    let mut sim = Sim::one(Config::default());
+    sim.connect(0, &["lobby"]);
+    sim.server.drop_acks = true;
+    let id = sim.publish(0, "lobby", "lost").unwrap();
+    sim.tabs[0].paused_until = Some(sim.at(120_000));
+    sim.run_for(121_000);
+    assert_eq!(sim.tabs[0].failed(id), None, "deferred by the probe window first");
+    sim.run_for(10_000);
+    assert_eq!(sim.tabs[0].failed(id), Some(ErrorCode::Timeout));
+}
+
+#[test]
 fn two_tabs_of_one_user_are_one_member() {
     let mut sim = Sim::new(Config::default(), &["ana", "ana", "bob"]);
     sim.connect(0, &["lobby"]);

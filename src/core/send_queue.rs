@@ -119,6 +119,15 @@ impl SendQueue {
         gone
     }
 
+    /// Moves every deadline that has passed to `until` (see [`super::Client`]'s late-timer rule).
+    pub fn defer_overdue(&mut self, now: Instant, until: Instant) {
+        for p in &mut self.items {
+            if p.deadline.is_some_and(|d| d <= now) {
+                p.deadline = Some(until);
+            }
+        }
+    }
+
     /// Empties the queue (the client closed).
     pub fn drain(&mut self) -> Vec<Removed> {
         self.items.drain(..).map(|p| Removed { send_id: p.send_id, room: p.room }).collect()

@@ -275,6 +275,16 @@ impl Client {
     }
 
     pub(super) fn expire_sends(&mut self) {
+        // A timer handled far later than its deadline means the page was throttled or frozen:
+        // acks that arrived meanwhile may be queued right behind this call. Give them the probe
+        // window instead of failing publishes that probably succeeded. A dead transport is the
+        // heartbeat's to find; a resend after reconnect re-arms the deadline anyway.
+        let overdue = self.sends.next_deadline().map_or(0, |d| self.now.millis_since(d));
+        if overdue > self.cfg.late_timer_threshold_ms {
+            let until = self.now.plus(self.cfg.liveness_probe_window_ms);
+            self.sends.defer_overdue(self.now, until);
+            return;
+        }
         for removed in self.sends.expire(self.now) {
             let reason = super::text::concat(&["no ack within ", &super::text::dec(self.cfg.ack_timeout_ms), " ms"]);
             self.emit(Event::PublishFailed { send_id: removed.send_id, code: ErrorCode::Timeout, reason });

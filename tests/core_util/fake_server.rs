@@ -62,6 +62,8 @@ pub struct FakeServer {
     pub sessions: BTreeMap<String, Sess>,
     pub conns: BTreeMap<(usize, TransportId), Conn>,
     pub acks: BTreeMap<(String, String), (String, u64)>,
+    /// Store publishes but never answer them (a server that loses its acks).
+    pub drop_acks: bool,
     pub modes: BTreeMap<TransportKind, Mode>,
     /// The next N opens answer 401.
     pub reject_tokens: u32,
@@ -84,6 +86,7 @@ impl FakeServer {
             sessions: BTreeMap::new(),
             conns: BTreeMap::new(),
             acks: BTreeMap::new(),
+            drop_acks: false,
             modes: BTreeMap::new(),
             reject_tokens: 0,
             forbidden: false,
@@ -306,11 +309,16 @@ impl Sim {
                     return self.send_to_conn(tab, id, nack);
                 }
                 if let Some((r, offset)) = self.server.acks.get(&(user.clone(), msg_id.clone())).cloned() {
+                    if self.server.drop_acks {
+                        return;
+                    }
                     return self.send_to_conn(tab, id, ServerFrame::Ack { id: msg_id, room: r, offset });
                 }
                 let offset = self.store(&room, &user, &payload);
                 self.server.acks.insert((user.clone(), msg_id.clone()), (room.clone(), offset));
-                self.send_to_conn(tab, id, ServerFrame::Ack { id: msg_id, room: room.clone(), offset });
+                if !self.server.drop_acks {
+                    self.send_to_conn(tab, id, ServerFrame::Ack { id: msg_id, room: room.clone(), offset });
+                }
                 self.fan_out(&room, offset, &user, &payload);
             }
             ClientFrame::Presence { room, meta } => {
