@@ -136,7 +136,7 @@ async fn round_trip_on(transport: &str) {
     let base = server("main");
     let (client, _states) = connected(&base, "solo", Some(&[transport])).await;
     assert_eq!(transport_of(&client), transport);
-    let room = client.room(&unique_room("rt")).unwrap();
+    let room = client.room(&unique_room("rt"), JsValue::UNDEFINED).unwrap();
     let messages = Recorder::default();
     let _ = room.on("message", messages.listener()).unwrap();
     let subscribed = Recorder::default();
@@ -178,7 +178,7 @@ async fn websocket_disabled_lands_on_sse() {
 async fn websocket_and_sse_disabled_lands_on_long_polling() {
     let (client, _s) = connected(&server("poll-only"), "ladder", None).await;
     assert_eq!(transport_of(&client), "long-polling");
-    let room = client.room(&unique_room("lp")).unwrap();
+    let room = client.room(&unique_room("lp"), JsValue::UNDEFINED).unwrap();
     let ack = publish(&room, "over polling").await;
     assert_eq!(get(&ack, "offset").as_f64(), Some(1.0));
     client.close();
@@ -190,8 +190,8 @@ async fn two_clients_see_each_others_presence_and_typing() {
     let room_name = unique_room("pt");
     let (ana, _s1) = connected(&base, "Ana", None).await;
     let (bo, _s2) = connected(&base, "Bo", None).await;
-    let ana_room = ana.room(&room_name).unwrap();
-    let bo_room = bo.room(&room_name).unwrap();
+    let ana_room = ana.room(&room_name, JsValue::UNDEFINED).unwrap();
+    let bo_room = bo.room(&room_name, JsValue::UNDEFINED).unwrap();
     let ana_presence = Recorder::default();
     let _ = ana_room.presence().on("change", ana_presence.listener()).unwrap();
     let bo_typing = Recorder::default();
@@ -237,8 +237,8 @@ async fn server_restart_mid_stream_loses_and_duplicates_nothing() {
     let room_name = unique_room("restart");
     let (sender, sender_states) = connected(&base, "sender", None).await;
     let (receiver, receiver_states) = connected(&base, "receiver", None).await;
-    let tx = sender.room(&room_name).unwrap();
-    let rx = receiver.room(&room_name).unwrap();
+    let tx = sender.room(&room_name, JsValue::UNDEFINED).unwrap();
+    let rx = receiver.room(&room_name, JsValue::UNDEFINED).unwrap();
     let messages = Recorder::default();
     let _ = rx.on("message", messages.listener()).unwrap();
     let subscribed = Recorder::default();
@@ -312,8 +312,8 @@ async fn starts_on_a_remembered_fallback_and_probes_back_up_without_losing_messa
 
     let (other, _s) = connected(&base, "publisher", Some(&["websocket"])).await;
     let room_name = unique_room("climb");
-    let rx = client.room(&room_name).unwrap();
-    let tx = other.room(&room_name).unwrap();
+    let rx = client.room(&room_name, JsValue::UNDEFINED).unwrap();
+    let tx = other.room(&room_name, JsValue::UNDEFINED).unwrap();
     let messages = Recorder::default();
     let _ = rx.on("message", messages.listener()).unwrap();
     let subscribed = Recorder::default();
@@ -350,4 +350,31 @@ async fn starts_on_a_remembered_fallback_and_probes_back_up_without_losing_messa
     storage.remove_item(&format!("rtlink:transport:{base}")).unwrap();
     client.close();
     other.close();
+}
+
+#[wasm_bindgen_test]
+async fn joining_with_history_delivers_recent_messages_first() {
+    let base = server("main");
+    let room_name = unique_room("hist");
+    let (writer, _s1) = connected(&base, "writer", None).await;
+    let tx = writer.room(&room_name, JsValue::UNDEFINED).unwrap();
+    for i in 1..=5 {
+        publish(&tx, &format!("old-{i}")).await;
+    }
+    let (reader, _s2) = connected(&base, "reader", None).await;
+    let opts = Object::new();
+    Reflect::set(&opts, &"history".into(), &3.into()).unwrap();
+    let rx = reader.room(&room_name, opts.into()).unwrap();
+    let messages = Recorder::default();
+    let _ = rx.on("message", messages.listener()).unwrap();
+    wait_for("3 recent messages", 5_000, || messages.values().len() >= 3).await;
+    publish(&tx, "new").await;
+    wait_for("the live one", 5_000, || messages.values().len() >= 4).await;
+    assert_eq!(offsets(&messages), vec![3, 4, 5, 6]);
+    let bad = Object::new();
+    Reflect::set(&bad, &"history".into(), &"lots".into()).unwrap();
+    let err = reader.room("elsewhere", bad.into()).err().expect("invalid history refused");
+    assert_eq!(get(&err, "code").as_string().as_deref(), Some("invalid_argument"));
+    writer.close();
+    reader.close();
 }

@@ -12,7 +12,7 @@ fn cfg_small_queue() -> Config {
 #[test]
 fn queue_overflow_is_an_error_not_a_silent_drop() {
     let mut sim = Sim::one(cfg_small_queue());
-    sim.input(0, Input::Subscribe { room: "lobby".into() });
+    sim.input(0, Input::Subscribe { room: "lobby".into(), history: 0 });
     assert_eq!(sim.publish(0, "nope", "x"), Err(SendError::NotSubscribed));
     let ids: Vec<SendId> = (0..3).map(|i| sim.publish(0, "lobby", &i.to_string()).unwrap()).collect();
     assert_eq!(sim.publish(0, "lobby", "3"), Err(SendError::QueueFull));
@@ -147,7 +147,7 @@ fn resume_dedupes_replays_and_repairs_gaps() {
     sim.input(0, Input::Frame { id: t, frame: msg(3) });
     sim.input(0, Input::Frame { id: t, frame: msg(12) });
     sim.input(0, Input::Frame { id: t, frame: msg(11) });
-    let repairs = sim.tabs[0].sent.iter().filter(|(_, f)| *f == ClientFrame::Subscribe { room: "lobby".into(), since: Some(9), epoch: Some("e1".into()) }).count();
+    let repairs = sim.tabs[0].sent.iter().filter(|(_, f)| *f == ClientFrame::Subscribe { room: "lobby".into(), since: Some(9), epoch: Some("e1".into()), history: None }).count();
     assert!(repairs >= 1);
     sim.run_for(100);
     assert_eq!(sim.tabs[0].delivered["lobby"], (1..=13).collect::<Vec<_>>());
@@ -223,6 +223,36 @@ fn an_ack_that_never_comes_still_times_out_after_a_late_timer() {
     assert_eq!(sim.tabs[0].failed(id), None, "deferred by the probe window first");
     sim.run_for(10_000);
     assert_eq!(sim.tabs[0].failed(id), Some(ErrorCode::Timeout));
+}
+
+#[test]
+fn joining_with_history_delivers_the_newest_messages_then_resumes_without_it() {
+    let mut sim = Sim::new(Config::default(), &["ana", "bob"]);
+    sim.connect(1, &["lobby"]);
+    for p in ["1", "2", "3", "4", "5"] {
+        sim.publish(1, "lobby", p).unwrap();
+    }
+    sim.run_for(200);
+    sim.connect(0, &[]);
+    sim.input(0, Input::Subscribe { room: "lobby".into(), history: 3 });
+    sim.run_for(200);
+    assert_eq!(sim.tabs[0].delivered["lobby"], [3, 4, 5], "the newest three, in order");
+    assert!(!sim.tabs[0].events.contains(&Event::ResyncNeeded { room: "lobby".into() }));
+    // A reconnect resumes from the last offset: nothing is replayed twice.
+    sim.kill(0, None);
+    sim.publish(1, "lobby", "6").unwrap();
+    sim.run_for(3_000);
+    assert_eq!(sim.tabs[0].delivered["lobby"], [3, 4, 5, 6]);
+    let resubscribes: Vec<_> = sim.tabs[0]
+        .sent
+        .iter()
+        .filter_map(|(_, f)| match f {
+            ClientFrame::Subscribe { since, history, .. } => Some((*since, *history)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(resubscribes.first(), Some(&(None, Some(3))));
+    assert!(resubscribes[1..].iter().all(|(since, history)| since.is_some() && history.is_none()));
 }
 
 #[test]
@@ -308,7 +338,7 @@ fn subscribe_refusals() {
     let mut sim = Sim::one(Config::default());
     sim.connect(0, &["bad room!"]);
     assert!(sim.tabs[0].events.iter().any(|e| matches!(e, Event::SubscribeFailed { code: ErrorCode::InvalidRoom, .. })));
-    sim.input(0, Input::Subscribe { room: "secret".into() });
+    sim.input(0, Input::Subscribe { room: "secret".into(), history: 0 });
     let t = sim.primary(0).unwrap();
     sim.queue.clear();
     sim.input(0, Input::Frame { id: t, frame: ServerFrame::Nack { id: "secret".into(), code: ErrorCode::Forbidden, reason: String::new() } });

@@ -147,7 +147,7 @@ fn run(seed: u64, ops: Vec<Op>) {
             Op::Connect => c.handle_input(now, Input::Connect),
             Op::Subscribe(r) => {
                 w.delivered.remove(&room(r));
-                c.handle_input(now, Input::Subscribe { room: room(r) })
+                c.handle_input(now, Input::Subscribe { room: room(r), history: 0 })
             }
             Op::Unsubscribe(r) => {
                 w.delivered.remove(&room(r));

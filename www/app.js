@@ -117,7 +117,9 @@ function joinRoom(name) {
   leaveRoom();
   app.roomName = name;
   safeStorage(() => sessionStorage.setItem(ROOM_KEY, name));
-  const handle = app.client.room(name);
+  // Joining shows the room's recent messages; coming back to a room replays them again, which
+  // onMessage recognises by offset.
+  const handle = app.client.room(name, { history: 50 });
   const ctx = { name, handle, unsubs: [] };
   ctx.unsubs.push(
     handle.on("message", (m) => onMessage(m)),
@@ -159,11 +161,19 @@ function onMessage(m) {
     if (m.room === app.roomName) renderEntry(own);
     return;
   }
+  if (list.some((e) => e.offset === m.offset)) return; // replayed history we already show
   const entry = {
     key: `${m.room}:${m.offset}`, cid, offset: m.offset, user: m.sender, name: m.name ?? m.sender,
     text, ts, mine: m.sender === app.me.user, status: "received", error: null, node: null,
   };
   list.push(entry);
+  const previous = list[list.length - 2];
+  if (previous && previous.offset != null && previous.offset > m.offset) {
+    // History older than what we already show: keep the list in offset order (pending sends last).
+    list.sort((a, b) => (a.offset ?? Infinity) - (b.offset ?? Infinity));
+    if (m.room === app.roomName) renderMessages();
+    return;
+  }
   if (m.room === app.roomName) appendEntry(entry);
 }
 

@@ -194,8 +194,8 @@ mod tests {
             ClientFrame::Hello { v: PROTOCOL_VERSION, resume: None },
             ClientFrame::Ping,
             ClientFrame::Pong,
-            ClientFrame::Subscribe { room: "r".into(), since: Some(7), epoch: Some("e1".into()) },
-            ClientFrame::Subscribe { room: "r".into(), since: None, epoch: None },
+            ClientFrame::Subscribe { room: "r".into(), since: Some(7), epoch: Some("e1".into()) , history: None},
+            ClientFrame::Subscribe { room: "r".into(), since: None, epoch: None , history: None},
             ClientFrame::Unsubscribe { room: "r".into() },
             ClientFrame::Publish { room: "r".into(), id: "c1".into(), payload: "{}".into() },
             ClientFrame::Presence { room: "r".into(), meta: "{}".into() },
@@ -218,7 +218,7 @@ mod tests {
 
     #[test]
     fn wire_shape_is_tagged_json() {
-        let bytes = encode_client(&ClientFrame::Subscribe { room: "lobby".into(), since: Some(3), epoch: None });
+        let bytes = encode_client(&ClientFrame::Subscribe { room: "lobby".into(), since: Some(3), epoch: None , history: None});
         assert_eq!(bytes, br#"{"t":"subscribe","room":"lobby","since":3}"#);
         assert_eq!(encode_server(&ServerFrame::Ping), br#"{"t":"ping"}"#);
     }

@@ -37,6 +37,10 @@ pub enum ClientFrame {
         /// replays the new epoch's history.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         epoch: Option<String>,
+        /// On a subscribe without `since` (joining fresh): first replay up to this many of the
+        /// room's most recent retained messages.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        history: Option<u32>,
     },
     /// Leave a room (also leaves its presence).
     Unsubscribe { room: String },

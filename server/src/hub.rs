@@ -297,7 +297,7 @@ impl Hub {
                 continue;
             };
             let hub = self.clone();
-            tokio::spawn(async move { hub.complete_replay(&session, &room, gen, from, None).await });
+            tokio::spawn(async move { hub.complete_replay(&session, &room, gen, from, None, 0).await });
         }
     }
 

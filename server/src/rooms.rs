@@ -45,8 +45,14 @@ impl Hub {
                 Ok(())
             }
             ClientFrame::Pong => Ok(()),
-            ClientFrame::Subscribe { room, since, epoch } => {
-                self.subscribe(session, room, since, epoch).await
+            ClientFrame::Subscribe {
+                room,
+                since,
+                epoch,
+                history,
+            } => {
+                let recent = if since.is_none() { history.unwrap_or(0) } else { 0 };
+                self.subscribe(session, room, since, epoch, recent).await
             }
             ClientFrame::Unsubscribe { room } => self.unsubscribe(session, room).await,
             ClientFrame::Publish { room, id, payload } => {
@@ -129,6 +135,7 @@ impl Hub {
         room: String,
         since: Option<u64>,
         epoch: Option<String>,
+        recent: u32,
     ) -> Flow {
         if !valid_room(&room) {
             self.nack(
@@ -188,22 +195,24 @@ impl Hub {
                 tracing::warn!(error = %e, "presence join failed");
             }
         }
-        self.replay(session, &room, since, epoch.as_deref(), true).await;
+        self.replay(session, &room, since, epoch.as_deref(), recent, true).await;
         Ok(())
     }
 
-    /// Replays `room` for `session` from `since` (or from the head when `None`), then switches
-    /// the subscription to live. `epoch` is the room epoch the client's `since` belongs to.
+    /// Replays `room` for `session` from `since` (or from the head when `None`, after the last
+    /// `recent` messages if asked), then switches the subscription to live. `epoch` is the room
+    /// epoch the client's `since` belongs to.
     pub(crate) async fn replay(
         self: &Arc<Self>,
         session: &Arc<Session>,
         room: &str,
         since: Option<u64>,
         epoch: Option<&str>,
+        recent: u32,
         send_subscribed: bool,
     ) {
         if let Some((gen, from)) = Self::begin_replay(session, room, since, send_subscribed) {
-            self.complete_replay(session, room, gen, from, epoch).await;
+            self.complete_replay(session, room, gen, from, epoch, recent).await;
         }
     }
 
@@ -247,7 +256,9 @@ impl Hub {
     ///
     /// If the client's `since` belongs to another epoch of the room (offsets restarted), it is
     /// meaningless: the client gets `recovered: false` and everything retained in the current
-    /// epoch, continuing after the offset before the oldest retained message.
+    /// epoch, continuing after the offset before the oldest retained message. A fresh subscribe
+    /// (`from` is `None`) asking for `recent` messages gets the newest ones retained, up to that
+    /// many, and continues after the offset before them.
     pub(crate) async fn complete_replay(
         self: &Arc<Self>,
         session: &Arc<Session>,
@@ -255,6 +266,7 @@ impl Hub {
         gen: u64,
         from: Option<u64>,
         client_epoch: Option<&str>,
+        recent: u32,
     ) {
         let limit = self.config.history_max_messages;
         let mut page = match from {
@@ -267,6 +279,12 @@ impl Hub {
         let reset = page.as_ref().is_ok_and(epoch_changed);
         if reset && from != Some(0) {
             page = self.broker.history(room, 0, limit).await;
+        }
+        let recent = (recent as usize).min(limit);
+        let rewind = from.is_none() && recent > 0 && page.as_ref().is_ok_and(|p| p.head > 0);
+        if rewind {
+            let head = page.as_ref().map_or(0, |p| p.head);
+            page = self.broker.history(room, head.saturating_sub(recent as u64), recent).await;
         }
         let snapshot = self.broker.presence_snapshot(room).await;
         let (page, conns) = match (page, snapshot) {
@@ -288,8 +306,8 @@ impl Hub {
             }
         };
         let recovered = !reset && (from.is_none() || page.complete);
-        let continue_after =
-            reset.then(|| page.messages.first().map_or(page.head, |m| m.offset - 1));
+        let continue_after = (reset || rewind)
+            .then(|| page.messages.first().map_or(page.head, |m| m.offset - 1));
         session.update(|st, m| {
             if from.is_none() {
                 if let Some(sub) = st.rooms.get_mut(room) {

@@ -188,7 +188,7 @@ async fn sse_on_one_node_with_posts_to_the_other() {
         let subscribe = ClientFrame::Subscribe {
             room: "room".into(),
             since: None,
-            epoch: None,
+            epoch: None, history: None,
         };
         assert_eq!(send_upstream(&b, &token, vec![subscribe]).await, 204);
         sse.recv_until(|f| matches!(f, ServerFrame::Subscribed { .. }))
@@ -249,7 +249,7 @@ async fn long_polls_alternating_between_nodes_lose_nothing() {
         let subscribe = ClientFrame::Subscribe {
             room: "room".into(),
             since: None,
-            epoch: None,
+            epoch: None, history: None,
         };
         assert_eq!(poll.send(&b, vec![subscribe]).await, 204);
         let seen = common::poll_until(&mut poll, &b, |f| {

@@ -180,7 +180,7 @@ async fn fault_sigkill_node_users_leave_and_clients_resume_elsewhere() {
         let subscribe = ClientFrame::Subscribe {
             room: "room".into(),
             since: None,
-            epoch: None,
+            epoch: None, history: None,
         };
         assert_eq!(poller.send(&b, vec![subscribe]).await, 204);
         common::poll_until(&mut poller, &b, |f| matches!(f, ServerFrame::Subscribed { .. })).await;

@@ -143,7 +143,7 @@ impl H2Client {
             let subscribe = ClientFrame::Subscribe {
                 room: ROOM.into(),
                 since: None,
-                epoch: None,
+                epoch: None, history: None,
             };
             assert_eq!(self.send(&resume_token, subscribe).await, 204);
             sse.until(|f| matches!(f, ServerFrame::Subscribed { .. }))

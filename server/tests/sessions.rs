@@ -56,7 +56,7 @@ async fn resume_after_disconnect_replays_without_loss_or_duplicate() {
     a.send(&ClientFrame::Subscribe {
         room: "room".into(),
         since: Some(3),
-        epoch: None,
+        epoch: None, history: None,
     })
     .await;
     b.publish("room", "b7", "live").await;
@@ -97,7 +97,7 @@ async fn since_older_than_history_is_not_recovered() {
     c.send(&ClientFrame::Subscribe {
         room: "room".into(),
         since: Some(3),
-        epoch: None,
+        epoch: None, history: None,
     })
     .await;
     let frames = frames_for(&mut c, Duration::from_millis(200)).await;
@@ -127,7 +127,7 @@ async fn since_from_another_epoch_replays_the_current_epoch() {
     b.send(&ClientFrame::Subscribe {
         room: "room".into(),
         since: Some(2),
-        epoch: Some(epoch.clone()),
+        epoch: Some(epoch.clone()), history: None,
     })
     .await;
     let frames = frames_for(&mut b, Duration::from_millis(200)).await;
@@ -138,7 +138,7 @@ async fn since_from_another_epoch_replays_the_current_epoch() {
     c.send(&ClientFrame::Subscribe {
         room: "room".into(),
         since: Some(7),
-        epoch: Some("an-older-epoch".into()),
+        epoch: Some("an-older-epoch".into()), history: None,
     })
     .await;
     let frames = frames_for(&mut c, Duration::from_millis(200)).await;
@@ -514,4 +514,42 @@ async fn a_lagging_hub_resyncs_from_history_without_gap_or_duplicate() {
         !metrics.contains("rtlink_broker_lagged_events_total 0"),
         "the hub never lagged"
     );
+}
+
+/// A fresh subscriber asking for recent history gets the newest retained messages first (no
+/// resync: nothing was lost, it just joined), then live ones.
+#[tokio::test]
+async fn fresh_subscribe_with_history_replays_the_newest_messages() {
+    let s = start(fast_config()).await;
+    let mut a = s.ws("alice").await;
+    a.subscribe("room", None).await;
+    for i in 1..=5 {
+        a.publish("room", &format!("m{i}"), "x").await;
+    }
+    let mut b = s.ws("bob").await;
+    b.send(&ClientFrame::Subscribe {
+        room: "room".into(),
+        since: None,
+        epoch: None,
+        history: Some(2),
+    })
+    .await;
+    a.publish("room", "m6", "live").await;
+    let frames = frames_for(&mut b, Duration::from_millis(300)).await;
+    assert!(frames.iter().any(|f| matches!(
+        f,
+        ServerFrame::Subscribed { head: 3, recovered: true, .. }
+    )));
+    assert_eq!(offsets(&frames), vec![4, 5, 6]);
+    // More than the room holds: everything, from offset 1.
+    let mut c = s.ws("carol").await;
+    c.send(&ClientFrame::Subscribe {
+        room: "room".into(),
+        since: None,
+        epoch: None,
+        history: Some(500),
+    })
+    .await;
+    let frames = frames_for(&mut c, Duration::from_millis(300)).await;
+    assert_eq!(offsets(&frames), vec![1, 2, 3, 4, 5, 6]);
 }

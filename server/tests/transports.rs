@@ -82,7 +82,7 @@ async fn room_access_is_checked_against_token_patterns() {
     ws.send(&ClientFrame::Subscribe {
         room: "secret".into(),
         since: None,
-        epoch: None,
+        epoch: None, history: None,
     })
     .await;
     assert!(matches!(
@@ -95,7 +95,7 @@ async fn room_access_is_checked_against_token_patterns() {
     ws.send(&ClientFrame::Subscribe {
         room: "bad room!".into(),
         since: None,
-        epoch: None,
+        epoch: None, history: None,
     })
     .await;
     assert!(matches!(
@@ -130,7 +130,7 @@ async fn sse_end_to_end_with_upstream_posts_and_keepalives() {
             vec![ClientFrame::Subscribe {
                 room: "r".into(),
                 since: None,
-                epoch: None
+                epoch: None, history: None
             }]
         )
         .await,
@@ -217,7 +217,7 @@ async fn long_polling_end_to_end_with_cursor_resend() {
             vec![ClientFrame::Subscribe {
                 room: "r".into(),
                 since: None,
-                epoch: None
+                epoch: None, history: None
             }]
         )
         .await,
@@ -414,7 +414,7 @@ async fn a_newer_poll_answers_the_held_one_with_an_empty_batch() {
         vec![ClientFrame::Subscribe {
             room: "r".into(),
             since: None,
-            epoch: None,
+            epoch: None, history: None,
         }],
     )
     .await;

@@ -45,7 +45,9 @@ pub enum Input {
     Connect,
     /// End the session for good: pending publishes fail, state becomes `Closed`.
     Close,
-    Subscribe { room: String },
+    /// Join a room. `history`: on joining, first deliver up to this many of the room's most
+    /// recent messages (0: only what is published from now on).
+    Subscribe { room: String, history: u32 },
     Unsubscribe { room: String },
     /// Set own presence metadata (opaque JSON text) in a subscribed room; re-announced after
     /// a reconnect that lost the session. Ignored for rooms not subscribed.

@@ -170,7 +170,7 @@ impl Client {
         match input {
             Input::Connect => self.connect(),
             Input::Close => self.close_by_app(),
-            Input::Subscribe { room } => self.subscribe(&room),
+            Input::Subscribe { room, history } => self.subscribe(&room, history),
             Input::Unsubscribe { room } => self.unsubscribe(&room),
             Input::SetPresence { room, meta } => self.set_presence(&room, meta),
             Input::Keystroke { room } => self.keystroke(&room),

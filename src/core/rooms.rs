@@ -32,6 +32,8 @@ struct Room {
     /// The room epoch `last` belongs to (from `subscribed`); sent back with `since` so a server
     /// whose offsets restarted (in-memory history lost) can tell.
     epoch: Option<String>,
+    /// Recent messages to replay when joining (only asked while nothing was delivered yet).
+    history: u32,
 }
 
 /// What to do with an incoming room message.
@@ -65,11 +67,11 @@ impl Rooms {
     }
 
     /// Adds a room the app subscribed to; false if already there.
-    pub fn add(&mut self, room: &str) -> bool {
+    pub fn add(&mut self, room: &str, history: u32) -> bool {
         if self.map.contains_key(room) {
             return false;
         }
-        self.map.insert(room.to_owned(), Room::default());
+        self.map.insert(room.to_owned(), Room { history, ..Room::default() });
         true
     }
 
@@ -129,7 +131,7 @@ impl Rooms {
     /// The gap-repair subscribe: replay after `since` of the epoch we hold.
     pub fn repair_frame(&self, room: &str, since: u64) -> ClientFrame {
         let epoch = self.map.get(room).and_then(|r| r.epoch.clone());
-        ClientFrame::Subscribe { room: room.to_owned(), since: Some(since), epoch }
+        ClientFrame::Subscribe { room: room.to_owned(), since: Some(since), epoch, history: None }
     }
 
     /// A `subscribed` arrived. With `recovered: false` delivery continues after `head` (the
@@ -171,5 +173,7 @@ impl Rooms {
 
 fn subscribe(name: &str, r: &Room) -> ClientFrame {
     let epoch = r.last.and(r.epoch.clone());
-    ClientFrame::Subscribe { room: name.to_owned(), since: r.last, epoch }
+    // Once anything was delivered, `since` resumes; history is only for the first join.
+    let history = (r.last.is_none() && r.history > 0).then_some(r.history);
+    ClientFrame::Subscribe { room: name.to_owned(), since: r.last, epoch, history }
 }

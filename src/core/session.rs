@@ -212,13 +212,13 @@ impl Client {
         self.typing.remove_room(room);
     }
 
-    pub(super) fn subscribe(&mut self, room: &str) {
+    pub(super) fn subscribe(&mut self, room: &str, history: u32) {
         if !valid_room(room) {
             let reason = "room names are 1-128 characters of [A-Za-z0-9_.:-]".to_owned();
             self.emit(Event::SubscribeFailed { room: room.to_owned(), code: ErrorCode::InvalidRoom, reason });
             return;
         }
-        if self.rooms.add(room) && self.is_open() {
+        if self.rooms.add(room, history) && self.is_open() {
             if let Some(frame) = self.rooms.subscribe_frame(room) {
                 self.send(frame);
             }

@@ -66,14 +66,16 @@ impl RealtimeClient {
         self.shared.emitter.clear();
     }
 
-    pub fn room(&self, name: &str) -> Result<Room, JsValue> {
+    pub fn room(&self, name: &str, options: JsValue) -> Result<Room, JsValue> {
         if !valid_room(name) {
             return Err(rtlink_error(
                 "invalid_room",
                 &concat(&["room name \"", name, "\" must be 1-128 characters of A-Z a-z 0-9 _ . : -"]),
             ));
         }
-        step(&self.shared, |d, now| d.core.handle_input(now, Input::Subscribe { room: name.to_owned() }));
+        let history = options::room_history(&options)?;
+        let input = Input::Subscribe { room: name.to_owned(), history };
+        step(&self.shared, |d, now| d.core.handle_input(now, input));
         Ok(Room { shared: self.shared.clone(), name: name.to_owned() })
     }
 

@@ -159,13 +159,16 @@ pub(crate) fn encode(frame: &ClientFrame) -> JsValue {
         }
         ClientFrame::Ping => object("ping"),
         ClientFrame::Pong => object("pong"),
-        ClientFrame::Subscribe { room, since, epoch } => {
+        ClientFrame::Subscribe { room, since, epoch, history } => {
             let o = room_object("subscribe", room);
             if let Some(s) = since {
                 set_num(&o, "since", *s as f64);
             }
             if let Some(e) = epoch {
                 set_str(&o, "epoch", e);
+            }
+            if let Some(h) = history {
+                set_num(&o, "history", f64::from(*h));
             }
             o
         }

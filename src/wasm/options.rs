@@ -94,3 +94,21 @@ pub(crate) fn parse(options: &JsValue) -> Result<Options, JsValue> {
     let remember_transport = get(options, "rememberTransport").as_bool().unwrap_or(true);
     Ok(Options { url, get_token, config, remember_transport })
 }
+
+/// `RoomOptions.history`: recent messages to deliver on joining (0 when absent).
+pub(crate) fn room_history(options: &JsValue) -> Result<u32, JsValue> {
+    if options.is_undefined() || options.is_null() {
+        return Ok(0);
+    }
+    if !options.is_object() {
+        return Err(rtlink_error("invalid_argument", "room options must be an object"));
+    }
+    let h = get(options, "history");
+    if h.is_undefined() || h.is_null() {
+        return Ok(0);
+    }
+    match h.as_f64() {
+        Some(n) if (0.0..=10_000.0).contains(&n) && n.fract() == 0.0 => Ok(n as u32),
+        _ => Err(rtlink_error("invalid_argument", "history must be a whole number from 0 to 10000")),
+    }
+}

@@ -120,6 +120,12 @@ export interface RoomEventMap {
 
 export type Unsubscribe = () => void;
 
+export interface RoomOptions {
+  /** On joining, first deliver up to this many of the room's most recent messages (default 0: only
+   * what is published from now on). Reconnects resume from the last message either way. */
+  history?: number;
+}
+
 export class RealtimeClient {
   /** Throws RtlinkError("invalid_options") for bad options. */
   constructor(options: ClientOptions);
@@ -129,7 +135,7 @@ export class RealtimeClient {
   /** Ends the session: pending publishes reject with code "closed"; timers and listeners are removed. */
   close(): void;
   /** The room handle (subscribes on first use). Throws RtlinkError("invalid_room"). */
-  room(name: string): Room;
+  room(name: string, options?: RoomOptions): Room;
   readonly state: ConnectionState;
   free(): void;
 }

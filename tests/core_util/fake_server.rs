@@ -254,7 +254,7 @@ impl Sim {
         match frame {
             ClientFrame::Hello { .. } | ClientFrame::Pong => {}
             ClientFrame::Ping => self.send_to_conn(tab, id, ServerFrame::Pong),
-            ClientFrame::Subscribe { room, since, epoch } => {
+            ClientFrame::Subscribe { room, since, epoch, history: want_history } => {
                 let joined = self.server.sessions.get_mut(&sid).is_some_and(|s| s.rooms.insert(room.clone()));
                 let history = self.server.rooms.get(&room).cloned().unwrap_or_default();
                 let current_epoch = format!("e{}", self.server.epoch);
@@ -266,6 +266,12 @@ impl Sim {
                     since = Some(oldest_kept - 1);
                     head = oldest_kept - 1;
                     false
+                } else if let (None, Some(n)) = (since, want_history) {
+                    // Joining with history: the newest `n` retained, continue before them.
+                    let start = head.saturating_sub(u64::from(n)).max(oldest_kept - 1);
+                    since = Some(start);
+                    head = start;
+                    true
                 } else {
                     match since { Some(s) => s + 1 >= oldest_kept, None => true }
                 };

@@ -135,7 +135,7 @@ impl Sim {
     pub fn connect(&mut self, tab: usize, rooms: &[&str]) {
         self.input(tab, Input::Connect);
         for room in rooms {
-            self.input(tab, Input::Subscribe { room: (*room).to_owned() });
+            self.input(tab, Input::Subscribe { room: (*room).to_owned(), history: 0 });
         }
         self.run_for(200);
     }
@@ -255,7 +255,7 @@ impl Sim {
             Input::TransportClosed { id, .. } | Input::OpenFailed { id, .. } => {
                 self.tabs[tab].live.remove(id);
             }
-            Input::Subscribe { room } | Input::Unsubscribe { room } => {
+            Input::Subscribe { room, .. } | Input::Unsubscribe { room } => {
                 self.tabs[tab].delivered.remove(room);
             }
             _ => {}

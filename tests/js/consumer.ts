@@ -11,6 +11,7 @@ import init, {
   type PublishResult,
   type TransportName,
   type Unsubscribe,
+  type Room,
 } from "rtlink";
 
 export async function main(): Promise<void> {
@@ -31,7 +32,9 @@ export async function main(): Promise<void> {
   client.on("transport", (t: TransportName) => console.log(t));
   client.connect();
 
-  const room = client.room("general");
+  const room = client.room("general", { history: 50 });
+  const plain: Room = client.room("random");
+  plain.leave();
   room.on("message", (m: Message) => {
     const payload: Json = m.payload;
     console.log(m.room, m.offset, m.sender, m.name ?? "anonymous", payload);
@@ -72,6 +75,8 @@ export function misuse(client: RealtimeClient): void {
   new RealtimeClient({ url: "x" });
   // @ts-expect-error payloads must be JSON values
   void client.room("r").publish(() => 1);
+  // @ts-expect-error history is a count of messages
+  client.room("r", { history: "all" });
   // @ts-expect-error presence listeners only have "change"
   client.room("r").presence.on("join", () => {});
 }

@@ -257,7 +257,7 @@ impl Ws {
         self.send(&ClientFrame::Subscribe {
             room: room.into(),
             since,
-            epoch: None,
+            epoch: None, history: None,
         })
         .await;
         self.recv_until(|f| matches!(f, ServerFrame::Subscribed { .. }))
