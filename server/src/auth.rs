@@ -237,7 +237,9 @@ impl Auth {
         }
         let ticket = random_token(24);
         *tickets.per_user.entry(claims.sub.clone()).or_default() += 1;
-        tickets.by_ticket.insert(ticket.clone(), (claims, now + self.ticket_ttl));
+        tickets
+            .by_ticket
+            .insert(ticket.clone(), (claims, now + self.ticket_ttl));
         Ok((ticket, self.ticket_ttl))
     }
 
@@ -318,12 +320,28 @@ mod tests {
         let exp = now_ms() / 1000 + 60;
         let mut held = Vec::new();
         for _ in 0..MAX_TICKETS_PER_USER {
-            held.push(a.issue_ticket(claims(exp)).map(|(t, _)| t).expect("under the cap"));
+            held.push(
+                a.issue_ticket(claims(exp))
+                    .map(|(t, _)| t)
+                    .expect("under the cap"),
+            );
         }
-        assert_eq!(a.issue_ticket(claims(exp)).map(|_| ()), Err(TicketRefusal::TooManyForUser));
-        let other = Claims { sub: "someone-else".into(), ..claims(exp) };
-        assert!(a.issue_ticket(other).is_ok(), "other users are not affected");
+        assert_eq!(
+            a.issue_ticket(claims(exp)).map(|_| ()),
+            Err(TicketRefusal::TooManyForUser)
+        );
+        let other = Claims {
+            sub: "someone-else".into(),
+            ..claims(exp)
+        };
+        assert!(
+            a.issue_ticket(other).is_ok(),
+            "other users are not affected"
+        );
         assert!(a.redeem_ticket(&held[0]).is_some());
-        assert!(a.issue_ticket(claims(exp)).is_ok(), "using a ticket frees a slot");
+        assert!(
+            a.issue_ticket(claims(exp)).is_ok(),
+            "using a ticket frees a slot"
+        );
     }
 }

@@ -215,8 +215,17 @@ pub fn admit_query(
     ip: Option<IpAddr>,
     query: &HashMap<String, String>,
 ) -> Result<Admission, Response> {
-    let admission = admit(state, kind, headers, ip, query.get("ticket").map(String::as_str))?;
-    if query.get("v").is_some_and(|v| v != &PROTOCOL_VERSION.to_string()) {
+    let admission = admit(
+        state,
+        kind,
+        headers,
+        ip,
+        query.get("ticket").map(String::as_str),
+    )?;
+    if query
+        .get("v")
+        .is_some_and(|v| v != &PROTOCOL_VERSION.to_string())
+    {
         return Err(bad_request("unsupported protocol version"));
     }
     Ok(admission)

@@ -21,10 +21,7 @@ impl Hub {
         room: String,
         meta: String,
     ) -> Flow {
-        if !self.require_subscribed(session, &room, &room) {
-            return Ok(());
-        }
-        if !self.check_rate(session, &room)? {
+        if !self.admit_room_op(session, &room, &room)? {
             return Ok(());
         }
         session.update(|st, _| {

@@ -51,7 +51,11 @@ impl Hub {
                 epoch,
                 history,
             } => {
-                let recent = if since.is_none() { history.unwrap_or(0) } else { 0 };
+                let recent = if since.is_none() {
+                    history.unwrap_or(0)
+                } else {
+                    0
+                };
                 self.subscribe(session, room, since, epoch, recent).await
             }
             ClientFrame::Unsubscribe { room } => self.unsubscribe(session, room).await,
@@ -81,7 +85,7 @@ impl Hub {
 
     /// Takes a token from the session's bucket. Without one: nack `rate_limited`, and after too
     /// many nacks, close 4003.
-    pub(crate) fn check_rate(&self, session: &Session, id: &str) -> Result<bool, CloseCode> {
+    fn check_rate(&self, session: &Session, id: &str) -> Result<bool, CloseCode> {
         let now = Instant::now();
         let max_strikes = self.config.rate_strikes;
         let verdict = {
@@ -106,8 +110,20 @@ impl Hub {
         }
     }
 
+    /// The checks before a publish, presence or typing frame is applied: subscribed to `room`
+    /// (else nack `not_subscribed`), and within the rate limit (else nack `rate_limited`, or
+    /// close 4003 after repeated strikes). `id` is what a nack answers to.
+    pub(crate) fn admit_room_op(
+        &self,
+        session: &Session,
+        room: &str,
+        id: &str,
+    ) -> Result<bool, CloseCode> {
+        Ok(self.require_subscribed(session, room, id) && self.check_rate(session, id)?)
+    }
+
     /// True if the session is subscribed to `room`; otherwise nacks `not_subscribed`.
-    pub(crate) fn require_subscribed(&self, session: &Session, room: &str, id: &str) -> bool {
+    fn require_subscribed(&self, session: &Session, room: &str, id: &str) -> bool {
         let subscribed = session.lock().rooms.contains_key(room);
         if !subscribed {
             self.nack(
@@ -195,7 +211,8 @@ impl Hub {
                 tracing::warn!(error = %e, "presence join failed");
             }
         }
-        self.replay(session, &room, since, epoch.as_deref(), recent, true).await;
+        self.replay(session, &room, since, epoch.as_deref(), recent, true)
+            .await;
         Ok(())
     }
 
@@ -212,7 +229,8 @@ impl Hub {
         send_subscribed: bool,
     ) {
         if let Some((gen, from)) = Self::begin_replay(session, room, since, send_subscribed) {
-            self.complete_replay(session, room, gen, from, epoch, recent).await;
+            self.complete_replay(session, room, gen, from, epoch, recent)
+                .await;
         }
     }
 
@@ -284,7 +302,10 @@ impl Hub {
         let rewind = from.is_none() && recent > 0 && page.as_ref().is_ok_and(|p| p.head > 0);
         if rewind {
             let head = page.as_ref().map_or(0, |p| p.head);
-            page = self.broker.history(room, head.saturating_sub(recent as u64), recent).await;
+            page = self
+                .broker
+                .history(room, head.saturating_sub(recent as u64), recent)
+                .await;
         }
         let snapshot = self.broker.presence_snapshot(room).await;
         let (page, conns) = match (page, snapshot) {
@@ -306,8 +327,8 @@ impl Hub {
             }
         };
         let recovered = !reset && (from.is_none() || page.complete);
-        let continue_after = (reset || rewind)
-            .then(|| page.messages.first().map_or(page.head, |m| m.offset - 1));
+        let continue_after =
+            (reset || rewind).then(|| page.messages.first().map_or(page.head, |m| m.offset - 1));
         session.update(|st, m| {
             if from.is_none() {
                 if let Some(sub) = st.rooms.get_mut(room) {
@@ -355,10 +376,7 @@ impl Hub {
         id: String,
         payload: String,
     ) -> Flow {
-        if !self.require_subscribed(session, &room, &id) {
-            return Ok(());
-        }
-        if !self.check_rate(session, &id)? {
+        if !self.admit_room_op(session, &room, &id)? {
             return Ok(());
         }
         let req = PublishRequest {

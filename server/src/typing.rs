@@ -16,10 +16,7 @@ impl Hub {
         room: String,
         active: bool,
     ) -> Flow {
-        if !self.require_subscribed(session, &room, &room) {
-            return Ok(());
-        }
-        if !self.check_rate(session, &room)? {
+        if !self.admit_room_op(session, &room, &room)? {
             return Ok(());
         }
         let gen = session.update(|st, _| {

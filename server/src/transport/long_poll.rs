@@ -56,7 +56,8 @@ pub async fn handler(State(state): State<AppState>, req: Request) -> Response {
         }
         return poll_local(&state, token, cursor, usize::MAX).await;
     }
-    let admission = match http::admit_query(&state, TransportKind::Poll, req.headers(), ip, &query) {
+    let admission = match http::admit_query(&state, TransportKind::Poll, req.headers(), ip, &query)
+    {
         Ok(a) => a,
         Err(resp) => return resp,
     };

@@ -115,7 +115,8 @@ impl SseStream {
                     for f in frames {
                         // Three chunks, so the frame's shared bytes go out without a copy:
                         // the event's id is per session, the frame is the same for the room.
-                        self.pending.push_back(Bytes::from(format!("id: {}\ndata: ", f.seq)));
+                        self.pending
+                            .push_back(Bytes::from(format!("id: {}\ndata: ", f.seq)));
                         self.pending.push_back(Bytes::from(f.frame.clone()));
                         self.pending.push_back(Bytes::from_static(b"\n\n"));
                         if f.close.is_some() {
