@@ -6,12 +6,12 @@ SHELL := /bin/bash
 
 DEMO_ADDR ?= 127.0.0.1:8080
 
-.PHONY: help setup build build-server build-wasm package demo test test-native test-browser test-e2e test-faults bench bench-quick
+.PHONY: help setup build build-server build-wasm package demo test test-native test-browser test-e2e test-faults test-abuse bench bench-quick
 
 help:
 	@echo "make demo    build and run the demo chat at http://$(DEMO_ADDR)"
-	@echo "make test    run every test suite (native, browser, end-to-end, faults)"
-	@echo "sub-targets: setup build test-native test-browser test-e2e test-faults bench bench-quick"
+	@echo "make test    run every test suite (native, browser, end-to-end, faults, abuse)"
+	@echo "sub-targets: setup build test-native test-browser test-e2e test-faults test-abuse bench bench-quick"
 
 setup:
 	@scripts/setup
@@ -35,11 +35,12 @@ test: setup
 	$(MAKE) test-browser
 	$(MAKE) test-e2e
 	$(MAKE) test-faults
+	$(MAKE) test-abuse
 
 # Protocol codec, the sans-IO client core (virtual clock) and the server's integration tests
-# (the multi-process fault tests run in test-faults).
+# (the multi-process fault and abuse tests run in test-faults and test-abuse).
 test-native:
-	cargo test --workspace -- --skip fault_
+	cargo test --workspace -- --skip fault_ --skip abuse_
 
 # The npm package (size report), its .d.ts under tsc --strict, then the wasm client in headless
 # Chromium against real servers (scripts/with-servers starts and stops them).
@@ -60,6 +61,11 @@ test-e2e: package
 # Multi-node Redis tests with real server processes: SIGKILL a node, SIGTERM-drain a node.
 test-faults:
 	cargo test -p rtlink-server --test faults
+
+# Abuse tests (SECURITY.md): each attacks a real rtlink-server process on 127.0.0.1 and asserts
+# that a bystander is unaffected.
+test-abuse: setup
+	cargo test -p rtlink-server --test abuse
 
 # Fan-out benchmark (docs/BENCHMARKS.md): encode-once vs encode-per-subscriber side by side, and
 # WebSocket/SSE delivery on loopback. Ratios from one run; the machine is shared and noisy.

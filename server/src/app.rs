@@ -63,6 +63,7 @@ impl AppState {
     /// Builds the state with the broker the configuration asks for. Must run inside a Tokio
     /// runtime (it starts the hub's tasks).
     pub fn new(config: Config) -> anyhow::Result<Self> {
+        config.validate().map_err(anyhow::Error::msg)?;
         if config.redis.is_some() {
             anyhow::bail!("--redis needs AppState::from_config (it connects asynchronously)");
         }
@@ -78,7 +79,10 @@ impl AppState {
 
     /// Builds the state with the in-process broker, or connects to Redis with `--redis`.
     pub async fn from_config(config: Config) -> anyhow::Result<Self> {
-        let Some(url) = config.redis.clone() else { return Self::new(config) };
+        let Some(url) = config.redis.clone() else {
+            return Self::new(config);
+        };
+        config.validate().map_err(anyhow::Error::msg)?;
         let opts = RedisOptions {
             history_max_messages: config.history_max_messages,
             history_max_age: config.history_max_age,
@@ -96,7 +100,8 @@ impl AppState {
         Ok(state)
     }
 
-    /// Builds the state around any broker (e.g. Redis).
+    /// Builds the state around any broker (e.g. Redis). The configuration is not validated:
+    /// without a secret, nobody can sign a token it accepts.
     pub fn with_broker(config: Config, broker: Arc<dyn Broker>) -> Self {
         Self::build(config, broker, None, Arc::new(SingleNode))
     }
@@ -112,16 +117,18 @@ impl AppState {
         local: Option<Arc<LocalBroker>>,
         cluster: Arc<dyn Cluster>,
     ) -> Self {
-        let (secret, demo) = match &config.auth_secret {
-            Some(s) if !s.is_empty() => (s.as_bytes().to_vec(), config.demo_auth),
-            _ => {
-                tracing::warn!(
-                    "!!! no --auth-secret: DEMO MODE with a random secret; anyone can get a token \
-                     from POST /v1/demo-token. Do not run this in production. !!!"
-                );
-                (random_token(32).into_bytes(), true)
-            }
+        let secret = match &config.auth_secret {
+            Some(s) => s.as_bytes().to_vec(),
+            // Demo mode without a secret (validated): nobody holds this one.
+            None => random_token(32).into_bytes(),
         };
+        let demo = config.demo_auth;
+        if demo {
+            tracing::warn!(
+                "demo mode (--demo-auth): anyone can get a token from POST /v1/demo-token. \
+                 Do not run this in production."
+            );
+        }
         let origins = OriginPolicy::new(&config.allowed_origins, config.allow_localhost_origins);
         if origins.allows_any() {
             tracing::warn!("no --allowed-origin configured: requests from any Origin are accepted");
@@ -130,8 +137,12 @@ impl AppState {
         let config = Arc::new(config);
         let hub = Hub::new(config.clone(), broker, metrics.clone());
         hub.start();
+        let mut auth = Auth::new(secret.clone(), config.ticket_ttl);
+        if demo {
+            auth = auth.with_demo_secret(demo_key(&secret));
+        }
         let state = Self(Arc::new(Inner {
-            auth: Auth::new(secret, config.ticket_ttl),
+            auth,
             limiter: ConnectionLimiter::new(
                 config.max_connections,
                 config.max_connections_per_ip,
@@ -153,6 +164,18 @@ impl AppState {
     pub fn is_draining(&self) -> bool {
         self.draining.load(std::sync::atomic::Ordering::SeqCst)
     }
+}
+
+/// The key demo tokens are signed with: derived from the secret (so demo tokens survive a
+/// restart, as the secret's do) but never the secret itself, so a demo token is refused by a
+/// server that shares the secret without running the demo.
+fn demo_key(secret: &[u8]) -> Vec<u8> {
+    use hmac::{Hmac, Mac};
+    let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(secret) else {
+        return random_token(32).into_bytes();
+    };
+    mac.update(b"rtlink demo-token key v1");
+    mac.finalize().into_bytes().to_vec()
 }
 
 /// Periodic housekeeping: expired tickets, idle rooms, old dedupe ids.
@@ -282,7 +305,7 @@ async fn demo_token(State(state): State<AppState>, headers: HeaderMap, body: Byt
             None,
         );
     }
-    if !state.origins.check(&headers) {
+    if !state.origins.check_demo(&headers) {
         return http::origin_refused();
     }
     let Ok(req) = serde_json::from_slice::<DemoTokenRequest>(&body) else {
@@ -292,7 +315,15 @@ async fn demo_token(State(state): State<AppState>, headers: HeaderMap, body: Byt
     if name.is_empty() || name.chars().count() > 64 {
         return http::bad_request("name must be 1-64 characters");
     }
-    Json(serde_json::json!({ "token": state.auth.demo_token(name) })).into_response()
+    match state.auth.demo_token(name) {
+        Some(token) => Json(serde_json::json!({ "token": token })).into_response(),
+        None => http::error(
+            StatusCode::NOT_FOUND,
+            rtlink_protocol::ErrorCode::BadRequest,
+            "demo auth is off",
+            None,
+        ),
+    }
 }
 
 /// `POST /v1/demo/drain`: the demo's "drain server" button. Drains like SIGTERM, then accepts
@@ -306,7 +337,8 @@ async fn demo_drain(State(state): State<AppState>, headers: HeaderMap) -> Respon
             None,
         );
     }
-    if !state.origins.check(&headers) {
+    // A cross-site form POST needs no preflight: only this server's own pages may drain it.
+    if !state.origins.check_demo(&headers) {
         return http::origin_refused();
     }
     let s = state.clone();

@@ -62,12 +62,13 @@ pub struct Config {
     #[arg(long, env = "RTLINK_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// HS256 secret that signs tokens. Without it the server runs in demo mode with a random
-    /// secret.
+    /// HS256 secret that signs tokens, at least 32 bytes. Required, unless `--demo-auth` runs
+    /// the demo with a random one.
     #[arg(long, env = "RTLINK_AUTH_SECRET", hide_env_values = true)]
     pub auth_secret: Option<String>,
 
-    /// Enable `POST /v1/demo-token` (a token for any name) and `POST /v1/demo/drain`.
+    /// Enable `POST /v1/demo-token` (a token for any name) and `POST /v1/demo/drain`. Demo
+    /// tokens are signed with a key of their own, which only a server in demo mode accepts.
     #[arg(long, env = "RTLINK_DEMO_AUTH")]
     pub demo_auth: bool,
 
@@ -226,7 +227,33 @@ impl Default for Config {
     }
 }
 
+/// The shortest `--auth-secret` accepted: HS256 keys shorter than the hash (32 bytes) are
+/// guessable offline from one token.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// The secret of [`Config::for_tests`]; test processes started with `--auth-secret` use it too.
+pub const TEST_SECRET: &str = "rtlink-test-secret-0123456789abcdef";
+
 impl Config {
+    /// Refuses settings that would be unsafe: no secret outside demo mode, a short secret.
+    /// The message says what to do.
+    pub fn validate(&self) -> Result<(), String> {
+        match &self.auth_secret {
+            None if self.demo_auth => Ok(()),
+            None => Err(String::from(
+                "refusing to start without --auth-secret (RTLINK_AUTH_SECRET): tokens could not \
+                 be verified. Pass a secret of at least 32 bytes, or --demo-auth to run the demo \
+                 (anyone may then get a token from POST /v1/demo-token; never in production).",
+            )),
+            Some(s) if s.len() < MIN_SECRET_BYTES => Err(format!(
+                "--auth-secret is {} bytes; it must have at least {MIN_SECRET_BYTES} \
+                 (e.g. `openssl rand -base64 48`)",
+                s.len()
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
     pub fn is_disabled(&self, kind: TransportKind) -> bool {
         self.disabled_transports.contains(&kind)
     }
@@ -236,7 +263,7 @@ impl Config {
         // Explicit values, so `RTLINK_*` variables in the environment do not leak into tests.
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            auth_secret: Some("test-secret".into()),
+            auth_secret: Some(TEST_SECRET.into()),
             demo_auth: true,
             allowed_origins: Vec::new(),
             allow_localhost_origins: false,
@@ -280,5 +307,30 @@ mod tests {
         assert_eq!(c.allowed_origins, vec!["http://a", "http://b"]);
         assert!(c.is_disabled(TransportKind::WebSocket));
         assert_eq!(c.drain_window, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn unsafe_auth_settings_are_refused() {
+        let base = Config::for_tests();
+        assert!(base.validate().is_ok());
+        let no_secret = Config {
+            auth_secret: None,
+            demo_auth: false,
+            ..base.clone()
+        };
+        assert!(no_secret
+            .validate()
+            .is_err_and(|m| m.contains("--demo-auth")));
+        let demo = Config {
+            auth_secret: None,
+            demo_auth: true,
+            ..base.clone()
+        };
+        assert!(demo.validate().is_ok());
+        let short = Config {
+            auth_secret: Some("x".repeat(31)),
+            ..base
+        };
+        assert!(short.validate().is_err_and(|m| m.contains("31 bytes")));
     }
 }

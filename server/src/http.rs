@@ -104,6 +104,27 @@ impl OriginPolicy {
             Some(v) => v.to_str().is_ok_and(|o| self.allows(o)),
         }
     }
+
+    /// The check of the demo endpoints, which change state or mint tokens with nothing but a
+    /// simple POST: a browser page may call them only from this server's own origin (its
+    /// `Host`), an origin listed with `--allowed-origin`, or a localhost origin with
+    /// `--allow-localhost-origins`. An empty allowlist does not mean "any" here. Browsers send
+    /// `Origin` on every POST; a request without one is not from a page and is allowed.
+    pub fn check_demo(&self, headers: &HeaderMap) -> bool {
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return true;
+        };
+        let Ok(origin) = origin.to_str() else {
+            return false;
+        };
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        let same_origin = origin
+            .split_once("://")
+            .is_some_and(|(_, authority)| Some(authority) == host);
+        same_origin
+            || self.allowed.iter().any(|o| o == origin)
+            || (self.localhost && is_localhost_origin(origin))
+    }
 }
 
 /// `http://localhost[:port]`, `http://127.0.0.1[:port]` or `http://[::1][:port]`.
@@ -253,5 +274,30 @@ mod tests {
         assert!(OriginPolicy::new(&[], false).allows("anything"));
         let l = OriginPolicy::new(&[], true);
         assert!(l.allows("http://localhost:3000") && !l.allows("https://app.example"));
+    }
+
+    #[test]
+    fn demo_endpoints_refuse_foreign_origins_even_without_an_allowlist() {
+        let headers = |origin: Option<&str>, host: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+            if let Some(o) = origin {
+                h.insert(header::ORIGIN, HeaderValue::from_str(o).unwrap());
+            }
+            h
+        };
+        let any = OriginPolicy::new(&[], false);
+        assert!(any.check_demo(&headers(Some("http://127.0.0.1:8080"), "127.0.0.1:8080")));
+        assert!(!any.check_demo(&headers(Some("https://evil.example"), "127.0.0.1:8080")));
+        assert!(!any.check_demo(&headers(Some("http://127.0.0.1:9999"), "127.0.0.1:8080")));
+        assert!(
+            any.check_demo(&headers(None, "127.0.0.1:8080")),
+            "not a browser"
+        );
+        let listed = OriginPolicy::new(&["https://app.example".into()], false);
+        assert!(listed.check_demo(&headers(Some("https://app.example"), "api.example")));
+        let local = OriginPolicy::new(&[], true);
+        assert!(local.check_demo(&headers(Some("http://localhost:3000"), "127.0.0.1:8080")));
+        assert!(!local.check_demo(&headers(Some("https://evil.example"), "127.0.0.1:8080")));
     }
 }

@@ -11,6 +11,10 @@ use tracing_subscriber::EnvFilter;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
+    if let Err(message) = config.validate() {
+        eprintln!("rtlink-server: {message}");
+        std::process::exit(2);
+    }
     let filter = EnvFilter::try_from_env("RTLINK_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     match config.log_format {
         LogFormat::Human => tracing_subscriber::fmt().with_env_filter(filter).init(),

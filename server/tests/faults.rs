@@ -49,7 +49,7 @@ impl Node {
             .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
             .args(["--redis", &redis.url()])
             .args(["--redis-node-ttl", &format!("{}ms", NODE_TTL.as_millis())])
-            .args(["--auth-secret", "test-secret"])
+            .args(["--auth-secret", rtlink_server::config::TEST_SECRET])
             .args(["--presence-grace", "300ms", "--poll-hold", "500ms"])
             .args(["--drain-window", &format!("{DRAIN_WINDOW_MS}ms")])
             .args([

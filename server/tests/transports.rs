@@ -361,7 +361,7 @@ async fn ticket_flow_refuses_missing_forged_expired_and_reused_tickets_before_up
     .await;
     // A token signed with another secret.
     let other = start(Config {
-        auth_secret: Some("other".into()),
+        auth_secret: Some("another-secret-of-at-least-32-bytes".into()),
         ..fast_config()
     })
     .await;

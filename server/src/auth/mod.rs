@@ -88,6 +88,9 @@ impl std::fmt::Display for AuthError {
 
 pub struct Auth {
     secret: Vec<u8>,
+    /// Signs demo tokens (demo mode only), never the secret itself: a demo token is then
+    /// worthless to a server that shares the secret but does not run the demo.
+    demo_secret: Option<Vec<u8>>,
     ticket_ttl: Duration,
     tickets: Mutex<tickets::Tickets>,
 }
@@ -96,9 +99,16 @@ impl Auth {
     pub fn new(secret: Vec<u8>, ticket_ttl: Duration) -> Self {
         Self {
             secret,
+            demo_secret: None,
             ticket_ttl,
             tickets: Mutex::new(tickets::Tickets::default()),
         }
+    }
+
+    /// Turns demo tokens on, signed with `key` (which must differ from the secret).
+    pub fn with_demo_secret(mut self, key: Vec<u8>) -> Self {
+        self.demo_secret = Some(key);
+        self
     }
 }
 

@@ -55,7 +55,7 @@ pub async fn start_state(state: AppState) -> Server {
     }
 }
 
-/// A server running elsewhere (a child process started with `--auth-secret test-secret`) at
+/// A server running elsewhere (a child process started with `--auth-secret` `rtlink_server::config::TEST_SECRET`) at
 /// `addr`. The local state only signs tokens with that secret; every request goes to `addr`.
 pub fn remote(addr: SocketAddr) -> Server {
     Server {
@@ -257,7 +257,8 @@ impl Ws {
         self.send(&ClientFrame::Subscribe {
             room: room.into(),
             since,
-            epoch: None, history: None,
+            epoch: None,
+            history: None,
         })
         .await;
         self.recv_until(|f| matches!(f, ServerFrame::Subscribed { .. }))
