@@ -166,17 +166,23 @@ pub struct Admission {
     pub guard: ConnGuard,
 }
 
-#[allow(clippy::result_large_err)]
+/// A transport open that passed every check but the ticket, holding its connection slot.
+/// The ticket is redeemed last ([`Prechecked::redeem`]), once nothing else can refuse the
+/// open: a request refused for any other reason leaves its ticket usable.
+pub struct Prechecked {
+    guard: ConnGuard,
+}
+
 /// The checks before a transport opens, in order: transport enabled (404), Origin (403), not
-/// draining (503), connection limits (503/429), ticket (401). Nothing is upgraded or streamed
-/// unless all pass; a refused ticket is consumed only when everything else passed.
-pub fn admit(
+/// draining (503), connection limits (503/429). The ticket (401) comes after the caller's own
+/// checks (protocol version, upgrade headers), with [`Prechecked::redeem`].
+#[allow(clippy::result_large_err)]
+pub fn precheck(
     state: &AppState,
     kind: TransportKind,
     headers: &HeaderMap,
     ip: Option<IpAddr>,
-    ticket: Option<&str>,
-) -> Result<Admission, Response> {
+) -> Result<Prechecked, Response> {
     check_enabled(state, kind)?;
     if !state.origins.check(headers) {
         state.metrics.count_drop(DropReason::OriginNotAllowed);
@@ -204,13 +210,24 @@ pub fn admit(
             ),
         }
     })?;
-    let claims = ticket
-        .and_then(|t| state.auth.redeem_ticket(t))
-        .ok_or_else(|| {
-            state.metrics.count_drop(DropReason::Unauthorized);
-            unauthorized("missing, invalid, expired or reused ticket")
-        })?;
-    Ok(Admission { claims, guard })
+    Ok(Prechecked { guard })
+}
+
+impl Prechecked {
+    /// Consumes the ticket (401 if it is missing, unknown, expired or used).
+    #[allow(clippy::result_large_err)]
+    pub fn redeem(self, state: &AppState, ticket: Option<&str>) -> Result<Admission, Response> {
+        let claims = ticket
+            .and_then(|t| state.auth.redeem_ticket(t))
+            .ok_or_else(|| {
+                state.metrics.count_drop(DropReason::Unauthorized);
+                unauthorized("missing, invalid, expired or reused ticket")
+            })?;
+        Ok(Admission {
+            claims,
+            guard: self.guard,
+        })
+    }
 }
 
 #[allow(clippy::result_large_err)]
@@ -227,7 +244,8 @@ pub fn check_enabled(state: &AppState, kind: TransportKind) -> Result<(), Respon
 }
 
 /// Admission for the HTTP transport opens (SSE, long polling), whose hello travels in the query:
-/// [`admit`] with `?ticket=`, then the protocol version `?v=` (absent means the current one).
+/// [`precheck`], the protocol version `?v=` (absent means the current one), then the ticket
+/// `?ticket=`.
 #[allow(clippy::result_large_err)]
 pub fn admit_query(
     state: &AppState,
@@ -236,20 +254,14 @@ pub fn admit_query(
     ip: Option<IpAddr>,
     query: &HashMap<String, String>,
 ) -> Result<Admission, Response> {
-    let admission = admit(
-        state,
-        kind,
-        headers,
-        ip,
-        query.get("ticket").map(String::as_str),
-    )?;
+    let prechecked = precheck(state, kind, headers, ip)?;
     if query
         .get("v")
         .is_some_and(|v| v != &PROTOCOL_VERSION.to_string())
     {
         return Err(bad_request("unsupported protocol version"));
     }
-    Ok(admission)
+    prechecked.redeem(state, query.get("ticket").map(String::as_str))
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! The transports. Each one admits a client (ticket, Origin, limits: [`crate::http::admit`]),
-//! attaches to a session and moves frames between the client and the session's outbox.
+//! The transports. Each one admits a client (Origin, limits, then the ticket last:
+//! [`crate::http::precheck`]), attaches to a session and moves frames between the client and
+//! the session's outbox.
 
 pub mod long_poll;
 pub mod send;

@@ -1,7 +1,7 @@
 //! WebSocket transport: `GET /v1/ws?ticket=T`.
 //!
-//! The ticket and Origin are checked before the upgrade (a refusal is a plain HTTP error, never
-//! `101`). After the upgrade the first frame must be `hello`; then a reader task feeds client
+//! The Origin, limits and ticket are checked before the upgrade (a refusal is a plain HTTP
+//! error, never `101`); the ticket is consumed last, after the upgrade headers. After the upgrade the first frame must be `hello`; then a reader task feeds client
 //! frames to the hub and a writer task drains the session's outbox, joined by `select!`.
 
 use std::collections::HashMap;
@@ -19,7 +19,7 @@ use rtlink_protocol::{ClientFrame, CloseCode};
 use crate::app::AppState;
 use crate::auth::Claims;
 use crate::config::TransportKind;
-use crate::http::{self, admit};
+use crate::http::{self, precheck};
 use crate::hub::Hub;
 use crate::limits::ConnGuard;
 use crate::metrics::{DropReason, Metrics};
@@ -31,19 +31,18 @@ pub async fn handler(State(state): State<AppState>, req: Request) -> Response {
     let query = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
         .map(|q| q.0)
         .unwrap_or_default();
-    let admission = match admit(
-        &state,
-        TransportKind::WebSocket,
-        &parts.headers,
-        ip,
-        query.get("ticket").map(String::as_str),
-    ) {
-        Ok(a) => a,
+    let prechecked = match precheck(&state, TransportKind::WebSocket, &parts.headers, ip) {
+        Ok(p) => p,
         Err(resp) => return resp,
     };
     let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
         Ok(u) => u,
         Err(_) => return http::bad_request("expected a WebSocket upgrade"),
+    };
+    // Last: a request refused above leaves its ticket usable.
+    let admission = match prechecked.redeem(&state, query.get("ticket").map(String::as_str)) {
+        Ok(a) => a,
+        Err(resp) => return resp,
     };
     let max = state.config.max_frame_bytes;
     upgrade

@@ -9,6 +9,7 @@
 mod common;
 mod process;
 
+mod connections;
 mod fail_closed;
 
 use std::sync::{Arc, Mutex};
