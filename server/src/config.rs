@@ -187,6 +187,18 @@ pub struct Config {
     #[arg(long, env = "RTLINK_MAX_ROOMS", default_value_t = 100)]
     pub max_rooms: u32,
 
+    /// Room subscriptions one user may hold on this node, over all their sessions.
+    #[arg(long, env = "RTLINK_MAX_ROOMS_PER_USER", default_value_t = 256)]
+    pub max_rooms_per_user: usize,
+
+    /// Subscribers one room may have on this node; more get `nack overloaded`.
+    #[arg(long, env = "RTLINK_MAX_ROOM_MEMBERS", default_value_t = 10_000)]
+    pub max_room_members: usize,
+
+    /// Largest presence metadata (`presence.meta`) accepted, in bytes.
+    #[arg(long, env = "RTLINK_MAX_PRESENCE_META_BYTES", default_value_t = 1024)]
+    pub max_presence_meta_bytes: usize,
+
     /// Open transports in total; more get 503.
     #[arg(long, env = "RTLINK_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,

@@ -36,13 +36,30 @@ pub struct Hub {
     pub broker: Arc<dyn Broker>,
     pub metrics: Arc<Metrics>,
     sessions: Mutex<Sessions>,
-    /// Local subscribers: room → session id → session.
-    rooms: Mutex<HashMap<String, HashMap<String, Arc<Session>>>>,
+    rooms: Mutex<LocalRooms>,
+}
+
+/// This node's subscriptions.
+#[derive(Default)]
+struct LocalRooms {
+    /// Room → session id → session.
+    by_room: HashMap<String, HashMap<String, Arc<Session>>>,
+    /// User id → rooms subscribed over all the user's sessions.
+    per_user: HashMap<String, usize>,
 }
 
 /// Too many sessions.
 #[derive(Debug)]
 pub struct SessionsFull;
+
+/// Why a subscription was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum MembershipRefusal {
+    /// The room has `--max-room-members` subscribers on this node.
+    RoomFull,
+    /// The user holds `--max-rooms-per-user` subscriptions on this node.
+    UserRooms,
+}
 
 impl Hub {
     pub fn new(config: Arc<Config>, broker: Arc<dyn Broker>, metrics: Arc<Metrics>) -> Arc<Self> {
@@ -51,7 +68,7 @@ impl Hub {
             broker,
             metrics,
             sessions: Mutex::new(Sessions::default()),
-            rooms: Mutex::new(HashMap::new()),
+            rooms: Mutex::new(LocalRooms::default()),
         })
     }
 
@@ -228,18 +245,37 @@ impl Hub {
         self.leave_presence_all(session, false).await;
         let rooms: Vec<String> = session.lock().rooms.drain().map(|(r, _)| r).collect();
         for room in rooms {
-            self.remove_local_sub(&room, &session.id).await;
+            self.remove_local_sub(&room, session).await;
         }
     }
 
-    /// Registers a local subscriber; the first one of a room makes this node watch it.
-    pub async fn add_local_sub(&self, room: &str, session: &Arc<Session>) {
+    /// Registers a local subscriber within the room and user caps; the first one of a room
+    /// makes this node watch it.
+    pub async fn add_local_sub(
+        &self,
+        room: &str,
+        session: &Arc<Session>,
+    ) -> Result<(), MembershipRefusal> {
         let first = {
-            let mut rooms = self.rooms.lock();
-            let subs = rooms.entry(room.to_owned()).or_default();
+            let mut guard = self.rooms.lock();
+            let local = &mut *guard;
+            let user = &session.claims.sub;
+            let members = local.by_room.get(room).map_or(0, HashMap::len);
+            if members >= self.config.max_room_members {
+                return Err(MembershipRefusal::RoomFull);
+            }
+            let held = local.per_user.get(user).copied().unwrap_or(0);
+            if held >= self.config.max_rooms_per_user {
+                return Err(MembershipRefusal::UserRooms);
+            }
+            let subs = local.by_room.entry(room.to_owned()).or_default();
             let first = subs.is_empty();
-            subs.insert(session.id.clone(), session.clone());
-            self.metrics.local_rooms.store(rooms.len() as u64, Relaxed);
+            if subs.insert(session.id.clone(), session.clone()).is_none() {
+                *local.per_user.entry(user.clone()).or_default() += 1;
+            }
+            self.metrics
+                .local_rooms
+                .store(local.by_room.len() as u64, Relaxed);
             first
         };
         if first {
@@ -247,22 +283,31 @@ impl Hub {
                 tracing::warn!(error = %e, "broker watch failed");
             }
         }
+        Ok(())
     }
 
-    pub async fn remove_local_sub(&self, room: &str, session_id: &str) {
+    pub async fn remove_local_sub(&self, room: &str, session: &Session) {
         let last = {
-            let mut rooms = self.rooms.lock();
-            let last = match rooms.get_mut(room) {
-                Some(subs) => {
-                    subs.remove(session_id);
-                    subs.is_empty()
-                }
-                None => false,
+            let mut guard = self.rooms.lock();
+            let local = &mut *guard;
+            let (removed, last) = match local.by_room.get_mut(room) {
+                Some(subs) => (subs.remove(&session.id).is_some(), subs.is_empty()),
+                None => (false, false),
             };
             if last {
-                rooms.remove(room);
+                local.by_room.remove(room);
             }
-            self.metrics.local_rooms.store(rooms.len() as u64, Relaxed);
+            if removed {
+                if let Some(n) = local.per_user.get_mut(&session.claims.sub) {
+                    *n -= 1;
+                    if *n == 0 {
+                        local.per_user.remove(&session.claims.sub);
+                    }
+                }
+            }
+            self.metrics
+                .local_rooms
+                .store(local.by_room.len() as u64, Relaxed);
             last
         };
         if last {
@@ -273,7 +318,7 @@ impl Hub {
     }
 
     fn route(&self, ev: &RoomEvent) {
-        let subs: Vec<Arc<Session>> = match self.rooms.lock().get(&*ev.room) {
+        let subs: Vec<Arc<Session>> = match self.rooms.lock().by_room.get(&*ev.room) {
             Some(subs) => subs.values().cloned().collect(),
             None => return,
         };
@@ -289,6 +334,7 @@ impl Hub {
         let pairs: Vec<(String, Arc<Session>)> = self
             .rooms
             .lock()
+            .by_room
             .iter()
             .flat_map(|(room, subs)| subs.values().map(move |s| (room.clone(), s.clone())))
             .collect();
@@ -297,7 +343,10 @@ impl Hub {
                 continue;
             };
             let hub = self.clone();
-            tokio::spawn(async move { hub.complete_replay(&session, &room, gen, from, None, 0).await });
+            tokio::spawn(async move {
+                hub.complete_replay(&session, &room, gen, from, None, 0)
+                    .await
+            });
         }
     }
 

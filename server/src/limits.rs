@@ -11,7 +11,7 @@ use crate::config::TransportKind;
 use crate::metrics::Metrics;
 
 /// A token bucket: `rate` tokens per second, at most `burst` saved up.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct TokenBucket {
     rate: f64,
     burst: f64,
@@ -30,17 +30,41 @@ impl TokenBucket {
         }
     }
 
-    /// Takes one token if there is one.
-    pub fn try_take(&mut self, now: Instant) -> bool {
+    fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+    }
+
+    /// Takes one token if there is one.
+    pub fn try_take(&mut self, now: Instant) -> bool {
+        self.refill(now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
         } else {
             false
         }
+    }
+
+    /// Takes one token, borrowing from the future if the bucket is empty: returns how long the
+    /// caller must wait before acting (zero when a token was there), or `None` (nothing taken)
+    /// when that wait would exceed `max_wait`. Throttles without refusing a short burst.
+    pub fn reserve(&mut self, now: Instant, max_wait: Duration) -> Option<Duration> {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Some(Duration::ZERO);
+        }
+        if self.rate <= 0.0 {
+            return None;
+        }
+        let wait = (1.0 - self.tokens) / self.rate;
+        if wait > max_wait.as_secs_f64() {
+            return None;
+        }
+        self.tokens -= 1.0;
+        Some(Duration::from_secs_f64(wait))
     }
 }
 
@@ -188,6 +212,24 @@ mod tests {
         assert!(b.try_take(t0));
         assert!(!b.try_take(t0));
         assert!(b.try_take(t0 + Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn reserve_delays_a_burst_then_refuses() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10, 2, t0);
+        assert_eq!(b.reserve(t0, Duration::from_secs(1)), Some(Duration::ZERO));
+        assert_eq!(b.reserve(t0, Duration::from_secs(1)), Some(Duration::ZERO));
+        let waits: Vec<_> = (0..10)
+            .map_while(|_| b.reserve(t0, Duration::from_secs(1)))
+            .collect();
+        assert_eq!(waits.len(), 10, "one second of debt at 10/s");
+        assert!(waits.windows(2).all(|w| w[0] < w[1]), "{waits:?}");
+        assert!(waits[9] <= Duration::from_secs(1));
+        assert_eq!(b.reserve(t0, Duration::from_secs(1)), None);
+        // The debt is paid back by time.
+        let later = t0 + Duration::from_millis(1200);
+        assert_eq!(b.reserve(later, Duration::ZERO), Some(Duration::ZERO));
     }
 
     #[test]

@@ -21,6 +21,14 @@ impl Hub {
         room: String,
         meta: String,
     ) -> Flow {
+        let max = self.config.max_presence_meta_bytes;
+        if meta.len() > max {
+            self.metrics
+                .count_drop(crate::metrics::DropReason::TooLarge);
+            let reason = format!("presence metadata is at most {max} bytes");
+            self.nack(session, room, ErrorCode::TooLarge, &reason);
+            return Ok(());
+        }
         if !self.admit_room_op(session, &room, &room)? {
             return Ok(());
         }

@@ -8,14 +8,22 @@
 //! resume path: the same replay, no second presence join.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rtlink_protocol::{ClientFrame, CloseCode, ErrorCode, PresenceConn, ServerFrame};
 
 use crate::broker::{DedupeKey, HistoryPage, PublishOutcome, PublishRequest};
-use crate::hub::Hub;
+use crate::hub::{Hub, MembershipRefusal};
 use crate::metrics::DropReason;
 use crate::session::{Replay, ReplayResult, RoomSub, Session};
+
+/// Publish ids longer than this are refused (`nack too_large`): the dedupe table keeps every
+/// id for the dedupe window.
+pub const MAX_PUBLISH_ID_BYTES: usize = 128;
+
+/// How far behind its subscribe/unsubscribe budget a session may fall (its frames wait) before
+/// further ones are refused.
+pub const ROOM_OP_MAX_DELAY: Duration = Duration::from_secs(5);
 
 /// Room names: 1–128 characters of `[A-Za-z0-9_.:-]`.
 pub fn valid_room(room: &str) -> bool {
@@ -110,6 +118,45 @@ impl Hub {
         }
     }
 
+    /// Takes a token from the session's subscribe/unsubscribe bucket. Over it, the frame waits
+    /// for its token (frames of a session are handled in order, so the client is slowed down,
+    /// TCP pushes back, and a burst such as re-subscribing every room after a reconnect goes
+    /// through); past [`ROOM_OP_MAX_DELAY`] of backlog: nack `rate_limited` (`id` = room), and
+    /// after too many nacks, close 4003.
+    async fn throttle_room_op(&self, session: &Session, room: &str) -> Result<bool, CloseCode> {
+        let now = Instant::now();
+        let max_strikes = self.config.rate_strikes;
+        let verdict = {
+            let mut st = session.lock();
+            match st.room_bucket.reserve(now, ROOM_OP_MAX_DELAY) {
+                Some(wait) => Ok(wait),
+                None => Err(st.strikes.strike(now, max_strikes)),
+            }
+        };
+        match verdict {
+            Ok(wait) => {
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+                Ok(true)
+            }
+            Err(false) => {
+                self.metrics.count_drop(DropReason::RateLimited);
+                self.nack(
+                    session,
+                    room.to_owned(),
+                    ErrorCode::RateLimited,
+                    "slow down",
+                );
+                Ok(false)
+            }
+            Err(true) => {
+                self.metrics.count_drop(DropReason::RateLimited);
+                Err(CloseCode::RATE_LIMITED)
+            }
+        }
+    }
+
     /// The checks before a publish, presence or typing frame is applied: subscribed to `room`
     /// (else nack `not_subscribed`), and within the rate limit (else nack `rate_limited`, or
     /// close 4003 after repeated strikes). `id` is what a nack answers to.
@@ -171,41 +218,50 @@ impl Hub {
             );
             return Ok(());
         }
-        let max_rooms = self.config.max_rooms as usize;
-        let new = session.update(|st, _| {
-            if st.rooms.contains_key(&room) {
-                return Some(false);
-            }
-            if st.rooms.len() >= max_rooms {
-                return None;
-            }
-            // Buffer live events from now on; the replay below takes the buffer over.
-            st.rooms.insert(
-                room.clone(),
-                RoomSub {
-                    last_offset: 0,
-                    replay: Some(Replay {
-                        send_subscribed: true,
-                        ..Replay::default()
-                    }),
-                    meta: String::new(),
-                    typing_gen: 0,
-                    typing_active: false,
-                },
-            );
-            Some(true)
-        });
-        let Some(new) = new else {
-            self.nack(
-                session,
-                room,
-                ErrorCode::TooManyRooms,
-                "too many rooms on this session",
-            );
+        if !self.throttle_room_op(session, &room).await? {
             return Ok(());
+        }
+        let (already, count) = {
+            let st = session.lock();
+            (st.rooms.contains_key(&room), st.rooms.len())
         };
-        if new {
-            self.add_local_sub(&room, session).await;
+        if !already {
+            if count >= self.config.max_rooms as usize {
+                self.nack(
+                    session,
+                    room,
+                    ErrorCode::TooManyRooms,
+                    "too many rooms on this session",
+                );
+                return Ok(());
+            }
+            if let Err(refusal) = self.add_local_sub(&room, session).await {
+                let (code, reason) = match refusal {
+                    MembershipRefusal::RoomFull => (ErrorCode::Overloaded, "the room is full"),
+                    MembershipRefusal::UserRooms => {
+                        (ErrorCode::TooManyRooms, "too many rooms for this user")
+                    }
+                };
+                self.nack(session, room, code, reason);
+                return Ok(());
+            }
+            // Buffer live events from now on; the replay below takes the buffer over. (Frames
+            // of one session are handled one at a time, so nobody inserted it meanwhile.)
+            session.update(|st, _| {
+                st.rooms.insert(
+                    room.clone(),
+                    RoomSub {
+                        last_offset: 0,
+                        replay: Some(Replay {
+                            send_subscribed: true,
+                            ..Replay::default()
+                        }),
+                        meta: String::new(),
+                        typing_gen: 0,
+                        typing_active: false,
+                    },
+                )
+            });
             let conn = self.presence_conn(session, String::new());
             if let Err(e) = self.broker.presence_join(&room, conn).await {
                 tracing::warn!(error = %e, "presence join failed");
@@ -352,9 +408,14 @@ impl Hub {
     }
 
     async fn unsubscribe(self: &Arc<Self>, session: &Arc<Session>, room: String) -> Flow {
+        let subscribed = session.lock().rooms.contains_key(&room);
+        // Only an effective unsubscribe costs a token: it fans a leave out to the room.
+        if subscribed && !self.throttle_room_op(session, &room).await? {
+            return Ok(());
+        }
         let removed = session.update(|st, _| st.rooms.remove(&room));
         if let Some(sub) = removed {
-            self.remove_local_sub(&room, &session.id).await;
+            self.remove_local_sub(&room, session).await;
             if sub.typing_active {
                 let _ = self
                     .broker
@@ -376,6 +437,12 @@ impl Hub {
         id: String,
         payload: String,
     ) -> Flow {
+        if id.len() > MAX_PUBLISH_ID_BYTES {
+            self.metrics.count_drop(DropReason::TooLarge);
+            let reason = format!("publish ids are at most {MAX_PUBLISH_ID_BYTES} bytes");
+            self.nack(session, id, ErrorCode::TooLarge, &reason);
+            return Ok(());
+        }
         if !self.admit_room_op(session, &room, &id)? {
             return Ok(());
         }

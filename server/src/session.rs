@@ -146,7 +146,11 @@ pub struct SessionState {
     pub rooms: HashMap<String, RoomSub>,
     /// The grace period ran out while detached: presence was left and is rejoined on attach.
     pub presence_left: bool,
+    /// Publish, presence and typing frames.
     pub bucket: TokenBucket,
+    /// Subscribe and unsubscribe (each one fans a presence change out to a whole room, or
+    /// reads history); the same size as `bucket`, but a client over it is delayed, not refused.
+    pub room_bucket: TokenBucket,
     pub strikes: Strikes,
     pub ended: bool,
     /// Last frame received from the client (WebSocket liveness).
@@ -378,6 +382,7 @@ impl Session {
                 attach_gen: 0,
                 rooms: HashMap::new(),
                 presence_left: false,
+                room_bucket: bucket.clone(),
                 bucket,
                 strikes: Strikes::default(),
                 ended: false,

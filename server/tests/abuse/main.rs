@@ -11,6 +11,7 @@ mod process;
 
 mod connections;
 mod fail_closed;
+mod rooms;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,15 +40,12 @@ struct Seen {
     closed: Option<Option<u16>>,
 }
 
-/// A well-behaved user in `room` over WebSocket. A task reads everything the server sends
-/// (so the bystander is never a slow consumer by the test's fault) and answers pings.
-pub struct Bystander {
-    pub room: String,
+/// A WebSocket client whose socket is served by background tasks: one reads everything the
+/// server sends (and answers pings), one writes what [`Peer::send`] queues. So a peer is never
+/// a slow consumer by the test's fault, and an attacker can pipeline without waiting.
+pub struct Peer {
     out: mpsc::UnboundedSender<ClientFrame>,
     seen: Arc<Mutex<Seen>>,
-    published: u64,
-    /// A token of another user, for the newcomer of [`Bystander::assert_unaffected`].
-    newcomer_token: String,
 }
 
 /// A WebSocket that has said `hello` with a ticket for `token`.
@@ -64,22 +62,8 @@ pub async fn connect_ws(server: &Server, token: &str) -> Ws {
     ws
 }
 
-impl Bystander {
-    /// Joins with tokens signed by the test secret.
-    pub async fn join(server: &Server, user: &str, room: &str) -> Bystander {
-        let newcomer = server.token(&format!("{user}-newcomer"));
-        Self::join_with(server, &server.token(user), newcomer, room).await
-    }
-
-    /// Joins with `token`; `newcomer_token` is another user's.
-    pub async fn join_with(
-        server: &Server,
-        token: &str,
-        newcomer_token: String,
-        room: &str,
-    ) -> Bystander {
-        let mut ws = connect_ws(server, token).await;
-        ws.subscribe(room, None).await;
+impl Peer {
+    pub fn spawn(ws: Ws) -> Peer {
         let (mut sink, mut stream) = ws.inner.split();
         let seen = Arc::new(Mutex::new(Seen::default()));
         let (out, mut out_rx) = mpsc::unbounded_channel::<ClientFrame>();
@@ -113,20 +97,22 @@ impl Bystander {
                 }
             }
         });
-        Bystander {
-            room: room.to_owned(),
-            out,
-            seen,
-            published: 0,
-            newcomer_token,
-        }
+        Peer { out, seen }
+    }
+
+    pub fn send(&self, frame: ClientFrame) {
+        let _ = self.out.send(frame);
     }
 
     pub fn closed(&self) -> Option<Option<u16>> {
         self.seen.lock().unwrap().closed
     }
 
-    /// Waits (bounded) until a received frame matches.
+    pub fn count(&self, pred: impl FnMut(&&ServerFrame) -> bool) -> usize {
+        self.seen.lock().unwrap().frames.iter().filter(pred).count()
+    }
+
+    /// Waits (bounded) until a received frame matches; panics if the socket closes first.
     pub async fn wait_for(&self, what: &str, mut pred: impl FnMut(&ServerFrame) -> bool) {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
@@ -136,35 +122,106 @@ impl Bystander {
                     return;
                 }
                 if let Some(code) = seen.closed {
-                    panic!("bystander was closed ({code:?}) while waiting for {what}");
+                    panic!("closed ({code:?}) while waiting for {what}");
                 }
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "bystander never saw {what}"
-            );
+            assert!(tokio::time::Instant::now() < deadline, "never saw {what}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
-    /// The bystander is unaffected: still connected, its own publish is acknowledged, it
-    /// receives a newcomer's message, and a newcomer can still join its room.
-    pub async fn assert_unaffected(&mut self, server: &Server) {
+    /// Waits (bounded) until a frame matches or the socket closes; true if a frame matched.
+    pub async fn wait_for_or_close(&self, mut pred: impl FnMut(&ServerFrame) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            {
+                let seen = self.seen.lock().unwrap();
+                if seen.frames.iter().any(&mut pred) {
+                    return true;
+                }
+                if seen.closed.is_some() {
+                    return false;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "neither frame nor close"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A client that attacks: a [`Peer`] of its own user.
+pub type Attacker = Peer;
+
+impl Attacker {
+    pub async fn connect(server: &Server, user: &str) -> Attacker {
+        Peer::spawn(connect_ws(server, &server.token(user)).await)
+    }
+}
+
+/// A well-behaved user in `room`, the one every abuse test protects.
+pub struct Bystander {
+    pub room: String,
+    pub peer: Peer,
+    published: u64,
+    /// A token of another user, for the newcomer of [`Bystander::assert_unaffected`].
+    newcomer_token: String,
+}
+
+impl std::ops::Deref for Bystander {
+    type Target = Peer;
+    fn deref(&self) -> &Peer {
+        &self.peer
+    }
+}
+
+impl Bystander {
+    /// Joins with tokens signed by the test secret.
+    pub async fn join(server: &Server, user: &str, room: &str) -> Bystander {
+        let newcomer = server.token(&format!("{user}-newcomer"));
+        Self::join_with(server, &server.token(user), newcomer, room).await
+    }
+
+    /// Joins with `token`; `newcomer_token` is another user's.
+    pub async fn join_with(
+        server: &Server,
+        token: &str,
+        newcomer_token: String,
+        room: &str,
+    ) -> Bystander {
+        let mut ws = connect_ws(server, token).await;
+        ws.subscribe(room, None).await;
+        Bystander {
+            room: room.to_owned(),
+            peer: Peer::spawn(ws),
+            published: 0,
+            newcomer_token,
+        }
+    }
+
+    /// Still connected, and its own publish is acknowledged.
+    pub async fn assert_served(&mut self) {
         assert_eq!(self.closed(), None, "the bystander was disconnected");
         self.published += 1;
         let id = format!("bystander-{}", self.published);
-        self.out
-            .send(ClientFrame::Publish {
-                room: self.room.clone(),
-                id: id.clone(),
-                payload: String::from("still here"),
-            })
-            .unwrap();
+        self.send(ClientFrame::Publish {
+            room: self.room.clone(),
+            id: id.clone(),
+            payload: String::from("still here"),
+        });
         self.wait_for(
-            "the ack of its own publish",
+            "the ack of the bystander's publish",
             |f| matches!(f, ServerFrame::Ack { id: i, .. } if *i == id),
         )
         .await;
+    }
+
+    /// The bystander is unaffected: still connected, its own publish is acknowledged, a
+    /// newcomer can still join its room, and it receives the newcomer's message.
+    pub async fn assert_unaffected(&mut self, server: &Server) {
+        self.assert_served().await;
         let mut newcomer = tokio::time::timeout(WAIT, connect_ws(server, &self.newcomer_token))
             .await
             .expect("a newcomer could not connect");

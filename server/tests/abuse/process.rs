@@ -42,10 +42,17 @@ impl ServerProcess {
     pub fn start_raw(args: &[&str]) -> ServerProcess {
         let mut child = command(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn rtlink-server");
         let stdout = child.stdout.take().expect("piped stdout");
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        let (err_tx, err_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            let _ = err_tx.send(text);
+        });
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
         // Reads the log for the address, then keeps draining it so the child never blocks.
@@ -68,7 +75,10 @@ impl ServerProcess {
             Ok(addr) => addr,
             Err(_) => {
                 let _ = child.kill();
-                panic!("rtlink-server did not log its address");
+                let stderr = err_rx
+                    .recv_timeout(Duration::from_secs(5))
+                    .unwrap_or_default();
+                panic!("rtlink-server {args:?} did not log its address; stderr: {stderr}");
             }
         };
         ServerProcess { child, addr, log }
