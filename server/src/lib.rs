@@ -15,6 +15,7 @@ pub mod hub;
 pub mod limits;
 pub mod metrics;
 pub mod presence;
+pub mod replay;
 pub mod rooms;
 pub mod session;
 pub mod tls;

@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use rtlink_protocol::{ClientFrame, CloseCode, ErrorCode, PresenceConn, ServerFrame};
 
-use crate::broker::{DedupeKey, HistoryPage, PublishOutcome, PublishRequest};
+use crate::broker::{DedupeKey, PublishOutcome, PublishRequest};
 use crate::hub::{Hub, MembershipRefusal};
 use crate::metrics::DropReason;
-use crate::session::{Replay, ReplayResult, RoomSub, Session};
+use crate::replay::Replay;
+use crate::session::{RoomSub, Session};
 
 /// Publish ids longer than this are refused (`nack too_large`): the dedupe table keeps every
 /// id for the dedupe window.
@@ -270,141 +271,6 @@ impl Hub {
         self.replay(session, &room, since, epoch.as_deref(), recent, true)
             .await;
         Ok(())
-    }
-
-    /// Replays `room` for `session` from `since` (or from the head when `None`, after the last
-    /// `recent` messages if asked), then switches the subscription to live. `epoch` is the room
-    /// epoch the client's `since` belongs to.
-    pub(crate) async fn replay(
-        self: &Arc<Self>,
-        session: &Arc<Session>,
-        room: &str,
-        since: Option<u64>,
-        epoch: Option<&str>,
-        recent: u32,
-        send_subscribed: bool,
-    ) {
-        if let Some((gen, from)) = Self::begin_replay(session, room, since, send_subscribed) {
-            self.complete_replay(session, room, gen, from, epoch, recent)
-                .await;
-        }
-    }
-
-    /// First half of a replay, synchronous: from now on live events of the room are buffered.
-    /// Returns the replay's generation and the offset to read history after (`None`: from the
-    /// head). A resync (`send_subscribed` false, no `since`) continues from what the client
-    /// already has.
-    pub(crate) fn begin_replay(
-        session: &Session,
-        room: &str,
-        since: Option<u64>,
-        send_subscribed: bool,
-    ) -> Option<(u64, Option<u64>)> {
-        session.update(|st, _| {
-            let gen = st.next_replay_gen();
-            let sub = st.rooms.get_mut(room)?;
-            let from = match since {
-                Some(s) => {
-                    sub.last_offset = s;
-                    Some(s)
-                }
-                None if !send_subscribed => Some(sub.last_offset),
-                None => None,
-            };
-            let prev = sub.replay.take();
-            let owed = send_subscribed || prev.as_ref().is_some_and(|r| r.send_subscribed);
-            let (buffered, buffered_bytes) = prev
-                .map(|r| (r.buffered, r.buffered_bytes))
-                .unwrap_or_default();
-            sub.replay = Some(Replay {
-                gen,
-                buffered,
-                buffered_bytes,
-                send_subscribed: owed,
-            });
-            Some((gen, from))
-        })
-    }
-
-    /// Second half of a replay: reads history and presence, queues them, goes live.
-    ///
-    /// If the client's `since` belongs to another epoch of the room (offsets restarted), it is
-    /// meaningless: the client gets `recovered: false` and everything retained in the current
-    /// epoch, continuing after the offset before the oldest retained message. A fresh subscribe
-    /// (`from` is `None`) asking for `recent` messages gets the newest ones retained, up to that
-    /// many, and continues after the offset before them.
-    pub(crate) async fn complete_replay(
-        self: &Arc<Self>,
-        session: &Arc<Session>,
-        room: &str,
-        gen: u64,
-        from: Option<u64>,
-        client_epoch: Option<&str>,
-        recent: u32,
-    ) {
-        let limit = self.config.history_max_messages;
-        let mut page = match from {
-            Some(f) => self.broker.history(room, f, limit).await,
-            None => self.broker.history(room, 0, 0).await,
-        };
-        let epoch_changed = |p: &HistoryPage| {
-            from.is_some() && client_epoch.is_some_and(|e| !e.is_empty() && e != p.epoch)
-        };
-        let reset = page.as_ref().is_ok_and(epoch_changed);
-        if reset && from != Some(0) {
-            page = self.broker.history(room, 0, limit).await;
-        }
-        let recent = (recent as usize).min(limit);
-        let rewind = from.is_none() && recent > 0 && page.as_ref().is_ok_and(|p| p.head > 0);
-        if rewind {
-            let head = page.as_ref().map_or(0, |p| p.head);
-            page = self
-                .broker
-                .history(room, head.saturating_sub(recent as u64), recent)
-                .await;
-        }
-        let snapshot = self.broker.presence_snapshot(room).await;
-        let (page, conns) = match (page, snapshot) {
-            (Ok(p), Ok(c)) => (p, c),
-            (Err(e), _) | (_, Err(e)) => {
-                tracing::warn!(error = %e, "replay failed");
-                session.update(|st, _| {
-                    if let Some(sub) = st.rooms.get_mut(room) {
-                        sub.replay = None;
-                    }
-                });
-                self.nack(
-                    session,
-                    room.to_owned(),
-                    ErrorCode::Internal,
-                    "history unavailable",
-                );
-                return;
-            }
-        };
-        let recovered = !reset && (from.is_none() || page.complete);
-        let continue_after =
-            (reset || rewind).then(|| page.messages.first().map_or(page.head, |m| m.offset - 1));
-        session.update(|st, m| {
-            if from.is_none() {
-                if let Some(sub) = st.rooms.get_mut(room) {
-                    sub.last_offset = sub.last_offset.max(page.head);
-                }
-            }
-            let result = ReplayResult {
-                room,
-                gen,
-                head: page.head,
-                recovered,
-                epoch: &page.epoch,
-                continue_after,
-                history: &page.messages,
-                conns,
-                own_user: &session.claims.sub,
-                own_session: &session.id,
-            };
-            st.finish_replay(result, m);
-        });
     }
 
     async fn unsubscribe(self: &Arc<Self>, session: &Arc<Session>, room: String) -> Flow {

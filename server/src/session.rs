@@ -19,14 +19,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::{Mutex, MutexGuard};
-use rtlink_protocol::{CloseCode, PresenceConn, ServerFrame};
-use tokio::sync::{oneshot, watch};
+use rtlink_protocol::{CloseCode, ServerFrame};
+use tokio::sync::{oneshot, watch, Notify};
 
 use crate::auth::Claims;
-use crate::broker::{encode_frame, Frame, RoomEvent, RoomEventKind, StoredMessage};
+use crate::broker::{encode_frame, Frame, RoomEvent, RoomEventKind};
 use crate::config::TransportKind;
 use crate::limits::{ConnGuard, Strikes, TokenBucket};
 use crate::metrics::{DropReason, Metrics};
+use crate::replay::Replay;
 
 /// One queued frame.
 #[derive(Clone, Debug)]
@@ -93,34 +94,6 @@ pub struct RoomSub {
     pub typing_active: bool,
 }
 
-#[derive(Debug, Default)]
-pub struct Replay {
-    /// Which replay owns the buffer (a newer one takes over).
-    pub gen: u64,
-    pub buffered: Vec<RoomEvent>,
-    /// Encoded size of `buffered`, bounded like the outbox.
-    pub buffered_bytes: usize,
-    /// A `subscribed` frame is owed to the client when the replay finishes.
-    pub send_subscribed: bool,
-}
-
-/// What a replay read, handed to [`SessionState::finish_replay`].
-pub struct ReplayResult<'a> {
-    pub room: &'a str,
-    pub gen: u64,
-    pub head: u64,
-    pub recovered: bool,
-    /// The room's current epoch, told to the client in `subscribed`.
-    pub epoch: &'a str,
-    /// Set when the client's epoch was stale: deliver `history` after this offset (and tell
-    /// the client to continue from it) instead of after its `since`.
-    pub continue_after: Option<u64>,
-    pub history: &'a [Arc<StoredMessage>],
-    pub conns: Vec<PresenceConn>,
-    pub own_user: &'a str,
-    pub own_session: &'a str,
-}
-
 /// The transport currently carrying a session.
 #[derive(Debug)]
 struct Attachment {
@@ -170,6 +143,8 @@ pub struct Session {
     pub claims: Claims,
     state: Mutex<SessionState>,
     changes: watch::Sender<u64>,
+    /// Signalled when the transport takes frames out of the outbox (a waiting replay continues).
+    drained: Notify,
     /// Serialises the handling of inbound frames (WebSocket reader, concurrent `/v1/send`s).
     pub inbound: tokio::sync::Mutex<()>,
     /// Serialises presence leave-all / rejoin-all so they cannot interleave.
@@ -247,7 +222,7 @@ impl SessionState {
                 && replay.buffered_bytes + ev.frame.len() <= limits.max_bytes
             {
                 replay.buffered_bytes += ev.frame.len();
-                replay.buffered.push(ev.clone());
+                replay.buffered.push_back(ev.clone());
                 return;
             }
             // A replay that cannot keep up is a slow consumer too.
@@ -269,6 +244,16 @@ impl SessionState {
         self.push(ev.frame.clone(), metrics);
     }
 
+    /// True if a replay may queue a frame of `len` bytes now: replays use at most half the
+    /// outbox (the rest is for live traffic), and always get one frame into an empty outbox.
+    pub fn has_replay_room(&self, len: usize) -> bool {
+        let ob = &self.outbox;
+        !ob.closing
+            && (ob.frames.is_empty()
+                || (ob.frames.len() < ob.limits.max_frames / 2
+                    && ob.bytes + len <= ob.limits.max_bytes / 2))
+    }
+
     fn push_overflow(&mut self, metrics: &Metrics) {
         metrics.count_drop(DropReason::SlowConsumer);
         self.outbox.clear();
@@ -277,81 +262,6 @@ impl SessionState {
             close_frame(CloseCode::SLOW_CONSUMER, "outbound queue overflow"),
             Some(CloseCode::SLOW_CONSUMER),
         );
-    }
-
-    /// Ends a replay: queues `subscribed` (if owed), the presence snapshot, the replayed
-    /// messages after `last_offset`, then the live events buffered meanwhile (skipping
-    /// messages already replayed). Does nothing if a newer replay took over.
-    pub fn finish_replay(&mut self, r: ReplayResult<'_>, metrics: &Metrics) {
-        let ReplayResult {
-            room,
-            gen,
-            head,
-            recovered,
-            epoch,
-            continue_after,
-            history,
-            conns,
-            own_user,
-            own_session,
-        } = r;
-        let Some(sub) = self.rooms.get_mut(room) else {
-            return;
-        };
-        if sub.replay.as_ref().map(|r| r.gen) != Some(gen) {
-            return;
-        }
-        let Some(replay) = sub.replay.take() else {
-            return;
-        };
-        let mut frames: Vec<Frame> = Vec::with_capacity(history.len() + replay.buffered.len() + 2);
-        if replay.send_subscribed || !recovered {
-            frames.push(encode_frame(&ServerFrame::Subscribed {
-                room: room.to_owned(),
-                head: continue_after.unwrap_or(head),
-                recovered,
-                epoch: epoch.to_owned(),
-            }));
-        }
-        // The snapshot already holds this connection: its own buffered join is redundant.
-        let self_in_snapshot = conns.iter().any(|c| c.session == own_session);
-        frames.push(encode_frame(&ServerFrame::PresenceSnapshot {
-            room: room.to_owned(),
-            conns,
-        }));
-        if let Some(start) = continue_after {
-            sub.last_offset = start;
-        }
-        if recovered || continue_after.is_some() {
-            for m in history {
-                if m.offset > sub.last_offset {
-                    sub.last_offset = m.offset;
-                    frames.push(m.frame.clone());
-                }
-            }
-        } else {
-            // The client must resync the room anyway; continue live from the head.
-            sub.last_offset = head;
-        }
-        for ev in &replay.buffered {
-            match &ev.kind {
-                RoomEventKind::Message(m) => {
-                    if m.offset <= sub.last_offset {
-                        continue;
-                    }
-                    sub.last_offset = m.offset;
-                }
-                RoomEventKind::Typing { user, .. } if user == own_user => continue,
-                RoomEventKind::PresenceJoin(c) if self_in_snapshot && c.session == own_session => {
-                    continue
-                }
-                _ => {}
-            }
-            frames.push(ev.frame.clone());
-        }
-        for f in frames {
-            self.push(f, metrics);
-        }
     }
 }
 
@@ -392,6 +302,7 @@ impl Session {
                 replay_gen: 0,
             }),
             changes: watch::channel(0).0,
+            drained: Notify::new(),
             inbound: tokio::sync::Mutex::new(()),
             presence_lock: tokio::sync::Mutex::new(()),
             metrics,
@@ -507,20 +418,39 @@ impl Session {
 
     /// For streaming transports: takes every queued frame, if `gen` is still attached.
     pub fn take_frames(&self, gen: u64) -> Option<Vec<OutFrame>> {
-        let mut st = self.state.lock();
-        if st.attached_gen() != Some(gen) {
-            return None;
+        let frames: Vec<OutFrame> = {
+            let mut st = self.state.lock();
+            if st.attached_gen() != Some(gen) {
+                return None;
+            }
+            st.outbox.bytes = 0;
+            st.outbox.frames.drain(..).collect()
+        };
+        if !frames.is_empty() {
+            self.drained.notify_waiters();
         }
-        let frames: Vec<OutFrame> = st.outbox.frames.drain(..).collect();
-        st.outbox.bytes = 0;
         Some(frames)
     }
 
     /// For long polling: forgets frames up to `cursor`, returns copies of the later ones.
     pub fn frames_after(&self, cursor: u64) -> Vec<OutFrame> {
-        let mut st = self.state.lock();
-        st.outbox.pop_through(cursor);
-        st.outbox.frames.iter().cloned().collect()
+        let (popped, frames) = {
+            let mut st = self.state.lock();
+            let before = st.outbox.frames.len();
+            st.outbox.pop_through(cursor);
+            let frames: Vec<OutFrame> = st.outbox.frames.iter().cloned().collect();
+            (before != frames.len(), frames)
+        };
+        if popped {
+            self.drained.notify_waiters();
+        }
+        frames
+    }
+
+    /// Resolves when the transport next takes frames out of the outbox. `enable()` it before
+    /// checking the outbox, so a drain in between is not missed.
+    pub fn drained(&self) -> tokio::sync::futures::Notified<'_> {
+        self.drained.notified()
     }
 
     /// Registers a new poll request; returns its ticket (older held polls then answer empty).

@@ -11,6 +11,7 @@ mod process;
 
 mod connections;
 mod fail_closed;
+mod replay;
 mod rooms;
 
 use std::sync::{Arc, Mutex};
@@ -106,6 +107,11 @@ impl Peer {
 
     pub fn closed(&self) -> Option<Option<u16>> {
         self.seen.lock().unwrap().closed
+    }
+
+    /// Every frame received so far.
+    pub fn frames(&self) -> Vec<ServerFrame> {
+        self.seen.lock().unwrap().frames.clone()
     }
 
     pub fn count(&self, pred: impl FnMut(&&ServerFrame) -> bool) -> usize {
