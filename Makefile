@@ -58,9 +58,12 @@ test-e2e: package
 	rm -rf www/pkg && cp -r pkg www/pkg
 	node --test --test-concurrency=1 tests/e2e/
 
-# Multi-node Redis tests with real server processes: SIGKILL a node, SIGTERM-drain a node.
+# Fault scenarios (RELIABILITY.md): real rtlink-server and redis-server processes behind the
+# faultkit proxy, driven by the real client core. One at a time: they measure timings.
+FAULT_SUITES := --test faults --test faults_edges
 test-faults:
-	cargo test -p rtlink-server --test faults
+	@command -v redis-server >/dev/null || scripts/setup
+	cargo test -p rtlink-server $(FAULT_SUITES) -- fault_ --test-threads 1 --nocapture
 
 # Abuse tests (SECURITY.md): each attacks a real rtlink-server process on 127.0.0.1 and asserts
 # that a bystander is unaffected.
