@@ -8,7 +8,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 /// The secret the harness starts servers with.
-pub const TEST_SECRET: &str = "faultkit-test-secret";
+pub const TEST_SECRET: &str = "faultkit-test-secret-of-at-least-32-bytes";
 
 /// A token for `user` (display name `name`), valid for `rooms` patterns and `ttl_secs` seconds.
 pub fn sign(secret: &str, user: &str, name: &str, rooms: &[&str], ttl_secs: u64) -> String {
