@@ -60,12 +60,15 @@ impl CloseCode {
     pub const INTERNAL_ERROR: Self = Self(4011);
     /// A frame arrived that is valid JSON but breaks the protocol (e.g. a second hello).
     pub const PROTOCOL_VIOLATION: Self = Self(4012);
+    /// The application's backend ended this user's sessions (`DELETE /v1/users/{user}/sessions`:
+    /// logout, ban). Reconnecting with the same token would undo it, so the client stops.
+    pub const DISCONNECTED: Self = Self(4013);
 
     /// What a client must do after a close with this code.
     pub fn action(self) -> CloseAction {
         match self.0 {
             1000 => CloseAction::Terminal,
-            4002 | 4010 => CloseAction::Terminal,
+            4002 | 4010 | 4013 => CloseAction::Terminal,
             4006 => CloseAction::Superseded,
             4007 => CloseAction::RetryNewSession,
             4008 => CloseAction::RetryAfterServerDelay,
@@ -92,6 +95,7 @@ impl CloseCode {
             4010 => "forbidden",
             4011 => "internal_error",
             4012 => "protocol_violation",
+            4013 => "disconnected",
             _ => "unknown",
         }
     }
@@ -112,6 +116,7 @@ mod tests {
     fn documented_actions() {
         assert_eq!(CloseCode::NORMAL.action(), CloseAction::Terminal);
         assert_eq!(CloseCode::FORBIDDEN.action(), CloseAction::Terminal);
+        assert_eq!(CloseCode::DISCONNECTED.action(), CloseAction::Terminal);
         assert_eq!(CloseCode::TOKEN_EXPIRED.action(), CloseAction::Reauthenticate);
         assert_eq!(CloseCode::SERVER_DRAINING.action(), CloseAction::RetryAfterServerDelay);
         assert_eq!(CloseCode::SESSION_EXPIRED.action(), CloseAction::RetryNewSession);

@@ -19,7 +19,8 @@ use serde::Deserialize;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::services::ServeDir;
 
-use crate::auth::{random_token, Auth, TicketRefusal};
+use crate::api::{self, ApiKeys};
+use crate::auth::{random_token, Auth, AuthError, TicketRefusal, TokenSettings};
 use crate::broker::local::{LocalBroker, LocalBrokerConfig};
 use crate::broker::redis::{RedisBroker, RedisOptions};
 use crate::broker::Broker;
@@ -43,6 +44,8 @@ pub struct Inner {
     /// Where sessions of other nodes are served (no sticky sessions).
     pub cluster: Arc<dyn Cluster>,
     pub auth: Auth,
+    /// Keys of the server API for backends (`crate::api`).
+    pub api_keys: ApiKeys,
     pub limiter: Arc<ConnectionLimiter>,
     pub metrics: Arc<Metrics>,
     pub origins: OriginPolicy,
@@ -74,7 +77,7 @@ impl AppState {
             ..LocalBrokerConfig::default()
         }));
         let single = Arc::new(SingleNode);
-        Ok(Self::build(config, broker.clone(), Some(broker), single))
+        Self::build(config, broker.clone(), Some(broker), single)
     }
 
     /// Builds the state with the in-process broker, or connects to Redis with `--redis`.
@@ -95,14 +98,14 @@ impl AppState {
         let broker = RedisBroker::connect(&url, opts).await?;
         tracing::info!(node = broker.node_id(), "using the Redis broker");
         let (cluster, inbox) = RedisCluster::start(broker.cluster_link()).await?;
-        let state = Self::build(config, broker, None, cluster);
+        let state = Self::build(config, broker, None, cluster)?;
         tokio::spawn(crate::cluster::serve(Arc::downgrade(&state.0), inbox));
         Ok(state)
     }
 
     /// Builds the state around any broker (e.g. Redis). The configuration is not validated:
     /// without a secret, nobody can sign a token it accepts.
-    pub fn with_broker(config: Config, broker: Arc<dyn Broker>) -> Self {
+    pub fn with_broker(config: Config, broker: Arc<dyn Broker>) -> anyhow::Result<Self> {
         Self::build(config, broker, None, Arc::new(SingleNode))
     }
 
@@ -116,12 +119,10 @@ impl AppState {
         broker: Arc<dyn Broker>,
         local: Option<Arc<LocalBroker>>,
         cluster: Arc<dyn Cluster>,
-    ) -> Self {
-        let secret = match &config.auth_secret {
-            Some(s) => s.as_bytes().to_vec(),
-            // Demo mode without a secret (validated): nobody holds this one.
-            None => random_token(32).into_bytes(),
-        };
+    ) -> anyhow::Result<Self> {
+        // The shared secret, if any: without one (validated: demo mode, or an identity
+        // provider's public keys) no HS* token but demo ones is accepted.
+        let secret = config.auth_secret.as_ref().map(|s| s.as_bytes().to_vec());
         let demo = config.demo_auth;
         if demo {
             tracing::warn!(
@@ -133,16 +134,26 @@ impl AppState {
         if origins.allows_any() {
             tracing::warn!("no --allowed-origin configured: requests from any Origin are accepted");
         }
+        let mut auth = Auth::from_settings(
+            TokenSettings::from_config(&config, secret.clone()),
+            config.ticket_ttl,
+        )?;
+        if demo {
+            // Nobody holds a random base: demo tokens are then the only HS* tokens accepted.
+            let base = secret.unwrap_or_else(|| random_token(32).into_bytes());
+            auth = auth.with_demo_secret(demo_key(&base));
+        }
+        let api_keys = ApiKeys::load(&config.api_keys, config.api_key_file.as_deref())?;
+        if !api_keys.is_empty() {
+            tracing::info!(keys = api_keys.len(), "server API for backends is on");
+        }
         let metrics = Arc::new(Metrics::default());
         let config = Arc::new(config);
         let hub = Hub::new(config.clone(), broker, metrics.clone());
         hub.start();
-        let mut auth = Auth::new(secret.clone(), config.ticket_ttl);
-        if demo {
-            auth = auth.with_demo_secret(demo_key(&secret));
-        }
         let state = Self(Arc::new(Inner {
             auth,
+            api_keys,
             limiter: ConnectionLimiter::new(
                 config.max_connections,
                 config.max_connections_per_ip,
@@ -158,7 +169,7 @@ impl AppState {
             local_broker: local,
         }));
         tokio::spawn(sweep(Arc::downgrade(&state.0)));
-        state
+        Ok(state)
     }
 
     pub fn is_draining(&self) -> bool {
@@ -212,7 +223,8 @@ pub fn app(state: AppState) -> Router {
         .route(paths::WEBSOCKET, get(transport::websocket::handler))
         .route(paths::SSE, get(transport::sse::handler))
         .route(paths::POLL, get(transport::long_poll::handler))
-        .route(paths::SEND, post(transport::send::handler));
+        .route(paths::SEND, post(transport::send::handler))
+        .merge(api::router());
     if state.config.test_control {
         router = router.route("/v1/test/exit", post(test_exit));
     }
@@ -267,8 +279,15 @@ async fn ticket(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let Some(token) = token else {
         return http::unauthorized("missing bearer token");
     };
-    let claims = match state.auth.verify(token.trim()) {
+    let claims = match state.auth.verify(token.trim()).await {
         Ok(c) => c,
+        Err(AuthError::KeysUnavailable) => {
+            return http::overloaded(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &AuthError::KeysUnavailable.to_string(),
+                Duration::from_secs(5),
+            )
+        }
         Err(e) => return http::unauthorized(&e.to_string()),
     };
     match state.auth.issue_ticket(claims) {

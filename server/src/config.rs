@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+pub use crate::api::ApiKey;
+
 /// A transport, as named on the command line and in metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ValueEnum)]
 pub enum TransportKind {
@@ -71,6 +73,71 @@ pub struct Config {
     /// tokens are signed with a key of their own, which only a server in demo mode accepts.
     #[arg(long, env = "RTLINK_DEMO_AUTH")]
     pub demo_auth: bool,
+
+    /// PEM public key (RSA, EC P-256/P-384 or Ed25519) that verifies RS*/PS*, ES256/ES384 or
+    /// EdDSA tokens; repeatable.
+    #[arg(
+        long = "auth-public-key",
+        env = "RTLINK_AUTH_PUBLIC_KEY",
+        value_delimiter = ','
+    )]
+    pub auth_public_keys: Vec<PathBuf>,
+
+    /// JWKS of an identity provider: a file or an http(s) URL. Keys are selected by the token's
+    /// `kid` and reloaded every `--auth-jwks-refresh` (and when an unknown `kid` shows up).
+    #[arg(long, env = "RTLINK_AUTH_JWKS")]
+    pub auth_jwks: Option<String>,
+
+    /// How often the JWKS is reloaded.
+    #[arg(long, env = "RTLINK_AUTH_JWKS_REFRESH", default_value = "10m", value_parser = parse_duration)]
+    pub auth_jwks_refresh: Duration,
+
+    /// Accepted token issuer (`iss`); repeatable. Without one, `iss` is not checked.
+    #[arg(
+        long = "auth-issuer",
+        env = "RTLINK_AUTH_ISSUER",
+        value_delimiter = ','
+    )]
+    pub auth_issuers: Vec<String>,
+
+    /// Accepted token audience (`aud`); repeatable. Without one, `aud` is not checked.
+    #[arg(
+        long = "auth-audience",
+        env = "RTLINK_AUTH_AUDIENCE",
+        value_delimiter = ','
+    )]
+    pub auth_audiences: Vec<String>,
+
+    /// Clock skew tolerated when checking `exp` and `nbf`.
+    #[arg(long, env = "RTLINK_AUTH_LEEWAY", default_value = "5s", value_parser = parse_duration)]
+    pub auth_leeway: Duration,
+
+    /// The token claim that holds the room patterns (an array, or a space-separated string).
+    #[arg(long, env = "RTLINK_AUTH_ROOMS_CLAIM", default_value = "rooms")]
+    pub auth_rooms_claim: String,
+
+    /// Room pattern every authenticated user may subscribe to, whatever the token says;
+    /// repeatable.
+    #[arg(
+        long = "auth-default-room",
+        env = "RTLINK_AUTH_DEFAULT_ROOM",
+        value_delimiter = ','
+    )]
+    pub auth_default_rooms: Vec<String>,
+
+    /// API key of the server API for backends (`POST /v1/publish`, ...); repeatable. Never
+    /// logged. Without any key the server API answers 401.
+    #[arg(
+        long = "api-key",
+        env = "RTLINK_API_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<ApiKey>,
+
+    /// File with API keys, one per line (blank lines and `#` comments are ignored).
+    #[arg(long, env = "RTLINK_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
 
     /// Allowed `Origin` (repeatable or comma separated). With none, any origin is allowed.
     #[arg(
@@ -250,11 +317,13 @@ impl Config {
     /// Refuses settings that would be unsafe: no secret outside demo mode, a short secret.
     /// The message says what to do.
     pub fn validate(&self) -> Result<(), String> {
+        let public_keys = !self.auth_public_keys.is_empty() || self.auth_jwks.is_some();
         match &self.auth_secret {
-            None if self.demo_auth => Ok(()),
+            None if self.demo_auth || public_keys => Ok(()),
             None => Err(String::from(
                 "refusing to start without --auth-secret (RTLINK_AUTH_SECRET): tokens could not \
-                 be verified. Pass a secret of at least 32 bytes, or --demo-auth to run the demo \
+                 be verified. Pass a secret of at least 32 bytes, an identity provider's keys \
+                 (--auth-jwks, --auth-public-key), or --demo-auth to run the demo \
                  (anyone may then get a token from POST /v1/demo-token; never in production).",
             )),
             Some(s) if s.len() < MIN_SECRET_BYTES => Err(format!(
@@ -277,6 +346,16 @@ impl Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             auth_secret: Some(TEST_SECRET.into()),
             demo_auth: true,
+            auth_public_keys: Vec::new(),
+            auth_jwks: None,
+            auth_jwks_refresh: Duration::from_secs(600),
+            auth_issuers: Vec::new(),
+            auth_audiences: Vec::new(),
+            auth_leeway: Duration::from_secs(5),
+            auth_rooms_claim: String::from("rooms"),
+            auth_default_rooms: Vec::new(),
+            api_keys: Vec::new(),
+            api_key_file: None,
             allowed_origins: Vec::new(),
             allow_localhost_origins: false,
             static_dir: None,
@@ -339,6 +418,13 @@ mod tests {
             ..base.clone()
         };
         assert!(demo.validate().is_ok());
+        let idp = Config {
+            auth_secret: None,
+            demo_auth: false,
+            auth_jwks: Some(String::from("https://idp.example/jwks.json")),
+            ..base.clone()
+        };
+        assert!(idp.validate().is_ok());
         let short = Config {
             auth_secret: Some("x".repeat(31)),
             ..base

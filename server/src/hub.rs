@@ -249,6 +249,23 @@ impl Hub {
         }
     }
 
+    /// Ends every session of `user` on this node with `code` (the server API's disconnect).
+    /// Returns how many there were.
+    pub async fn end_sessions_of(self: &Arc<Self>, user: &str, code: CloseCode) -> usize {
+        let sessions: Vec<Arc<Session>> = self
+            .sessions
+            .lock()
+            .by_id
+            .values()
+            .filter(|s| s.claims.sub == user)
+            .cloned()
+            .collect();
+        for session in &sessions {
+            self.end_session(session, code).await;
+        }
+        sessions.len()
+    }
+
     /// Registers a local subscriber within the room and user caps; the first one of a room
     /// makes this node watch it.
     pub async fn add_local_sub(

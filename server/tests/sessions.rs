@@ -474,7 +474,8 @@ async fn a_lagging_hub_resyncs_from_history_without_gap_or_duplicate() {
     let s = start_state(rtlink_server::AppState::with_broker(
         fast_config(),
         broker.clone(),
-    ))
+    )
+    .unwrap())
     .await;
     let mut a = s.ws("alice").await;
     a.subscribe("room", None).await;

@@ -22,4 +22,8 @@ impl Cluster for SingleNode {
     }
 
     async fn notify(&self, _: &str, _: Request) {}
+
+    async fn peers(&self) -> Result<Vec<String>, ForwardError> {
+        Ok(Vec::new())
+    }
 }

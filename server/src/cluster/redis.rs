@@ -171,6 +171,43 @@ impl Cluster for RedisCluster {
             tracing::debug!(node, error = ?e, "cluster notify failed");
         }
     }
+
+    async fn peers(&self) -> Result<Vec<String>, ForwardError> {
+        let mut conn = self.link.conn.clone();
+        let ask = async {
+            let nodes: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(self.link.nodes_key())
+                .query_async(&mut conn)
+                .await?;
+            let others: Vec<String> = nodes
+                .into_iter()
+                .filter(|n| *n != self.link.node_id && plausible_node_id(n))
+                .collect();
+            let mut pipe = redis::pipe();
+            for node in &others {
+                pipe.cmd("EXISTS").arg(self.link.liveness_key(node));
+            }
+            let alive: Vec<bool> = if others.is_empty() {
+                Vec::new()
+            } else {
+                pipe.query_async(&mut conn).await?
+            };
+            Ok::<_, redis::RedisError>(
+                others
+                    .into_iter()
+                    .zip(alive)
+                    .filter_map(|(node, alive)| alive.then_some(node))
+                    .collect(),
+            )
+        };
+        match tokio::time::timeout(self.link.response_timeout, ask).await {
+            Ok(Ok(nodes)) => Ok(nodes),
+            Ok(Err(e)) => Err(ForwardError::Unavailable(redis_err(e).0)),
+            Err(_) => Err(ForwardError::Unavailable(String::from(
+                "redis: listing nodes timed out",
+            ))),
+        }
+    }
 }
 
 async fn subscribe(link: &ClusterLink) -> BrokerResult<(PubSubSink, PubSubStream)> {

@@ -237,6 +237,11 @@ impl ClusterLink {
         self.keys.node(node)
     }
 
+    /// Set of the node ids that have announced themselves (alive or not).
+    pub fn nodes_key(&self) -> String {
+        self.keys.nodes()
+    }
+
     /// Pub/Sub channel where `node` receives forwarded requests and replies.
     pub fn inbox(&self, node: &str) -> String {
         self.keys.node_inbox(node)
