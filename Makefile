@@ -5,6 +5,8 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 DEMO_ADDR ?= 127.0.0.1:8080
+# The demo's server API key, for examples/metrics-pusher.py (the demo is not for production).
+DEMO_API_KEY ?= rtlink-demo-api-key
 
 .PHONY: help setup build build-server build-wasm package demo test test-native test-browser test-e2e test-faults test-abuse bench bench-quick
 
@@ -27,8 +29,9 @@ demo: setup build
 	rm -rf www/pkg && cp -r pkg www/pkg
 	@echo
 	@echo "  rtlink demo: open http://$(DEMO_ADDR)  (Ctrl-C to stop)"
+	@echo "  live metrics on the dashboard: python3 examples/metrics-pusher.py --url http://$(DEMO_ADDR) --api-key $(DEMO_API_KEY)"
 	@echo
-	target/server/rtlink-server --listen $(DEMO_ADDR) --static-dir www --demo-auth
+	target/server/rtlink-server --listen $(DEMO_ADDR) --static-dir www --demo-auth --api-key $(DEMO_API_KEY)
 
 test: setup
 	$(MAKE) test-native
