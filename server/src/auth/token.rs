@@ -143,6 +143,12 @@ impl Verifier {
             Some(source) => Some(Jwks::start(source, settings.jwks_refresh)?),
             None => None,
         };
+        if settings.has_public_keys() && settings.audiences.is_empty() {
+            tracing::warn!(
+                "public keys without --auth-audience: tokens the identity provider issued for \
+                 other applications are accepted too"
+            );
+        }
         Ok(Self::build(settings, public, jwks))
     }
 
