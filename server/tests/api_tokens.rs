@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::response::IntoResponse;
 use axum::routing::get;
 use common::{fast_config, start, Server, Ws};
 use jsonwebtoken::jwk::{Jwk, JwkSet};
@@ -272,19 +273,25 @@ struct JwksServer {
     url: String,
     keys: Arc<Mutex<Value>>,
     fetches: Arc<Mutex<u32>>,
+    /// While set, the endpoint answers 503 (the provider is down).
+    down: Arc<Mutex<bool>>,
 }
 
 async fn jwks_server(keys: Value) -> JwksServer {
     let keys = Arc::new(Mutex::new(keys));
     let fetches = Arc::new(Mutex::new(0));
-    let (k, f) = (keys.clone(), fetches.clone());
+    let down = Arc::new(Mutex::new(false));
+    let (k, f, d) = (keys.clone(), fetches.clone(), down.clone());
     let router = axum::Router::new().route(
         "/.well-known/jwks.json",
         get(move || {
-            let (k, f) = (k.clone(), f.clone());
+            let (k, f, d) = (k.clone(), f.clone(), d.clone());
             async move {
                 *f.lock() += 1;
-                axum::Json(k.lock().clone())
+                if *d.lock() {
+                    return axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response();
+                }
+                axum::Json(k.lock().clone()).into_response()
             }
         }),
     );
@@ -294,7 +301,12 @@ async fn jwks_server(keys: Value) -> JwksServer {
         listener.local_addr().unwrap()
     );
     tokio::spawn(async move { axum::serve(listener, router).await });
-    JwksServer { url, keys, fetches }
+    JwksServer {
+        url,
+        keys,
+        fetches,
+        down,
+    }
 }
 
 fn jwk(alg: Algorithm, private: &str, kid: &str) -> Jwk {
@@ -427,6 +439,41 @@ async fn jwks_keys_by_kid_and_rotation() {
     assert!(*idp.fetches.lock() > fetched);
     // The old key is gone with the old set.
     refused(&s, &rs, "kid").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_provider_down_at_start_is_retried_on_demand() {
+    let mut key = jwk(Algorithm::ES256, "ec-private.pem", "unused");
+    key.common.key_id = None;
+    let idp = jwks_server(set(vec![key])).await;
+    *idp.down.lock() = true;
+    let mut c = idp_config();
+    c.auth_jwks = Some(idp.url.clone());
+    let s = start(c).await;
+    // A token without a kid: no rotation to trigger a reload, only the missing key set.
+    let token = sign(Algorithm::ES256, "ec-private.pem", None, &idp_claims("ana"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while *idp.fetches.lock() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no fetch at start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = ticket(&s, &token).await;
+    assert_eq!(status, 503, "keys not loaded yet: retry later, {body}");
+    assert_eq!(body["error"], "overloaded");
+    *idp.down.lock() = false;
+    // Well before the 10-minute refresh: requests retry the load (at most every 5 s).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, _) = ticket(&s, &token).await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the key set never loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -96,6 +96,13 @@ impl Jwks {
         self.lookup(kid)
     }
 
+    /// Tries to load the set if it never loaded (at most once per [`MIN_RELOAD_GAP`]).
+    pub async fn load_if_missing(&self) {
+        if !self.is_loaded() {
+            self.reload(false).await;
+        }
+    }
+
     /// The keys that have no `kid` (for tokens without one).
     pub fn without_kid(&self) -> Vec<VerifyKey> {
         let Some(keys) = self.keys.read().clone() else {

@@ -207,6 +207,10 @@ impl Verifier {
             };
         }
         let family = header.alg.family();
+        if let Some(jwks) = self.jwks.as_ref().filter(|j| !j.is_loaded()) {
+            // The first load failed (provider down at start): try again now, rate-limited.
+            jwks.load_if_missing().await;
+        }
         let pems = self.public.iter().filter(|k| k.key.family() == family);
         if let (Some(kid), Some(jwks)) = (&header.kid, &self.jwks) {
             if let Some(key) = jwks.find(kid).await {
