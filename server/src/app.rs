@@ -32,6 +32,7 @@ use crate::http::{self, OriginPolicy};
 use crate::hub::Hub;
 use crate::limits::ConnectionLimiter;
 use crate::metrics::Metrics;
+use crate::proxy::TrustedProxies;
 use crate::transport;
 
 /// Shared state of the server; cheap to clone. Also the handle tests and `main` use to drain.
@@ -49,6 +50,8 @@ pub struct Inner {
     pub limiter: Arc<ConnectionLimiter>,
     pub metrics: Arc<Metrics>,
     pub origins: OriginPolicy,
+    /// Reverse proxies whose forwarding headers name the client.
+    pub proxies: TrustedProxies,
     /// Demo endpoints (`/v1/demo-token`, `/v1/demo/drain`) are on.
     pub demo: bool,
     pub(crate) draining: AtomicBool,
@@ -148,6 +151,7 @@ impl AppState {
             tracing::info!(keys = api_keys.len(), "server API for backends is on");
         }
         let metrics = Arc::new(Metrics::default());
+        let proxies = TrustedProxies::new(config.trusted_proxies.clone());
         let config = Arc::new(config);
         let hub = Hub::new(config.clone(), broker, metrics.clone());
         hub.start();
@@ -164,6 +168,7 @@ impl AppState {
             cluster,
             metrics,
             origins,
+            proxies,
             demo,
             draining: AtomicBool::new(false),
             local_broker: local,

@@ -147,6 +147,15 @@ pub struct Config {
     )]
     pub allowed_origins: Vec<String>,
 
+    /// Reverse proxy (address or network, e.g. `10.0.0.0/8`; repeatable or comma separated)
+    /// whose `Forwarded` / `X-Forwarded-For` names the client for the per-address limits.
+    #[arg(
+        long = "trusted-proxy",
+        env = "RTLINK_TRUSTED_PROXY",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<crate::proxy::IpNet>,
+
     /// Also allow any `http://localhost:<port>` and `http://127.0.0.1:<port>` origin.
     #[arg(long, env = "RTLINK_ALLOW_LOCALHOST_ORIGINS")]
     pub allow_localhost_origins: bool,
@@ -358,6 +367,7 @@ impl Config {
             api_key_file: None,
             allowed_origins: Vec::new(),
             allow_localhost_origins: false,
+            trusted_proxies: Vec::new(),
             static_dir: None,
             disabled_transports: Vec::new(),
             redis: None,

@@ -144,11 +144,11 @@ pub fn is_localhost_origin(origin: &str) -> bool {
     }
 }
 
-/// The peer's IP, when the server was started with connect info.
-pub fn client_ip<B>(req: &Request<B>) -> Option<IpAddr> {
-    req.extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ci| ci.0.ip())
+/// The client's IP: the TCP peer's, or behind a trusted proxy the one it forwarded
+/// ([`crate::proxy`]). `None` when the server was started without connect info.
+pub fn client_ip<B>(state: &AppState, req: &Request<B>) -> Option<IpAddr> {
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>()?.0.ip();
+    Some(state.proxies.client_ip(peer, req.headers()))
 }
 
 pub fn origin_refused() -> Response {

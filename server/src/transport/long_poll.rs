@@ -27,7 +27,7 @@ use crate::session::{close_frame, OutFrame, Session};
 use crate::transport::poll_batch_body;
 
 pub async fn handler(State(state): State<AppState>, req: Request) -> Response {
-    let ip = http::client_ip(&req);
+    let ip = http::client_ip(&state, &req);
     if let Err(resp) = http::check_enabled(&state, TransportKind::Poll) {
         return resp;
     }

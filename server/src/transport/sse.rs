@@ -22,7 +22,7 @@ use crate::hub::Hub;
 use crate::session::{close_frame, Attached, Session};
 
 pub async fn handler(State(state): State<AppState>, req: Request) -> Response {
-    let ip = http::client_ip(&req);
+    let ip = http::client_ip(&state, &req);
     let query = match Query::<HashMap<String, String>>::try_from_uri(req.uri()) {
         Ok(q) => q.0,
         Err(_) => return http::bad_request("malformed query"),

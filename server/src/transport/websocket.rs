@@ -26,7 +26,7 @@ use crate::metrics::{DropReason, Metrics};
 use crate::session::{Attached, Session};
 
 pub async fn handler(State(state): State<AppState>, req: Request) -> Response {
-    let ip = http::client_ip(&req);
+    let ip = http::client_ip(&state, &req);
     let (mut parts, _body) = req.into_parts();
     let query = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
         .map(|q| q.0)

@@ -1,7 +1,7 @@
 //! Connection-level protection: tickets, header timeouts, connection caps, frame sizes, stalled
 //! streams.
 
-use crate::common::{Poll, Sse, Ws};
+use crate::common::{Poll, Server, Sse, Ws};
 use crate::process::ServerProcess;
 use crate::{bounded, Bystander};
 
@@ -60,6 +60,84 @@ async fn abuse_refused_opens_do_not_burn_the_ticket() {
         let (_poll, frames) = Poll::open(&client, &ticket, None).await;
         assert!(!frames.is_empty());
 
+        bystander.assert_unaffected(&client).await;
+    })
+    .await;
+}
+
+/// Opens an SSE stream claiming to come from `forwarded_for`; the response (kept open) or the
+/// refusal's status.
+async fn sse_from(client: &Server, forwarded_for: &str) -> Result<reqwest::Response, u16> {
+    let ticket = client.ticket("mallory").await;
+    let resp = client
+        .http
+        .get(client.url(&format!("/v1/sse?ticket={ticket}&v=1")))
+        .header("x-forwarded-for", forwarded_for)
+        .send()
+        .await
+        .unwrap();
+    match resp.status().as_u16() {
+        200 => Ok(resp),
+        status => Err(status),
+    }
+}
+
+/// Behind a trusted proxy the per-address limits key on the forwarded client, so one client
+/// behind the balancer cannot use up the balancer's address for everyone; from an untrusted
+/// peer the header is ignored, so it cannot be used to dodge the limits.
+#[tokio::test]
+async fn abuse_per_address_limits_see_through_trusted_proxies_only() {
+    bounded(async {
+        let server = ServerProcess::start(&[
+            "--trusted-proxy",
+            "127.0.0.1",
+            "--max-connections-per-ip",
+            "2",
+        ]);
+        let client = server.client();
+        // The bystander comes through the proxy without a forwarding header: 127.0.0.1.
+        let mut bystander = Bystander::join(&client, "alice", "chat:lobby").await;
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            held.push(sse_from(&client, "6.6.6.6").await.expect("within the cap"));
+        }
+        assert_eq!(sse_from(&client, "6.6.6.6").await.err(), Some(429));
+        // A spoofed left part does not help: the proxy appended the real client.
+        assert_eq!(sse_from(&client, "1.2.3.4, 6.6.6.6").await.err(), Some(429));
+        // Another client behind the same proxy is not affected.
+        held.push(sse_from(&client, "7.7.7.7").await.expect("another client"));
+        bystander.assert_unaffected(&client).await;
+        drop(held);
+
+        // Without --trusted-proxy the header is ignored: spoofing does not add slots.
+        let server = ServerProcess::start(&["--max-connections-per-ip", "4"]);
+        let client = server.client();
+        let mut bystander = Bystander::join(&client, "alice", "chat:lobby").await;
+        let mut held = Vec::new();
+        for i in 0.. {
+            match sse_from(&client, &format!("9.9.9.{i}")).await {
+                Ok(r) => held.push(r),
+                Err(status) => {
+                    assert_eq!(status, 429);
+                    break;
+                }
+            }
+        }
+        assert_eq!(held.len(), 3, "four per address, the bystander holds one");
+        drop(held);
+        crate::process::eventually("the slots are released", crate::WAIT, || async {
+            let m = client
+                .http
+                .get(client.url("/metrics"))
+                .send()
+                .await
+                .unwrap();
+            m.text()
+                .await
+                .unwrap()
+                .contains("rtlink_connections{transport=\"sse\"} 0")
+        })
+        .await;
         bystander.assert_unaffected(&client).await;
     })
     .await;
