@@ -96,9 +96,16 @@ impl Stack {
 
     /// `n` nodes sharing `redis`, behind a round-robin proxy.
     pub async fn cluster_on(redis: Redis, n: usize, node: NodeConfig) -> anyhow::Result<Self> {
+        let url = redis.url();
+        Self::cluster_via(redis, &url, n, node).await
+    }
+
+    /// `n` nodes reaching `redis` at `url` (e.g. through a TCP fault proxy), behind a
+    /// round-robin proxy.
+    pub async fn cluster_via(redis: Redis, url: &str, n: usize, node: NodeConfig) -> anyhow::Result<Self> {
         let mut nodes = Vec::new();
         for _ in 0..n {
-            nodes.push(Node::start(node.clone().redis(&redis.url())).await?);
+            nodes.push(Node::start(node.clone().redis(url)).await?);
         }
         let proxy = FaultProxy::http(nodes.iter().map(Node::addr).collect()).await?;
         Ok(Self { redis: Some(redis), nodes, proxy })

@@ -200,7 +200,6 @@ async fn sweep(state: std::sync::Weak<Inner>) {
     loop {
         tick.tick().await;
         let Some(state) = state.upgrade() else { return };
-        state.auth.sweep();
         if let Some(b) = &state.local_broker {
             b.sweep();
         }
@@ -295,7 +294,7 @@ async fn ticket(State(state): State<AppState>, headers: HeaderMap) -> Response {
         }
         Err(e) => return http::unauthorized(&e.to_string()),
     };
-    match state.auth.issue_ticket(claims) {
+    match state.auth.issue_ticket(&*state.hub.broker, claims).await {
         Ok((ticket, ttl)) => Json(TicketResponse {
             ticket,
             expires_in_ms: ttl.as_millis() as u64,
@@ -310,6 +309,11 @@ async fn ticket(State(state): State<AppState>, headers: HeaderMap) -> Response {
             StatusCode::SERVICE_UNAVAILABLE,
             "too many tickets",
             Duration::from_secs(5),
+        ),
+        Err(TicketRefusal::Unavailable) => http::overloaded(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "tickets are unavailable right now",
+            Duration::from_secs(1),
         ),
     }
 }

@@ -12,7 +12,7 @@ use rtlink_protocol::envelope::HttpError;
 use rtlink_protocol::{ErrorCode, PROTOCOL_VERSION};
 
 use crate::app::AppState;
-use crate::auth::Claims;
+use crate::auth::{Claims, RedeemError};
 use crate::config::TransportKind;
 use crate::limits::{ConnGuard, Refusal};
 use crate::metrics::DropReason;
@@ -216,13 +216,29 @@ pub fn precheck(
 impl Prechecked {
     /// Consumes the ticket (401 if it is missing, unknown, expired or used).
     #[allow(clippy::result_large_err)]
-    pub fn redeem(self, state: &AppState, ticket: Option<&str>) -> Result<Admission, Response> {
-        let claims = ticket
-            .and_then(|t| state.auth.redeem_ticket(t))
-            .ok_or_else(|| {
+    pub async fn redeem(
+        self,
+        state: &AppState,
+        ticket: Option<&str>,
+    ) -> Result<Admission, Response> {
+        let redeemed = match ticket {
+            Some(t) => state.auth.redeem_ticket(&*state.hub.broker, t).await,
+            None => Err(RedeemError::Invalid),
+        };
+        let claims = match redeemed {
+            Ok(claims) => claims,
+            Err(RedeemError::Invalid) => {
                 state.metrics.count_drop(DropReason::Unauthorized);
-                unauthorized("missing, invalid, expired or reused ticket")
-            })?;
+                return Err(unauthorized("missing, invalid, expired or reused ticket"));
+            }
+            Err(RedeemError::Unavailable) => {
+                return Err(overloaded(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "tickets cannot be checked right now",
+                    Duration::from_secs(1),
+                ))
+            }
+        };
         Ok(Admission {
             claims,
             guard: self.guard,
@@ -247,7 +263,7 @@ pub fn check_enabled(state: &AppState, kind: TransportKind) -> Result<(), Respon
 /// [`precheck`], the protocol version `?v=` (absent means the current one), then the ticket
 /// `?ticket=`.
 #[allow(clippy::result_large_err)]
-pub fn admit_query(
+pub async fn admit_query(
     state: &AppState,
     kind: TransportKind,
     headers: &HeaderMap,
@@ -261,7 +277,9 @@ pub fn admit_query(
     {
         return Err(bad_request("unsupported protocol version"));
     }
-    prechecked.redeem(state, query.get("ticket").map(String::as_str))
+    prechecked
+        .redeem(state, query.get("ticket").map(String::as_str))
+        .await
 }
 
 #[cfg(test)]

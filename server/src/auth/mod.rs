@@ -16,12 +16,11 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::broker::now_ms;
 
-pub use tickets::TicketRefusal;
+pub use tickets::{RedeemError, TicketRefusal};
 pub use token::TokenSettings;
 
 /// The claims of an rtlink token, as the rest of the server sees them (whatever the identity
@@ -156,7 +155,6 @@ impl std::fmt::Display for AuthError {
 pub struct Auth {
     tokens: token::Verifier,
     ticket_ttl: Duration,
-    tickets: Mutex<tickets::Tickets>,
 }
 
 impl Auth {
@@ -166,7 +164,6 @@ impl Auth {
         Ok(Self {
             tokens: token::Verifier::new(settings)?,
             ticket_ttl,
-            tickets: Mutex::new(tickets::Tickets::default()),
         })
     }
 
@@ -175,7 +172,6 @@ impl Auth {
         Self {
             tokens: token::Verifier::with_secret(secret),
             ticket_ttl,
-            tickets: Mutex::new(tickets::Tickets::default()),
         }
     }
 

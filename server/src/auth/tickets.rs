@@ -1,102 +1,113 @@
 //! Tickets: single-use, short-lived stand-ins for a token, for the transports that cannot send
-//! an `Authorization` header.
+//! an `Authorization` header. They are kept in the broker, so a ticket issued by one node is
+//! redeemed on any other (a load balancer without stickiness sends `POST /v1/ticket` and the
+//! transport open to different nodes): in memory on a single node, in Redis on a cluster.
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 use super::{random_token, Auth, Claims};
+use crate::broker::tickets::TicketGrant;
+use crate::broker::Broker;
 
-/// Tickets held at most; past it the oldest expired ones go first, then new tickets are refused.
-const MAX_TICKETS: usize = 100_000;
+pub use crate::broker::tickets::TicketRefusal as StoreRefusal;
+
 /// Live (issued, not yet used or expired) tickets one user may hold. A client needs one per
 /// connection attempt and uses it within moments; the cap stops one token from filling the
-/// table that every user shares.
-const MAX_TICKETS_PER_USER: u32 = 64;
+/// store that every user shares.
+pub const MAX_TICKETS_PER_USER: u32 = 64;
 
-/// Live tickets, and how many each user holds.
-#[derive(Default)]
-pub(super) struct Tickets {
-    by_ticket: HashMap<String, (Claims, Instant)>,
-    per_user: HashMap<String, u32>,
-}
-
-impl Tickets {
-    fn forget_user_ticket(per_user: &mut HashMap<String, u32>, user: &str) {
-        if let Some(n) = per_user.get_mut(user) {
-            *n -= 1;
-            if *n == 0 {
-                per_user.remove(user);
-            }
-        }
-    }
-
-    fn remove(&mut self, ticket: &str) -> Option<(Claims, Instant)> {
-        let entry = self.by_ticket.remove(ticket)?;
-        Self::forget_user_ticket(&mut self.per_user, &entry.0.sub);
-        Some(entry)
-    }
-
-    fn sweep(&mut self, now: Instant) {
-        let per_user = &mut self.per_user;
-        self.by_ticket.retain(|_, (claims, exp)| {
-            let live = *exp > now;
-            if !live {
-                Self::forget_user_ticket(per_user, &claims.sub);
-            }
-            live
-        });
-    }
-}
+/// Random bytes in a ticket (32 URL-safe characters).
+const TICKET_BYTES: usize = 24;
 
 /// Why no ticket was issued.
 #[derive(Debug, PartialEq, Eq)]
 pub enum TicketRefusal {
     /// This user holds [`MAX_TICKETS_PER_USER`] unused tickets (429).
     TooManyForUser,
-    /// The shared table is full of live tickets (503).
+    /// The in-memory table is full of live tickets (503).
     TableFull,
+    /// The broker could not be reached (503).
+    Unavailable,
+}
+
+/// Why a ticket did not admit anyone.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RedeemError {
+    /// Missing, unknown, expired, already used, or its token expired (401).
+    Invalid,
+    /// The broker could not be reached (503): the ticket may still be good.
+    Unavailable,
+}
+
+/// What the broker keeps under a ticket.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    claims: Claims,
 }
 
 impl Auth {
     /// Issues a single-use ticket for already verified claims, unless the user already holds
-    /// too many unused ones or the shared table is full of live tickets.
-    pub fn issue_ticket(&self, claims: Claims) -> Result<(String, Duration), TicketRefusal> {
-        let now = Instant::now();
-        let mut tickets = self.tickets.lock();
-        let held = |t: &Tickets| t.per_user.get(&claims.sub).copied().unwrap_or(0);
-        if held(&tickets) >= MAX_TICKETS_PER_USER || tickets.by_ticket.len() >= MAX_TICKETS {
-            tickets.sweep(now);
-            if held(&tickets) >= MAX_TICKETS_PER_USER {
-                return Err(TicketRefusal::TooManyForUser);
-            }
-            if tickets.by_ticket.len() >= MAX_TICKETS {
-                return Err(TicketRefusal::TableFull);
+    /// too many unused ones or the store is full.
+    pub async fn issue_ticket(
+        &self,
+        broker: &dyn Broker,
+        claims: Claims,
+    ) -> Result<(String, Duration), TicketRefusal> {
+        let ticket = random_token(TICKET_BYTES);
+        let user = claims.sub.clone();
+        let payload =
+            serde_json::to_string(&Stored { claims }).map_err(|_| TicketRefusal::Unavailable)?;
+        let grant = TicketGrant {
+            ticket: ticket.clone(),
+            user,
+            payload,
+            ttl: self.ticket_ttl,
+            per_user_cap: MAX_TICKETS_PER_USER,
+        };
+        match broker.issue_ticket(grant).await {
+            Ok(Ok(())) => Ok((ticket, self.ticket_ttl)),
+            Ok(Err(StoreRefusal::TooManyForUser)) => Err(TicketRefusal::TooManyForUser),
+            Ok(Err(StoreRefusal::TableFull)) => Err(TicketRefusal::TableFull),
+            Err(e) => {
+                tracing::warn!(error = %e, "ticket not stored");
+                Err(TicketRefusal::Unavailable)
             }
         }
-        let ticket = random_token(24);
-        *tickets.per_user.entry(claims.sub.clone()).or_default() += 1;
-        tickets
-            .by_ticket
-            .insert(ticket.clone(), (claims, now + self.ticket_ttl));
-        Ok((ticket, self.ticket_ttl))
     }
 
     /// Consumes a ticket: the claims if it exists, has not expired and the token inside has
-    /// not expired either. A ticket works once.
-    pub fn redeem_ticket(&self, ticket: &str) -> Option<Claims> {
-        let (claims, exp) = self.tickets.lock().remove(ticket)?;
-        (exp > Instant::now() && !claims.expired()).then_some(claims)
-    }
-
-    /// Forgets expired tickets (periodic sweep).
-    pub fn sweep(&self) {
-        self.tickets.lock().sweep(Instant::now());
+    /// not expired either. A ticket works once, on whichever node redeems it first.
+    pub async fn redeem_ticket(
+        &self,
+        broker: &dyn Broker,
+        ticket: &str,
+    ) -> Result<Claims, RedeemError> {
+        // Anything longer is not one of ours; it never reaches the store.
+        if ticket.is_empty() || ticket.len() > 64 {
+            return Err(RedeemError::Invalid);
+        }
+        let payload = match broker.redeem_ticket(ticket).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return Err(RedeemError::Invalid),
+            Err(e) => {
+                tracing::warn!(error = %e, "ticket store unreachable");
+                return Err(RedeemError::Unavailable);
+            }
+        };
+        let stored: Stored = serde_json::from_str(&payload).map_err(|_| RedeemError::Invalid)?;
+        if stored.claims.expired() {
+            return Err(RedeemError::Invalid);
+        }
+        Ok(stored.claims)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::local::{LocalBroker, LocalBrokerConfig};
     use crate::broker::now_ms;
 
     fn auth() -> Auth {
@@ -112,31 +123,48 @@ mod tests {
         }
     }
 
-    #[test]
-    fn tickets_are_single_use() {
-        let a = auth();
-        let Ok((t, _)) = a.issue_ticket(claims(now_ms() / 1000 + 60)) else {
+    #[tokio::test]
+    async fn tickets_are_single_use() {
+        let (a, b) = (auth(), LocalBroker::new(LocalBrokerConfig::default()));
+        let Ok((t, _)) = a.issue_ticket(&b, claims(now_ms() / 1000 + 60)).await else {
             panic!("ticket refused")
         };
-        assert!(a.redeem_ticket(&t).is_some());
-        assert!(a.redeem_ticket(&t).is_none());
-        assert!(a.redeem_ticket("forged").is_none());
+        assert!(a.redeem_ticket(&b, &t).await.is_ok());
+        assert_eq!(a.redeem_ticket(&b, &t).await, Err(RedeemError::Invalid));
+        assert_eq!(
+            a.redeem_ticket(&b, "forged").await,
+            Err(RedeemError::Invalid)
+        );
+        assert_eq!(
+            a.redeem_ticket(&b, &"x".repeat(65)).await,
+            Err(RedeemError::Invalid)
+        );
     }
 
-    #[test]
-    fn one_user_cannot_fill_the_ticket_table() {
-        let a = auth();
+    #[tokio::test]
+    async fn a_ticket_whose_token_expired_admits_nobody() {
+        let (a, b) = (auth(), LocalBroker::new(LocalBrokerConfig::default()));
+        let Ok((t, _)) = a.issue_ticket(&b, claims(now_ms() / 1000)).await else {
+            panic!("ticket refused")
+        };
+        assert_eq!(a.redeem_ticket(&b, &t).await, Err(RedeemError::Invalid));
+    }
+
+    #[tokio::test]
+    async fn one_user_cannot_fill_the_ticket_table() {
+        let (a, b) = (auth(), LocalBroker::new(LocalBrokerConfig::default()));
         let exp = now_ms() / 1000 + 60;
         let mut held = Vec::new();
         for _ in 0..MAX_TICKETS_PER_USER {
             held.push(
-                a.issue_ticket(claims(exp))
+                a.issue_ticket(&b, claims(exp))
+                    .await
                     .map(|(t, _)| t)
                     .expect("under the cap"),
             );
         }
         assert_eq!(
-            a.issue_ticket(claims(exp)).map(|_| ()),
+            a.issue_ticket(&b, claims(exp)).await.map(|_| ()),
             Err(TicketRefusal::TooManyForUser)
         );
         let other = Claims {
@@ -144,12 +172,12 @@ mod tests {
             ..claims(exp)
         };
         assert!(
-            a.issue_ticket(other).is_ok(),
+            a.issue_ticket(&b, other).await.is_ok(),
             "other users are not affected"
         );
-        assert!(a.redeem_ticket(&held[0]).is_some());
+        assert!(a.redeem_ticket(&b, &held[0]).await.is_ok());
         assert!(
-            a.issue_ticket(claims(exp)).is_ok(),
+            a.issue_ticket(&b, claims(exp)).await.is_ok(),
             "using a ticket frees a slot"
         );
     }

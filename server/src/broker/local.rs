@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 use rtlink_protocol::PresenceConn;
 use tokio::sync::broadcast;
 
+use super::tickets::{LocalTickets, TicketGrant, TicketRefusal};
 use super::{
     now_ms, Broker, BrokerResult, BrokerStats, DedupeKey, HistoryPage, PublishOutcome,
     PublishRequest, RoomEvent, RoomEventKind, StoredMessage,
@@ -87,6 +88,8 @@ fn room_entry<'a>(
 pub struct LocalBroker {
     cfg: LocalBrokerConfig,
     state: Mutex<State>,
+    /// Kept apart from `state`: ticket traffic never waits behind room traffic.
+    tickets: Mutex<LocalTickets>,
     tx: broadcast::Sender<RoomEvent>,
 }
 
@@ -99,6 +102,7 @@ impl LocalBroker {
                 epoch_prefix: crate::auth::random_token(6),
                 ..State::default()
             }),
+            tickets: Mutex::new(LocalTickets::default()),
             tx,
         }
     }
@@ -134,7 +138,8 @@ impl LocalBroker {
         }
     }
 
-    /// Drops rooms that hold nothing any more and that nobody watches. Called from the
+    /// Drops rooms that hold nothing any more and that nobody watches, and expired tickets.
+    /// Called from the
     /// server's periodic sweep. A dropped room's offsets restart at 1; a client that resumes
     /// with a `since` above the new head is told `recovered: false`.
     pub fn sweep(&self) {
@@ -155,6 +160,8 @@ impl LocalBroker {
                 || now.saturating_sub(room.last_active_ms) <= max_age
         });
         self.forget_old_ids(state, now);
+        drop(guard);
+        self.tickets.lock().sweep(std::time::Instant::now());
     }
 }
 
@@ -304,6 +311,14 @@ impl Broker for LocalBroker {
             },
         );
         Ok(())
+    }
+
+    async fn issue_ticket(&self, grant: TicketGrant) -> BrokerResult<Result<(), TicketRefusal>> {
+        Ok(self.tickets.lock().issue(grant, std::time::Instant::now()))
+    }
+
+    async fn redeem_ticket(&self, ticket: &str) -> BrokerResult<Option<String>> {
+        Ok(self.tickets.lock().redeem(ticket, std::time::Instant::now()))
     }
 
     fn stats(&self) -> BrokerStats {

@@ -32,6 +32,9 @@
 //!   present session is an update. `presence_leave` of an absent session is a no-op and sends no
 //!   event. Each effective change sends exactly one event to the room.
 //! - **Typing** is never stored: [`Broker::typing`] only fans out.
+//! - **Tickets** ([`tickets`]) are stored where every node can redeem them: a ticket stored by
+//!   [`Broker::issue_ticket`] on one node is returned by [`Broker::redeem_ticket`] on any node,
+//!   once (two concurrent redeems: one gets it), and never after its time to live.
 //! - **Dedupe**: [`Broker::publish`] with a [`DedupeKey`] that was seen within the dedupe window
 //!   stores nothing, sends nothing and returns [`PublishOutcome::Duplicate`] with the original
 //!   room and offset. Two concurrent publishes with the same key store at most one message.
@@ -42,6 +45,7 @@
 
 pub mod local;
 pub mod redis;
+pub mod tickets;
 
 use std::sync::Arc;
 
@@ -281,6 +285,17 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Fans out a typing event (never stored).
     async fn typing(&self, room: &str, user: &str, name: &str, active: bool) -> BrokerResult<()>;
+
+    /// Stores a ticket for its time to live, unless the user already holds as many live
+    /// tickets as the grant allows (or, in memory, the table is full).
+    async fn issue_ticket(
+        &self,
+        grant: tickets::TicketGrant,
+    ) -> BrokerResult<Result<(), tickets::TicketRefusal>>;
+
+    /// Removes a ticket and returns its payload, if it exists and has not expired. A ticket is
+    /// returned once, whichever node asks.
+    async fn redeem_ticket(&self, ticket: &str) -> BrokerResult<Option<String>>;
 
     /// Numbers for `/metrics`; cheap, may be approximate.
     fn stats(&self) -> BrokerStats;

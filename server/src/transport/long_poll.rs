@@ -56,11 +56,11 @@ pub async fn handler(State(state): State<AppState>, req: Request) -> Response {
         }
         return poll_local(&state, token, cursor, usize::MAX).await;
     }
-    let admission = match http::admit_query(&state, TransportKind::Poll, req.headers(), ip, &query)
-    {
-        Ok(a) => a,
-        Err(resp) => return resp,
-    };
+    let admission =
+        match http::admit_query(&state, TransportKind::Poll, req.headers(), ip, &query).await {
+            Ok(a) => a,
+            Err(resp) => return resp,
+        };
     let hub = &state.hub;
     let Ok((session, resumed)) = cluster::open_session(
         &state,

@@ -27,10 +27,11 @@ pub async fn handler(State(state): State<AppState>, req: Request) -> Response {
         Ok(q) => q.0,
         Err(_) => return http::bad_request("malformed query"),
     };
-    let admission = match http::admit_query(&state, TransportKind::Sse, req.headers(), ip, &query) {
-        Ok(a) => a,
-        Err(resp) => return resp,
-    };
+    let admission =
+        match http::admit_query(&state, TransportKind::Sse, req.headers(), ip, &query).await {
+            Ok(a) => a,
+            Err(resp) => return resp,
+        };
     let hub = state.hub.clone();
     let Ok((session, resumed)) = crate::cluster::open_session(
         &state,

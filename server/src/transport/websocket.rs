@@ -40,7 +40,10 @@ pub async fn handler(State(state): State<AppState>, req: Request) -> Response {
         Err(_) => return http::bad_request("expected a WebSocket upgrade"),
     };
     // Last: a request refused above leaves its ticket usable.
-    let admission = match prechecked.redeem(&state, query.get("ticket").map(String::as_str)) {
+    let admission = match prechecked
+        .redeem(&state, query.get("ticket").map(String::as_str))
+        .await
+    {
         Ok(a) => a,
         Err(resp) => return resp,
     };

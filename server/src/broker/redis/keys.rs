@@ -87,6 +87,17 @@ impl Keys {
         format!("{}{id}:inbox", self.node_prefix())
     }
 
+    /// A live ticket: hash of its payload (`p`) and its owner's ticket set key (`o`).
+    pub(super) fn ticket(&self, ticket: &str) -> String {
+        format!("{}:ticket:{ticket}", self.prefix)
+    }
+
+    /// Sorted set of a user's live tickets, scored by expiry (ms, Redis's clock): the per-user
+    /// cap. The user's length goes first, as for dedupe keys.
+    pub(super) fn user_tickets(&self, user: &str) -> String {
+        format!("{}:tickets-of:{}:{user}", self.prefix, user.len())
+    }
+
     /// Remembered publish id. The user's length goes first so `("a:b", "c")` and `("a", "b:c")`
     /// are different keys.
     pub(super) fn dedupe(&self, user: &str, id: &str) -> String {

@@ -13,6 +13,9 @@
 //!   entries of nodes whose key expired, so the users of a crashed node leave after about one
 //!   TTL (`upkeep.rs`).
 //! - **Typing** is a bare `PUBLISH`.
+//! - **Tickets**: a hash per ticket with a time to live, and per user a sorted set of live
+//!   tickets scored by expiry (the per-user cap); issue and redeem are one script each, so a
+//!   ticket is redeemed once even when two nodes try at the same moment.
 //!
 //! Losing the Pub/Sub connection: the reader reconnects, re-subscribes every watched room,
 //! replays from history the messages it missed (skipping those it already sent) and sends the
@@ -43,6 +46,7 @@ use self::scripts::Scripts;
 use self::subscriber::Subscriptions;
 use self::wire::{int, message_tail, stored_from_entry, text, StoredConn, Wire};
 use super::local::LocalBrokerConfig;
+use super::tickets::{TicketGrant, TicketRefusal};
 use super::{
     Broker, BrokerError, BrokerResult, BrokerStats, HistoryPage, PublishOutcome, PublishRequest,
     RoomEvent, StoredMessage,
@@ -454,6 +458,34 @@ impl Broker for RedisBroker {
             .await
             .map_err(redis_err)?;
         Ok(())
+    }
+
+    async fn issue_ticket(&self, grant: TicketGrant) -> BrokerResult<Result<(), TicketRefusal>> {
+        let s = &self.shared;
+        let stored: i64 = s
+            .scripts
+            .issue_ticket
+            .key(s.keys.ticket(&grant.ticket))
+            .key(s.keys.user_tickets(&grant.user))
+            .arg(&grant.ticket)
+            .arg(&grant.payload)
+            .arg(millis(grant.ttl))
+            .arg(grant.per_user_cap)
+            .invoke_async(&mut s.conn())
+            .await
+            .map_err(redis_err)?;
+        Ok(if stored == 1 { Ok(()) } else { Err(TicketRefusal::TooManyForUser) })
+    }
+
+    async fn redeem_ticket(&self, ticket: &str) -> BrokerResult<Option<String>> {
+        let s = &self.shared;
+        s.scripts
+            .redeem_ticket
+            .key(s.keys.ticket(ticket))
+            .arg(ticket)
+            .invoke_async(&mut s.conn())
+            .await
+            .map_err(redis_err)
     }
 
     fn stats(&self) -> BrokerStats {

@@ -184,6 +184,35 @@ end
 return {rooms, members, messages}
 "#;
 
+/// KEYS: ticket hash, the owner's ticket set. ARGV: ticket, payload, ttl ms, per-user cap.
+/// Returns 1 if stored, 0 if the owner holds `cap` live tickets already. Expired members of the
+/// owner's set are dropped first, so a ticket that was never redeemed frees its slot when it
+/// expires.
+const ISSUE_TICKET: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[4]) then return 0 end
+redis.call('HSET', KEYS[1], 'p', ARGV[2], 'o', KEYS[2])
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ttl)
+return 1
+"#;
+
+/// KEYS: ticket hash. ARGV: ticket. Returns the payload and deletes the ticket (and its slot
+/// in the owner's set), or nil. One script, so of two nodes redeeming the same ticket at once
+/// exactly one gets it. The owner's set key is read from the ticket (a single Redis instance
+/// is assumed, as for every script here).
+const REDEEM_TICKET: &str = r#"
+local v = redis.call('HMGET', KEYS[1], 'p', 'o')
+if not v[1] then return false end
+redis.call('DEL', KEYS[1])
+if v[2] then redis.call('ZREM', v[2], ARGV[1]) end
+return v[1]
+"#;
+
 /// The compiled scripts (`EVALSHA`, loaded on first use and after a `SCRIPT FLUSH`).
 pub(super) struct Scripts {
     pub publish: Script,
@@ -194,6 +223,8 @@ pub(super) struct Scripts {
     pub presence_marked_snapshot: Script,
     pub reap_room: Script,
     pub stats: Script,
+    pub issue_ticket: Script,
+    pub redeem_ticket: Script,
 }
 
 impl Scripts {
@@ -208,6 +239,8 @@ impl Scripts {
             presence_marked_snapshot: Script::new(PRESENCE_MARKED_SNAPSHOT),
             reap_room: Script::new(REAP_ROOM),
             stats: Script::new(STATS),
+            issue_ticket: Script::new(ISSUE_TICKET),
+            redeem_ticket: Script::new(REDEEM_TICKET),
         }
     }
 }
