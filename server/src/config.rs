@@ -287,6 +287,15 @@ pub struct Config {
     #[arg(long, env = "RTLINK_MAX_SESSIONS", default_value_t = 50_000)]
     pub max_sessions: usize,
 
+    /// Sessions (connected or resumable) of one user on this node. At the cap, a new one ends
+    /// the user's oldest detached session; with none detached, it is refused (429).
+    #[arg(long, env = "RTLINK_MAX_SESSIONS_PER_USER", default_value_t = 32)]
+    pub max_sessions_per_user: usize,
+
+    /// Sessions (connected or resumable) opened from one IP address; more get 429.
+    #[arg(long, env = "RTLINK_MAX_SESSIONS_PER_IP", default_value_t = 512)]
+    pub max_sessions_per_ip: usize,
+
     /// Frames queued per session before it is closed 4004 slow_consumer.
     #[arg(long, env = "RTLINK_OUTBOX_FRAMES", default_value_t = 1024)]
     pub outbox_max_frames: usize,

@@ -14,6 +14,7 @@ use rtlink_protocol::{ErrorCode, PROTOCOL_VERSION};
 use crate::app::AppState;
 use crate::auth::{Claims, RedeemError};
 use crate::config::TransportKind;
+use crate::hub::SessionRefusal;
 use crate::limits::{ConnGuard, Refusal};
 use crate::metrics::DropReason;
 
@@ -68,6 +69,29 @@ pub fn unknown_session() -> Response {
 
 pub fn overloaded(status: StatusCode, message: &str, retry_after: Duration) -> Response {
     error(status, ErrorCode::Overloaded, message, Some(retry_after))
+}
+
+/// A server-given delay, spread: uniformly random in `[base, 2·base)`, so the clients refused
+/// together do not come back together.
+pub fn spread(base: Duration) -> Duration {
+    base.mul_f64(1.0 + rand::random::<f64>())
+}
+
+/// The answer to a transport open for which no session could be opened (the WebSocket closes
+/// 1013 instead, after its `hello`).
+pub fn session_refused(refusal: &SessionRefusal) -> Response {
+    let (status, message) = match refusal {
+        SessionRefusal::Total => (StatusCode::SERVICE_UNAVAILABLE, "too many sessions"),
+        SessionRefusal::PerIp => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many sessions from this address",
+        ),
+        SessionRefusal::PerUser => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many connected sessions for this user",
+        ),
+    };
+    overloaded(status, message, spread(Duration::from_secs(5)))
 }
 
 /// Which browser origins may talk to this server.

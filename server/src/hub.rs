@@ -10,6 +10,7 @@
 //! drops, heartbeats and the periodic sweep.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -29,6 +30,46 @@ use crate::session::{Attached, OutboxLimits, Session};
 struct Sessions {
     by_id: HashMap<String, Arc<Session>>,
     by_token: HashMap<String, Arc<Session>>,
+    /// User id → the user's sessions, oldest first (at most `--max-sessions-per-user`).
+    per_user: HashMap<String, Vec<Arc<Session>>>,
+    /// Client address → sessions opened from it; and each session's address.
+    per_ip: HashMap<IpAddr, usize>,
+    ip_of: HashMap<String, IpAddr>,
+}
+
+impl Sessions {
+    fn insert(&mut self, session: &Arc<Session>, ip: Option<IpAddr>) {
+        self.by_id.insert(session.id.clone(), session.clone());
+        self.by_token
+            .insert(session.resume_token.clone(), session.clone());
+        self.per_user
+            .entry(session.claims.sub.clone())
+            .or_default()
+            .push(session.clone());
+        if let Some(ip) = ip {
+            *self.per_ip.entry(ip).or_default() += 1;
+            self.ip_of.insert(session.id.clone(), ip);
+        }
+    }
+
+    fn remove(&mut self, session: &Session) {
+        self.by_id.remove(&session.id);
+        self.by_token.remove(&session.resume_token);
+        if let Some(list) = self.per_user.get_mut(&session.claims.sub) {
+            list.retain(|s| s.id != session.id);
+            if list.is_empty() {
+                self.per_user.remove(&session.claims.sub);
+            }
+        }
+        if let Some(ip) = self.ip_of.remove(&session.id) {
+            if let Some(n) = self.per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_ip.remove(&ip);
+                }
+            }
+        }
+    }
 }
 
 pub struct Hub {
@@ -48,9 +89,16 @@ struct LocalRooms {
     per_user: HashMap<String, usize>,
 }
 
-/// Too many sessions.
-#[derive(Debug)]
-pub struct SessionsFull;
+/// Why no session was opened.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SessionRefusal {
+    /// `--max-sessions` in total (503).
+    Total,
+    /// `--max-sessions-per-ip` from this address (429).
+    PerIp,
+    /// `--max-sessions-per-user`, every one of them attached to a transport (429).
+    PerUser,
+}
 
 /// Why a subscription was refused.
 #[derive(Debug, PartialEq, Eq)]
@@ -82,12 +130,17 @@ impl Hub {
     /// Resumes the session of `resume` if it exists and belongs to this user, else opens a new
     /// one. Returns the session and whether it was resumed. On a cluster node, `node` prefixes
     /// new resume tokens (`{node}.{secret}`) so any node can tell who holds the session.
+    ///
+    /// Sessions outlive their transport for the resume window, so detached ones count toward
+    /// every cap. A user at their cap who opens another session ends their own oldest detached
+    /// one (it could only be resumed by that same user); with none detached, it is refused.
     pub fn open_session(
-        &self,
+        self: &Arc<Self>,
         claims: Claims,
         resume: Option<&str>,
         node: Option<&str>,
-    ) -> Result<(Arc<Session>, bool), SessionsFull> {
+        ip: Option<IpAddr>,
+    ) -> Result<(Arc<Session>, bool), SessionRefusal> {
         let mut sessions = self.sessions.lock();
         if let Some(token) = resume {
             if let Some(s) = sessions.by_token.get(token) {
@@ -96,8 +149,40 @@ impl Hub {
                 }
             }
         }
-        if sessions.by_id.len() >= self.config.max_sessions {
-            return Err(SessionsFull);
+        let held = sessions.per_user.get(&claims.sub).map_or(0, Vec::len);
+        let evict = if held >= self.config.max_sessions_per_user {
+            let oldest_detached = sessions.per_user.get(&claims.sub).and_then(|list| {
+                list.iter()
+                    .find(|s| s.lock().attached_kind().is_none())
+                    .cloned()
+            });
+            match oldest_detached {
+                Some(s) => Some(s),
+                None => return Err(SessionRefusal::PerUser),
+            }
+        } else {
+            None
+        };
+        if evict.is_none() && sessions.by_id.len() >= self.config.max_sessions {
+            return Err(SessionRefusal::Total);
+        }
+        if let Some(ip) = ip {
+            let from_ip = sessions.per_ip.get(&ip).copied().unwrap_or(0);
+            let freed = evict
+                .as_ref()
+                .is_some_and(|e| sessions.ip_of.get(&e.id) == Some(&ip));
+            if from_ip >= self.config.max_sessions_per_ip && !freed {
+                return Err(SessionRefusal::PerIp);
+            }
+        }
+        if let Some(old) = evict {
+            if self.retire(&mut sessions, &old) {
+                tracing::debug!(session = %old.id, user = %old.claims.sub, "oldest detached session of a user at the cap ended");
+                let hub = self.clone();
+                tokio::spawn(
+                    async move { hub.finish_ending(&old, CloseCode::SESSION_EXPIRED).await },
+                );
+            }
         }
         let now = Instant::now();
         let secret = random_token(32);
@@ -119,14 +204,28 @@ impl Hub {
             TokenBucket::new(self.config.rate_per_sec, self.config.rate_burst, now),
             self.metrics.clone(),
         ));
-        sessions.by_id.insert(session.id.clone(), session.clone());
-        sessions
-            .by_token
-            .insert(session.resume_token.clone(), session.clone());
+        sessions.insert(&session, ip);
         self.metrics
             .sessions
             .store(sessions.by_id.len() as u64, Relaxed);
         Ok((session, false))
+    }
+
+    /// Marks a session ended and forgets it (the synchronous half of ending it). False if it
+    /// had already ended.
+    fn retire(&self, sessions: &mut Sessions, session: &Session) -> bool {
+        {
+            let mut st = session.lock();
+            if st.ended {
+                return false;
+            }
+            st.ended = true;
+        }
+        sessions.remove(session);
+        self.metrics
+            .sessions
+            .store(sessions.by_id.len() as u64, Relaxed);
+        true
     }
 
     pub fn session_by_token(&self, token: &str) -> Option<Arc<Session>> {
@@ -225,21 +324,18 @@ impl Hub {
     /// Ends a session for good: presence leaves at once, subscriptions go, the resume token
     /// stops working.
     pub async fn end_session(self: &Arc<Self>, session: &Arc<Session>, code: CloseCode) {
-        {
-            let mut st = session.lock();
-            if st.ended {
-                return;
-            }
-            st.ended = true;
-        }
-        {
+        let retired = {
             let mut sessions = self.sessions.lock();
-            sessions.by_id.remove(&session.id);
-            sessions.by_token.remove(&session.resume_token);
-            self.metrics
-                .sessions
-                .store(sessions.by_id.len() as u64, Relaxed);
+            self.retire(&mut sessions, session)
+        };
+        if retired {
+            self.finish_ending(session, code).await;
         }
+    }
+
+    /// The asynchronous half of ending a session: its transport is closed, presence left,
+    /// subscriptions dropped.
+    async fn finish_ending(self: &Arc<Self>, session: &Arc<Session>, code: CloseCode) {
         tracing::debug!(session = %session.id, code = code.0, "session ended");
         session.close_transport(code, "session ended");
         self.leave_presence_all(session, false).await;
@@ -249,8 +345,6 @@ impl Hub {
         }
     }
 
-    /// Ends every session of `user` on this node with `code` (the server API's disconnect).
-    /// Returns how many there were.
     pub async fn end_sessions_of(self: &Arc<Self>, user: &str, code: CloseCode) -> usize {
         let sessions: Vec<Arc<Session>> = self
             .sessions

@@ -36,7 +36,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::app::{AppState, Inner};
 use crate::auth::Claims;
 use crate::http;
-use crate::hub::SessionsFull;
+use crate::hub::SessionRefusal;
 use crate::session::Session;
 use crate::transport;
 
@@ -214,10 +214,11 @@ pub fn open_session(
     state: &AppState,
     claims: Claims,
     resume: Option<&str>,
-) -> Result<(Arc<Session>, bool), SessionsFull> {
+    ip: Option<std::net::IpAddr>,
+) -> Result<(Arc<Session>, bool), SessionRefusal> {
     let opened = state
         .hub
-        .open_session(claims, resume, state.cluster.node_id());
+        .open_session(claims, resume, state.cluster.node_id(), ip);
     if let (Ok((session, false)), Some(token)) = (&opened, resume) {
         if let Owner::Remote(node) = state.cluster.owner(token) {
             tracing::debug!(owner = node, session = %session.id, "resume of another node's session: opened a new one");

@@ -12,10 +12,9 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{Query, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use rtlink_protocol::CloseCode;
 
@@ -62,16 +61,15 @@ pub async fn handler(State(state): State<AppState>, req: Request) -> Response {
             Err(resp) => return resp,
         };
     let hub = &state.hub;
-    let Ok((session, resumed)) = cluster::open_session(
+    let opened = cluster::open_session(
         &state,
         admission.claims,
         query.get("resume").map(String::as_str),
-    ) else {
-        return http::overloaded(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many sessions",
-            Duration::from_secs(5),
-        );
+        ip,
+    );
+    let (session, resumed) = match opened {
+        Ok(opened) => opened,
+        Err(refusal) => return http::session_refused(&refusal),
     };
     let attached = hub.attach(&session, TransportKind::Poll, admission.guard, resumed);
     let frames = session.frames_after(0);

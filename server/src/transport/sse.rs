@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use rtlink_protocol::codec::SSE_KEEPALIVE;
 use rtlink_protocol::CloseCode;
@@ -33,16 +33,15 @@ pub async fn handler(State(state): State<AppState>, req: Request) -> Response {
             Err(resp) => return resp,
         };
     let hub = state.hub.clone();
-    let Ok((session, resumed)) = crate::cluster::open_session(
+    let opened = crate::cluster::open_session(
         &state,
         admission.claims,
         query.get("resume").map(String::as_str),
-    ) else {
-        return http::overloaded(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many sessions",
-            std::time::Duration::from_secs(5),
-        );
+        ip,
+    );
+    let (session, resumed) = match opened {
+        Ok(opened) => opened,
+        Err(refusal) => return http::session_refused(&refusal),
     };
     let attached = hub.attach(&session, TransportKind::Sse, admission.guard, resumed);
     let mut keepalive = tokio::time::interval_at(

@@ -5,6 +5,7 @@
 //! frames to the hub and a writer task drains the session's outbox, joined by `select!`.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,11 +18,9 @@ use rtlink_protocol::codec::decode_client;
 use rtlink_protocol::{ClientFrame, CloseCode};
 
 use crate::app::AppState;
-use crate::auth::Claims;
 use crate::config::TransportKind;
-use crate::http::{self, precheck};
-use crate::hub::Hub;
-use crate::limits::ConnGuard;
+use crate::http::{self, precheck, Admission};
+use crate::hub::{Hub, SessionRefusal};
 use crate::metrics::{DropReason, Metrics};
 use crate::session::{Attached, Session};
 
@@ -52,8 +51,11 @@ pub async fn handler(State(state): State<AppState>, req: Request) -> Response {
         // Larger than the protocol limit so an oversized frame is answered with 4001 rather
         // than a dropped connection.
         .max_message_size(max.saturating_mul(4).max(1 << 20))
-        .on_upgrade(move |socket| run(socket, state, admission.claims, admission.guard))
+        .on_upgrade(move |socket| run(socket, state, admission, ip))
 }
+
+/// RFC 6455's "try again later": no session could be opened (sessions full).
+const TRY_AGAIN_LATER: CloseCode = CloseCode(1013);
 
 /// How the reader stopped.
 enum ReadEnd {
@@ -70,7 +72,8 @@ fn close_message(code: CloseCode, reason: &str) -> Message {
     }))
 }
 
-async fn run(socket: WebSocket, state: AppState, claims: Claims, guard: ConnGuard) {
+async fn run(socket: WebSocket, state: AppState, admission: Admission, ip: Option<IpAddr>) {
+    let Admission { claims, guard } = admission;
     let (mut sink, mut stream) = socket.split();
     let max = state.config.max_frame_bytes;
     let hello_timeout = state.config.ping_interval + state.config.heartbeat_grace;
@@ -113,13 +116,20 @@ async fn run(socket: WebSocket, state: AppState, claims: Claims, guard: ConnGuar
         }
     };
     let hub = state.hub.clone();
-    let Ok((session, resumed)) = crate::cluster::open_session(&state, claims, resume.as_deref())
-    else {
-        let _ = sink
-            .send(close_message(CloseCode(1013), "too many sessions"))
-            .await;
-        return;
-    };
+    let (session, resumed) =
+        match crate::cluster::open_session(&state, claims, resume.as_deref(), ip) {
+            Ok(opened) => opened,
+            Err(refusal) => {
+                // 1013 "try again later": the server is full, not the transport blocked.
+                let reason = match refusal {
+                    SessionRefusal::Total => "too many sessions",
+                    SessionRefusal::PerIp => "too many sessions from this address",
+                    SessionRefusal::PerUser => "too many connected sessions for this user",
+                };
+                let _ = sink.send(close_message(TRY_AGAIN_LATER, reason)).await;
+                return;
+            }
+        };
     let attached = hub.attach(&session, TransportKind::WebSocket, guard, resumed);
     let gen = attached.gen;
     let stall = state.config.ping_interval + state.config.heartbeat_grace;

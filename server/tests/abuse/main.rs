@@ -13,6 +13,7 @@ mod connections;
 mod fail_closed;
 mod replay;
 mod rooms;
+mod sessions;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
