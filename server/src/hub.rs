@@ -428,13 +428,16 @@ impl Hub {
         }
     }
 
-    fn route(&self, ev: &RoomEvent) {
+    fn route(self: &Arc<Self>, ev: &RoomEvent) {
         let subs: Vec<Arc<Session>> = match self.rooms.lock().by_room.get(&*ev.room) {
             Some(subs) => subs.values().cloned().collect(),
             None => return,
         };
         for s in subs {
-            s.update(|st, m| st.deliver(ev, &s.claims.sub, m));
+            if s.update(|st, m| st.deliver(ev, &s.claims.sub, m)) {
+                tracing::info!(room = %ev.room, session = %s.id, "the room's offsets restarted under a new epoch: resyncing the subscription");
+                self.resync(&s, &ev.room);
+            }
         }
     }
 
@@ -450,14 +453,7 @@ impl Hub {
             .flat_map(|(room, subs)| subs.values().map(move |s| (room.clone(), s.clone())))
             .collect();
         for (room, session) in pairs {
-            let Some((gen, from)) = Self::begin_replay(&session, &room, None, false) else {
-                continue;
-            };
-            let hub = self.clone();
-            tokio::spawn(async move {
-                hub.complete_replay(&session, &room, gen, from, None, 0)
-                    .await
-            });
+            self.resync(&session, &room);
         }
     }
 

@@ -21,7 +21,7 @@ use rtlink_protocol::{ErrorCode, PresenceConn, ServerFrame};
 use crate::broker::{encode_frame, Frame, HistoryPage, RoomEvent, RoomEventKind, StoredMessage};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::session::{Session, SessionState};
+use crate::session::{other_epoch, Session, SessionState};
 
 /// Largest `presence_snapshot` frame (about; at least one connection is always in it).
 pub const SNAPSHOT_PAGE_BYTES: usize = 32 * 1024;
@@ -87,6 +87,9 @@ pub enum Progress {
     Blocked,
     /// A newer replay took over, or the subscription is gone.
     Abandoned,
+    /// A live message of another epoch is waiting (the room's offsets restarted while this
+    /// replay ran): the subscription must be replayed again, in the new epoch.
+    Stale,
 }
 
 /// The presence of a room as frames: one snapshot of at most about [`SNAPSHOT_PAGE_BYTES`],
@@ -138,6 +141,7 @@ impl SessionState {
                 .into_iter()
                 .map(Owed::Frame),
         );
+        sub.epoch = Some(Arc::from(r.epoch));
         if let Some(start) = r.continue_after {
             sub.last_offset = start;
         }
@@ -208,6 +212,15 @@ impl SessionState {
                         continue;
                     };
                     match &ev.kind {
+                        RoomEventKind::Message(m)
+                            if sub.epoch.as_ref().is_some_and(|e| other_epoch(e, &m.epoch)) =>
+                        {
+                            if let Some(r) = sub.replay.as_mut() {
+                                r.buffered_bytes += ev.frame.len();
+                                r.buffered.push_front(ev);
+                            }
+                            return Progress::Stale;
+                        }
                         RoomEventKind::Message(m) => {
                             if m.offset <= sub.last_offset {
                                 continue;
@@ -380,10 +393,12 @@ impl Hub {
     /// out at once; if more remain, a task waits for the transport to drain the outbox and
     /// continues, so the caller (the session's frame handler) is not held up by a slow link.
     async fn stream_replay(self: &Arc<Self>, session: &Arc<Session>, mut stream: ReplayStream) {
-        if Self::replay_step(session, &mut stream) != Progress::Blocked {
-            return;
+        match Self::replay_step(session, &mut stream) {
+            Progress::Blocked => {}
+            Progress::Stale => return self.resync(session, &stream.room),
+            Progress::Done | Progress::Abandoned => return,
         }
-        let session = session.clone();
+        let (hub, session) = (self.clone(), session.clone());
         tokio::spawn(async move {
             loop {
                 let drained = session.drained();
@@ -391,6 +406,7 @@ impl Hub {
                 drained.as_mut().enable();
                 match Self::replay_step(&session, &mut stream) {
                     Progress::Blocked => {}
+                    Progress::Stale => return hub.resync(&session, &stream.room),
                     Progress::Done | Progress::Abandoned => return,
                 }
                 // The timeout only re-checks a session whose transport went away (a newer
@@ -400,6 +416,22 @@ impl Hub {
                     return;
                 }
             }
+        });
+    }
+
+    /// Replays `room` again from what the client has, in the epoch the client holds: used when
+    /// the room's offsets restarted under a new epoch (the client then gets `subscribed
+    /// {recovered: false}` and the new epoch's messages), and after the hub lagged. Live events
+    /// are buffered from the moment this returns.
+    pub(crate) fn resync(self: &Arc<Self>, session: &Arc<Session>, room: &str) {
+        let epoch = session.lock().rooms.get(room).and_then(|s| s.epoch.clone());
+        let Some((gen, from)) = Self::begin_replay(session, room, None, false) else {
+            return;
+        };
+        let (hub, session, room) = (self.clone(), session.clone(), room.to_owned());
+        tokio::spawn(async move {
+            hub.complete_replay(&session, &room, gen, from, epoch.as_deref(), 0)
+                .await
         });
     }
 

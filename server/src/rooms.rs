@@ -257,6 +257,7 @@ impl Hub {
                             send_subscribed: true,
                             ..Replay::default()
                         }),
+                        epoch: None,
                         meta: String::new(),
                         typing_gen: 0,
                         typing_active: false,

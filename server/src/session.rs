@@ -85,6 +85,9 @@ impl Outbox {
 pub struct RoomSub {
     /// Highest message offset queued to the client.
     pub last_offset: u64,
+    /// The room epoch `last_offset` counts in: the one the client was told in `subscribed`
+    /// (`None` until a replay read it).
+    pub epoch: Option<Arc<str>>,
     /// While a history replay runs, live events wait here (bounded by the outbox limit).
     pub replay: Option<Replay>,
     /// This connection's presence metadata in the room.
@@ -212,9 +215,14 @@ impl SessionState {
     }
 
     /// Routes a room event to the client (or into a running replay's buffer).
-    pub fn deliver(&mut self, ev: &RoomEvent, own_user: &str, metrics: &Metrics) {
+    ///
+    /// Returns true if the subscription must be resynchronised instead: a message of another
+    /// epoch arrived (the room's offsets restarted, e.g. Redis lost its data), so the offsets
+    /// the client holds mean nothing and the message is not delivered here.
+    #[must_use]
+    pub fn deliver(&mut self, ev: &RoomEvent, own_user: &str, metrics: &Metrics) -> bool {
         let Some(sub) = self.rooms.get_mut(&*ev.room) else {
-            return;
+            return false;
         };
         if let Some(replay) = &mut sub.replay {
             let limits = self.outbox.limits;
@@ -223,25 +231,29 @@ impl SessionState {
             {
                 replay.buffered_bytes += ev.frame.len();
                 replay.buffered.push_back(ev.clone());
-                return;
+                return false;
             }
             // A replay that cannot keep up is a slow consumer too.
             sub.replay = None;
             self.push_overflow(metrics);
-            return;
+            return false;
         }
         match &ev.kind {
             RoomEventKind::Message(m) => {
+                if sub.epoch.as_ref().is_some_and(|e| other_epoch(e, &m.epoch)) {
+                    return true;
+                }
                 if m.offset <= sub.last_offset {
-                    return;
+                    return false;
                 }
                 sub.last_offset = m.offset;
             }
             // Your own typing is not news to you.
-            RoomEventKind::Typing { user, .. } if user == own_user => return,
+            RoomEventKind::Typing { user, .. } if user == own_user => return false,
             _ => {}
         }
         self.push(ev.frame.clone(), metrics);
+        false
     }
 
     /// True if a replay may queue a frame of `len` bytes now: replays use at most half the
@@ -486,6 +498,12 @@ impl Session {
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }
+}
+
+/// True if a message of epoch `message` does not count in `held` (an empty epoch is unknown:
+/// an event from an older node).
+pub fn other_epoch(held: &str, message: &str) -> bool {
+    !held.is_empty() && !message.is_empty() && held != message
 }
 
 pub fn close_frame(code: CloseCode, reason: &str) -> Frame {

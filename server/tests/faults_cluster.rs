@@ -276,6 +276,65 @@ async fn fault_redis_killed_and_restarted_with_its_data() {
     .await;
 }
 
+/// Defect #8.12. Redis restarts empty while two nodes serve a room (a crash between snapshots,
+/// a failover to a lagging replica): offsets restart from 1 in a new epoch. Every live
+/// subscriber, on both nodes, gets a resync and then every message of the new epoch; none
+/// stays silent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_redis_restarted_empty_resyncs_live_subscribers() {
+    bounded(async {
+        let stack = Stack::cluster(2, scenario::fast_node(binary()))
+            .await
+            .unwrap();
+        let mut cast = RedisCast::start(stack, Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let wiped_at = Instant::now();
+        cast.redis().restart_empty().await.unwrap();
+        let first_after = cast.publisher.sent();
+        let publisher = &cast.publisher;
+        // At least 15 publishes of the new epoch acknowledged.
+        let sent_after = || publisher.sent().saturating_sub(first_after);
+        let ok = faultkit::wait_until(WAIT, || sent_after() >= 15).await;
+        assert!(ok, "the publisher stalled");
+        publisher.stop().await;
+        publisher.settle(WAIT).await.unwrap();
+        let acked = publisher.acked();
+        let new_epoch: Vec<String> = acked
+            .iter()
+            .filter(|p| p[1..].parse::<usize>().unwrap_or(0) > first_after)
+            .cloned()
+            .collect();
+        assert!(
+            new_epoch.len() >= 10,
+            "only {} acks after the wipe",
+            new_epoch.len()
+        );
+        let mut silent = Vec::new();
+        for c in &cast.subscribers {
+            if let Err(e) = wait_delivered(c, ROOM, &new_epoch, Duration::from_secs(15)).await {
+                silent.push(e);
+            }
+        }
+        for c in &cast.subscribers {
+            let resync_after = c.observed(|o| {
+                o.resyncs
+                    .get(ROOM)
+                    .and_then(|r| r.iter().find(|t| **t >= wiped_at).copied())
+            });
+            let f = Figures::of("Redis restarted empty", c, ROOM, &acked)
+                .recovered_in(resync_after.map(|t| t - wiped_at))
+                .print();
+            assert!(
+                f.tally.lost == 0 && f.tally.duplicated == 0 && f.tally.reordered == 0,
+                "{f}"
+            );
+            assert!(f.resyncs >= 1, "no resync: {f}");
+        }
+        assert!(silent.is_empty(), "silent subscribers: {silent:#?}");
+    })
+    .await;
+}
+
 /// Every Redis command of both nodes crosses a proxy adding 100 ms ± 50 ms each way: slower,
 /// but nothing is lost, duplicated or reordered, and no client drops.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

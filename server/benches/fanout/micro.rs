@@ -81,6 +81,7 @@ fn deliver_and_drain(strategy: Strategy, msg: &Publish, offset: u64, outboxes: &
                 Some(msg.name.clone()),
                 msg.payload.clone(),
                 0,
+                Arc::from("e"),
             ));
             let event = RoomEvent::new(&msg.room, RoomEventKind::Message(stored));
             for outbox in outboxes {

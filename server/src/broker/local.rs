@@ -50,7 +50,7 @@ impl Default for LocalBrokerConfig {
 struct Room {
     /// This incarnation of the room's offsets: an idle room that is swept, or a restarted
     /// process, starts again from offset 1 under a new epoch, so clients can tell.
-    epoch: String,
+    epoch: Arc<str>,
     head: u64,
     history: VecDeque<Arc<StoredMessage>>,
     presence: BTreeMap<String, PresenceConn>,
@@ -81,7 +81,7 @@ fn room_entry<'a>(
 ) -> &'a mut Room {
     rooms.entry(name.to_owned()).or_insert_with(|| {
         *created += 1;
-        Room { epoch: format!("{epoch_prefix}.{created}"), ..Room::default() }
+        Room { epoch: Arc::from(format!("{epoch_prefix}.{created}")), ..Room::default() }
     })
 }
 
@@ -204,6 +204,7 @@ impl Broker for LocalBroker {
             req.name,
             req.payload,
             now,
+            room.epoch.clone(),
         ));
         room.history.push_back(msg.clone());
         state.history_messages += 1;
@@ -235,7 +236,7 @@ impl Broker for LocalBroker {
             messages,
             head: r.head,
             complete,
-            epoch: r.epoch.clone(),
+            epoch: r.epoch.to_string(),
         })
     }
 

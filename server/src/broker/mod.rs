@@ -21,6 +21,11 @@
 //!   behind sees `RecvError::Lagged`, and the hub resynchronises (history replay and presence
 //!   snapshots), so an implementation may drop events under pressure but must never reorder
 //!   them. Events of rooms nobody on this node watches may be sent or not (the hub ignores them).
+//! - **Epochs**: every stored message carries the epoch of its room's offsets
+//!   ([`StoredMessage::epoch`], the one [`HistoryPage::epoch`] reports). When a room's offsets
+//!   restart (a backend lost its data), its messages carry a new epoch, on the live fan-out as in
+//!   history, so a subscriber holding offsets of the old epoch notices instead of dropping the
+//!   new messages as duplicates.
 //! - **History**: [`Broker::history`] returns the stored messages with offset `> since`, oldest
 //!   first, and the room's head (newest offset, 0 for an empty room). `complete` is false when
 //!   messages after `since` existed but were trimmed (count or age bound), i.e. the caller
@@ -78,6 +83,9 @@ pub struct StoredMessage {
     pub payload: String,
     /// Milliseconds since the Unix epoch when the broker stored it (for the age bound).
     pub stored_at_ms: u64,
+    /// The room epoch `offset` counts in (see [`HistoryPage::epoch`]); empty if unknown (an
+    /// event from an older node).
+    pub epoch: Arc<str>,
     /// The encoded `message` server frame.
     pub frame: Frame,
 }
@@ -90,6 +98,7 @@ impl StoredMessage {
         name: Option<String>,
         payload: String,
         stored_at_ms: u64,
+        epoch: Arc<str>,
     ) -> Self {
         let frame = encode_frame(&ServerFrame::Message {
             room: room.clone(),
@@ -105,6 +114,7 @@ impl StoredMessage {
             name,
             payload,
             stored_at_ms,
+            epoch,
             frame,
         }
     }

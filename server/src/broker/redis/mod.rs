@@ -282,8 +282,12 @@ impl Shared {
             return Err(bad());
         };
         let epoch: String = redis::from_redis_value(epoch).map_err(|_| bad())?;
-        let messages =
-            entries.iter().filter_map(|e| stored_from_entry(room, e)).map(Arc::new).collect();
+        let shared_epoch: Arc<str> = Arc::from(epoch.as_str());
+        let messages = entries
+            .iter()
+            .filter_map(|e| stored_from_entry(room, e, &shared_epoch))
+            .map(Arc::new)
+            .collect();
         Ok(HistoryPage {
             messages,
             head: int(head).ok_or_else(bad)?,
@@ -355,7 +359,10 @@ impl Broker for RedisBroker {
     async fn publish(&self, req: PublishRequest) -> BrokerResult<PublishOutcome> {
         let s = &self.shared;
         let mut call = s.scripts.publish.prepare_invoke();
-        call.key(s.keys.head(&req.room)).key(s.keys.history(&req.room)).key(s.keys.history_rooms());
+        call.key(s.keys.head(&req.room))
+            .key(s.keys.history(&req.room))
+            .key(s.keys.history_rooms())
+            .key(s.keys.epoch(&req.room));
         if let Some(d) = &req.dedupe {
             call.key(s.keys.dedupe(&d.user, &d.id));
         }
@@ -366,7 +373,8 @@ impl Broker for RedisBroker {
             .arg(millis(s.opts.dedupe_window))
             .arg(&req.sender)
             .arg(&req.payload)
-            .arg(message_tail(&req.sender, req.name.as_deref(), &req.payload));
+            .arg(message_tail(&req.sender, req.name.as_deref(), &req.payload))
+            .arg(crate::auth::random_token(8));
         if let Some(name) = &req.name {
             call.arg(name);
         }
@@ -374,7 +382,7 @@ impl Broker for RedisBroker {
         let bad = || BrokerError(String::from("redis: unexpected publish reply"));
         let Value::Array(parts) = reply else { return Err(bad()) };
         match parts.as_slice() {
-            [flag, offset, at] if int(flag) == Some(1) => {
+            [flag, offset, at, epoch] if int(flag) == Some(1) => {
                 let msg = StoredMessage::new(
                     req.room,
                     int(offset).ok_or_else(bad)?,
@@ -382,6 +390,7 @@ impl Broker for RedisBroker {
                     req.name,
                     req.payload,
                     int(at).unwrap_or(0),
+                    Arc::from(text(epoch).ok_or_else(bad)?),
                 );
                 Ok(PublishOutcome::Stored(Arc::new(msg)))
             }

@@ -43,33 +43,37 @@ local function trim_by_age(stream, cutoff)
 end
 "#;
 
-/// KEYS: head, history, history-rooms index, [dedupe key].
+/// KEYS: head, history, history-rooms index, epoch, [dedupe key].
 /// ARGV: room, channel, max messages, max age ms, dedupe window ms, sender, payload,
-/// wire tail (the event JSON after `"at":N,`), [name].
-/// Returns `{1, offset, stored_at_ms}` or `{0, "room offset"}` for a duplicate.
+/// wire tail (the event JSON after `"at":N,"e":"…",`), epoch candidate, [name].
+/// Returns `{1, offset, stored_at_ms, epoch}` or `{0, "room offset"}` for a duplicate.
+/// The epoch is fixed here too (like on a history read), so the first message after Redis
+/// lost its data already carries the new epoch on the live fan-out.
 const PUBLISH: &str = r#"
-if KEYS[4] then
-  local seen = redis.call('GET', KEYS[4])
+if KEYS[5] then
+  local seen = redis.call('GET', KEYS[5])
   if seen then return {0, seen} end
 end
+redis.call('SET', KEYS[4], ARGV[9], 'NX')
+local epoch = redis.call('GET', KEYS[4])
 local now = now_ms()
 local offset = redis.call('INCR', KEYS[1])
 local id = fmt(offset) .. '-0'
-if ARGV[9] then
+if ARGV[10] then
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], id,
-    's', ARGV[6], 'p', ARGV[7], 't', fmt(now), 'n', ARGV[9])
+    's', ARGV[6], 'p', ARGV[7], 't', fmt(now), 'n', ARGV[10])
 else
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], id, 's', ARGV[6], 'p', ARGV[7], 't', fmt(now))
 end
 trim_by_age(KEYS[2], now - tonumber(ARGV[4]))
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call('SADD', KEYS[3], ARGV[1])
-if KEYS[4] then
-  redis.call('SET', KEYS[4], ARGV[1] .. ' ' .. fmt(offset), 'PX', ARGV[5])
+if KEYS[5] then
+  redis.call('SET', KEYS[5], ARGV[1] .. ' ' .. fmt(offset), 'PX', ARGV[5])
 end
 redis.call('PUBLISH', ARGV[2],
-  '{"t":"m","o":' .. fmt(offset) .. ',"at":' .. fmt(now) .. ',' .. ARGV[8])
-return {1, offset, now}
+  '{"t":"m","o":' .. fmt(offset) .. ',"at":' .. fmt(now) .. ',"e":"' .. epoch .. '",' .. ARGV[8])
+return {1, offset, now, epoch}
 "#;
 
 /// KEYS: head, history, epoch. ARGV: since, limit, max age ms, epoch candidate.

@@ -4,6 +4,12 @@
 //! Race-free subscribe: [`Shared::watch`] returns only after Redis confirmed the `SUBSCRIBE`.
 //! Every publish script that runs after that reaches this node's reader, and every one that
 //! ran before is already in the stream the hub reads next, so nothing falls between the two.
+//!
+//! Epochs: if Redis loses its data (a restart without persistence, a failover to a lagging
+//! replica), a room's offsets restart from 1 under a new epoch. The reader follows the epoch of
+//! each watched room, so messages of the new epoch are not mistaken for replays of offsets it
+//! already sent; they reach the hub with their epoch, and the hub resynchronises the local
+//! subscribers that still count in the old one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,6 +34,8 @@ const RECONNECT_MAX: Duration = Duration::from_secs(5);
 struct Watch {
     /// Highest offset sent on the event channel; a message at or below it is a replay.
     forwarded: u64,
+    /// The room epoch `forwarded` and `seeded` count in, once known.
+    epoch: Option<Arc<str>>,
     /// The room's head right after it was subscribed: the hub read history up to at least
     /// this, so a gap fill never needs to start lower.
     seeded: u64,
@@ -85,18 +93,16 @@ impl Shared {
         Ok(())
     }
 
-    /// Records the head and presence of a newly watched room: the hub reads both next, so they
-    /// are where a later gap fill and presence diff start.
+    /// Records the head, epoch and presence of a newly watched room: the hub reads them next,
+    /// so they are where a later gap fill and presence diff start.
     async fn seed(&self, room: &str) -> BrokerResult<()> {
-        let head: Option<u64> = redis::cmd("GET")
-            .arg(self.keys.head(room))
-            .query_async(&mut self.conn())
-            .await
-            .map_err(redis_err)?;
+        let page = self.history_page(room, 0, 0).await?;
         let conns = self.presence_snapshot(room).await?;
         let mut watched = self.subs.watched.lock();
         if let Some(w) = watched.get_mut(room) {
-            w.seeded = head.unwrap_or(0);
+            w.seeded = page.head;
+            // A message that arrived meanwhile already told the epoch.
+            w.epoch.get_or_insert_with(|| Arc::from(page.epoch.as_str()));
             for conn in conns {
                 w.presence.entry(conn.session.clone()).or_insert(conn);
             }
@@ -146,6 +152,9 @@ impl Shared {
                 !matches!(kind, RoomEventKind::Message(_) | RoomEventKind::Typing { .. });
             if live && presence && w.pending_marker.is_some() {
                 return;
+            }
+            if let RoomEventKind::Message(m) = &kind {
+                w.follow_epoch(room, &m.epoch);
             }
             match &kind {
                 RoomEventKind::Message(m) if m.offset <= w.forwarded => return,
@@ -204,17 +213,25 @@ impl Shared {
     /// presence changes between the mirror and the current hash. Runs on the reader task, so
     /// live events (queued meanwhile) come after and replays among them are dropped by offset.
     async fn resync(&self) -> BrokerResult<()> {
-        let rooms: Vec<(String, u64)> = self
+        let rooms: Vec<(String, u64, Option<Arc<str>>)> = self
             .subs
             .watched
             .lock()
             .iter()
-            .map(|(room, w)| (room.clone(), w.forwarded.max(w.seeded)))
+            .map(|(room, w)| (room.clone(), w.forwarded.max(w.seeded), w.epoch.clone()))
             .collect();
         let (mut messages, mut presence) = (0usize, 0usize);
-        for (room, mut since) in rooms {
+        for (room, mut since, epoch) in rooms {
+            let mut first = true;
             loop {
                 let page = self.history_page(&room, since, RESYNC_PAGE).await?;
+                // Redis lost the room's offsets during the outage: send the new epoch from
+                // its start (the messages carry it; the hub resyncs its subscribers).
+                let restarted = epoch.as_deref().is_some_and(|e| !e.is_empty() && e != page.epoch);
+                if std::mem::take(&mut first) && restarted && since > 0 {
+                    since = 0;
+                    continue;
+                }
                 if !page.complete {
                     tracing::warn!(room, since, "redis broker: messages trimmed during a pub/sub outage are lost to live subscribers");
                 }
@@ -265,6 +282,26 @@ impl Shared {
             .await
             .map_err(redis_err)?;
         Ok(entries.into_iter().filter_map(|(_, v)| StoredConn::decode(&v)).collect())
+    }
+}
+
+impl Watch {
+    /// A message of `epoch` arrived: if the room's offsets restarted under a new epoch, what
+    /// was sent counts in the old one and no longer filters replays.
+    fn follow_epoch(&mut self, room: &str, epoch: &Arc<str>) {
+        if epoch.is_empty() {
+            return;
+        }
+        match &self.epoch {
+            Some(known) if known == epoch => {}
+            Some(_) => {
+                tracing::warn!(room, "redis broker: the room's offsets restarted under a new epoch (Redis lost its data)");
+                self.epoch = Some(epoch.clone());
+                self.forwarded = 0;
+                self.seeded = 0;
+            }
+            None => self.epoch = Some(epoch.clone()),
+        }
     }
 }
 

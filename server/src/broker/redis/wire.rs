@@ -57,6 +57,9 @@ pub(super) enum Wire {
         #[serde(default)]
         n: Option<String>,
         p: String,
+        /// The room epoch `o` counts in (absent from an older node's events).
+        #[serde(default)]
+        e: String,
     },
     #[serde(rename = "pj")]
     Join { c: StoredConn },
@@ -77,8 +80,8 @@ impl Wire {
     /// `RoomEvent::new`, once, by the caller); `None` for a marker.
     pub(super) fn into_kind(self, room: &str) -> Option<RoomEventKind> {
         Some(match self {
-            Self::Message { o, at, s, n, p } => RoomEventKind::Message(Arc::new(
-                StoredMessage::new(room.to_owned(), o, s, n, p, at),
+            Self::Message { o, at, s, n, p, e } => RoomEventKind::Message(Arc::new(
+                StoredMessage::new(room.to_owned(), o, s, n, p, at, Arc::from(e)),
             )),
             Self::Join { c } => RoomEventKind::PresenceJoin(c.into_conn()),
             Self::Update { c } => RoomEventKind::PresenceUpdate(c.into_conn()),
@@ -89,8 +92,8 @@ impl Wire {
     }
 }
 
-/// The end of a message event, after the `"at":N,` the publish script writes: sender, name and
-/// payload encoded here, closing brace included.
+/// The end of a message event, after the `"at":N,"e":"…",` the publish script writes: sender,
+/// name and payload encoded here, closing brace included.
 pub(super) fn message_tail(sender: &str, name: Option<&str>, payload: &str) -> String {
     #[derive(Serialize)]
     struct Tail<'a> {
@@ -122,8 +125,12 @@ pub(super) fn int(v: &Value) -> Option<u64> {
     }
 }
 
-/// One `XRANGE` entry `[id, [field, value, ...]]` of `room`'s history.
-pub(super) fn stored_from_entry(room: &str, entry: &Value) -> Option<StoredMessage> {
+/// One `XRANGE` entry `[id, [field, value, ...]]` of `room`'s history, in `epoch`.
+pub(super) fn stored_from_entry(
+    room: &str,
+    entry: &Value,
+    epoch: &Arc<str>,
+) -> Option<StoredMessage> {
     let Value::Array(parts) = entry else { return None };
     let [id, Value::Array(fields)] = parts.as_slice() else { return None };
     let offset = text(id)?.split('-').next()?.parse().ok()?;
@@ -138,7 +145,7 @@ pub(super) fn stored_from_entry(room: &str, entry: &Value) -> Option<StoredMessa
             _ => {}
         }
     }
-    Some(StoredMessage::new(room.to_owned(), offset, sender?, name, payload?, at))
+    Some(StoredMessage::new(room.to_owned(), offset, sender?, name, payload?, at, epoch.clone()))
 }
 
 #[cfg(test)]
@@ -147,12 +154,15 @@ mod tests {
 
     #[test]
     fn message_tail_completes_a_message_event() {
-        let json =
-            format!("{{\"t\":\"m\",\"o\":7,\"at\":9,{}", message_tail("u", None, "{\"x\":\"é\"}"));
+        let json = format!(
+            "{{\"t\":\"m\",\"o\":7,\"at\":9,\"e\":\"E\",{}",
+            message_tail("u", None, "{\"x\":\"é\"}")
+        );
         let wire: Result<Wire, _> = serde_json::from_str(&json);
         match wire.map(|w| w.into_kind("r")) {
             Ok(Some(RoomEventKind::Message(m))) => {
                 assert_eq!((m.offset, m.stored_at_ms, m.name.as_deref()), (7, 9, None));
+                assert_eq!(&*m.epoch, "E");
                 assert_eq!(m.payload, "{\"x\":\"é\"}");
             }
             other => panic!("unexpected {other:?}"),
