@@ -63,6 +63,7 @@ pub async fn serve_tls(
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((tcp, addr)) = accepted else { continue };
+                let _ = tcp.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 let router = router.clone();
                 let builder = builder.clone();

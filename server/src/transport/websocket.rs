@@ -51,8 +51,18 @@ pub async fn handler(State(state): State<AppState>, req: Request) -> Response {
         // Larger than the protocol limit so an oversized frame is answered with 4001 rather
         // than a dropped connection.
         .max_message_size(max.saturating_mul(4).max(1 << 20))
+        // tungstenite's default read buffer (128 KiB) is zero-filled up to its capacity before
+        // every read, so each idle connection kept 128 KiB resident. Client frames are small;
+        // a larger frame grows the buffer as needed. Writes are batched per outbox drain (see
+        // `write_loop`); 8 KiB bounds one batch's buffer, which a Vec keeps after a burst.
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
         .on_upgrade(move |socket| run(socket, state, admission, ip))
 }
+
+/// Per-connection WebSocket buffers (docs/BENCHMARKS.md, idle memory).
+const READ_BUFFER: usize = 1024;
+const WRITE_BUFFER: usize = 8 * 1024;
 
 /// RFC 6455's "try again later": no session could be opened (sessions full).
 const TRY_AGAIN_LATER: CloseCode = CloseCode(1013);
@@ -133,13 +143,11 @@ async fn run(socket: WebSocket, state: AppState, admission: Admission, ip: Optio
     let attached = hub.attach(&session, TransportKind::WebSocket, guard, resumed);
     let gen = attached.gen;
     let stall = state.config.ping_interval + state.config.heartbeat_grace;
-    let mut writer = tokio::spawn(write_loop(
-        sink,
-        session.clone(),
-        attached,
-        hub.metrics.clone(),
-        stall,
-    ));
+    // The writer runs in this task (the upgrade's own), the reader in a second one: one task
+    // fewer per connection than spawning both. Dropping the writer anywhere is safe; the reader
+    // is only stopped between frames.
+    let writer = write_loop(sink, session.clone(), attached, hub.metrics.clone(), stall);
+    tokio::pin!(writer);
     let mut reader = tokio::spawn({
         let (hub, session) = (hub.clone(), session.clone());
         async move {
@@ -170,7 +178,6 @@ async fn run(socket: WebSocket, state: AppState, admission: Admission, ip: Optio
                 })
                 .await;
             }
-            writer.abort();
         }
     }
     hub.detached(&session, gen);
@@ -242,21 +249,34 @@ async fn write_loop<S>(
         let Some(frames) = session.take_frames(att.gen) else {
             break;
         };
-        for f in frames {
-            if let Some(code) = f.close {
-                let reason = code.name();
-                let _ = tokio::time::timeout(stall, sink.send(close_message(code, reason))).await;
+        // Everything queued so far goes out in one flush (a few writes at most), not one
+        // write per frame: with TCP_NODELAY a write is a packet, and a burst to a subscriber
+        // should not become hundreds of them. A write stalled this long is a consumer that
+        // stopped reading.
+        let count = frames.len() as u64;
+        let mut close = None;
+        let batch = async {
+            for f in frames {
+                if let Some(code) = f.close {
+                    close = Some(code);
+                    break;
+                }
+                sink.feed(Message::Text(f.frame)).await?;
+            }
+            sink.flush().await
+        };
+        match tokio::time::timeout(stall, batch).await {
+            Ok(Ok(())) => metrics.frames_out(count - u64::from(close.is_some())),
+            Ok(Err(_)) => return,
+            Err(_) => {
+                metrics.count_drop(DropReason::SlowConsumer);
                 return;
             }
-            // A write stalled this long is a consumer that stopped reading.
-            match tokio::time::timeout(stall, sink.send(Message::Text(f.frame))).await {
-                Ok(Ok(())) => metrics.frames_out(1),
-                Ok(Err(_)) => return,
-                Err(_) => {
-                    metrics.count_drop(DropReason::SlowConsumer);
-                    return;
-                }
-            }
+        }
+        if let Some(code) = close {
+            let reason = code.name();
+            let _ = tokio::time::timeout(stall, sink.send(close_message(code, reason))).await;
+            return;
         }
         tokio::select! {
             code = &mut att.force_close => {
