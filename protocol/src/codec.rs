@@ -180,7 +180,12 @@ mod tests {
             ServerFrame::Nack { id: "m1".into(), code: ErrorCode::RateLimited, reason: "slow".into() },
             ServerFrame::PresenceSnapshot { room: "r".into(), conns: vec![conn.clone()] },
             ServerFrame::PresenceJoin { room: "r".into(), conn: conn.clone() },
-            ServerFrame::PresenceUpdate { room: "r".into(), conn },
+            ServerFrame::PresenceUpdate { room: "r".into(), conn: conn.clone() },
+            ServerFrame::PresenceDiff {
+                room: "r".into(),
+                joins: vec![conn],
+                leaves: vec![crate::PresenceLeft { session: "s2".into(), user: "u2".into() }],
+            },
             ServerFrame::PresenceLeave { room: "r".into(), session: "s1".into(), user: "u1".into() },
             ServerFrame::Typing { room: "r".into(), user: "u1".into(), name: "Ana".into(), active: true },
             ServerFrame::ReconnectAfter { min_ms: 0, max_ms: 10_000 },

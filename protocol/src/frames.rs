@@ -111,6 +111,10 @@ pub enum ServerFrame {
     PresenceUpdate { room: String, conn: PresenceConn },
     /// A connection left (after the server's grace period).
     PresenceLeave { room: String, session: String, user: String },
+    /// Several presence changes of a large room at once, coalesced over a short interval:
+    /// `joins` are joins and updates (the connection's latest state), `leaves` connections that
+    /// left. A session appears at most once, in one of the two.
+    PresenceDiff { room: String, joins: Vec<PresenceConn>, leaves: Vec<PresenceLeft> },
     /// Someone started or stopped typing. The server sends `active: false` itself when a start
     /// is not followed by a stop within its typing TTL.
     Typing { room: String, user: String, name: String, active: bool },
@@ -155,6 +159,13 @@ pub struct PresenceConn {
     pub meta: String,
 }
 
+/// A connection that left a room's presence (in [`ServerFrame::PresenceDiff`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceLeft {
+    pub session: String,
+    pub user: String,
+}
+
 impl ServerFrame {
     /// The frame's tag, for metrics and logs.
     pub fn kind(&self) -> &'static str {
@@ -171,6 +182,7 @@ impl ServerFrame {
             Self::PresenceJoin { .. } => "presence_join",
             Self::PresenceUpdate { .. } => "presence_update",
             Self::PresenceLeave { .. } => "presence_leave",
+            Self::PresenceDiff { .. } => "presence_diff",
             Self::Typing { .. } => "typing",
             Self::ReconnectAfter { .. } => "reconnect_after",
             Self::Close { .. } => "close",

@@ -22,7 +22,7 @@ mod frames;
 pub use close_code::{CloseCode, CloseAction};
 pub use error_code::ErrorCode;
 pub use frames::{
-    ClientFrame, Limits, PresenceConn, ServerFrame, UserInfo,
+    ClientFrame, Limits, PresenceConn, PresenceLeft, ServerFrame, UserInfo,
 };
 
 /// The protocol version this crate speaks. A peer announcing another version is refused with

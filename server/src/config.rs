@@ -227,6 +227,25 @@ pub struct Config {
     #[arg(long, env = "RTLINK_PRESENCE_GRACE", default_value = "5s", value_parser = parse_duration)]
     pub presence_grace: Duration,
 
+    /// Presence changes of a large room are sent as one `presence_diff` per this interval
+    /// instead of one frame per change (0ms: never coalesce).
+    #[arg(long, env = "RTLINK_PRESENCE_BATCH", default_value = "50ms", value_parser = parse_duration)]
+    pub presence_batch: Duration,
+
+    /// Local subscribers from which a room's presence changes are coalesced.
+    #[arg(long, env = "RTLINK_PRESENCE_BATCH_MIN_MEMBERS", default_value_t = 64)]
+    pub presence_batch_min_members: usize,
+
+    /// Rooms without presence (repeatable or comma separated; `*` matches any run of
+    /// characters): no join/update/leave events, an empty snapshot, `presence` is refused.
+    /// For rooms too large to list their members (an audience).
+    #[arg(
+        long = "presence-off",
+        env = "RTLINK_PRESENCE_OFF",
+        value_delimiter = ','
+    )]
+    pub presence_off: Vec<String>,
+
     /// A typing start with no stop is ended by the server after this long.
     #[arg(long, env = "RTLINK_TYPING_TTL", default_value = "8s", value_parser = parse_duration)]
     pub typing_ttl: Duration,
@@ -351,6 +370,14 @@ impl Config {
             )),
             Some(_) => Ok(()),
         }
+    }
+
+    /// Whether rooms named `room` keep presence (not matched by `--presence-off`).
+    pub fn presence_on(&self, room: &str) -> bool {
+        !self
+            .presence_off
+            .iter()
+            .any(|p| crate::auth::pattern_matches(p, room))
     }
 
     pub fn is_disabled(&self, kind: TransportKind) -> bool {

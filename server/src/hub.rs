@@ -24,6 +24,7 @@ use crate::broker::{Broker, RoomEvent};
 use crate::config::{Config, TransportKind};
 use crate::limits::{ConnGuard, TokenBucket};
 use crate::metrics::{DropReason, Metrics};
+use crate::presence_batch::PresenceBatcher;
 use crate::session::{Attached, OutboxLimits, Session};
 
 #[derive(Default)]
@@ -428,6 +429,11 @@ impl Hub {
         }
     }
 
+    /// Local subscribers of `room`.
+    fn local_members(&self, room: &str) -> usize {
+        self.rooms.lock().by_room.get(room).map_or(0, HashMap::len)
+    }
+
     fn route(self: &Arc<Self>, ev: &RoomEvent) {
         let subs: Vec<Arc<Session>> = match self.rooms.lock().by_room.get(&*ev.room) {
             Some(subs) => subs.values().cloned().collect(),
@@ -497,12 +503,37 @@ impl Hub {
 }
 
 async fn dispatch(hub: Weak<Hub>, mut rx: tokio::sync::broadcast::Receiver<RoomEvent>) {
+    let mut batcher = match hub.upgrade() {
+        Some(h) => {
+            PresenceBatcher::new(h.config.presence_batch, h.config.presence_batch_min_members)
+        }
+        None => return,
+    };
     loop {
-        let got = rx.recv().await;
+        let got = match batcher.due() {
+            Some(due) => tokio::select! {
+                got = rx.recv() => got,
+                _ = tokio::time::sleep_until(due) => {
+                    let Some(hub) = hub.upgrade() else { return };
+                    for ev in batcher.flush() {
+                        hub.route(&ev);
+                    }
+                    continue;
+                }
+            },
+            None => rx.recv().await,
+        };
         let Some(hub) = hub.upgrade() else { return };
         match got {
-            Ok(ev) => hub.route(&ev),
+            Ok(ev) => {
+                if !batcher.absorb(&ev, || hub.local_members(&ev.room)) {
+                    hub.route(&ev);
+                }
+            }
             Err(RecvError::Lagged(n)) => {
+                for ev in batcher.flush() {
+                    hub.route(&ev);
+                }
                 hub.metrics.broker_lagged_events.fetch_add(n, Relaxed);
                 tracing::warn!(
                     missed = n,

@@ -16,6 +16,7 @@ pub mod hub;
 pub mod limits;
 pub mod metrics;
 pub mod presence;
+pub mod presence_batch;
 pub mod proxy;
 pub mod replay;
 pub mod rooms;

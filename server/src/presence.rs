@@ -32,6 +32,15 @@ impl Hub {
         if !self.admit_room_op(session, &room, &room)? {
             return Ok(());
         }
+        if !self.config.presence_on(&room) {
+            self.nack(
+                session,
+                room,
+                ErrorCode::Forbidden,
+                "presence is off in this room",
+            );
+            return Ok(());
+        }
         session.update(|st, _| {
             if let Some(sub) = st.rooms.get_mut(&room) {
                 sub.meta = meta.clone();
@@ -99,6 +108,9 @@ impl Hub {
             .map(|(r, sub)| (r.clone(), sub.meta.clone()))
             .collect();
         for (room, meta) in rooms {
+            if !self.config.presence_on(&room) {
+                continue;
+            }
             let conn = self.presence_conn(session, meta);
             if let Err(e) = self.broker.presence_join(&room, conn).await {
                 tracing::warn!(error = %e, "presence rejoin failed");

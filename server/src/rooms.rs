@@ -264,9 +264,11 @@ impl Hub {
                     },
                 )
             });
-            let conn = self.presence_conn(session, String::new());
-            if let Err(e) = self.broker.presence_join(&room, conn).await {
-                tracing::warn!(error = %e, "presence join failed");
+            if self.config.presence_on(&room) {
+                let conn = self.presence_conn(session, String::new());
+                if let Err(e) = self.broker.presence_join(&room, conn).await {
+                    tracing::warn!(error = %e, "presence join failed");
+                }
             }
         }
         self.replay(session, &room, since, epoch.as_deref(), recent, true)

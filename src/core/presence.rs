@@ -47,6 +47,20 @@ impl Presence {
         recompute(r)
     }
 
+    /// Several changes at once (a coalesced `presence_diff`): one recomputation, not one per
+    /// change, so a large room's join wave costs the app one event per batch.
+    pub fn apply_diff(&mut self, room: &str, joins: Vec<PresenceConn>, leaves: &[String]) -> Option<Vec<Member>> {
+        let r = self.rooms.get_or_insert_with(room.to_owned(), Default::default);
+        for session in leaves {
+            r.conns.remove(session);
+        }
+        for conn in joins {
+            self.seq += 1;
+            r.conns.insert(conn.session.clone(), (conn, self.seq));
+        }
+        recompute(r)
+    }
+
     pub fn leave(&mut self, room: &str, session: &str) -> Option<Vec<Member>> {
         let r = self.rooms.get_mut(room)?;
         r.conns.remove(session)?;
@@ -89,4 +103,32 @@ fn recompute(r: &mut RoomPresence) -> Option<Vec<Member>> {
     }
     r.members = members.clone();
     Some(members)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(session: &str, user: &str, meta: &str) -> PresenceConn {
+        PresenceConn { session: session.into(), user: user.into(), name: user.to_uppercase(), meta: meta.into() }
+    }
+
+    #[test]
+    fn a_diff_is_the_same_as_its_changes_one_by_one() {
+        let start = vec![conn("s1", "ana", ""), conn("s2", "bob", ""), conn("s3", "bob", "")];
+        let mut one_by_one = Presence::default();
+        let mut batched = Presence::default();
+        one_by_one.snapshot("r", start.clone());
+        batched.snapshot("r", start);
+        one_by_one.leave("r", "s2");
+        one_by_one.upsert("r", conn("s4", "cy", ""));
+        one_by_one.upsert("r", conn("s1", "ana", "{\"away\":true}"));
+        one_by_one.leave("r", "s9");
+        let members = batched.apply_diff("r", vec![conn("s4", "cy", ""), conn("s1", "ana", "{\"away\":true}")], &["s2".into(), "s9".into()]);
+        assert_eq!(members, Some(one_by_one.members("r")));
+        assert_eq!(batched.members("r").iter().map(|m| (m.user.as_str(), m.connections)).collect::<Vec<_>>(), [("ana", 1), ("bob", 1), ("cy", 1)]);
+        assert!(!batched.is_present("r", "dan"));
+        // An empty diff changes nothing.
+        assert_eq!(batched.apply_diff("r", Vec::new(), &[]), None);
+    }
 }

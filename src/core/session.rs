@@ -184,6 +184,18 @@ impl Client {
                     self.emit(Event::PresenceChanged { room, members });
                 }
             }
+            ServerFrame::PresenceDiff { room, joins, leaves } if self.rooms.contains(&room) => {
+                let sessions: Vec<String> = leaves.iter().map(|l| l.session.clone()).collect();
+                if let Some(members) = self.presence.apply_diff(&room, joins, &sessions) {
+                    self.emit(Event::PresenceChanged { room: room.clone(), members });
+                }
+                let gone: Vec<&str> = leaves.iter().map(|l| l.user.as_str()).filter(|u| !self.presence.is_present(&room, u)).collect();
+                for user in gone {
+                    if let Some(users) = self.typing.remove_user(&room, user) {
+                        self.emit(Event::TypingChanged { room: room.clone(), users });
+                    }
+                }
+            }
             ServerFrame::PresenceLeave { room, session, user } => {
                 if let Some(members) = self.presence.leave(&room, &session) {
                     self.emit(Event::PresenceChanged { room: room.clone(), members });

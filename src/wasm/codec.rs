@@ -7,7 +7,7 @@
 
 use js_sys::Array;
 use rtlink_protocol::{
-    ClientFrame, CloseCode, ErrorCode, Limits, PresenceConn, ServerFrame, UserInfo, PROTOCOL_VERSION,
+    ClientFrame, CloseCode, ErrorCode, Limits, PresenceConn, PresenceLeft, ServerFrame, UserInfo, PROTOCOL_VERSION,
 };
 use wasm_bindgen::JsValue;
 
@@ -114,6 +114,18 @@ pub(crate) fn decode(f: JsValue) -> Result<ServerFrame, String> {
             session: string(&f, "session")?,
             user: string(&f, "user")?,
         },
+        "presence_diff" => {
+            let joins = Array::from(&field(&f, "joins"));
+            let leaves = Array::from(&field(&f, "leaves"));
+            ServerFrame::PresenceDiff {
+                room: room()?,
+                joins: joins.iter().map(|c| conn(&c)).collect::<Result<_, _>>()?,
+                leaves: leaves
+                    .iter()
+                    .map(|l| Ok(PresenceLeft { session: string(&l, "session")?, user: string(&l, "user")? }))
+                    .collect::<Result<_, String>>()?,
+            }
+        }
         "typing" => ServerFrame::Typing {
             room: room()?,
             user: string(&f, "user")?,

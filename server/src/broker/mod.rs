@@ -135,6 +135,12 @@ pub enum RoomEventKind {
         name: String,
         active: bool,
     },
+    /// Coalesced presence changes of a large room. Built by the hub's dispatcher
+    /// ([`crate::presence_batch`]), never sent by a broker.
+    PresenceDiff {
+        joins: Vec<PresenceConn>,
+        leaves: Vec<rtlink_protocol::PresenceLeft>,
+    },
 }
 
 /// One event of a room, with its frame encoded once for every subscriber.
@@ -164,6 +170,13 @@ impl RoomEvent {
                     room: room.to_owned(),
                     session: session.clone(),
                     user: user.clone(),
+                })
+            }
+            RoomEventKind::PresenceDiff { joins, leaves } => {
+                encode_frame(&ServerFrame::PresenceDiff {
+                    room: room.to_owned(),
+                    joins: joins.clone(),
+                    leaves: leaves.clone(),
                 })
             }
             RoomEventKind::Typing { user, name, active } => encode_frame(&ServerFrame::Typing {

@@ -150,7 +150,15 @@ async fn abuse_a_room_full_of_large_presence_can_be_joined() {
         }
         bystander
             .wait_for("the last member's metadata", |f| {
-                matches!(f, ServerFrame::PresenceUpdate { conn, .. } if conn.user == format!("m{}", MEMBERS - 1))
+                let last = format!("m{}", MEMBERS - 1);
+                match f {
+                    ServerFrame::PresenceUpdate { conn, .. } => conn.user == last,
+                    // Above 64 members, presence changes arrive coalesced.
+                    ServerFrame::PresenceDiff { joins, .. } => {
+                        joins.iter().any(|c| c.user == last && !c.meta.is_empty())
+                    }
+                    _ => false,
+                }
             })
             .await;
         let joiner = Attacker::connect(&client, "joiner").await;
@@ -169,6 +177,9 @@ async fn abuse_a_room_full_of_large_presence_can_be_joined() {
                     }
                     ServerFrame::PresenceJoin { conn, .. } => {
                         present.insert(conn.user);
+                    }
+                    ServerFrame::PresenceDiff { joins, .. } => {
+                        present.extend(joins.into_iter().map(|c| c.user));
                     }
                     _ => {}
                 }

@@ -165,7 +165,7 @@ impl Shared {
                 RoomEventKind::PresenceLeave { session, .. } => {
                     w.presence.remove(session);
                 }
-                RoomEventKind::Typing { .. } => {}
+                RoomEventKind::Typing { .. } | RoomEventKind::PresenceDiff { .. } => {}
             }
         }
         // No receiver is not an error: nobody on this node listens.
