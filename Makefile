@@ -8,12 +8,12 @@ DEMO_ADDR ?= 127.0.0.1:8080
 # The demo's server API key, for examples/metrics-pusher.py (the demo is not for production).
 DEMO_API_KEY ?= rtlink-demo-api-key
 
-.PHONY: help setup build build-server build-wasm package demo test test-native test-browser test-e2e test-faults test-abuse bench bench-quick
+.PHONY: help setup build build-server build-wasm package demo test test-native test-browser test-e2e test-faults test-abuse bench bench-quick bench-client
 
 help:
 	@echo "make demo    build and run the demo chat at http://$(DEMO_ADDR)"
 	@echo "make test    run every test suite (native, browser, end-to-end, faults, abuse)"
-	@echo "sub-targets: setup build test-native test-browser test-e2e test-faults test-abuse bench bench-quick"
+	@echo "sub-targets: setup build test-native test-browser test-e2e test-faults test-abuse bench bench-quick bench-client"
 
 setup:
 	@scripts/setup
@@ -73,10 +73,22 @@ test-faults:
 test-abuse: setup
 	cargo test -p rtlink-server --test abuse
 
-# Fan-out benchmark (docs/BENCHMARKS.md): encode-once vs encode-per-subscriber side by side, and
-# WebSocket/SSE delivery on loopback. Ratios from one run; the machine is shared and noisy.
-bench: package
-	cargo bench -p rtlink-server --bench fanout
+# Every benchmark (docs/BENCHMARKS.md, rewritten with its plots in docs/bench/): the Chromium client
+# benchmark, then fan-out, idle memory, large rooms and the reconnect storm against Socket.IO 4.8
+# and a raw WebSocket server. Minutes; the machine and its load are in the report.
+bench: setup package
+	@bench/setup
+	node bench/client/run.mjs
+	target/server/rtlink-bench full --report docs/BENCHMARKS.md
 
+# Messages/s delivered to a JS listener in headless Chromium: the rtlink client vs socket.io-client.
+bench-client: setup package
+	@bench/setup
+	node bench/client/run.mjs
+
+# Side by side with Socket.IO 4.8 and a raw WebSocket server, each in its own process on
+# 127.0.0.1 (bench/, docs/BENCHMARKS.md). Prints ratios measured in one run; never asserts times.
+# Its last line: fanout_vs_socketio=X.XX fanout_vs_raw=Y.YY idle_kb_per_conn=Z.Z
 bench-quick:
-	cargo bench -p rtlink-server --bench fanout -- --quick
+	@bench/setup
+	target/server/rtlink-bench quick

@@ -1,0 +1,206 @@
+//! Fan-out: N subscribers in one room, one publisher at rising rates until saturation.
+//!
+//! For each offered load (deliveries per second = rate × N) the publisher sends for a fixed
+//! time, paced open-loop; the step ends when every subscriber has every message (or at a
+//! deadline). Per step: delivered/s, server CPU per 1,000 deliveries (`/proc/PID/stat`),
+//! p50/p99/p99.9 latency, and errors (gap, duplicate, reordering, missing). A peer stops
+//! climbing once a step is incomplete or delivers less than 90 % of what was offered.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::clients::{payload, subscriber, Publisher, Recorder, Target, Transport};
+use crate::procs::{Paths, Peer, RtlinkOptions, Server};
+use crate::stats::percentile;
+
+pub const ROOM: &str = "bench";
+const PAYLOAD: usize = 100;
+
+/// One step at one offered load.
+#[derive(Clone, Debug)]
+pub struct Step {
+    pub peer: Peer,
+    pub transport: Transport,
+    pub subscribers: usize,
+    pub rate: f64,
+    pub offered_per_sec: f64,
+    pub messages: u64,
+    pub delivered: u64,
+    pub delivered_per_sec: f64,
+    pub cpu_ms_per_1000: f64,
+    pub server_cpu_share: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub errors: u64,
+    pub complete: bool,
+}
+
+impl Step {
+    pub fn saturated(&self) -> bool {
+        !self.complete || self.errors > 0 || self.delivered_per_sec < 0.9 * self.offered_per_sec
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub subscribers: usize,
+    /// Offered deliveries per second, rising.
+    pub loads: Vec<f64>,
+    pub step_time: Duration,
+}
+
+pub struct Outcome {
+    pub setup: Duration,
+    pub steps: Vec<Step>,
+    pub failure: Option<String>,
+}
+
+/// Runs one peer (one transport for rtlink) through the plan.
+pub async fn run(paths: &Paths, peer: Peer, transport: Transport, plan: &Plan, rtlink: &RtlinkOptions) -> Outcome {
+    let mut out = Outcome { setup: Duration::ZERO, steps: Vec::new(), failure: None };
+    let server = match Server::start(paths, peer, rtlink) {
+        Ok(s) => s,
+        Err(e) => {
+            out.failure = Some(format!("server: {e:#}"));
+            return out;
+        }
+    };
+    let target = Target::new(peer, server.port);
+    let total = Arc::new(AtomicU64::new(0));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let started = Instant::now();
+    let recorders: Vec<Arc<Recorder>> = (0..plan.subscribers).map(|_| Recorder::new(total.clone())).collect();
+    let gate = Arc::new(Semaphore::new(32));
+    let mut setup = JoinSet::new();
+    for (i, rec) in recorders.iter().enumerate() {
+        let (target, rec, stop, gate) = (target.clone(), rec.clone(), stop_rx.clone(), gate.clone());
+        setup.spawn(async move {
+            let _permit = gate.acquire_owned().await;
+            subscriber(&target, transport, &format!("s{i}"), Some(ROOM), rec, stop).await
+        });
+    }
+    let mut readers = Vec::new();
+    while let Some(r) = setup.join_next().await {
+        match r {
+            Ok(Ok(h)) => readers.push(h),
+            Ok(Err(e)) => {
+                out.failure.get_or_insert(format!("subscriber setup: {e:#}"));
+            }
+            Err(e) => out.failure = Some(format!("subscriber task: {e}")),
+        }
+    }
+    if out.failure.is_some() {
+        let _ = stop_tx.send(true);
+        return out;
+    }
+    let publisher = match Publisher::connect(&target, ROOM).await {
+        Ok(p) => p,
+        Err(e) => {
+            out.failure = Some(format!("publisher: {e:#}"));
+            let _ = stop_tx.send(true);
+            return out;
+        }
+    };
+    quiesce(&server).await;
+    out.setup = started.elapsed();
+
+    let mut seq = 0u64;
+    for &load in &plan.loads {
+        let rate = load / plan.subscribers as f64;
+        let messages = ((rate * plan.step_time.as_secs_f64()).round() as u64).max(5);
+        let expected = messages * plan.subscribers as u64;
+        for r in &recorders {
+            r.take();
+        }
+        total.store(0, Ordering::Relaxed);
+        let cpu0 = server.cpu();
+        let t0 = Instant::now();
+        let period = Duration::from_secs_f64(1.0 / rate);
+        for i in 0..messages {
+            let due = t0 + period.mul_f64(i as f64);
+            if due > Instant::now() {
+                tokio::time::sleep_until(due.into()).await;
+            }
+            seq += 1;
+            publisher.send(payload(seq, PAYLOAD));
+        }
+        // Deliveries still in flight: wait for all of them, bounded.
+        let deadline = Instant::now() + plan.step_time.max(Duration::from_secs(2)) * 2;
+        while total.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let elapsed = t0.elapsed();
+        let cpu = server.cpu().saturating_sub(cpu0);
+        let delivered = total.load(Ordering::Relaxed);
+        let mut lat: Vec<u32> = Vec::with_capacity(delivered as usize);
+        let mut errors = 0;
+        for r in &recorders {
+            let (l, e) = r.take();
+            lat.extend(l);
+            errors += e;
+        }
+        lat.sort_unstable();
+        let step = Step {
+            peer,
+            transport,
+            subscribers: plan.subscribers,
+            rate,
+            offered_per_sec: load,
+            messages,
+            delivered,
+            delivered_per_sec: delivered as f64 / elapsed.as_secs_f64(),
+            cpu_ms_per_1000: cpu.as_secs_f64() * 1e3 / (delivered.max(1) as f64 / 1000.0),
+            server_cpu_share: cpu.as_secs_f64() / elapsed.as_secs_f64(),
+            p50_us: percentile(&lat, 50.0),
+            p99_us: percentile(&lat, 99.0),
+            p999_us: percentile(&lat, 99.9),
+            errors: errors + expected.saturating_sub(delivered),
+            complete: delivered >= expected,
+        };
+        eprintln!(
+            "  {:<9} {:<12} N={:<5} offered {:>8.0}/s delivered {:>8.0}/s cpu {:>6.3} ms/1k p50 {:>7} p99 {:>7} µs{}",
+            peer.name(),
+            transport.name(),
+            plan.subscribers,
+            load,
+            step.delivered_per_sec,
+            step.cpu_ms_per_1000,
+            step.p50_us,
+            step.p99_us,
+            if step.saturated() { "  (saturated)" } else { "" }
+        );
+        let saturated = step.saturated();
+        out.steps.push(step);
+        if saturated {
+            break;
+        }
+        // Let the resync of a lagging client (if any) settle before the next step.
+        quiesce(&server).await;
+    }
+    let _ = stop_tx.send(true);
+    publisher.close().await;
+    for r in readers {
+        let _ = tokio::time::timeout(Duration::from_secs(2), r).await;
+    }
+    drop(server);
+    out
+}
+
+/// Waits until the server's CPU use has settled (setup traffic such as presence joins done).
+pub async fn quiesce(server: &Server) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = server.cpu();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = server.cpu();
+        if now.saturating_sub(last) <= Duration::from_millis(20) || Instant::now() > deadline {
+            return;
+        }
+        last = now;
+    }
+}

@@ -1,0 +1,112 @@
+//! Idle memory: N connections held open and doing nothing; server RSS per connection.
+//!
+//! A warm-up of 100 connections is opened first and kept, so one-time costs (thread arenas,
+//! lazily built tables) land in the baseline; then N more connections open (each in a room of
+//! its own, or in none), the server settles, and `(RSS after - RSS before) / N` is the cost of
+//! one idle connection.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::clients::{subscriber, Recorder, Target, Transport};
+use crate::fanout::quiesce;
+use crate::procs::{Paths, Peer, RtlinkOptions, Server};
+
+const WARMUP: usize = 100;
+
+#[derive(Clone, Debug)]
+pub struct Idle {
+    pub peer: Peer,
+    pub with_room: bool,
+    pub connections: usize,
+    pub rss_before: u64,
+    pub rss_after: u64,
+    pub setup: Duration,
+    pub failure: Option<String>,
+}
+
+impl Idle {
+    pub fn bytes_per_conn(&self) -> f64 {
+        self.rss_after.saturating_sub(self.rss_before) as f64 / self.connections.max(1) as f64
+    }
+}
+
+pub async fn run(paths: &Paths, peer: Peer, n: usize, with_room: bool, rtlink: &RtlinkOptions) -> Idle {
+    let mut out = Idle {
+        peer,
+        with_room,
+        connections: n,
+        rss_before: 0,
+        rss_after: 0,
+        setup: Duration::ZERO,
+        failure: None,
+    };
+    let server = match Server::start(paths, peer, rtlink) {
+        Ok(s) => s,
+        Err(e) => {
+            out.failure = Some(format!("{e:#}"));
+            return out;
+        }
+    };
+    let target = Target::new(peer, server.port);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let total = Arc::new(AtomicU64::new(0));
+    let mut held = Vec::new();
+    let open = |from: usize, count: usize| {
+        let gate = Arc::new(Semaphore::new(32));
+        let mut set = JoinSet::new();
+        for i in from..from + count {
+            let (target, stop, gate, rec) = (target.clone(), stop_rx.clone(), gate.clone(), Recorder::new(total.clone()));
+            set.spawn(async move {
+                let _permit = gate.acquire_owned().await;
+                let room = format!("idle-{i}");
+                let room = with_room.then_some(room.as_str());
+                subscriber(&target, Transport::WebSocket, &format!("i{i}"), room, rec, stop).await
+            });
+        }
+        set
+    };
+    let mut warm = open(0, WARMUP);
+    while let Some(r) = warm.join_next().await {
+        if let Ok(Ok(h)) = r {
+            held.push(h);
+        }
+    }
+    quiesce(&server).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    out.rss_before = server.rss();
+    let started = Instant::now();
+    let mut set = open(WARMUP, n);
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok(Ok(h)) => held.push(h),
+            Ok(Err(e)) => {
+                out.failure.get_or_insert(format!("connect: {e:#}"));
+            }
+            Err(e) => {
+                out.failure.get_or_insert(format!("task: {e}"));
+            }
+        }
+    }
+    out.setup = started.elapsed();
+    quiesce(&server).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    out.rss_after = server.rss();
+    let _ = stop_tx.send(true);
+    for h in held {
+        let _ = tokio::time::timeout(Duration::from_secs(2), h).await;
+    }
+    drop(server);
+    eprintln!(
+        "  idle {:<9} room={:<5} {} conns: {:.1} KB/conn",
+        peer.name(),
+        with_room,
+        n,
+        out.bytes_per_conn() / 1024.0
+    );
+    out
+}

@@ -1,0 +1,231 @@
+//! `rtlink-bench`: rtlink-server side by side with Socket.IO 4.8 and a raw WebSocket broadcast
+//! server (docs/BENCHMARKS.md).
+//!
+//! This process is the harness and the load generator; every server runs in its own process
+//! on 127.0.0.1, started here and stopped after its scenario. Nothing here asserts a time: the
+//! machine is shared, so the figures that matter are ratios measured side by side in one run.
+//!
+//! - `rtlink-bench quick`: reduced fan-out (1,000 subscribers) and idle memory; the last line is
+//!   `fanout_vs_socketio=X.XX fanout_vs_raw=Y.YY idle_kb_per_conn=Z.Z`.
+//! - `rtlink-bench full --report docs/BENCHMARKS.md`: every scenario; rewrites the report
+//!   and its plots.
+//! - `rtlink-bench raw-server --listen ADDR`: the raw peer.
+
+mod clients;
+mod fanout;
+mod idle;
+mod procs;
+mod plot;
+mod raw_server;
+mod report;
+mod rooms;
+mod stats;
+mod storm;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+
+use crate::clients::Transport;
+use crate::fanout::Plan;
+use crate::procs::{Paths, Peer, RtlinkOptions};
+
+#[derive(Parser)]
+#[command(name = "rtlink-bench", about = "rtlink-server side by side with Socket.IO and raw WebSocket")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Reduced fan-out (~1,000 subscribers) and idle memory, in under 2 minutes.
+    Quick {
+        #[arg(long, default_value = ".")]
+        root: PathBuf,
+    },
+    /// Every scenario; writes the report and its plots.
+    Full {
+        #[arg(long, default_value = ".")]
+        root: PathBuf,
+        /// Markdown report to (re)write.
+        #[arg(long, default_value = "docs/BENCHMARKS.md")]
+        report: PathBuf,
+        /// Only these scenarios (fanout, idle, rooms, storm); all by default.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
+    /// Publishes `count` messages at `rate` per second to a room (the publisher of
+    /// `make bench-client`; payloads are JSON strings, which the rtlink client parses).
+    Publish {
+        #[arg(long)]
+        peer: String,
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value = "bench")]
+        room: String,
+        #[arg(long)]
+        count: u64,
+        #[arg(long)]
+        rate: f64,
+    },
+    /// The raw WebSocket broadcast peer.
+    RawServer {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // 10,000 connections need as many descriptors here and in the servers (inherited).
+    let _ = rlimit::increase_nofile_limit(65_536);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    match cli.cmd {
+        Cmd::RawServer { listen } => rt.block_on(raw_server::run(listen)),
+        Cmd::Publish { peer, port, room, count, rate } => rt.block_on(publish(&peer, port, &room, count, rate)),
+        Cmd::Quick { root } => rt.block_on(quick(root)),
+        Cmd::Full { root, report, only } => rt.block_on(full(root, report, only)),
+    }
+}
+
+/// Server CPU per delivery, `peer` ÷ rtlink, at the highest offered load both delivered in full
+/// (every message to every subscriber, in order; the load generator may have lagged).
+pub fn cpu_ratio(rtlink: &[fanout::Step], peer: &[fanout::Step]) -> Option<(f64, f64)> {
+    let whole = |s: &fanout::Step| s.complete && s.errors == 0;
+    rtlink
+        .iter()
+        .rev()
+        .filter(|s| whole(s))
+        .filter_map(|r| {
+            peer.iter()
+                .find(|p| p.offered_per_sec == r.offered_per_sec && whole(p))
+                .map(|p| (r.offered_per_sec, p.cpu_ms_per_1000 / r.cpu_ms_per_1000))
+        })
+        .next()
+}
+
+async fn publish(peer: &str, port: u16, room: &str, count: u64, rate: f64) -> anyhow::Result<()> {
+    let peer = match peer {
+        "rtlink" => Peer::Rtlink,
+        "socketio" => Peer::SocketIo,
+        other => anyhow::bail!("unknown peer {other}"),
+    };
+    let publisher = clients::Publisher::connect_json(&clients::Target::new(peer, port), room).await?;
+    let t0 = Instant::now();
+    let period = Duration::from_secs_f64(1.0 / rate);
+    for seq in 1..=count {
+        let due = t0 + period.mul_f64((seq - 1) as f64);
+        if due > Instant::now() {
+            tokio::time::sleep_until(due.into()).await;
+        }
+        publisher.send(clients::payload(seq, 100));
+    }
+    publisher.close().await;
+    Ok(())
+}
+
+async fn quick(root: PathBuf) -> anyhow::Result<()> {
+    let paths = Paths::new(&std::fs::canonicalize(&root)?)?;
+    let started = Instant::now();
+    println!("{}", report::machine_line());
+    let plan = Plan {
+        subscribers: 1000,
+        loads: vec![10_000.0, 25_000.0, 50_000.0, 100_000.0, 200_000.0],
+        step_time: Duration::from_secs(2),
+    };
+    let opts = RtlinkOptions::default();
+    let mut results = Vec::new();
+    for peer in [Peer::Rtlink, Peer::SocketIo, Peer::Raw] {
+        let out = fanout::run(&paths, peer, Transport::WebSocket, &plan, &opts).await;
+        if let Some(f) = &out.failure {
+            println!("{}: FAILED: {f}", peer.name());
+        }
+        results.push((peer, out));
+    }
+    println!();
+    println!("{}", report::fanout_table(&results.iter().flat_map(|(_, o)| o.steps.clone()).collect::<Vec<_>>()));
+    let idle = idle::run(&paths, Peer::Rtlink, 2000, false, &opts).await;
+    if let Some(f) = &idle.failure {
+        println!("idle: FAILED: {f}");
+    }
+    let steps = |p: Peer| results.iter().find(|(q, _)| *q == p).map(|(_, o)| o.steps.clone()).unwrap_or_default();
+    let rt = steps(Peer::Rtlink);
+    let sio = cpu_ratio(&rt, &steps(Peer::SocketIo));
+    let raw = cpu_ratio(&rt, &steps(Peer::Raw));
+    println!();
+    if let Some((load, r)) = sio {
+        println!("server CPU per delivery, Socket.IO / rtlink: {r:.2} (at {load:.0} deliveries/s offered)");
+    }
+    if let Some((load, r)) = raw {
+        println!("server CPU per delivery, raw / rtlink: {r:.2} (at {load:.0} deliveries/s offered)");
+    }
+    println!(
+        "idle rtlink WebSocket: {:.1} KB per connection ({} connections)",
+        idle.bytes_per_conn() / 1024.0,
+        idle.connections
+    );
+    println!("ran in {:.0} s", started.elapsed().as_secs_f64());
+    println!(
+        "fanout_vs_socketio={:.2} fanout_vs_raw={:.2} idle_kb_per_conn={:.1}",
+        sio.map_or(0.0, |r| r.1),
+        raw.map_or(0.0, |r| r.1),
+        idle.bytes_per_conn() / 1024.0
+    );
+    Ok(())
+}
+
+async fn full(root: PathBuf, report_path: PathBuf, only: Vec<String>) -> anyhow::Result<()> {
+    let root = std::fs::canonicalize(&root)?;
+    let paths = Paths::new(&root)?;
+    let want = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
+    let mut r = report::Report::new();
+    let started = Instant::now();
+    let opts = RtlinkOptions::default();
+    if want("fanout") {
+        for (n, loads) in [
+            (100usize, vec![10_000.0, 25_000.0, 50_000.0, 100_000.0, 200_000.0, 400_000.0]),
+            (1000, vec![20_000.0, 50_000.0, 100_000.0, 200_000.0, 400_000.0]),
+            (5000, vec![25_000.0, 50_000.0, 100_000.0, 200_000.0, 400_000.0]),
+        ] {
+            let plan = Plan { subscribers: n, loads, step_time: Duration::from_secs(3) };
+            let mut runs: Vec<(Peer, Transport)> =
+                vec![(Peer::Rtlink, Transport::WebSocket), (Peer::SocketIo, Transport::WebSocket), (Peer::Raw, Transport::WebSocket)];
+            if n <= 1000 {
+                runs.push((Peer::Rtlink, Transport::Sse));
+                runs.push((Peer::Rtlink, Transport::Poll));
+            }
+            for (peer, transport) in runs {
+                eprintln!("fan-out: {} {} N={n}", peer.name(), transport.name());
+                let out = fanout::run(&paths, peer, transport, &plan, &opts).await;
+                r.fanout.push((n, peer, transport, out));
+            }
+        }
+    }
+    if want("idle") {
+        for with_room in [false, true] {
+            for peer in [Peer::Rtlink, Peer::SocketIo, Peer::Raw] {
+                if peer == Peer::Raw && with_room {
+                    continue;
+                }
+                eprintln!("idle: {} room={with_room}", peer.name());
+                r.idle.push(idle::run(&paths, peer, 10_000, with_room, &opts).await);
+            }
+        }
+    }
+    if want("rooms") {
+        r.rooms = rooms::run_all(&paths, 5000).await;
+    }
+    if want("storm") {
+        r.storm = storm::run_all(&paths, 5000).await;
+    }
+    r.elapsed = started.elapsed();
+    r.write(&root, &report_path)?;
+    eprintln!("wrote {} in {:.0} s", report_path.display(), r.elapsed.as_secs_f64());
+    Ok(())
+}
