@@ -142,9 +142,10 @@ impl Report {
             (utime + stime from `/proc/PID/stat`, 10 ms ticks), at equal offered load. Latency is publish-to-receive on one clock \
             and includes the load generator's own queueing.\n");
 
-        let _ = writeln!(md, "## Fan-out\n\nOne room, N subscribers, one publisher at rising rates (100-byte payloads) for 3 s per step until a peer saturates \
+        let _ = writeln!(md, "## Fan-out\n\nOne room, N subscribers, one publisher at rising rates (100-byte payloads) for 2 s per step until a peer saturates \
             (a step incomplete, or under 90 % of the offered deliveries/s). Every delivery is checked: no loss, no duplicate, in order. \
-            rtlink's publisher uses WebSocket; its subscribers each transport in turn.\n");
+            rtlink's publisher uses WebSocket; its subscribers each transport in turn. The fan-out room is started without presence \
+            (`--presence-off bench`), as the peers have none.\n");
         let mut ns: Vec<usize> = self.fanout.iter().map(|f| f.0).collect();
         ns.dedup();
         for n in ns {
