@@ -19,6 +19,7 @@ use serde::Deserialize;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::services::ServeDir;
 
+use crate::admission::{self, AcceptBudget};
 use crate::api::{self, ApiKeys};
 use crate::auth::{random_token, Auth, AuthError, TicketRefusal, TokenSettings};
 use crate::broker::local::{LocalBroker, LocalBrokerConfig};
@@ -28,7 +29,7 @@ use crate::cluster::local::SingleNode;
 use crate::cluster::redis::RedisCluster;
 use crate::cluster::Cluster;
 use crate::config::Config;
-use crate::http::{self, OriginPolicy};
+use crate::http::{self, ClientIp, OriginPolicy};
 use crate::hub::Hub;
 use crate::limits::ConnectionLimiter;
 use crate::metrics::Metrics;
@@ -48,6 +49,8 @@ pub struct Inner {
     /// Keys of the server API for backends (`crate::api`).
     pub api_keys: ApiKeys,
     pub limiter: Arc<ConnectionLimiter>,
+    /// The accept-rate budget of `POST /v1/ticket`.
+    pub accept: AcceptBudget,
     pub metrics: Arc<Metrics>,
     pub origins: OriginPolicy,
     /// Reverse proxies whose forwarding headers name the client.
@@ -158,6 +161,12 @@ impl AppState {
         let state = Self(Arc::new(Inner {
             auth,
             api_keys,
+            accept: AcceptBudget::new(
+                config.accept_rate,
+                config.accept_burst,
+                config.accept_rate_per_ip,
+                config.accept_burst_per_ip,
+            ),
             limiter: ConnectionLimiter::new(
                 config.max_connections,
                 config.max_connections_per_ip,
@@ -200,6 +209,7 @@ async fn sweep(state: std::sync::Weak<Inner>) {
     loop {
         tick.tick().await;
         let Some(state) = state.upgrade() else { return };
+        state.accept.sweep();
         if let Some(b) = &state.local_broker {
             b.sweep();
         }
@@ -275,9 +285,17 @@ async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 /// `POST /v1/ticket` with `Authorization: Bearer <token>`.
-async fn ticket(State(state): State<AppState>, headers: HeaderMap) -> Response {
+/// Admission is decided here ([`crate::admission`]): draining, the accept-rate budget, full.
+async fn ticket(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+) -> Response {
     if !state.origins.check(&headers) {
         return http::origin_refused();
+    }
+    if let Err(refused) = admission::before_token(&state, ip) {
+        return refused;
     }
     let token = headers
         .get(header::AUTHORIZATION)
@@ -300,6 +318,9 @@ async fn ticket(State(state): State<AppState>, headers: HeaderMap) -> Response {
         }
         Err(e) => return http::unauthorized(&e.to_string()),
     };
+    if let Err(refused) = admission::after_token(&state, ip) {
+        return refused;
+    }
     match state.auth.issue_ticket(&*state.hub.broker, claims).await {
         Ok((ticket, ttl)) => Json(TicketResponse {
             ticket,

@@ -302,6 +302,24 @@ pub struct Config {
     #[arg(long, env = "RTLINK_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
     pub max_connections_per_ip: usize,
 
+    /// Accept-rate budget: connection attempts (`POST /v1/ticket`) per second, in total;
+    /// beyond it and its burst, 503 with a spread `Retry-After`.
+    #[arg(long, env = "RTLINK_ACCEPT_RATE", default_value_t = 1000)]
+    pub accept_rate: u32,
+
+    /// Burst of the total accept-rate budget.
+    #[arg(long, env = "RTLINK_ACCEPT_BURST", default_value_t = 2000)]
+    pub accept_burst: u32,
+
+    /// Accept-rate budget per client address (IPv6: per /64), per second; beyond it and its
+    /// burst, 429 with a spread `Retry-After`.
+    #[arg(long, env = "RTLINK_ACCEPT_RATE_PER_IP", default_value_t = 50)]
+    pub accept_rate_per_ip: u32,
+
+    /// Burst of the per-address accept-rate budget.
+    #[arg(long, env = "RTLINK_ACCEPT_BURST_PER_IP", default_value_t = 100)]
+    pub accept_burst_per_ip: u32,
+
     /// Sessions (connected or resumable) in total; more get 503.
     #[arg(long, env = "RTLINK_MAX_SESSIONS", default_value_t = 50_000)]
     pub max_sessions: usize,

@@ -32,7 +32,8 @@ pub fn error(
     };
     let mut resp = (status, axum::Json(body)).into_response();
     if let Some(d) = retry_after {
-        let secs = d.as_secs().max(1);
+        // Whole seconds, rounded up: never earlier than `retry_after_ms`.
+        let secs = d.as_millis().div_ceil(1000).max(1);
         if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
             resp.headers_mut().insert(header::RETRY_AFTER, v);
         }
@@ -67,7 +68,13 @@ pub fn unknown_session() -> Response {
     )
 }
 
+/// `overloaded` with a `Retry-After` spread over `[retry_after, 2·retry_after)` (see [`spread`]).
 pub fn overloaded(status: StatusCode, message: &str, retry_after: Duration) -> Response {
+    overloaded_exact(status, message, spread(retry_after))
+}
+
+/// `overloaded` with a delay the caller already spread.
+pub fn overloaded_exact(status: StatusCode, message: &str, retry_after: Duration) -> Response {
     error(status, ErrorCode::Overloaded, message, Some(retry_after))
 }
 
@@ -75,6 +82,26 @@ pub fn overloaded(status: StatusCode, message: &str, retry_after: Duration) -> R
 /// together do not come back together.
 pub fn spread(base: Duration) -> Duration {
     base.mul_f64(1.0 + rand::random::<f64>())
+}
+
+/// The client's address as an extractor (see [`client_ip`]).
+pub struct ClientIp(pub Option<IpAddr>);
+
+impl axum::extract::FromRequestParts<AppState> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ci| ci.0.ip());
+        Ok(Self(
+            peer.map(|p| state.proxies.client_ip(p, &parts.headers)),
+        ))
+    }
 }
 
 /// The answer to a transport open for which no session could be opened (the WebSocket closes
@@ -91,7 +118,7 @@ pub fn session_refused(refusal: &SessionRefusal) -> Response {
             "too many connected sessions for this user",
         ),
     };
-    overloaded(status, message, spread(Duration::from_secs(5)))
+    overloaded(status, message, Duration::from_secs(5))
 }
 
 /// Which browser origins may talk to this server.
@@ -213,28 +240,37 @@ pub fn precheck(
         return Err(origin_refused());
     }
     if state.is_draining() {
-        return Err(overloaded(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server is draining",
-            state.config.drain_window.max(Duration::from_secs(1)),
-        ));
+        return Err(draining(state));
     }
     let guard = state.limiter.acquire(ip, kind).map_err(|refusal| {
         state.metrics.count_drop(DropReason::Overloaded);
-        match refusal {
-            Refusal::Total => overloaded(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many connections",
-                Duration::from_secs(5),
-            ),
-            Refusal::PerIp => overloaded(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many connections from this address",
-                Duration::from_secs(5),
-            ),
-        }
+        connections_refused(&refusal)
     })?;
     Ok(Prechecked { guard })
+}
+
+/// `503` while draining, with a delay spread over the drain window (the window attached
+/// clients are told to reconnect in).
+pub fn draining(state: &AppState) -> Response {
+    let window = state.config.drain_window.max(Duration::from_secs(2));
+    let delay = Duration::from_secs(1) + (window - Duration::from_secs(1)).mul_f64(rand::random());
+    overloaded_exact(StatusCode::SERVICE_UNAVAILABLE, "server is draining", delay)
+}
+
+/// `503` (in total) or `429` (from this address) for the connection limits.
+pub fn connections_refused(refusal: &Refusal) -> Response {
+    match refusal {
+        Refusal::Total => overloaded(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many connections",
+            Duration::from_secs(5),
+        ),
+        Refusal::PerIp => overloaded(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many connections from this address",
+            Duration::from_secs(5),
+        ),
+    }
 }
 
 impl Prechecked {

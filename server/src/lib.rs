@@ -5,6 +5,7 @@
 //! [`broker`] for the seam a multi-node deployment plugs into.
 
 pub mod api;
+pub mod admission;
 pub mod app;
 pub mod auth;
 pub mod broker;

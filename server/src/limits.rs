@@ -31,9 +31,20 @@ impl TokenBucket {
     }
 
     fn refill(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        // Callers that read the clock before taking a shared bucket's lock may arrive out of
+        // order: time only moves forward, or an interval would be credited twice.
+        if now <= self.last {
+            return;
+        }
+        let elapsed = now.duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+    }
+
+    /// True if a token is there (none is taken).
+    pub fn available(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= 1.0
     }
 
     /// Takes one token if there is one.
@@ -160,6 +171,19 @@ impl ConnectionLimiter {
     pub fn total(&self) -> usize {
         self.counts.lock().total
     }
+
+    /// Whether [`ConnectionLimiter::acquire`] would refuse `ip` right now (without taking a
+    /// slot): the ticket step refuses early what the open would refuse anyway.
+    pub fn check(&self, ip: Option<IpAddr>) -> Result<(), Refusal> {
+        let c = self.counts.lock();
+        if c.total >= self.max_total {
+            return Err(Refusal::Total);
+        }
+        match ip.and_then(|ip| c.per_ip.get(&ip)) {
+            Some(n) if *n >= self.max_per_ip => Err(Refusal::PerIp),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// One open transport; released on drop.
@@ -212,6 +236,18 @@ mod tests {
         assert!(b.try_take(t0));
         assert!(!b.try_take(t0));
         assert!(b.try_take(t0 + Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn late_readings_of_the_clock_credit_nothing_twice() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10, 1, t0);
+        assert!(b.try_take(t0));
+        let t1 = t0 + Duration::from_millis(100);
+        assert!(b.try_take(t1));
+        // A caller that read the clock at t0 + 50 ms arrives after the one at t1.
+        assert!(!b.try_take(t0 + Duration::from_millis(50)));
+        assert!(!b.try_take(t1), "the 100 ms were credited once");
     }
 
     #[test]

@@ -17,10 +17,12 @@ pub enum DropReason {
     Unauthorized,
     OriginNotAllowed,
     Overloaded,
+    /// A ticket refused by the accept-rate budget.
+    AcceptRate,
 }
 
 impl DropReason {
-    const ALL: [Self; 8] = [
+    const ALL: [Self; 9] = [
         Self::SlowConsumer,
         Self::RateLimited,
         Self::Malformed,
@@ -29,6 +31,7 @@ impl DropReason {
         Self::Unauthorized,
         Self::OriginNotAllowed,
         Self::Overloaded,
+        Self::AcceptRate,
     ];
 
     fn as_str(self) -> &'static str {
@@ -41,6 +44,7 @@ impl DropReason {
             Self::Unauthorized => "unauthorized",
             Self::OriginNotAllowed => "origin_not_allowed",
             Self::Overloaded => "overloaded",
+            Self::AcceptRate => "accept_rate",
         }
     }
 }
@@ -58,7 +62,7 @@ pub struct Metrics {
     pub frames_in: AtomicU64,
     pub frames_out: AtomicU64,
     pub messages_published: AtomicU64,
-    drops: [AtomicU64; 8],
+    drops: [AtomicU64; 9],
     /// Room events the hub missed because its broker receiver lagged (each triggered a resync).
     pub broker_lagged_events: AtomicU64,
     /// Rooms with at least one local subscriber.

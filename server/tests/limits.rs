@@ -118,9 +118,19 @@ async fn connection_limits_answer_429_per_ip_and_503_in_total() {
     let mut config = fast_config();
     config.max_connections_per_ip = 2;
     let s = start(config).await;
+    // A ticket fetched before the address was full: the open's own check refuses it.
+    let ticket = s.ticket("c").await;
     let _a = s.ws("a").await;
     let _b = s.ws("b").await;
-    let ticket = s.ticket("c").await;
+    // Full: the ticket step says so at once.
+    let resp = s
+        .http
+        .post(s.url("/v1/ticket"))
+        .bearer_auth(s.token("d"))
+        .send()
+        .await
+        .unwrap();
+    assert_overloaded(resp, 429).await;
     assert_eq!(
         Ws::try_connect(&s.ws_url(&format!("/v1/ws?ticket={ticket}")), None)
             .await
@@ -146,8 +156,16 @@ async fn connection_limits_answer_429_per_ip_and_503_in_total() {
     let mut config = fast_config();
     config.max_connections = 1;
     let s = start(config).await;
-    let _a = s.ws("a").await;
     let ticket = s.ticket("b").await;
+    let _a = s.ws("a").await;
+    let resp = s
+        .http
+        .post(s.url("/v1/ticket"))
+        .bearer_auth(s.token("d"))
+        .send()
+        .await
+        .unwrap();
+    assert_overloaded(resp, 503).await;
     assert_eq!(
         Ws::try_connect(&s.ws_url(&format!("/v1/ws?ticket={ticket}")), None)
             .await

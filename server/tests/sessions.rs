@@ -56,7 +56,8 @@ async fn resume_after_disconnect_replays_without_loss_or_duplicate() {
     a.send(&ClientFrame::Subscribe {
         room: "room".into(),
         since: Some(3),
-        epoch: None, history: None,
+        epoch: None,
+        history: None,
     })
     .await;
     b.publish("room", "b7", "live").await;
@@ -97,13 +98,18 @@ async fn since_older_than_history_is_not_recovered() {
     c.send(&ClientFrame::Subscribe {
         room: "room".into(),
         since: Some(3),
-        epoch: None, history: None,
+        epoch: None,
+        history: None,
     })
     .await;
     let frames = frames_for(&mut c, Duration::from_millis(200)).await;
     assert!(frames.iter().any(|f| matches!(
         f,
-        ServerFrame::Subscribed { head: 5, recovered: true, .. }
+        ServerFrame::Subscribed {
+            head: 5,
+            recovered: true,
+            ..
+        }
     )));
     assert_eq!(offsets(&frames), vec![4, 5]);
 }
@@ -127,25 +133,42 @@ async fn since_from_another_epoch_replays_the_current_epoch() {
     b.send(&ClientFrame::Subscribe {
         room: "room".into(),
         since: Some(2),
-        epoch: Some(epoch.clone()), history: None,
+        epoch: Some(epoch.clone()),
+        history: None,
     })
     .await;
     let frames = frames_for(&mut b, Duration::from_millis(200)).await;
-    assert!(frames.iter().any(|f| matches!(f, ServerFrame::Subscribed { head: 3, recovered: true, .. })));
+    assert!(frames.iter().any(|f| matches!(
+        f,
+        ServerFrame::Subscribed {
+            head: 3,
+            recovered: true,
+            ..
+        }
+    )));
     assert_eq!(offsets(&frames), vec![3]);
     // Offsets 1..=3 of an older epoch, where the client had seen up to 7.
     let mut c = s.ws("carol").await;
     c.send(&ClientFrame::Subscribe {
         room: "room".into(),
         since: Some(7),
-        epoch: Some("an-older-epoch".into()), history: None,
+        epoch: Some("an-older-epoch".into()),
+        history: None,
     })
     .await;
     let frames = frames_for(&mut c, Duration::from_millis(200)).await;
-    let sub = frames.iter().find(|f| matches!(f, ServerFrame::Subscribed { .. })).unwrap();
+    let sub = frames
+        .iter()
+        .find(|f| matches!(f, ServerFrame::Subscribed { .. }))
+        .unwrap();
     assert_eq!(
         sub,
-        &ServerFrame::Subscribed { room: "room".into(), head: 0, recovered: false, epoch }
+        &ServerFrame::Subscribed {
+            room: "room".into(),
+            head: 0,
+            recovered: false,
+            epoch
+        }
     );
     assert_eq!(offsets(&frames), vec![1, 2, 3]);
 }
@@ -369,6 +392,7 @@ async fn drain_sends_reconnect_after_then_4008_and_healthz_turns_503() {
     ws.subscribe("room", None).await;
     let ticket = s.ticket("poller").await;
     let (mut poll, _) = Poll::open(&s, &ticket, None).await;
+    let early = s.ticket("early").await;
     let drain = {
         let state = s.state.clone();
         tokio::spawn(async move { state.drain().await })
@@ -392,9 +416,17 @@ async fn drain_sends_reconnect_after_then_4008_and_healthz_turns_503() {
         s.http.get(s.url("/healthz")).send().await.unwrap().status(),
         503
     );
-    let ticket = s.ticket("late").await;
+    // Draining is announced at the ticket step; an open with a ticket from before is refused too.
+    let resp = s
+        .http
+        .post(s.url("/v1/ticket"))
+        .bearer_auth(s.token("late"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
     assert_eq!(
-        Ws::try_connect(&s.ws_url(&format!("/v1/ws?ticket={ticket}")), None)
+        Ws::try_connect(&s.ws_url(&format!("/v1/ws?ticket={early}")), None)
             .await
             .err(),
         Some(503)
@@ -471,12 +503,9 @@ async fn a_lagging_hub_resyncs_from_history_without_gap_or_duplicate() {
         event_capacity: 16,
         ..Default::default()
     }));
-    let s = start_state(rtlink_server::AppState::with_broker(
-        fast_config(),
-        broker.clone(),
-    )
-    .unwrap())
-    .await;
+    let s =
+        start_state(rtlink_server::AppState::with_broker(fast_config(), broker.clone()).unwrap())
+            .await;
     let mut a = s.ws("alice").await;
     a.subscribe("room", None).await;
     // On this single-threaded test runtime nothing else runs until the loop ends.
@@ -539,7 +568,11 @@ async fn fresh_subscribe_with_history_replays_the_newest_messages() {
     let frames = frames_for(&mut b, Duration::from_millis(300)).await;
     assert!(frames.iter().any(|f| matches!(
         f,
-        ServerFrame::Subscribed { head: 3, recovered: true, .. }
+        ServerFrame::Subscribed {
+            head: 3,
+            recovered: true,
+            ..
+        }
     )));
     assert_eq!(offsets(&frames), vec![4, 5, 6]);
     // More than the room holds: everything, from offset 1.

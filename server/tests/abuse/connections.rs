@@ -1,6 +1,8 @@
 //! Connection-level protection: tickets, header timeouts, connection caps, frame sizes, stalled
 //! streams.
 
+use rtlink_protocol::envelope::TicketResponse;
+
 use crate::common::{Poll, Server, Sse, Ws};
 use crate::process::ServerProcess;
 use crate::{bounded, Bystander};
@@ -65,10 +67,21 @@ async fn abuse_refused_opens_do_not_burn_the_ticket() {
     .await;
 }
 
-/// Opens an SSE stream claiming to come from `forwarded_for`; the response (kept open) or the
-/// refusal's status.
+/// Gets a ticket and opens an SSE stream, both claiming to come from `forwarded_for`; the
+/// response (kept open) or the refusal's status (at the ticket step or at the open).
 async fn sse_from(client: &Server, forwarded_for: &str) -> Result<reqwest::Response, u16> {
-    let ticket = client.ticket("mallory").await;
+    let resp = client
+        .http
+        .post(client.url("/v1/ticket"))
+        .bearer_auth(client.token("mallory"))
+        .header("x-forwarded-for", forwarded_for)
+        .send()
+        .await
+        .unwrap();
+    if resp.status() != 200 {
+        return Err(resp.status().as_u16());
+    }
+    let ticket = resp.json::<TicketResponse>().await.unwrap().ticket;
     let resp = client
         .http
         .get(client.url(&format!("/v1/sse?ticket={ticket}&v=1")))

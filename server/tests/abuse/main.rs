@@ -9,6 +9,7 @@
 mod common;
 mod process;
 
+mod admission;
 mod connections;
 mod fail_closed;
 mod replay;

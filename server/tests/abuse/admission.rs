@@ -1,0 +1,345 @@
+//! Admission at the ticket step: the accept-rate budget (per address and in total) answers a
+//! spread `Retry-After`, holds during a reconnect storm of 5,000 clients, and never refuses an
+//! open that already holds a fresh ticket.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use rtlink_protocol::envelope::{HttpError, TicketResponse};
+use rtlink_protocol::{ClientFrame, ErrorCode, ServerFrame};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::common::{Poll, Server, Ws};
+use crate::process::ServerProcess;
+use crate::{bounded, Bystander};
+
+/// `POST /v1/ticket` as a client behind the trusted proxy at `forwarded_for`: the ticket, or
+/// the refusal (status, `retry_after_ms`).
+async fn ticket_from(
+    http: &reqwest::Client,
+    client: &Server,
+    token: &str,
+    forwarded_for: &str,
+) -> Result<String, (u16, Duration)> {
+    let resp = http
+        .post(client.url("/v1/ticket"))
+        .bearer_auth(token)
+        .header("x-forwarded-for", forwarded_for)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    if status == 200 {
+        return Ok(resp.json::<TicketResponse>().await.unwrap().ticket);
+    }
+    let header = resp.headers().get("retry-after").cloned();
+    let body = resp.json::<HttpError>().await.unwrap();
+    assert_eq!(body.error, ErrorCode::Overloaded);
+    let ms = body.retry_after_ms.expect("retry_after_ms");
+    let secs: u64 = header
+        .expect("Retry-After")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        secs,
+        ms.div_ceil(1000).max(1),
+        "the header agrees with the body"
+    );
+    Err((status, Duration::from_millis(ms)))
+}
+
+#[tokio::test]
+async fn abuse_a_fast_address_is_refused_at_the_ticket_step_with_spread_delays() {
+    bounded(async {
+        let server = ServerProcess::start(&[
+            "--trusted-proxy",
+            "127.0.0.1",
+            "--accept-rate-per-ip",
+            "5",
+            "--accept-burst-per-ip",
+            "5",
+        ]);
+        let client = server.client();
+        let mut bystander = Bystander::join(&client, "alice", "chat:lobby").await;
+        let token = client.token("mallory");
+        let mut tickets = Vec::new();
+        let mut delays = Vec::new();
+        for _ in 0..50 {
+            match ticket_from(&client.http, &client, &token, "6.6.6.6").await {
+                Ok(t) => tickets.push(t),
+                Err((status, delay)) => {
+                    assert_eq!(status, 429);
+                    delays.push(delay);
+                }
+            }
+        }
+        assert!(
+            (5..=7).contains(&tickets.len()),
+            "{} tickets",
+            tickets.len()
+        );
+        // Each refused client is given its own slot at the budget's rate (5/s): spread over
+        // seconds, not one value for everyone.
+        let mut sorted = delays.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), delays.len(), "distinct delays: {delays:?}");
+        assert!(
+            *sorted.last().unwrap() >= Duration::from_secs(6),
+            "{delays:?}"
+        );
+        // The tickets it already holds still open transports: the rate was charged once.
+        for t in &tickets {
+            let url = client.ws_url(&format!("/v1/ws?ticket={t}"));
+            assert!(Ws::try_connect(&url, None).await.is_ok());
+        }
+        // Other addresses are not affected.
+        assert!(ticket_from(&client.http, &client, &token, "7.7.7.7")
+            .await
+            .is_ok());
+        bystander.assert_unaffected(&client).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn abuse_draining_is_announced_at_the_ticket_step() {
+    bounded(async {
+        let server = ServerProcess::start(&[
+            "--demo-auth",
+            "--drain-window",
+            "10s",
+            "--drain-grace",
+            "4s",
+        ]);
+        let client = server.client();
+        // A long-poll client that stops polling keeps its transport until the drain's grace
+        // runs out, so the server stays draining that long.
+        let ticket = client.ticket("sleepy").await;
+        let _sleepy = Poll::open(&client, &ticket, None).await;
+        let resp = client
+            .http
+            .post(client.url("/v1/demo/drain"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+        let token = client.token("late");
+        let mut delays = Vec::new();
+        crate::process::eventually("draining", crate::WAIT, || async {
+            ticket_from(&client.http, &client, &token, "1.1.1.1")
+                .await
+                .is_err()
+        })
+        .await;
+        for _ in 0..20 {
+            if let Err((status, d)) = ticket_from(&client.http, &client, &token, "1.1.1.1").await {
+                assert_eq!(status, 503);
+                delays.push(d);
+            }
+        }
+        // Spread over the drain window.
+        assert!(delays
+            .iter()
+            .all(|d| *d >= Duration::from_secs(1) && *d <= Duration::from_secs(10)));
+        let first = delays[0];
+        assert!(delays.iter().any(|d| *d != first), "{delays:?}");
+        // The demo's drain then accepts again: a newcomer gets in.
+        crate::process::eventually("accepting again", crate::WAIT, || async {
+            ticket_from(&client.http, &client, &token, "1.1.1.1")
+                .await
+                .is_ok()
+        })
+        .await;
+        let mut bystander = Bystander::join(&client, "alice", "chat:lobby").await;
+        bystander.assert_unaffected(&client).await;
+    })
+    .await;
+}
+
+/// One storm client: ticket (honouring the server's spread delay plus its own jitter, as the
+/// SDK does), then a WebSocket with `hello`. Returns when connected.
+async fn storm_client(
+    http: reqwest::Client,
+    client: Arc<Server>,
+    token: String,
+    addr: String,
+    issued: Arc<Mutex<Vec<Instant>>>,
+    refusals: Arc<AtomicUsize>,
+) -> Ws {
+    loop {
+        match ticket_from(&http, &client, &token, &addr).await {
+            Ok(ticket) => {
+                issued.lock().unwrap().push(Instant::now());
+                let url = client.ws_url(&format!("/v1/ws?ticket={ticket}"));
+                let mut req = url.into_client_request().unwrap();
+                req.headers_mut()
+                    .insert("x-forwarded-for", addr.parse().unwrap());
+                let (inner, _) = tokio_tungstenite::connect_async(req)
+                    .await
+                    .expect("a fresh ticket is never refused for rate");
+                let mut ws = Ws {
+                    inner,
+                    welcome: None,
+                };
+                let hello = ClientFrame::Hello { v: 1, resume: None };
+                let text =
+                    String::from_utf8(rtlink_protocol::codec::encode_client(&hello)).unwrap();
+                ws.inner.send(Message::text(text)).await.unwrap();
+                // Generous: 5,000 handshakes share two cores with the server.
+                let welcome = tokio::time::timeout(Duration::from_secs(60), ws.inner.next())
+                    .await
+                    .expect("no welcome within a minute");
+                assert!(matches!(welcome, Some(Ok(Message::Text(_)))), "{welcome:?}");
+                return ws;
+            }
+            Err((_, delay)) => {
+                refusals.fetch_add(1, Ordering::Relaxed);
+                let jitter = 1.0 + rand::random::<f64>() / 2.0;
+                tokio::time::sleep(delay.mul_f64(jitter)).await;
+            }
+        }
+    }
+}
+
+/// A bystander and a publisher on a runtime (and thread) of their own, so what they measure
+/// is the server, not the storm's 5,000 tasks in this process: a message every half second
+/// until `stop`, each one must arrive. Returns (messages, slowest delivery) once the bystander
+/// also passed [`Bystander::assert_unaffected`].
+fn watch_bystander(
+    addr: std::net::SocketAddr,
+    stop: Arc<AtomicBool>,
+) -> tokio::sync::oneshot::Receiver<(u64, Duration)> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let client = crate::common::remote(addr);
+            let mut bystander = Bystander::join(&client, "alice", "chat:lobby").await;
+            let publisher = crate::connect_ws(&client, &client.token("publisher")).await;
+            let publisher = crate::Peer::spawn(publisher);
+            publisher.send(ClientFrame::Subscribe {
+                room: "chat:lobby".into(),
+                since: None,
+                epoch: None,
+                history: None,
+            });
+            ready_tx.send(()).unwrap();
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            let (mut sent, mut slowest) = (0u64, Duration::ZERO);
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                sent += 1;
+                let payload = format!("during the storm {sent}");
+                publisher.send(ClientFrame::Publish {
+                    room: "chat:lobby".into(),
+                    id: format!("s{sent}"),
+                    payload: payload.clone(),
+                });
+                let t = Instant::now();
+                bystander
+                    .wait_for(
+                        "a message during the storm",
+                        |f| matches!(f, ServerFrame::Message { payload: p, .. } if *p == payload),
+                    )
+                    .await;
+                slowest = slowest.max(t.elapsed());
+            }
+            bystander.assert_unaffected(&client).await;
+            let _ = tx.send((sent, slowest));
+        });
+    });
+    ready_rx
+        .recv_timeout(crate::WAIT)
+        .expect("the bystander could not join");
+    rx
+}
+
+/// 5,000 clients reconnect at once (from 5,000 addresses behind a trusted proxy). The server
+/// issues tickets no faster than its budget (100/s after a burst of 100: low enough that a
+/// debug build on a loaded 2-core machine keeps up), tells everyone else when to come back,
+/// and everyone is in within a bound; a connected bystander keeps receiving throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abuse_a_reconnect_storm_of_5000_clients_is_held_to_the_accept_budget() {
+    const CLIENTS: usize = 5000;
+    const RATE: usize = 100;
+    const BURST: usize = 100;
+    let test = async {
+        let server = ServerProcess::start(&[
+            "--trusted-proxy",
+            "127.0.0.1",
+            "--accept-rate",
+            "100",
+            "--accept-burst",
+            "100",
+        ]);
+        let client = Arc::new(server.client());
+        let stop = Arc::new(AtomicBool::new(false));
+        let watched = watch_bystander(server.addr, stop.clone());
+
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .build()
+            .unwrap();
+        let issued = Arc::new(Mutex::new(Vec::new()));
+        let refusals = Arc::new(AtomicUsize::new(0));
+        let clients: Vec<(String, String)> = (0..CLIENTS)
+            .map(|i| {
+                let addr = format!("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256);
+                (client.token(&format!("storm{i}")), addr)
+            })
+            .collect();
+        let started = Instant::now();
+        let mut storm = tokio::task::JoinSet::new();
+        for (token, addr) in clients {
+            storm.spawn(storm_client(
+                http.clone(),
+                client.clone(),
+                token,
+                addr,
+                issued.clone(),
+                refusals.clone(),
+            ));
+        }
+        let mut connected = Vec::with_capacity(CLIENTS);
+        while let Some(joined) = storm.join_next().await {
+            connected.push(joined.unwrap());
+        }
+        let took = started.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        let (sent, slowest) = watched.await.expect("the bystander failed");
+        // The budget held: a ticket seen by a client at time t was issued by the server before
+        // t, so the n-th ticket seen must fit in burst + rate·t (a little slack for rounding).
+        let mut times = issued.lock().unwrap().clone();
+        times.sort();
+        let mut tightest = f64::MAX;
+        for (n, t) in times.iter().enumerate() {
+            let allowed = BURST as f64 + RATE as f64 * t.duration_since(started).as_secs_f64();
+            tightest = tightest.min(allowed - (n + 1) as f64);
+            assert!(
+                (n + 1) as f64 <= allowed + 5.0,
+                "{} tickets within {:?}, the budget allows {allowed:.0}",
+                n + 1,
+                t.duration_since(started)
+            );
+        }
+        let refused = refusals.load(Ordering::Relaxed);
+        eprintln!(
+            "storm: {CLIENTS} clients in {took:?}, {refused} refusals, the tightest point {tightest:.0} tickets under the budget ({BURST} + {RATE}/s); the bystander got {sent} messages, the slowest after {slowest:?}"
+        );
+        assert!(refused > 0, "the storm never exceeded the budget");
+        drop(connected);
+    };
+    tokio::time::timeout(Duration::from_secs(180), test)
+        .await
+        .expect("storm test timed out");
+}
