@@ -10,7 +10,7 @@ use core::fmt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::envelope::{PollBatch, UpstreamBatch};
+use crate::envelope::{max_batch_bytes, PollBatch, PollRequest, TicketRequest, UpstreamBatch};
 use crate::{ClientFrame, CloseCode, ServerFrame, PROTOCOL_VERSION};
 
 /// Why bytes are not a frame.
@@ -83,17 +83,41 @@ pub fn decode_server(bytes: &[u8], max: usize) -> Result<ServerFrame, DecodeErro
     Ok(frame)
 }
 
-/// Decodes the body of `POST /v1/send`. Every frame in it is checked like [`decode_client`].
-pub fn decode_upstream(bytes: &[u8], max: usize) -> Result<UpstreamBatch, DecodeError> {
-    let batch: UpstreamBatch = decode(bytes, max)?;
-    for frame in &batch.frames {
-        if let ClientFrame::Hello { v, .. } = frame {
-            if *v != PROTOCOL_VERSION {
-                return Err(DecodeError::UnsupportedVersion(*v));
-            }
-        }
+/// Decodes the body of `POST /v1/send` for a server whose frame limit is `max_frame`: the body
+/// may be [`max_batch_bytes`]`(max_frame)` long, and every frame in it is checked like
+/// [`decode_client`] (its own encoded size included).
+pub fn decode_upstream(bytes: &[u8], max_frame: usize) -> Result<UpstreamBatch, DecodeError> {
+    #[derive(serde::Deserialize)]
+    struct RawBatch<'a> {
+        session: String,
+        #[serde(borrow)]
+        frames: Vec<&'a serde_json::value::RawValue>,
     }
-    Ok(batch)
+    let max_body = max_batch_bytes(max_frame);
+    if bytes.len() > max_body {
+        return Err(DecodeError::TooLarge { len: bytes.len(), max: max_body });
+    }
+    let raw: RawBatch<'_> =
+        serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(alloc::format!("{e}")))?;
+    let frames = raw
+        .frames
+        .iter()
+        .map(|f| decode_client(f.get().as_bytes(), max_frame))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(UpstreamBatch { session: raw.session, frames })
+}
+
+/// Decodes the optional body of `POST /v1/ticket` (empty means a plain ticket).
+pub fn decode_ticket_request(bytes: &[u8], max: usize) -> Result<TicketRequest, DecodeError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(TicketRequest::default());
+    }
+    decode(bytes, max)
+}
+
+/// Decodes the body of `POST /v1/poll`.
+pub fn decode_poll_request(bytes: &[u8], max: usize) -> Result<PollRequest, DecodeError> {
+    decode(bytes, max)
 }
 
 /// Decodes a long-poll response body.
@@ -163,6 +187,8 @@ mod tests {
                     burst: 40,
                     max_rooms: 100,
                     resume_window_ms: 120_000,
+                    dedupe_window_ms: 120_000,
+                    max_batch_bytes: 69_632,
                 },
             },
             ServerFrame::Ping,
@@ -206,6 +232,7 @@ mod tests {
             ClientFrame::Presence { room: "r".into(), meta: "{}".into() },
             ClientFrame::Typing { room: "r".into(), active: false },
             ClientFrame::Close { code: CloseCode::NORMAL, reason: String::new() },
+            ClientFrame::Switch,
         ]
     }
 
@@ -282,6 +309,44 @@ mod tests {
         assert_eq!(decode_poll(&encode_poll(&batch), usize::MAX), Ok(batch));
         let up = UpstreamBatch { session: "tok".into(), frames: all_client_frames() };
         assert_eq!(decode_upstream(&encode_upstream(&up), MAX), Ok(up));
+    }
+
+    #[test]
+    fn upstream_bodies_may_exceed_the_frame_limit_but_frames_may_not() {
+        let frame = |n: usize| ClientFrame::Publish { room: "r".into(), id: "i".into(), payload: "x".repeat(n) };
+        let len = |f: &ClientFrame| encode_client(f).len();
+        let max = 1000;
+        // One frame of exactly the limit fits, with its envelope, in one body.
+        let exact = frame(max - len(&frame(0)));
+        assert_eq!(len(&exact), max);
+        let body = encode_upstream(&UpstreamBatch { session: "s".repeat(80), frames: vec![exact.clone()] });
+        assert!(body.len() > max);
+        assert_eq!(decode_upstream(&body, max).map(|b| b.frames), Ok(vec![exact]));
+        // A frame one byte over is refused even though the body is within the batch limit.
+        let over = frame(max + 1 - len(&frame(0)));
+        let body = encode_upstream(&UpstreamBatch { session: "s".into(), frames: vec![over] });
+        assert_eq!(decode_upstream(&body, max), Err(DecodeError::TooLarge { len: max + 1, max }));
+        // Many small frames within the batch limit are fine; past it the body is refused unread.
+        let many = UpstreamBatch { session: "s".into(), frames: vec![frame(10); 60] };
+        let body = encode_upstream(&many);
+        assert!(body.len() > max && body.len() <= max_batch_bytes(max));
+        assert_eq!(decode_upstream(&body, max), Ok(many));
+        let huge = vec![b' '; max_batch_bytes(max) + 1];
+        assert!(matches!(decode_upstream(&huge, max), Err(DecodeError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn ticket_and_poll_requests() {
+        assert_eq!(decode_ticket_request(b"", MAX), Ok(TicketRequest::default()));
+        assert_eq!(decode_ticket_request(b" \n", MAX), Ok(TicketRequest::default()));
+        let req = TicketRequest { resume: Some("r".into()), probe: true };
+        assert_eq!(serde_json::to_string(&req).unwrap(), r#"{"resume":"r","probe":true}"#);
+        assert_eq!(decode_ticket_request(br#"{"resume":"r","probe":true}"#, MAX), Ok(req));
+        assert_eq!(serde_json::to_string(&TicketRequest::default()).unwrap(), "{}");
+        assert!(decode_ticket_request(b"{", MAX).is_err());
+        let poll = PollRequest { session: "s".into(), cursor: 4 };
+        assert_eq!(decode_poll_request(br#"{"session":"s","cursor":4}"#, MAX), Ok(poll));
+        assert!(decode_poll_request(br#"{"cursor":4}"#, MAX).is_err());
     }
 
     #[test]

@@ -37,6 +37,12 @@ pub enum ErrorCode {
     Timeout,
     /// The client was closed before the server's ack (never sent by a server).
     Closed,
+    /// A publish that cannot be resent safely any more: its first transmission is older than
+    /// the server's dedupe window allows (never sent by a server).
+    Expired,
+    /// The peer speaks another protocol version (HTTP 400 on `POST /v1/ticket`; close 4002 on a
+    /// transport).
+    UnsupportedVersion,
     /// A code this version does not know.
     #[serde(other)]
     Unknown,
@@ -44,7 +50,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code except [`ErrorCode::Unknown`], for name lookups.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 17] = [
         Self::Forbidden,
         Self::InvalidRoom,
         Self::TooLarge,
@@ -60,6 +66,8 @@ impl ErrorCode {
         Self::Internal,
         Self::Timeout,
         Self::Closed,
+        Self::Expired,
+        Self::UnsupportedVersion,
     ];
 
     /// The code with this wire name; [`ErrorCode::Unknown`] for a name this version does not know.
@@ -86,6 +94,8 @@ impl ErrorCode {
             Self::Internal => "internal",
             Self::Timeout => "timeout",
             Self::Closed => "closed",
+            Self::Expired => "expired",
+            Self::UnsupportedVersion => "unsupported_version",
             Self::Unknown => "unknown",
         }
     }

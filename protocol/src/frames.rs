@@ -13,11 +13,13 @@ use crate::{CloseCode, ErrorCode};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 pub enum ClientFrame {
-    /// First frame on a WebSocket (SSE and long polling carry the same fields in the query).
+    /// First frame on a WebSocket. (SSE and long polling send no hello: the ticket request
+    /// carries `resume`, see [`crate::envelope::TicketRequest`], and the URL carries `v`.)
     Hello {
         /// Protocol version; must equal [`crate::PROTOCOL_VERSION`].
         v: u32,
-        /// Resume token from an earlier `welcome`, to continue that session.
+        /// Resume token from an earlier `welcome`, to continue that session. Without it, the
+        /// session named by the ticket (if any) is resumed.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         resume: Option<String>,
     },
@@ -52,6 +54,9 @@ pub enum ClientFrame {
     Typing { room: String, active: bool },
     /// The client ends the session.
     Close { code: CloseCode, reason: String },
+    /// Sent on a probe transport after its `welcome`: move the session here. Only then does the
+    /// server attach the session to this transport and close the old one with 4006.
+    Switch,
 }
 
 /// A frame sent by a server.
@@ -145,6 +150,13 @@ pub struct Limits {
     pub max_rooms: u32,
     /// How long a disconnected session stays resumable.
     pub resume_window_ms: u64,
+    /// How long the server remembers publish ids (a resend within it is answered with the
+    /// original ack instead of being stored again). 0: not announced.
+    #[serde(default)]
+    pub dedupe_window_ms: u64,
+    /// Largest `POST /v1/send` body. 0: not announced (then `max_frame_bytes`).
+    #[serde(default)]
+    pub max_batch_bytes: u64,
 }
 
 /// One connection in a room's presence. A user with two tabs is two connections with one `user`.
@@ -204,6 +216,7 @@ impl ClientFrame {
             Self::Presence { .. } => "presence",
             Self::Typing { .. } => "typing",
             Self::Close { .. } => "close",
+            Self::Switch => "switch",
         }
     }
 }
