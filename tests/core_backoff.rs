@@ -20,6 +20,7 @@ fn fail_once(c: &mut Client, now: &mut Instant) -> u64 {
         while let Some(out) = c.poll_output() {
             match out {
                 Output::RequestToken => c.handle_input(*now, Input::TokenReady("t".into())),
+                Output::FetchTicket { id, .. } => c.handle_input(*now, Input::TicketIssued { id, ticket: "k".into() }),
                 Output::OpenTransport { id, .. } => open = Some(id),
                 _ => {}
             }
@@ -59,6 +60,7 @@ fn max_attempts_gives_up() {
     while let Some(out) = c.poll_output() {
         match out {
             Output::RequestToken => c.handle_input(now, Input::TokenReady("t".into())),
+            Output::FetchTicket { id, .. } => c.handle_input(now, Input::TicketIssued { id, ticket: "k".into() }),
             Output::OpenTransport { id, .. } => open = Some(id),
             _ => {}
         }
@@ -138,6 +140,7 @@ fn attempts_reset_only_after_a_stable_connection() {
             while let Some(out) = c.poll_output() {
                 match out {
                     Output::RequestToken => c.handle_input(now, Input::TokenReady("t".into())),
+                    Output::FetchTicket { id, .. } => c.handle_input(now, Input::TicketIssued { id, ticket: "k".into() }),
                     Output::OpenTransport { id, .. } => open = Some(id),
                     _ => {}
                 }
@@ -164,6 +167,7 @@ fn attempts_reset_only_after_a_stable_connection() {
             while let Some(out) = c.poll_output() {
                 match out {
                     Output::RequestToken => c.handle_input(now, Input::TokenReady("t".into())),
+                    Output::FetchTicket { id, .. } => c.handle_input(now, Input::TicketIssued { id, ticket: "k".into() }),
                     Output::OpenTransport { id, .. } => open = Some(id),
                     _ => {}
                 }
@@ -196,6 +200,8 @@ fn welcome() -> ServerFrame {
             burst: 10,
             max_rooms: 10,
             resume_window_ms: 120_000,
+            dedupe_window_ms: 120_000,
+            max_batch_bytes: 0,
         },
     }
 }

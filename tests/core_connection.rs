@@ -93,7 +93,9 @@ fn reauthenticates_once_then_closes() {
     assert_eq!(sim.tabs[0].token_requests, 2);
     assert_eq!(sim.tabs[0].client.failures(), 0);
 
-    // token expires while connected: 4009 → fresh token, immediate retry
+    // token expires while connected (longer than the re-auth window after the 401 above):
+    // 4009 → fresh token, immediate retry
+    sim.run_for(61_000);
     sim.server_close(0, CloseCode::TOKEN_EXPIRED);
     sim.run_for(100);
     assert!(sim.tabs[0].is_open());

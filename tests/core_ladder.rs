@@ -109,9 +109,8 @@ fn starts_from_the_remembered_rung_and_respects_config_order() {
 
 #[test]
 fn probes_up_and_switches_without_loss_or_duplicates() {
-    for supersede_first in [false, true] {
+    {
         let mut sim = Sim::new(Config::default(), &["ana", "bob"]);
-        sim.server.supersede_before_welcome = supersede_first;
         sim.server.modes.insert(TransportKind::WebSocket, Mode::OpenFail(OpenError::Network));
         sim.connect(0, &["lobby"]);
         sim.connect(1, &["lobby"]);
@@ -134,8 +133,8 @@ fn probes_up_and_switches_without_loss_or_duplicates() {
             }
         }
         sim.run_for(1_000);
-        assert_eq!(sim.tabs[0].open_kind(), Some(TransportKind::WebSocket), "switched up ({supersede_first}): {:?} {:?}", sim.tabs[0].opens, sim.tabs[0].closes);
-        assert!(sim.tabs[0].closes.contains(&(sse, Some(CloseCode::SUPERSEDED))) || supersede_first);
+        assert_eq!(sim.tabs[0].open_kind(), Some(TransportKind::WebSocket), "switched up: {:?} {:?}", sim.tabs[0].opens, sim.tabs[0].closes);
+        assert!(sim.tabs[0].closes.contains(&(sse, Some(CloseCode::SUPERSEDED))));
         assert!(sim.tabs[0].events.contains(&Event::TransportRemembered(TransportKind::WebSocket)));
         // one session throughout: the probe resumed it
         let sessions: std::collections::BTreeSet<_> = sim.tabs[0]
@@ -176,4 +175,79 @@ fn failed_probe_keeps_the_lower_rung_and_retries_later() {
     assert!(sim.tabs[0].is_open());
     // probes carry the resume token
     assert!(sim.tabs[0].opens.iter().skip(2).all(|o| o.2.is_some()));
+}
+
+#[test]
+fn a_transport_failure_counts_only_when_the_next_ticket_step_admits() {
+    // Each WebSocket refusal is followed by a ticket step answered 503: the server is full, the
+    // WebSocket is not blocked. However long it lasts, the ladder stays.
+    let mut sim = Sim::one(Config::default());
+    sim.server.overloaded_race = true;
+    sim.connect(0, &[]);
+    sim.run_for(300_000);
+    assert!(fallbacks(&sim).is_empty(), "{:?}", fallbacks(&sim));
+    let kinds: std::collections::BTreeSet<_> = sim.tabs[0].opens.iter().map(|o| o.1).collect();
+    assert_eq!(kinds.into_iter().collect::<Vec<_>>(), [TransportKind::WebSocket]);
+
+    // A server that cannot be reached at all (the ticket step fails on the network, or hangs)
+    // says nothing about WebSocket either.
+    for silent in [false, true] {
+        let mut sim = Sim::one(Config::default());
+        if silent {
+            sim.server.ticket_silent = true;
+        } else {
+            sim.server.ticket_failure = Some(OpenError::Unreachable);
+        }
+        sim.connect(0, &[]);
+        sim.run_for(300_000);
+        assert!(fallbacks(&sim).is_empty());
+        assert_eq!(sim.tabs[0].client.current_rung(), TransportKind::WebSocket);
+        assert!(sim.tabs[0].client.failures() >= 5, "it kept backing off");
+        sim.server.ticket_failure = None;
+        sim.server.ticket_silent = false;
+        sim.run_for(60_000);
+        assert_eq!(sim.tabs[0].open_kind(), Some(TransportKind::WebSocket), "back as soon as it is reachable");
+    }
+}
+
+#[test]
+fn a_close_code_the_server_chose_before_welcome_is_not_a_blocked_transport() {
+    // 1013 (try again later) or 4011 (internal error) before `welcome`: the frames got through.
+    for code in [CloseCode(1013), CloseCode::INTERNAL_ERROR, CloseCode::RATE_LIMITED] {
+        let mut sim = Sim::one(Config::default());
+        sim.server.modes.insert(TransportKind::WebSocket, Mode::CloseBeforeWelcome(code));
+        sim.connect(0, &[]);
+        sim.run_for(120_000);
+        assert!(fallbacks(&sim).is_empty(), "{code:?}: {:?}", fallbacks(&sim));
+    }
+    // A cut without a word (1006), or a proxy's own code, steps down at once.
+    for code in [1006, 1011, 1001] {
+        let mut sim = Sim::one(Config::default());
+        sim.server.modes.insert(TransportKind::WebSocket, Mode::CloseBeforeWelcome(CloseCode(code)));
+        sim.connect(0, &[]);
+        sim.run_for(5_000);
+        assert_eq!(fallbacks(&sim).first().map(|f| f.reason), Some(FallbackReason::DiedBeforeFirstFrame), "{code}");
+    }
+}
+
+#[test]
+fn a_probe_switches_only_after_its_welcome_and_says_switch_first() {
+    let mut sim = Sim::one(Config::default());
+    sim.server.modes.insert(TransportKind::WebSocket, Mode::OpenFail(OpenError::Network));
+    sim.connect(0, &["lobby"]);
+    sim.run_for(10_000);
+    let sse = sim.primary(0).unwrap();
+    assert_eq!(sim.tabs[0].open_kind(), Some(TransportKind::Sse));
+    sim.server.modes.clear();
+    sim.run_for(80_000);
+    assert_eq!(sim.tabs[0].open_kind(), Some(TransportKind::WebSocket));
+    let ws = sim.primary(0).unwrap();
+    // On the probe: hello (with the resume token), then `switch`, then the resync.
+    let on_probe: Vec<&ClientFrame> = sim.tabs[0].sent.iter().filter(|(id, _)| *id == ws).map(|(_, f)| f).collect();
+    assert!(matches!(on_probe[0], ClientFrame::Hello { resume: Some(_), .. }), "{on_probe:?}");
+    assert_eq!(on_probe[1], &ClientFrame::Switch);
+    assert!(matches!(on_probe[2], ClientFrame::Subscribe { .. }));
+    // The probe's ticket asked for a probe of the session; the old transport was closed by us.
+    assert!(sim.tabs[0].closes.contains(&(sse, Some(CloseCode::SUPERSEDED))));
+    assert!(sim.tabs[0].is_open());
 }

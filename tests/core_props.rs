@@ -24,6 +24,7 @@ enum Op {
     Lifecycle(u8),
     TokenReady,
     TokenFailed(bool),
+    Ticket(u8),
     Opened(u8),
     OpenFailed(u8, u8),
     Closed(u8, Option<u8>),
@@ -54,6 +55,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => x().prop_map(Op::Lifecycle),
         4 => Just(Op::TokenReady),
         1 => any::<bool>().prop_map(Op::TokenFailed),
+        4 => x().prop_map(Op::Ticket),
         3 => x().prop_map(Op::Opened),
         1 => (x(), x()).prop_map(|(a, b)| Op::OpenFailed(a, b)),
         1 => (x(), proptest::option::of(x())).prop_map(|(a, b)| Op::Closed(a, b)),
@@ -86,7 +88,7 @@ impl Watch {
     fn drain(&mut self, c: &mut Client) {
         while let Some(out) = c.poll_output() {
             match out {
-                Output::OpenTransport { id, .. } => {
+                Output::FetchTicket { id, .. } => {
                     self.ids.push(id);
                     self.live.insert(id);
                 }
@@ -130,7 +132,7 @@ fn welcome(resumed: bool) -> ServerFrame {
         resumed,
         ping_interval_ms: 20_000,
         user: UserInfo { id: "u0".into(), name: "U0".into() },
-        limits: Limits { max_frame_bytes: 65_536, rate_per_sec: 10, burst: 10, max_rooms: 10, resume_window_ms: 120_000 },
+        limits: Limits { max_frame_bytes: 65_536, rate_per_sec: 10, burst: 10, max_rooms: 10, resume_window_ms: 120_000, dedupe_window_ms: 120_000, max_batch_bytes: 0 },
     }
 }
 
@@ -167,11 +169,12 @@ fn run(seed: u64, ops: Vec<Op>) {
             }
             Op::TokenReady => c.handle_input(now, Input::TokenReady("t".into())),
             Op::TokenFailed(terminal) => c.handle_input(now, Input::TokenFailed { terminal }),
+            Op::Ticket(t) => c.handle_input(now, Input::TicketIssued { id: w.pick(t), ticket: "k".into() }),
             Op::Opened(t) => c.handle_input(now, Input::TransportOpened { id: w.pick(t) }),
             Op::OpenFailed(t, e) => {
                 let errors = [
                     OpenError::Network,
-                    OpenError::Network,
+                    OpenError::Unreachable,
                     OpenError::Overloaded { retry_after_ms: Some(1_000) },
                     OpenError::SessionUnknown,
                     OpenError::Unauthorized,

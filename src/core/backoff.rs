@@ -1,6 +1,11 @@
 //! Reconnect backoff: full-jitter exponential, reset after a stable connection, and overridden by
 //! a draining server's `reconnect_after` window.
 //!
+//! No delay a server gives is obeyed to the millisecond: a server that tells a crowd "come back
+//! in 5 s" (`Retry-After`, `retry_after_ms`) would get the whole crowd back in the same
+//! millisecond. A server delay `d` is a window `[d, 2·d]` and the client picks a uniformly random
+//! point in it ([`server_delay`]); `reconnect_after {min_ms, max_ms}` already is a window.
+//!
 //! After the k-th consecutive failure (k ≥ 1) the delay is uniform in
 //! `[min(floor, envelope), envelope]` with `envelope = min(cap, base · 2^(k-1))`. Full jitter
 //! (rather than "exponential plus a little noise") is what spreads a crowd of clients that lost
@@ -9,6 +14,11 @@
 
 use super::config::BackoffConfig;
 use super::rng::Rng;
+
+/// The delay to wait after a server said "retry after `delay_ms`": uniform in `[d, 2·d]`.
+pub fn server_delay(delay_ms: u64, rng: &mut Rng) -> u64 {
+    rng.between(delay_ms, delay_ms.saturating_mul(2))
+}
 
 #[derive(Clone, Debug)]
 pub struct Backoff {

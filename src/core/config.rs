@@ -58,6 +58,9 @@ pub struct Config {
     pub typing_expiry_ms: u64,
     /// Used when a server announces `ping_interval_ms: 0`.
     pub default_ping_interval_ms: u64,
+    /// An auth failure (HTTP 401, close 4009) less than this long after the client last
+    /// re-authenticated is final: the fresh token did not help.
+    pub reauth_window_ms: u64,
 }
 
 impl Default for Config {
@@ -78,6 +81,7 @@ impl Default for Config {
             typing_idle_ms: 5_000,
             typing_expiry_ms: 6_000,
             default_ping_interval_ms: 25_000,
+            reauth_window_ms: 60_000,
         }
     }
 }

@@ -1,11 +1,13 @@
-//! Getting and keeping a transport: attempts, tokens, closes and what each close means, the
-//! background probe up the ladder, and the browser's online/offline/freeze lifecycle.
+//! Getting and keeping a transport: attempts (token, then ticket, then the transport itself),
+//! closes and what each close means, and the browser's online/offline/freeze lifecycle. The
+//! background probe up the ladder is in `probe.rs`.
 
 use rtlink_protocol::{ClientFrame, CloseAction, CloseCode, PROTOCOL_VERSION};
 
 use super::backoff::Verdict as BackoffVerdict;
 use super::event::{Event, OpenError, Output, TransportId, TransportKind};
 use super::heartbeat::Verdict as HeartbeatVerdict;
+use super::ladder::Strike;
 use super::state::{CloseReason, Phase, Probe, Slot};
 use super::timer::Timer;
 use super::Client;
@@ -19,10 +21,12 @@ pub(super) enum Role {
     Stale,
 }
 
-/// How the primary transport ended.
+/// How the primary attempt ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum End {
-    /// The glue could not open it.
+    /// The ticket step failed (or timed out: [`OpenError::Unreachable`]).
+    TicketFailed(OpenError),
+    /// The transport's own connection failed.
     OpenFailed(OpenError),
     /// It closed: reported by the glue (`reported`) or announced by a server `close` frame.
     Closed { code: Option<CloseCode>, reason: String, reported: bool },
@@ -32,11 +36,16 @@ pub(super) enum End {
     HeartbeatDead,
 }
 
+/// WebSocket's code for "the server is overloaded, try again later": an rtlink server full of
+/// sessions closes a fresh WebSocket with it.
+const TRY_AGAIN_LATER: u16 = 1013;
+
 impl Client {
     pub(super) fn role(&self, id: TransportId) -> Role {
         match &self.phase {
+            Phase::AwaitingTicket { id: primary } if *primary == id => Role::Primary,
             Phase::AwaitingWelcome { slot } | Phase::Open { slot, .. } if slot.id == id => Role::Primary,
-            Phase::Open { probe: Some(Probe::Opening { slot }), .. } if slot.id == id => Role::Probe,
+            Phase::Open { probe: Some(probe), .. } if probe.id() == Some(id) => Role::Probe,
             _ => Role::Stale,
         }
     }
@@ -82,11 +91,13 @@ impl Client {
         }
     }
 
-    /// Asks the glue to close every transport of the current phase.
+    /// Asks the glue to close every transport of the current phase (a pending ticket fetch
+    /// included: closing its id aborts it).
     fn close_transports(&mut self, code: Option<CloseCode>) {
         let (primary, probe) = match &self.phase {
+            Phase::AwaitingTicket { id } => (Some(*id), None),
             Phase::AwaitingWelcome { slot } => (Some(slot.id), None),
-            Phase::Open { slot, probe } => (Some(slot.id), probe.and_then(|p| p.slot()).map(|s| s.id)),
+            Phase::Open { slot, probe } => (Some(slot.id), probe.and_then(|p| p.id())),
             _ => (None, None),
         };
         if let Some(id) = primary {
@@ -99,7 +110,7 @@ impl Client {
     }
 
     /// The session no longer has a transport: stop everything that assumed one.
-    fn lose_transport(&mut self) {
+    pub(super) fn lose_transport(&mut self) {
         let was_open = self.is_open();
         self.heartbeat.stop();
         for timer in [Timer::FirstFrame, Timer::ProbeStart, Timer::ProbeFirstFrame, Timer::Stable] {
@@ -134,22 +145,15 @@ impl Client {
     pub(super) fn on_token_ready(&mut self, token: String) {
         match self.phase {
             Phase::AwaitingToken => {
-                let kind = self.ladder.current();
                 let id = self.mint_transport_id();
                 let resume = self.resume_token();
-                self.out.push(Output::OpenTransport { id, kind, token, resume });
+                self.out.push(Output::FetchTicket { id, token, resume, probe: false });
+                // The ticket step has the same deadline as a transport: a server that does not
+                // answer in time is unreachable.
                 self.timers.set(Timer::FirstFrame, self.now.plus(self.cfg.first_frame_timeout_ms));
-                self.set_phase(Phase::AwaitingWelcome { slot: Slot::new(id, kind) });
+                self.set_phase(Phase::AwaitingTicket { id });
             }
-            Phase::Open { probe: Some(Probe::AwaitingToken { kind }), .. } => {
-                let id = self.mint_transport_id();
-                let resume = self.session.as_ref().map(|s| s.resume_token.clone());
-                self.out.push(Output::OpenTransport { id, kind, token, resume });
-                self.timers.set(Timer::ProbeFirstFrame, self.now.plus(self.cfg.first_frame_timeout_ms));
-                if let Phase::Open { probe, .. } = &mut self.phase {
-                    *probe = Some(Probe::Opening { slot: Slot::new(id, kind) });
-                }
-            }
+            Phase::Open { probe: Some(Probe::AwaitingToken { kind }), .. } => self.fetch_probe_ticket(kind, token),
             _ => {}
         }
     }
@@ -162,6 +166,24 @@ impl Client {
                 self.drop_probe(false);
                 self.schedule_probe();
             }
+            _ => {}
+        }
+    }
+
+    pub(super) fn on_ticket_issued(&mut self, id: TransportId, ticket: String) {
+        match self.role(id) {
+            Role::Primary if self.phase == (Phase::AwaitingTicket { id }) => {
+                // The server admits: a strike held from the last attempt counts now, and may
+                // move this attempt one rung down.
+                if let Some(fallback) = self.ladder.on_ticket_issued() {
+                    self.emit(Event::Fallback(fallback));
+                }
+                let kind = self.ladder.current();
+                self.out.push(Output::OpenTransport { id, kind, ticket });
+                self.timers.set(Timer::FirstFrame, self.now.plus(self.cfg.first_frame_timeout_ms));
+                self.set_phase(Phase::AwaitingWelcome { slot: Slot::new(id, kind) });
+            }
+            Role::Probe => self.open_probe(id, ticket),
             _ => {}
         }
     }
@@ -179,7 +201,7 @@ impl Client {
             _ => return,
         };
         slot.opened = true;
-        // SSE and long polling carry `resume` in the URL; a WebSocket says hello first.
+        // SSE and long polling resume the session their ticket names; a WebSocket says hello.
         if slot.kind == TransportKind::WebSocket {
             let frame = ClientFrame::Hello { v: PROTOCOL_VERSION, resume };
             self.out.push(Output::Send { id, frame });
@@ -199,6 +221,9 @@ impl Client {
 
     pub(super) fn on_open_failed(&mut self, id: TransportId, error: OpenError) {
         match self.role(id) {
+            Role::Primary if matches!(self.phase, Phase::AwaitingTicket { .. }) => {
+                self.on_primary_end(End::TicketFailed(error))
+            }
             Role::Primary => self.on_primary_end(End::OpenFailed(error)),
             Role::Probe => {
                 self.drop_probe(false);
@@ -209,8 +234,13 @@ impl Client {
     }
 
     pub(super) fn on_first_frame_timeout(&mut self) {
-        if matches!(self.phase, Phase::AwaitingWelcome { .. }) {
-            self.on_primary_end(End::NoWelcome);
+        match self.phase {
+            Phase::AwaitingTicket { id } => {
+                self.out.push(Output::CloseTransport { id, code: None });
+                self.on_primary_end(End::TicketFailed(OpenError::Unreachable));
+            }
+            Phase::AwaitingWelcome { .. } => self.on_primary_end(End::NoWelcome),
+            _ => {}
         }
     }
 
@@ -237,76 +267,83 @@ impl Client {
         }
     }
 
-    /// The primary transport ended: decide what the close means, for the ladder and for the
+    /// The primary attempt or transport ended: decide what it means for the ladder and for the
     /// next attempt.
     pub(super) fn on_primary_end(&mut self, end: End) {
         let (slot, probe) = match &self.phase {
-            Phase::AwaitingWelcome { slot } => (*slot, None),
-            Phase::Open { slot, probe } => (*slot, *probe),
+            Phase::AwaitingTicket { .. } => (None, None),
+            Phase::AwaitingWelcome { slot } => (Some(*slot), None),
+            Phase::Open { slot, probe } => (Some(*slot), *probe),
             _ => return,
         };
-        let reported = matches!(end, End::OpenFailed(_) | End::Closed { reported: true, .. });
-        if !reported {
+        let reported = matches!(end, End::TicketFailed(_) | End::OpenFailed(_) | End::Closed { reported: true, .. });
+        if let (false, Some(slot)) = (reported, slot) {
             let code = (end == End::HeartbeatDead).then_some(CloseCode::HEARTBEAT_TIMEOUT);
             self.out.push(Output::CloseTransport { id: slot.id, code });
         }
-        let probe_deadline = self.timers.get(Timer::ProbeFirstFrame);
+        if let Some(id) = probe.and_then(|p| p.id()) {
+            self.out.push(Output::CloseTransport { id, code: None });
+        }
         self.lose_transport();
         self.phase = Phase::Idle; // placeholder: every path below sets the real phase
-
-        let action = match &end {
-            End::Closed { code: Some(code), .. } => Some(code.action()),
-            _ => None,
-        };
-        // The server moved our session to the probe before its welcome reached us: the probe
-        // carries the session now, wait for its welcome instead of reconnecting.
-        if action == Some(CloseAction::Superseded) {
-            if let Some(Probe::Opening { slot: probe_slot }) = probe {
-                let deadline = probe_deadline.unwrap_or(self.now.plus(self.cfg.first_frame_timeout_ms));
-                self.timers.set(Timer::FirstFrame, deadline);
-                self.set_phase(Phase::AwaitingWelcome { slot: probe_slot });
-                return;
-            }
-        }
-        if let Some(probe_slot) = probe.and_then(|p| p.slot()) {
-            self.out.push(Output::CloseTransport { id: probe_slot.id, code: None });
-        }
-
-        let fallback = match &end {
-            End::OpenFailed(OpenError::Network) => self.ladder.on_open_failed(slot.kind),
-            End::Closed { code, .. } if !slot.got_frame => match code.map(|c| c.action()) {
-                None | Some(CloseAction::RetryWithBackoff) if slot.opened => {
-                    self.ladder.on_died_before_first_frame(slot.kind)
-                }
-                None | Some(CloseAction::RetryWithBackoff) => self.ladder.on_open_failed(slot.kind),
-                _ => None,
-            },
-            End::NoWelcome => self.ladder.on_no_welcome(slot.kind),
-            _ => None,
-        };
-        if let Some(fallback) = fallback {
-            self.emit(Event::Fallback(fallback));
+        match slot {
+            Some(slot) => self.judge_transport(slot, &end),
+            None => self.ladder.on_ticket_refused(),
         }
 
         match end {
-            End::OpenFailed(OpenError::Unauthorized) => self.reauthenticate(),
-            End::OpenFailed(OpenError::Forbidden) => self.terminate(CloseReason::Forbidden),
-            End::OpenFailed(OpenError::SessionUnknown) => self.retry_new_session(),
-            End::OpenFailed(OpenError::Overloaded { retry_after_ms }) => self.retry_later(retry_after_ms),
-            End::OpenFailed(OpenError::Network) | End::NoWelcome | End::HeartbeatDead => self.retry_later(None),
+            End::TicketFailed(OpenError::Unauthorized) | End::OpenFailed(OpenError::Unauthorized) => self.reauthenticate(),
+            End::TicketFailed(OpenError::Forbidden) | End::OpenFailed(OpenError::Forbidden) => {
+                self.terminate(CloseReason::Forbidden)
+            }
+            End::TicketFailed(OpenError::SessionUnknown) | End::OpenFailed(OpenError::SessionUnknown) => {
+                self.retry_new_session()
+            }
+            End::TicketFailed(OpenError::Overloaded { retry_after_ms })
+            | End::OpenFailed(OpenError::Overloaded { retry_after_ms }) => self.retry_later(retry_after_ms),
+            End::TicketFailed(OpenError::Network | OpenError::Unreachable)
+            | End::OpenFailed(OpenError::Network | OpenError::Unreachable)
+            | End::NoWelcome
+            | End::HeartbeatDead => self.retry_later(None),
             End::Closed { code: None, .. } => self.retry_later(None),
             End::Closed { code: Some(code), reason, .. } => match code.action() {
                 CloseAction::Terminal => self.terminate(CloseReason::Server { code, reason }),
                 CloseAction::RetryWithBackoff | CloseAction::Superseded => self.retry_later(None),
-                CloseAction::RetryAfterServerDelay => self.retry_after_server_delay(),
+                CloseAction::RetryAfterServerDelay => self.retry_after_drain(),
                 CloseAction::Reauthenticate => self.reauthenticate(),
                 CloseAction::RetryNewSession => self.retry_new_session(),
             },
         }
     }
 
-    /// Counts a failure and waits a backoff delay (at least `min_delay_ms`).
-    fn retry_later(&mut self, min_delay_ms: Option<u64>) {
+    /// What the end of a transport says about its rung (see [`super::ladder`]). A ticket step
+    /// that failed says nothing about any transport: the strike from before is discarded.
+    fn judge_transport(&mut self, slot: Slot, end: &End) {
+        let strike = match end {
+            End::OpenFailed(OpenError::Network | OpenError::Unreachable) => Some(Strike::OpenFailed),
+            End::OpenFailed(OpenError::Overloaded { .. }) => {
+                self.ladder.on_ticket_refused();
+                None
+            }
+            // A close code an rtlink server sends (4000-4999, or 1013 "try again later" when it is
+            // full) proves the transport carries its frames; anything else before the first frame
+            // (1006 for a cut connection, a proxy's 1011, …) is the transport failing.
+            End::Closed { code, .. } if !slot.got_frame => match code.map(|c| c.0) {
+                Some(4000..=4999 | TRY_AGAIN_LATER) => None,
+                _ if slot.opened => Some(Strike::DiedBeforeFirstFrame),
+                _ => Some(Strike::OpenFailed),
+            },
+            End::NoWelcome => Some(Strike::NoWelcome),
+            _ => None,
+        };
+        if let Some(strike) = strike {
+            self.ladder.on_transport_failed(slot.kind, strike);
+        }
+    }
+
+    /// Counts a failure and waits a backoff delay; `server_delay_ms` (a `Retry-After`) makes it
+    /// a jittered window starting there instead (see [`super::backoff`]).
+    fn retry_later(&mut self, server_delay_ms: Option<u64>) {
         if self.suspended() {
             self.set_phase(Phase::Offline);
             return;
@@ -316,7 +353,10 @@ impl Client {
             self.terminate(CloseReason::GaveUp { attempts });
             return;
         }
-        let delay = self.backoff.next_delay(&mut self.rng).max(min_delay_ms.unwrap_or(0));
+        let mut delay = self.backoff.next_delay(&mut self.rng);
+        if let Some(server_delay) = server_delay_ms {
+            delay = delay.max(super::backoff::server_delay(server_delay, &mut self.rng));
+        }
         self.wait(delay);
     }
 
@@ -336,7 +376,7 @@ impl Client {
 
     /// 4008: the server is draining. Its `reconnect_after` window replaces the backoff delay,
     /// and a drain is not our failure, so the attempt count stays.
-    fn retry_after_server_delay(&mut self) {
+    fn retry_after_drain(&mut self) {
         if !self.backoff.has_drain_window() {
             return self.retry_later(None);
         }
@@ -347,12 +387,14 @@ impl Client {
         self.wait(delay);
     }
 
-    /// 401 or 4009: a fresh token and one immediate retry; a second failure in a row is final.
+    /// 401 or 4009: a fresh token and one immediate retry. Another auth failure within
+    /// [`super::Config::reauth_window_ms`] of that re-authentication is final: a fresh token did
+    /// not help, and looping would only load the server.
     fn reauthenticate(&mut self) {
-        if self.auth_failures >= 1 {
+        if self.reauth_at.is_some_and(|at| self.now.millis_since(at) < self.cfg.reauth_window_ms) {
             return self.terminate(CloseReason::Unauthorized);
         }
-        self.auth_failures += 1;
+        self.reauth_at = Some(self.now);
         self.retry_now();
     }
 
@@ -382,44 +424,6 @@ impl Client {
     pub(super) fn resume_if_possible(&mut self) {
         if self.phase == Phase::Offline && !self.suspended() {
             self.start_attempt();
-        }
-    }
-
-    /// While open on a lower rung, plan the next probe of the rung above (±25 % jitter so a
-    /// fleet of clients behind the same proxy does not probe in lockstep).
-    pub(super) fn schedule_probe(&mut self) {
-        let Phase::Open { slot, probe: None } = &self.phase else { return };
-        if self.ladder.probe_target(slot.kind).is_none() {
-            return;
-        }
-        let interval = self.cfg.probe_interval_ms;
-        let delay = self.rng.between(interval - interval / 4, interval + interval / 4);
-        self.timers.set(Timer::ProbeStart, self.now.plus(delay));
-    }
-
-    pub(super) fn start_probe(&mut self) {
-        let Phase::Open { slot, probe: None } = &self.phase else { return };
-        let Some(kind) = self.ladder.probe_target(slot.kind) else { return };
-        if let Phase::Open { probe, .. } = &mut self.phase {
-            *probe = Some(Probe::AwaitingToken { kind });
-        }
-        self.out.push(Output::RequestToken);
-    }
-
-    /// The probe did not deliver a welcome in time.
-    pub(super) fn probe_failed(&mut self) {
-        self.drop_probe(true);
-        self.schedule_probe();
-    }
-
-    /// Forgets the probe; `close` asks the glue to close it (not needed when the glue reported
-    /// its end).
-    pub(super) fn drop_probe(&mut self, close: bool) {
-        let Phase::Open { probe, .. } = &mut self.phase else { return };
-        let Some(old) = probe.take() else { return };
-        self.timers.stop(Timer::ProbeFirstFrame);
-        if let (true, Some(slot)) = (close, old.slot()) {
-            self.out.push(Output::CloseTransport { id: slot.id, code: None });
         }
     }
 }

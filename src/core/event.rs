@@ -22,7 +22,8 @@ pub struct TransportId(pub u64);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SendId(pub u64);
 
-/// Why a transport could not be opened, as far as the glue can tell from the HTTP answer.
+/// Why a transport could not be opened, as far as the glue can tell from the HTTP answer of the
+/// ticket step or the transport's own connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OpenError {
     /// HTTP 401: the token or ticket was refused. Fetch a fresh token and retry once.
@@ -31,9 +32,14 @@ pub enum OpenError {
     Forbidden,
     /// HTTP 404 `unknown_session`: the session to resume is gone; start a new one at once.
     SessionUnknown,
-    /// HTTP 429/503: wait at least `retry_after_ms` (from `Retry-After`) before retrying.
+    /// HTTP 429/503: the server is overloaded or draining. Wait at least `retry_after_ms` (from
+    /// the body, else `Retry-After`), jittered; never a reason to step down the ladder.
     Overloaded { retry_after_ms: Option<u64> },
-    /// Anything else: network error, 5xx, blocked upgrade. Counts toward stepping down the ladder.
+    /// The ticket step got no answer (network error, timeout) or a 5xx: the server cannot be
+    /// reached at all, whatever the transport. Back off; the ladder does not move.
+    Unreachable,
+    /// The transport's own connection failed after its ticket was issued (blocked upgrade,
+    /// refused stream, network error): a strike against the rung (see [`super::ladder`]).
     Network,
 }
 
@@ -72,10 +78,13 @@ pub enum Input {
     Resumed,
 
     // --- transport events, reported by the glue ---
+    /// The ticket step of [`Output::FetchTicket`] succeeded.
+    TicketIssued { id: TransportId, ticket: String },
     TransportOpened { id: TransportId },
     Frame { id: TransportId, frame: ServerFrame },
     /// The transport ended. `code` is the WebSocket close code if there was one.
     TransportClosed { id: TransportId, code: Option<CloseCode>, reason: String },
+    /// The ticket step or the transport's connection failed.
     OpenFailed { id: TransportId, error: OpenError },
 }
 
@@ -84,10 +93,15 @@ pub enum Input {
 pub enum Output {
     /// Call the app's `getToken()` and answer with [`Input::TokenReady`] or [`Input::TokenFailed`].
     RequestToken,
-    /// Open a transport: exchange `token` for a ticket, then connect with the ticket (and
-    /// `resume` in the query for SSE/long polling; for WebSocket the core sends `hello` itself
-    /// after [`Input::TransportOpened`]).
-    OpenTransport { id: TransportId, kind: TransportKind, token: String, resume: Option<String> },
+    /// First step of opening transport `id`: `POST /v1/ticket` with `Authorization: Bearer
+    /// <token>` and the JSON body `{"resume"?: resume, "probe"?: true}`. Answer with
+    /// [`Input::TicketIssued`], or [`Input::OpenFailed`] mapped from the HTTP answer
+    /// (no answer or a 5xx: [`OpenError::Unreachable`]).
+    FetchTicket { id: TransportId, token: String, resume: Option<String>, probe: bool },
+    /// Second step: connect transport `id` of `kind` with the ticket. For WebSocket the core
+    /// sends `hello` itself after [`Input::TransportOpened`]; SSE and long polling resume the
+    /// session the ticket names.
+    OpenTransport { id: TransportId, kind: TransportKind, ticket: String },
     /// Send a frame on a transport (for SSE/long polling: POST it upstream).
     Send { id: TransportId, frame: ClientFrame },
     /// Close the transport and forget it; do not report its close back (it would be ignored).

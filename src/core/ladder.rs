@@ -1,6 +1,16 @@
 //! The transport ladder: WebSocket → SSE → long polling, and every reason to move on it.
 //!
-//! This file answers "why did it fall back to SSE?". The ladder steps **down** one rung when:
+//! This file answers "why did it fall back to SSE?". Opening a transport has two steps: the
+//! ticket (`POST /v1/ticket`, a plain fetch that sees every HTTP status) and the transport's own
+//! connection (whose refusals a browser mostly cannot see). Only the second step says anything
+//! about the transport, and only when the server was admitting: a WebSocket refused because the
+//! server is full looks exactly like a WebSocket blocked by a proxy. So a failure of the second
+//! step is a **strike** held in suspense, and it counts only when the **next ticket step
+//! succeeds** (the server is admitting, so the transport itself is the problem). A ticket step
+//! answered `429`/`503` (overloaded, draining), or failing on the network, discards the strike:
+//! overload or an unreachable server never moves the ladder.
+//!
+//! A counted strike steps the ladder **down** one rung when:
 //! - opening the current rung failed [`Config::step_down_after`] times in a row (network error,
 //!   blocked upgrade, no `welcome` in time on WebSocket or long polling) — [`FallbackReason::OpenFailures`];
 //! - the rung opened but died before delivering a single server frame (a proxy that accepts a
@@ -10,7 +20,7 @@
 //!
 //! It never steps below the last rung. It moves **up** only through a successful background probe
 //! (see `Client` docs): while open on a lower rung, the client periodically opens the next higher
-//! rung with the resume token and switches when that rung's `welcome` arrives.
+//! rung as a probe of its session and switches once that rung's `welcome` arrives.
 //!
 //! It also remembers the last rung that delivered a `welcome`, so the glue can persist it and
 //! start there next time instead of rediscovering a hostile proxy on every page load.
@@ -35,6 +45,17 @@ pub struct Fallback {
     pub reason: FallbackReason,
 }
 
+/// How a transport's own connection failed (after its ticket was issued).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strike {
+    /// The connection was refused or failed before it opened.
+    OpenFailed,
+    /// It opened and closed before delivering a single server frame.
+    DiedBeforeFirstFrame,
+    /// It opened and no `welcome` arrived in time.
+    NoWelcome,
+}
+
 #[derive(Clone, Debug)]
 pub struct Ladder {
     rungs: Vec<TransportKind>,
@@ -43,6 +64,8 @@ pub struct Ladder {
     step_down_after: u32,
     remembered: Option<TransportKind>,
     last_fallback: Option<Fallback>,
+    /// The last transport failure, until the next ticket step says whether it counts.
+    suspect: Option<(TransportKind, Strike)>,
 }
 
 impl Ladder {
@@ -65,6 +88,7 @@ impl Ladder {
             step_down_after: step_down_after.max(1),
             remembered: start,
             last_fallback: None,
+            suspect: None,
         }
     }
 
@@ -89,35 +113,38 @@ impl Ladder {
         at.checked_sub(1).and_then(|i| self.rungs.get(i).copied())
     }
 
-    /// Opening `kind` failed. Steps down after `step_down_after` consecutive failures.
-    pub fn on_open_failed(&mut self, kind: TransportKind) -> Option<Fallback> {
+    /// The connection of `kind` failed after its ticket was issued: held until the next ticket
+    /// step (see the module docs).
+    pub fn on_transport_failed(&mut self, kind: TransportKind, strike: Strike) {
+        self.suspect = Some((kind, strike));
+    }
+
+    /// A ticket step succeeded: the server is admitting, so a held strike counts. Returns the
+    /// step down it caused, if any.
+    pub fn on_ticket_issued(&mut self) -> Option<Fallback> {
+        let (kind, strike) = self.suspect.take()?;
         if kind != self.current() {
             return None;
         }
-        self.open_failures += 1;
-        if self.open_failures >= self.step_down_after {
-            let count = self.open_failures;
-            return self.step_down(FallbackReason::OpenFailures { count });
+        match strike {
+            Strike::DiedBeforeFirstFrame => self.step_down(FallbackReason::DiedBeforeFirstFrame),
+            // A buffering proxy holds SSE streams: nothing will get through, step down at once.
+            Strike::NoWelcome if kind == TransportKind::Sse => self.step_down(FallbackReason::NoWelcomeInTime),
+            Strike::NoWelcome | Strike::OpenFailed => {
+                self.open_failures += 1;
+                if self.open_failures >= self.step_down_after {
+                    let count = self.open_failures;
+                    return self.step_down(FallbackReason::OpenFailures { count });
+                }
+                None
+            }
         }
-        None
     }
 
-    /// `kind` opened but closed before any server frame: step down at once.
-    pub fn on_died_before_first_frame(&mut self, kind: TransportKind) -> Option<Fallback> {
-        if kind != self.current() {
-            return None;
-        }
-        self.step_down(FallbackReason::DiedBeforeFirstFrame)
-    }
-
-    /// No `welcome` in time. On SSE that is a buffering proxy: step down at once. Elsewhere it
-    /// counts as an ordinary open failure.
-    pub fn on_no_welcome(&mut self, kind: TransportKind) -> Option<Fallback> {
-        if kind == TransportKind::Sse && kind == self.current() {
-            self.step_down(FallbackReason::NoWelcomeInTime)
-        } else {
-            self.on_open_failed(kind)
-        }
+    /// A ticket step was refused as overloaded or could not reach the server: a held strike
+    /// says nothing about the transport.
+    pub fn on_ticket_refused(&mut self) {
+        self.suspect = None;
     }
 
     /// `kind` delivered a `welcome` (as primary or as a successful probe): it becomes the
@@ -127,6 +154,7 @@ impl Ladder {
             self.current = at;
         }
         self.open_failures = 0;
+        self.suspect = None;
         if self.remembered == Some(kind) {
             None
         } else {

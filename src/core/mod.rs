@@ -17,7 +17,8 @@
 //!     while let Some(out) = client.poll_output() {
 //!         match out {
 //!             Output::RequestToken => { /* call getToken(), later feed Input::TokenReady */ }
-//!             Output::OpenTransport { id, kind, token, resume } => { /* open it */ }
+//!             Output::FetchTicket { id, token, resume, probe } => { /* POST /v1/ticket, later feed Input::TicketIssued */ }
+//!             Output::OpenTransport { id, kind, ticket } => { /* open it */ }
 //!             Output::Send { id, frame } => { /* encode and send on transport `id` */ }
 //!             Output::CloseTransport { id, code } => { /* close and drop transport `id` */ }
 //!             Output::Event(event) => { /* hand to the app */ }
@@ -39,8 +40,9 @@
 //!
 //! # What happens, in one place per concern
 //!
-//! - Connection phases: [`state`]. Attempts, closes and their actions, probes, online/offline:
-//!   `connection.rs`. What arrives on an open session: `session.rs`.
+//! - Connection phases: [`state`]. Attempts, closes and their actions, online/offline:
+//!   `connection.rs`. The two-step probe up the ladder: `probe.rs`. What arrives on an open
+//!   session: `session.rs`.
 //! - Reconnect delays: [`backoff`]. WebSocket → SSE → long polling and back up: [`ladder`].
 //! - Liveness and throttled background timers: [`heartbeat`].
 //! - Publishes until acked: [`send_queue`]. Exactly-once, in-order delivery: [`rooms`].
@@ -49,12 +51,14 @@
 //! Every state change emits [`Event::StateChanged`]. A closed client ignores all input.
 
 pub mod backoff;
+pub mod batch;
 pub mod config;
 mod connection;
 pub mod event;
 pub mod heartbeat;
 pub mod ladder;
 pub mod presence;
+mod probe;
 pub mod rng;
 pub mod rooms;
 pub mod send_queue;
@@ -94,7 +98,6 @@ struct Session {
     resume_token: String,
     user_id: String,
     resume_window_ms: u64,
-    max_frame_bytes: u64,
     /// When the session lost its transport (`None` while open).
     lost_at: Option<Instant>,
 }
@@ -120,8 +123,11 @@ pub struct Client {
     presence: Presence,
     typing: Typing,
     session: Option<Session>,
-    /// Auth failures since the last `welcome` (the second one is terminal).
-    auth_failures: u32,
+    /// What the last `welcome` said about publishes (kept across sessions).
+    send_limits: send_queue::SendLimits,
+    /// When the client last re-authenticated after a 401 or 4009 (another auth failure soon
+    /// after is terminal).
+    reauth_at: Option<Instant>,
     /// A new-session retry happened since the last `welcome` (a second one backs off).
     new_session_retry: bool,
     online: bool,
@@ -152,7 +158,8 @@ impl Client {
             presence: Presence::default(),
             typing: Typing::new(cfg.typing_throttle_ms, cfg.typing_idle_ms, cfg.typing_expiry_ms),
             session: None,
-            auth_failures: 0,
+            send_limits: send_queue::SendLimits::default(),
+            reauth_at: None,
             new_session_retry: false,
             online: true,
             frozen: false,
@@ -199,6 +206,7 @@ impl Client {
                 self.hidden = false;
                 self.check_liveness(false);
             }
+            Input::TicketIssued { id, ticket } => self.on_ticket_issued(id, ticket),
             Input::TransportOpened { id } => self.on_transport_opened(id),
             Input::Frame { id, frame } => self.on_frame(id, frame),
             Input::TransportClosed { id, code, reason } => self.on_transport_closed(id, code, reason),
@@ -271,10 +279,11 @@ impl Client {
         }
     }
 
-    /// The background probe transport, if one is opening.
+    /// The background probe transport, if one is opening (ticket step included).
     pub fn probe_transport(&self) -> Option<(TransportId, TransportKind)> {
         match &self.phase {
             Phase::Open { probe: Some(Probe::Opening { slot }), .. } => Some((slot.id, slot.kind)),
+            Phase::Open { probe: Some(Probe::AwaitingTicket { id, kind }), .. } => Some((*id, *kind)),
             _ => None,
         }
     }
@@ -356,7 +365,7 @@ impl Client {
         let attempt = self.backoff.failures().saturating_add(1);
         let (state, transport, retry_in_ms) = match &self.phase {
             Phase::Idle => (State::Idle, None, None),
-            Phase::AwaitingToken => {
+            Phase::AwaitingToken | Phase::AwaitingTicket { .. } => {
                 let transport = self.ladder.current();
                 (State::Connecting { transport, attempt }, Some(transport), None)
             }

@@ -122,10 +122,10 @@ impl Rooms {
         open.then(|| ClientFrame::Presence { room: room.to_owned(), meta })
     }
 
-    /// A subscribe is in flight for a room that never went live (so a nack with this room as
-    /// id refuses the subscription).
-    pub fn first_subscribe_pending(&self, room: &str) -> bool {
-        self.map.get(room).is_some_and(|r| !r.live && r.outstanding.is_some())
+    /// A subscribe is in flight for the room, so a nack with this room as id refuses it: the
+    /// first join, or a re-subscribe after a resume whose newer token no longer allows the room.
+    pub fn subscribe_pending(&self, room: &str) -> bool {
+        self.map.get(room).is_some_and(|r| r.outstanding.is_some())
     }
 
     /// The gap-repair subscribe: replay after `since` of the epoch we hold.

@@ -1,19 +1,28 @@
 //! Publishes from the app until the server acknowledges them.
 //!
 //! Every publish gets a client message id that is unique across reconnects and sessions
-//! (`<random prefix from the seed>-<counter>`). The server deduplicates by id, so the queue simply
-//! resends everything unacknowledged after each `welcome` with the same id; a resend of something
-//! already stored is answered with the original ack.
+//! (`<random prefix from the seed>-<counter>`). The server deduplicates by id for its dedupe
+//! window, so the queue resends everything unacknowledged after each `welcome` with the same id;
+//! a resend of something already stored is answered with the original ack.
+//!
+//! Two rules keep that promise at its edges, both applied when a `welcome` tells the limits:
+//! - **Size**: a publish whose encoded frame is larger than `max_frame_bytes` fails with
+//!   `too_large` instead of being sent (the server would close the transport on it, and a resend
+//!   after every reconnect would loop forever).
+//! - **Age**: a publish that was transmitted before, and whose first transmission is older than
+//!   the dedupe window minus a margin ([`resend_horizon_ms`]), fails with `expired` instead of
+//!   being resent: the server may have stored it and forgotten its id, so a resend could store
+//!   it twice. A publish never transmitted is always safe to send.
 //!
 //! The queue is bounded (queued and in-flight together): when full, `publish` returns
 //! [`SendError::QueueFull`] instead of silently dropping. Every entry ends in exactly one of
 //! acked, nacked, timed out (no ack within `ack_timeout_ms` of its last transmission on an open
-//! transport) or failed at close.
+//! transport), too large, expired, or failed at close.
 
-
-use rtlink_protocol::ClientFrame;
+use rtlink_protocol::{ClientFrame, ErrorCode};
 
 use super::event::{SendError, SendId};
+use super::text::json_str_len;
 use super::time::Instant;
 
 #[derive(Clone, Debug)]
@@ -25,6 +34,8 @@ struct Pending {
     /// Ack deadline; `None` while waiting for a transport (the clock only runs while the
     /// message is actually out on an open transport).
     deadline: Option<Instant>,
+    /// When it was first handed to a transport.
+    first_sent: Option<Instant>,
 }
 
 #[derive(Clone, Debug)]
@@ -43,6 +54,28 @@ pub struct Removed {
     pub room: String,
 }
 
+/// What the server announced in its last `welcome` about publishes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SendLimits {
+    /// Largest encoded frame; 0: unknown.
+    pub max_frame_bytes: u64,
+    /// How long the server remembers publish ids; 0: unknown (no publish expires).
+    pub dedupe_window_ms: u64,
+}
+
+/// How long after its first transmission a publish may still be resent, for a server that
+/// remembers ids for `dedupe_window_ms`: the window minus a margin of a quarter of it, at most
+/// 10 s (the resend's trip to the server and the server's own sweep run inside the margin).
+pub fn resend_horizon_ms(dedupe_window_ms: u64) -> u64 {
+    dedupe_window_ms - (dedupe_window_ms / 4).min(10_000)
+}
+
+/// The length of `{"t":"publish","room":…,"id":…,"payload":…}` as the wire carries it.
+pub fn publish_frame_len(room: &str, msg_id: &str, payload: &str) -> u64 {
+    const FIXED: usize = r#"{"t":"publish","room":,"id":,"payload":}"#.len();
+    (FIXED + json_str_len(room) + json_str_len(msg_id) + json_str_len(payload)) as u64
+}
+
 impl SendQueue {
     /// `id_prefix` should be random per client instance (e.g. 16 hex digits from the seed).
     pub fn new(capacity: usize, ack_timeout_ms: u64, id_prefix: String) -> Self {
@@ -57,17 +90,20 @@ impl SendQueue {
         self.items.is_empty()
     }
 
-    /// Queues a publish. Returns its send id and the frame to transmit now if the caller is open.
-    pub fn push(&mut self, room: String, payload: String) -> Result<SendId, SendError> {
+    /// Queues a publish, unless the queue is full or (with a known limit) its frame is too large.
+    pub fn push(&mut self, room: String, payload: String, limits: SendLimits) -> Result<SendId, SendError> {
         if self.items.len() >= self.capacity {
             return Err(SendError::QueueFull);
         }
-        self.next += 1;
-        let send_id = SendId(self.next);
         let mut msg_id = self.id_prefix.clone();
         msg_id.push('-');
-        super::text::push_dec(&mut msg_id, self.next);
-        self.items.push(Pending { send_id, msg_id, room, payload, deadline: None });
+        super::text::push_dec(&mut msg_id, self.next + 1);
+        if limits.max_frame_bytes > 0 && publish_frame_len(&room, &msg_id, &payload) > limits.max_frame_bytes {
+            return Err(SendError::TooLarge);
+        }
+        self.next += 1;
+        let send_id = SendId(self.next);
+        self.items.push(Pending { send_id, msg_id, room, payload, deadline: None, first_sent: None });
         Ok(send_id)
     }
 
@@ -76,7 +112,30 @@ impl SendQueue {
         let timeout = self.ack_timeout_ms;
         let item = self.items.iter_mut().find(|p| p.send_id == send_id)?;
         item.deadline = Some(now.plus(timeout));
+        item.first_sent.get_or_insert(now);
         Some(frame_of(item))
+    }
+
+    /// After a `welcome`: removes what must not be sent under `limits` (see the module docs),
+    /// with the code it fails with.
+    pub fn take_unsendable(&mut self, now: Instant, limits: SendLimits) -> Vec<(Removed, ErrorCode)> {
+        let mut gone = Vec::new();
+        self.items.retain(|p| {
+            let too_large = limits.max_frame_bytes > 0
+                && publish_frame_len(&p.room, &p.msg_id, &p.payload) > limits.max_frame_bytes;
+            let expired = limits.dedupe_window_ms > 0
+                && p.first_sent.is_some_and(|t| now.millis_since(t) >= resend_horizon_ms(limits.dedupe_window_ms));
+            let code = if too_large {
+                ErrorCode::TooLarge
+            } else if expired {
+                ErrorCode::Expired
+            } else {
+                return true;
+            };
+            gone.push((Removed { send_id: p.send_id, room: p.room.clone() }, code));
+            false
+        });
+        gone
     }
 
     /// After a `welcome`: every unacknowledged publish, oldest first, marked transmitted.
@@ -86,6 +145,7 @@ impl SendQueue {
             .iter_mut()
             .map(|item| {
                 item.deadline = Some(now.plus(timeout));
+                item.first_sent.get_or_insert(now);
                 frame_of(item)
             })
             .collect()

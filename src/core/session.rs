@@ -1,12 +1,13 @@
 //! What happens on an open session: the `welcome` and the resync after it, frames from the
 //! server, and the app's room commands.
 
-use rtlink_protocol::{ClientFrame, CloseCode, ErrorCode, ServerFrame};
+use rtlink_protocol::{ClientFrame, ErrorCode, ServerFrame};
 
 use super::connection::{End, Role};
 use super::event::{Event, Output, SendError, SendId};
 use super::state::{Phase, Probe};
 use super::timer::Timer;
+use super::send_queue::SendLimits;
 use super::{Client, Session};
 
 /// The fields of a `welcome` the core keeps.
@@ -18,6 +19,7 @@ struct Welcome {
     user_id: String,
     resume_window_ms: u64,
     max_frame_bytes: u64,
+    dedupe_window_ms: u64,
 }
 
 impl Welcome {
@@ -31,6 +33,7 @@ impl Welcome {
                 user_id: user.id,
                 resume_window_ms: limits.resume_window_ms,
                 max_frame_bytes: limits.max_frame_bytes,
+                dedupe_window_ms: limits.dedupe_window_ms,
             }),
             _ => None,
         }
@@ -81,24 +84,13 @@ impl Client {
     }
 
     fn on_probe_frame(&mut self, frame: ServerFrame) {
-        let Phase::Open { slot: old, probe: Some(Probe::Opening { slot: probe }) } = self.phase else { return };
+        let Phase::Open { probe: Some(Probe::Opening { slot: probe }), .. } = self.phase else { return };
         match frame {
             ServerFrame::Welcome { .. } => {
                 let Some(welcome) = Welcome::from_frame(frame) else { return };
-                // The server attached the session to the probe and will close the old transport
-                // with 4006; close it ourselves in the same step so there is never a moment with
-                // two primaries. Anything the old one still delivers is from a stale id, and the
-                // re-subscribe below replays it by offset.
-                self.out.push(Output::CloseTransport { id: old.id, code: Some(CloseCode::SUPERSEDED) });
-                self.heartbeat.stop();
-                self.timers.stop(Timer::ProbeFirstFrame);
-                self.sends.pause();
-                self.rooms.on_transport_lost();
-                self.typing.reset_own();
-                let mut slot = probe;
-                slot.got_frame = true;
-                self.phase = Phase::AwaitingWelcome { slot };
-                self.on_welcome(welcome);
+                if self.commit_probe().is_some() {
+                    self.on_welcome(welcome);
+                }
             }
             ServerFrame::Ping => self.out.push(Output::Send { id: probe.id, frame: ClientFrame::Pong }),
             ServerFrame::Close { .. } => {
@@ -119,10 +111,9 @@ impl Client {
             resume_token: w.resume_token,
             user_id: w.user_id,
             resume_window_ms: w.resume_window_ms,
-            max_frame_bytes: w.max_frame_bytes,
             lost_at: None,
         });
-        self.auth_failures = 0;
+        self.send_limits = SendLimits { max_frame_bytes: w.max_frame_bytes, dedupe_window_ms: w.dedupe_window_ms };
         self.new_session_retry = false;
         self.backoff.clear_drain_window();
         if let Some(kind) = self.ladder.on_welcome(slot.kind) {
@@ -134,6 +125,13 @@ impl Client {
         self.schedule_probe();
         for frame in self.rooms.resync_frames(w.resumed) {
             self.send(frame);
+        }
+        for (removed, code) in self.sends.take_unsendable(self.now, self.send_limits) {
+            let reason = match code {
+                ErrorCode::TooLarge => "the encoded frame is larger than the server's max_frame_bytes",
+                _ => "first sent longer ago than the server's dedupe window allows a safe resend",
+            };
+            self.emit(Event::PublishFailed { send_id: removed.send_id, code, reason: reason.to_owned() });
         }
         for frame in self.sends.transmit_all(self.now) {
             self.send(frame);
@@ -167,7 +165,7 @@ impl Client {
             ServerFrame::Nack { id, code, reason } => {
                 if let Some(removed) = self.sends.take(&id) {
                     self.emit(Event::PublishFailed { send_id: removed.send_id, code, reason });
-                } else if self.rooms.first_subscribe_pending(&id) {
+                } else if self.rooms.subscribe_pending(&id) {
                     self.forget_room(&id);
                     self.emit(Event::SubscribeFailed { room: id, code, reason });
                 }
@@ -271,11 +269,7 @@ impl Client {
         if !self.rooms.contains(room) {
             return Err(SendError::NotSubscribed);
         }
-        let limit = self.session.as_ref().map_or(0, |s| s.max_frame_bytes);
-        if limit > 0 && payload.len() as u64 > limit {
-            return Err(SendError::TooLarge);
-        }
-        let send_id = self.sends.push(room.to_owned(), payload)?;
+        let send_id = self.sends.push(room.to_owned(), payload, self.send_limits)?;
         if self.is_open() {
             // Publishing ends "typing…" in that room.
             self.typing_stop(room);

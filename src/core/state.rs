@@ -42,6 +42,24 @@ pub enum CloseReason {
     GaveUp { attempts: u32 },
 }
 
+impl CloseReason {
+    /// The stable, machine-readable code of the terminal error (the JS `RtlinkError.code`).
+    pub fn error_code(&self) -> &'static str {
+        match self {
+            Self::ClientClosed => "closed",
+            Self::Server { code, .. } => match code.0 {
+                4002 => "unsupported_version",
+                4010 => "forbidden",
+                _ => "closed",
+            },
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::TokenFailed => "token_failed",
+            Self::GaveUp { .. } => "gave_up",
+        }
+    }
+}
+
 /// A transport the core asked the glue to open.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Slot {
@@ -63,13 +81,19 @@ impl Slot {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Probe {
     AwaitingToken { kind: TransportKind },
+    /// `FetchTicket` (with `probe: true`) is out.
+    AwaitingTicket { id: TransportId, kind: TransportKind },
+    /// The probe transport is opening; waiting for its `welcome` (the session stays on the
+    /// primary meanwhile).
     Opening { slot: Slot },
 }
 
 impl Probe {
-    pub fn slot(&self) -> Option<Slot> {
+    /// The transport id the glue holds for the probe, if any.
+    pub fn id(&self) -> Option<TransportId> {
         match *self {
-            Probe::Opening { slot } => Some(slot),
+            Probe::Opening { slot } => Some(slot.id),
+            Probe::AwaitingTicket { id, .. } => Some(id),
             Probe::AwaitingToken { .. } => None,
         }
     }
@@ -81,6 +105,9 @@ pub(crate) enum Phase {
     Idle,
     /// `RequestToken` is out for the next primary attempt.
     AwaitingToken,
+    /// `FetchTicket` is out for the primary transport `id` (its kind is decided when the ticket
+    /// arrives: a held strike may step the ladder down first).
+    AwaitingTicket { id: TransportId },
     /// The primary transport is opening; waiting for `welcome`.
     AwaitingWelcome { slot: Slot },
     Open { slot: Slot, probe: Option<Probe> },

@@ -43,6 +43,45 @@ pub fn dec(n: u64) -> String {
     s
 }
 
+/// The length in bytes of `s` encoded as a JSON string, quotes included, as both `JSON.stringify`
+/// and serde_json write it: `"` and `\\` and the short control escapes take two bytes, other
+/// control characters six (`\u00XX`), everything else stays as it is (UTF-8).
+pub fn json_str_len(s: &str) -> usize {
+    let escapes: usize = s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 1,
+            0..=0x1f => 5,
+            _ => 0,
+        })
+        .sum();
+    s.len() + escapes + 2
+}
+
+/// Appends `s` as a JSON string (quotes included), escaped as [`json_str_len`] counts.
+pub fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 => {
+                out.push_str("\\u00");
+                for d in [(c as u32) >> 4, (c as u32) & 0xf] {
+                    out.push(char::from_digit(d, 16).unwrap_or('0'));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
 /// A decimal `u64` as `str::parse::<u64>` reads it (optional `+`, digits only, no overflow).
 pub fn parse_dec(s: &str) -> Option<u64> {
     let digits = s.strip_prefix('+').unwrap_or(s);
@@ -59,7 +98,8 @@ pub fn parse_dec(s: &str) -> Option<u64> {
     Some(n)
 }
 
-#[cfg(test)]
+// Native only: the checks compare with the JSON codec, a native dev-dependency.
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
 
@@ -72,6 +112,12 @@ mod tests {
             assert_eq!(h, format!("{n:016x}"));
         }
         assert_eq!(concat(&["a", "", "bc"]), "abc");
+        for s in ["", "plain", "q\"b\\s\n\r\t\u{8}\u{c}\u{1}\u{1f} é ✓ \u{7f}"] {
+            let mut out = String::new();
+            push_json_str(&mut out, s);
+            assert_eq!(out, serde_json::to_string(s).unwrap());
+            assert_eq!(json_str_len(s), out.len());
+        }
         for s in ["0", "+7", "120", "", "+", "-1", "1a", " 1", "18446744073709551615", "18446744073709551616"] {
             assert_eq!(parse_dec(s), s.parse::<u64>().ok(), "{s:?}");
         }

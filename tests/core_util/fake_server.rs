@@ -17,8 +17,13 @@ pub enum Mode {
     OpenFail(OpenError),
     /// Opens (101 / headers) and dies before sending a single frame.
     DieBeforeFirstFrame,
+    /// Opens and the server closes it with this code before `welcome` (e.g. 1013 when full).
+    CloseBeforeWelcome(CloseCode),
     /// Opens and then nothing ever arrives (a buffering proxy).
     Silent,
+    /// A buffering proxy in front of a working server: the server handles the open as usual
+    /// (attaches, answers), but nothing it sends reaches the client.
+    Buffered,
 }
 
 #[derive(Clone, Debug)]
@@ -46,6 +51,18 @@ pub struct Conn {
     pub next_ping: Instant,
     /// Delivers nothing either way (a dead link nobody noticed).
     pub blackholed: bool,
+    /// The ticket it was opened with.
+    pub ticket: Ticket,
+    /// A probe of this session got its `welcome` here; `switch` attaches the session.
+    pub probing: Option<String>,
+}
+
+/// What a ticket request asked for.
+#[derive(Clone, Debug, Default)]
+pub struct Ticket {
+    pub user: String,
+    pub resume: Option<String>,
+    pub probe: bool,
 }
 
 #[derive(Debug)]
@@ -65,12 +82,31 @@ pub struct FakeServer {
     /// Store publishes but never answer them (a server that loses its acks).
     pub drop_acks: bool,
     pub modes: BTreeMap<TransportKind, Mode>,
-    /// The next N opens answer 401.
+    /// Subscribing to these rooms is refused (`nack forbidden`).
+    pub forbidden_rooms: BTreeSet<String>,
+    /// The next N ticket steps answer 401.
     pub reject_tokens: u32,
     pub forbidden: bool,
-    /// Send 4006 to the old transport before the welcome on the new one.
-    pub supersede_before_welcome: bool,
+    /// Every ticket step fails this way (e.g. 503 overloaded, or unreachable).
+    pub ticket_failure: Option<OpenError>,
+    /// Ticket steps get no answer at all (a server that hangs).
+    pub ticket_silent: bool,
+    /// The server is overloaded: every other ticket step answers 503, and the opens that got a
+    /// ticket are refused by a hard cap in a race (invisible to a browser: a plain transport
+    /// failure).
+    pub overloaded_race: bool,
+    /// Tickets issued and not yet used.
+    pub tickets: BTreeMap<String, Ticket>,
+    pub tickets_issued: u64,
+    /// The transport a session just left (closed with 4006 after the move).
+    superseded: Option<TransportId>,
     pub stored_publishes: u64,
+    /// Frames over this many encoded bytes close the transport with 4001 (announced in `welcome`).
+    pub max_frame_bytes: usize,
+    /// Publish ids are remembered this long (`None`: forever).
+    pub dedupe_window_ms: Option<u64>,
+    /// When each remembered publish id was stored.
+    pub acked_at: BTreeMap<(String, String), Instant>,
     next_sid: u64,
 }
 
@@ -89,9 +125,18 @@ impl FakeServer {
             drop_acks: false,
             modes: BTreeMap::new(),
             reject_tokens: 0,
+            forbidden_rooms: BTreeSet::new(),
             forbidden: false,
-            supersede_before_welcome: false,
+            ticket_failure: None,
+            ticket_silent: false,
+            overloaded_race: false,
+            tickets: BTreeMap::new(),
+            tickets_issued: 0,
+            superseded: None,
             stored_publishes: 0,
+            max_frame_bytes: 65_536,
+            dedupe_window_ms: None,
+            acked_at: BTreeMap::new(),
             next_sid: 0,
         }
     }
@@ -106,7 +151,8 @@ impl FakeServer {
 }
 
 impl Sim {
-    pub(super) fn open(&mut self, tab: usize, id: TransportId, kind: TransportKind, token: String, resume: Option<String>) {
+    /// The ticket step: `POST /v1/ticket`.
+    pub(super) fn fetch_ticket(&mut self, tab: usize, id: TransportId, token: String, resume: Option<String>, probe: bool) {
         if self.server.forbidden {
             return self.deliver(tab, Input::OpenFailed { id, error: OpenError::Forbidden });
         }
@@ -114,34 +160,85 @@ impl Sim {
             self.server.reject_tokens -= 1;
             return self.deliver(tab, Input::OpenFailed { id, error: OpenError::Unauthorized });
         }
+        if let Some(error) = self.server.ticket_failure {
+            return self.deliver(tab, Input::OpenFailed { id, error });
+        }
+        if self.server.ticket_silent {
+            return;
+        }
+        self.server.tickets_issued += 1;
+        if self.server.overloaded_race && self.server.tickets_issued % 2 == 1 {
+            let error = OpenError::Overloaded { retry_after_ms: Some(1_000) };
+            return self.deliver(tab, Input::OpenFailed { id, error });
+        }
+        let ticket = format!("t{}", self.server.tickets_issued);
+        self.server.tickets.insert(ticket.clone(), Ticket { user: token, resume, probe });
+        self.deliver(tab, Input::TicketIssued { id, ticket });
+    }
+
+    /// The transport step, with a ticket.
+    pub(super) fn open(&mut self, tab: usize, id: TransportId, kind: TransportKind, ticket: String) {
+        let Some(ticket) = self.server.tickets.remove(&ticket) else {
+            return self.deliver(tab, Input::OpenFailed { id, error: OpenError::Unauthorized });
+        };
+        let far = Instant::from_millis(u64::MAX);
+        let conn = |blackholed: bool, ticket: Ticket| Conn { kind, session: None, next_ping: far, blackholed, ticket, probing: None };
+        if self.server.overloaded_race {
+            // The ticket counted, but a hard cap refuses the open in a race: a browser sees only
+            // a failed WebSocket or EventSource.
+            return self.deliver(tab, Input::OpenFailed { id, error: OpenError::Network });
+        }
         match self.server.mode(kind) {
             Mode::OpenFail(error) => self.deliver(tab, Input::OpenFailed { id, error }),
             Mode::DieBeforeFirstFrame => {
                 self.deliver(tab, Input::TransportOpened { id });
                 self.deliver(tab, Input::TransportClosed { id, code: None, reason: "proxy".into() });
             }
+            Mode::CloseBeforeWelcome(code) => {
+                self.deliver(tab, Input::TransportOpened { id });
+                self.deliver(tab, Input::TransportClosed { id, code: Some(code), reason: "server".into() });
+            }
             Mode::Silent => {
-                self.server.conns.insert(
-                    (tab, id),
-                    Conn { kind, session: None, next_ping: Instant::from_millis(u64::MAX), blackholed: true },
-                );
+                self.server.conns.insert((tab, id), conn(true, ticket));
                 self.deliver(tab, Input::TransportOpened { id });
             }
-            Mode::Normal => {
-                let far = Instant::from_millis(u64::MAX);
-                self.server.conns.insert((tab, id), Conn { kind, session: None, next_ping: far, blackholed: false });
+            Mode::Buffered => {
+                // The server handles the open; the proxy holds everything it answers.
+                self.server.conns.insert((tab, id), conn(true, ticket.clone()));
                 self.deliver(tab, Input::TransportOpened { id });
                 if kind != TransportKind::WebSocket {
-                    self.attach(tab, id, &token, resume);
+                    self.attach(tab, id, &ticket.user, ticket.resume, ticket.probe);
+                }
+            }
+            Mode::Normal => {
+                self.server.conns.insert((tab, id), conn(false, ticket.clone()));
+                self.deliver(tab, Input::TransportOpened { id });
+                if kind != TransportKind::WebSocket {
+                    self.attach(tab, id, &ticket.user, ticket.resume, ticket.probe);
                 }
             }
         }
     }
 
-    pub(super) fn attach(&mut self, tab: usize, id: TransportId, user: &str, resume: Option<String>) {
+    /// Opens or resumes a session on transport `id`, or (for a probe) answers `welcome` without
+    /// moving the session: `switch` does that ([`Sim::commit_probe`]).
+    pub(super) fn attach(&mut self, tab: usize, id: TransportId, user: &str, resume: Option<String>, probe: bool) {
         let existing = resume.and_then(|r| {
             self.server.sessions.iter().find(|(_, s)| s.resume_token == r).map(|(k, _)| k.clone())
         });
+        if probe {
+            let Some(sid) = existing else {
+                self.send_to_conn(tab, id, ServerFrame::Close { code: CloseCode::SESSION_EXPIRED, reason: "no such session".into() });
+                self.server.conns.remove(&(tab, id));
+                return;
+            };
+            if let Some(conn) = self.server.conns.get_mut(&(tab, id)) {
+                conn.probing = Some(sid.clone());
+            }
+            let welcome = self.welcome(&sid, true);
+            self.send_to_conn(tab, id, welcome);
+            return;
+        }
         let (sid, resumed) = match existing {
             Some(sid) => (sid, true),
             None => {
@@ -160,47 +257,63 @@ impl Sim {
                 (sid, false)
             }
         };
-        let old = self.server.sessions.get(&sid).and_then(|s| s.transport);
-        let supersede = |sim: &mut Sim| {
-            if let Some(old) = old.filter(|&o| o != id) {
-                sim.send_to_conn(tab, old, ServerFrame::Close { code: CloseCode::SUPERSEDED, reason: "superseded".into() });
-                sim.server.conns.remove(&(tab, old));
-                sim.deliver(tab, Input::TransportClosed { id: old, code: Some(CloseCode::SUPERSEDED), reason: String::new() });
-            }
-        };
-        if self.server.supersede_before_welcome {
-            supersede(self);
+        let welcome = self.welcome(&sid, resumed);
+        self.move_session(tab, id, &sid);
+        self.send_to_conn(tab, id, welcome);
+        self.supersede_old(tab, id, &sid);
+    }
+
+    /// `switch` on a probe: the session moves there now.
+    pub(super) fn commit_probe(&mut self, tab: usize, id: TransportId) {
+        let Some(sid) = self.server.conns.get_mut(&(tab, id)).and_then(|c| c.probing.take()) else { return };
+        if !self.server.sessions.contains_key(&sid) {
+            return;
         }
+        self.move_session(tab, id, &sid);
+        self.supersede_old(tab, id, &sid);
+    }
+
+    fn move_session(&mut self, tab: usize, id: TransportId, sid: &str) {
+        let old = self.server.sessions.get(sid).and_then(|s| s.transport);
         let interval = self.server.ping_interval_ms;
         let now = self.now;
         if let Some(conn) = self.server.conns.get_mut(&(tab, id)) {
-            conn.session = Some(sid.clone());
+            conn.session = Some(sid.to_owned());
             conn.next_ping = now.plus(interval);
         }
-        let (token, user_id) = {
-            let s = self.server.sessions.get_mut(&sid).expect("session");
-            s.transport = Some(id);
-            s.detached_at = None;
-            (s.resume_token.clone(), s.user.clone())
-        };
-        let welcome = ServerFrame::Welcome {
+        let s = self.server.sessions.get_mut(sid).expect("session");
+        s.transport = Some(id);
+        s.detached_at = None;
+        self.server.superseded = old.filter(|&o| o != id);
+    }
+
+    /// The transport the session left gets 4006.
+    fn supersede_old(&mut self, tab: usize, _new: TransportId, _sid: &str) {
+        if let Some(old) = self.server.superseded.take() {
+            self.send_to_conn(tab, old, ServerFrame::Close { code: CloseCode::SUPERSEDED, reason: "superseded".into() });
+            self.server.conns.remove(&(tab, old));
+            self.deliver(tab, Input::TransportClosed { id: old, code: Some(CloseCode::SUPERSEDED), reason: String::new() });
+        }
+    }
+
+    fn welcome(&self, sid: &str, resumed: bool) -> ServerFrame {
+        let s = &self.server.sessions[sid];
+        ServerFrame::Welcome {
             v: 1,
-            session: sid.clone(),
-            resume_token: token,
+            session: sid.to_owned(),
+            resume_token: s.resume_token.clone(),
             resumed,
             ping_interval_ms: self.server.ping_interval_ms,
-            user: UserInfo { id: user_id.clone(), name: user_id.to_uppercase() },
+            user: UserInfo { id: s.user.clone(), name: s.user.to_uppercase() },
             limits: Limits {
-                max_frame_bytes: 65_536,
+                max_frame_bytes: self.server.max_frame_bytes as u64,
                 rate_per_sec: 100,
                 burst: 100,
                 max_rooms: 100,
                 resume_window_ms: self.server.resume_window_ms,
+                dedupe_window_ms: self.server.dedupe_window_ms.unwrap_or(0),
+                max_batch_bytes: 0,
             },
-        };
-        self.send_to_conn(tab, id, welcome);
-        if !self.server.supersede_before_welcome {
-            supersede(self);
         }
     }
 
@@ -242,19 +355,36 @@ impl Sim {
 
     pub(super) fn on_client_frame(&mut self, tab: usize, id: TransportId, frame: ClientFrame) {
         if let ClientFrame::Hello { resume, .. } = &frame {
-            let fresh = self.server.conns.get(&(tab, id)).is_some_and(|c| c.session.is_none() && !c.blackholed);
-            if fresh {
-                let user = self.tabs[tab].user.clone();
-                self.attach(tab, id, &user, resume.clone());
+            let fresh = self.server.conns.get(&(tab, id)).filter(|c| c.session.is_none() && c.probing.is_none() && !c.blackholed);
+            if let Some(ticket) = fresh.map(|c| c.ticket.clone()) {
+                let resume = resume.clone().or(ticket.resume);
+                self.attach(tab, id, &ticket.user, resume, ticket.probe);
             }
             return;
         }
+        if frame == ClientFrame::Switch {
+            return self.commit_probe(tab, id);
+        }
         let Some(sid) = self.session_of(tab, id) else { return };
         let user = self.server.sessions[&sid].user.clone();
+        if rtlink_protocol::codec::encode_client(&frame).len() > self.server.max_frame_bytes {
+            // Like the real server: a frame over the limit closes the transport.
+            self.send_to_conn(tab, id, ServerFrame::Close { code: CloseCode::FRAME_TOO_LARGE, reason: "frame too large".into() });
+            self.detach(tab, id);
+            return;
+        }
         match frame {
-            ClientFrame::Hello { .. } | ClientFrame::Pong => {}
+            ClientFrame::Hello { .. } | ClientFrame::Pong | ClientFrame::Switch => {}
             ClientFrame::Ping => self.send_to_conn(tab, id, ServerFrame::Pong),
             ClientFrame::Subscribe { room, since, epoch, history: want_history } => {
+                if self.server.forbidden_rooms.contains(&room) {
+                    // Like the real server after a resume with a token that no longer allows it.
+                    if let Some(s) = self.server.sessions.get_mut(&sid) {
+                        s.rooms.remove(&room);
+                    }
+                    let nack = ServerFrame::Nack { id: room, code: ErrorCode::Forbidden, reason: String::new() };
+                    return self.send_to_conn(tab, id, nack);
+                }
                 let joined = self.server.sessions.get_mut(&sid).is_some_and(|s| s.rooms.insert(room.clone()));
                 let history = self.server.rooms.get(&room).cloned().unwrap_or_default();
                 let current_epoch = format!("e{}", self.server.epoch);
@@ -314,6 +444,12 @@ impl Sim {
                     let nack = ServerFrame::Nack { id: msg_id, code: ErrorCode::NotSubscribed, reason: String::new() };
                     return self.send_to_conn(tab, id, nack);
                 }
+                let key = (user.clone(), msg_id.clone());
+                if let (Some(window), Some(at)) = (self.server.dedupe_window_ms, self.server.acked_at.get(&key)) {
+                    if self.now.millis_since(*at) >= window {
+                        self.server.acks.remove(&key);
+                    }
+                }
                 if let Some((r, offset)) = self.server.acks.get(&(user.clone(), msg_id.clone())).cloned() {
                     if self.server.drop_acks {
                         return;
@@ -322,6 +458,7 @@ impl Sim {
                 }
                 let offset = self.store(&room, &user, &payload);
                 self.server.acks.insert((user.clone(), msg_id.clone()), (room.clone(), offset));
+                self.server.acked_at.insert((user.clone(), msg_id.clone()), self.now);
                 if !self.server.drop_acks {
                     self.send_to_conn(tab, id, ServerFrame::Ack { id: msg_id, room: room.clone(), offset });
                 }

@@ -294,10 +294,14 @@ impl Sim {
                     self.deliver(tab, Input::TokenReady(token));
                 }
             }
-            Output::OpenTransport { id, kind, token, resume } => {
-                self.tabs[tab].opens.push((id, kind, resume.clone()));
+            Output::FetchTicket { id, token, resume, probe } => {
                 self.tabs[tab].live.insert(id);
-                self.open(tab, id, kind, token, resume);
+                self.fetch_ticket(tab, id, token, resume, probe);
+            }
+            Output::OpenTransport { id, kind, ticket } => {
+                let resume = self.server.tickets.get(&ticket).and_then(|t| t.resume.clone());
+                self.tabs[tab].opens.push((id, kind, resume));
+                self.open(tab, id, kind, ticket);
             }
             Output::Send { id, frame } => {
                 self.tabs[tab].sent.push((id, frame.clone()));
