@@ -13,6 +13,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use rtlink_protocol::codec::decode_ticket_request;
 use rtlink_protocol::envelope::TicketResponse;
 use rtlink_protocol::paths;
 use serde::Deserialize;
@@ -21,7 +22,7 @@ use tower_http::services::ServeDir;
 
 use crate::admission::{self, AcceptBudget};
 use crate::api::{self, ApiKeys};
-use crate::auth::{random_token, Auth, AuthError, TicketRefusal, TokenSettings};
+use crate::auth::{random_token, Auth, AuthError, Grant, TicketRefusal, TokenSettings};
 use crate::broker::local::{LocalBroker, LocalBrokerConfig};
 use crate::broker::redis::{RedisBroker, RedisOptions};
 use crate::broker::Broker;
@@ -236,7 +237,10 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/demo/drain", post(demo_drain))
         .route(paths::WEBSOCKET, get(transport::websocket::handler))
         .route(paths::SSE, get(transport::sse::handler))
-        .route(paths::POLL, get(transport::long_poll::handler))
+        .route(
+            paths::POLL,
+            get(transport::long_poll::handler).post(transport::long_poll::continue_handler),
+        )
         .route(paths::SEND, post(transport::send::handler))
         .merge(api::router());
     if state.config.test_control {
@@ -284,12 +288,17 @@ async fn metrics(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
-/// `POST /v1/ticket` with `Authorization: Bearer <token>`.
+/// Largest `POST /v1/ticket` body (`{"resume": R, "probe": true}`).
+const MAX_TICKET_BODY: usize = 4096;
+
+/// `POST /v1/ticket` with `Authorization: Bearer <token>`, and optionally a JSON body naming the
+/// session the transport continues (`{"resume": R, "probe"?: true}`).
 /// Admission is decided here ([`crate::admission`]): draining, the accept-rate budget, full.
 async fn ticket(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     headers: HeaderMap,
+    body: axum::body::Body,
 ) -> Response {
     if !state.origins.check(&headers) {
         return http::origin_refused();
@@ -321,7 +330,27 @@ async fn ticket(
     if let Err(refused) = admission::after_token(&state, ip) {
         return refused;
     }
-    match state.auth.issue_ticket(&*state.hub.broker, claims).await {
+    let Ok(body) = axum::body::to_bytes(body, MAX_TICKET_BODY).await else {
+        return http::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            rtlink_protocol::ErrorCode::TooLarge,
+            "ticket request body too large",
+            None,
+        );
+    };
+    let request = match decode_ticket_request(&body, MAX_TICKET_BODY) {
+        Ok(r) => r,
+        Err(e) => return http::bad_request(&format!("ticket request: {e}")),
+    };
+    if request.probe && request.resume.is_none() {
+        return http::bad_request("a probe ticket needs the session to probe (`resume`)");
+    }
+    let grant = Grant {
+        claims,
+        resume: request.resume,
+        probe: request.probe,
+    };
+    match state.auth.issue_grant(&*state.hub.broker, grant).await {
         Ok((ticket, ttl)) => Json(TicketResponse {
             ticket,
             expires_in_ms: ttl.as_millis() as u64,

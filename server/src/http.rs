@@ -215,6 +215,10 @@ pub fn origin_refused() -> Response {
 pub struct Admission {
     pub claims: Claims,
     pub guard: ConnGuard,
+    /// The session the ticket names (its `resume` token), if any.
+    pub resume: Option<String>,
+    /// The ticket asked for a probe of that session (see `Session::probe`).
+    pub probe: bool,
 }
 
 /// A transport open that passed every check but the ticket, holding its connection slot.
@@ -282,11 +286,11 @@ impl Prechecked {
         ticket: Option<&str>,
     ) -> Result<Admission, Response> {
         let redeemed = match ticket {
-            Some(t) => state.auth.redeem_ticket(&*state.hub.broker, t).await,
+            Some(t) => state.auth.redeem(&*state.hub.broker, t).await,
             None => Err(RedeemError::Invalid),
         };
-        let claims = match redeemed {
-            Ok(claims) => claims,
+        let grant = match redeemed {
+            Ok(grant) => grant,
             Err(RedeemError::Invalid) => {
                 state.metrics.count_drop(DropReason::Unauthorized);
                 return Err(unauthorized("missing, invalid, expired or reused ticket"));
@@ -300,8 +304,10 @@ impl Prechecked {
             }
         };
         Ok(Admission {
-            claims,
+            claims: grant.claims,
             guard: self.guard,
+            resume: grant.resume,
+            probe: grant.probe,
         })
     }
 }
@@ -320,8 +326,11 @@ pub fn check_enabled(state: &AppState, kind: TransportKind) -> Result<(), Respon
 }
 
 /// Admission for the HTTP transport opens (SSE, long polling), whose hello travels in the query:
-/// [`precheck`], the protocol version `?v=` (absent means the current one), then the ticket
-/// `?ticket=`.
+/// [`precheck`], then a resume token in the URL (the old `?resume=`, `?session=`) is refused with
+/// 400 (a secret in a URL ends up in logs; the ticket request names the session instead), then
+/// the protocol version `?v=` (absent means the current one): another version is answered with
+/// `old_version()`, the transport's own `close 4002` (a browser's EventSource cannot read a
+/// status), with the ticket left unused; then the ticket `?ticket=`.
 #[allow(clippy::result_large_err)]
 pub async fn admit_query(
     state: &AppState,
@@ -329,13 +338,19 @@ pub async fn admit_query(
     headers: &HeaderMap,
     ip: Option<IpAddr>,
     query: &HashMap<String, String>,
+    old_version: impl FnOnce() -> Response,
 ) -> Result<Admission, Response> {
     let prechecked = precheck(state, kind, headers, ip)?;
+    if query.contains_key("resume") || query.contains_key("session") {
+        return Err(bad_request(
+            "resume tokens never go in a URL: name the session in the POST /v1/ticket body",
+        ));
+    }
     if query
         .get("v")
         .is_some_and(|v| v != &PROTOCOL_VERSION.to_string())
     {
-        return Err(bad_request("unsupported protocol version"));
+        return Err(old_version());
     }
     prechecked
         .redeem(state, query.get("ticket").map(String::as_str))

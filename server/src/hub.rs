@@ -16,6 +16,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use rtlink_protocol::envelope::max_batch_bytes;
 use rtlink_protocol::{CloseCode, Limits, ServerFrame, UserInfo, PROTOCOL_VERSION};
 use tokio::sync::broadcast::error::RecvError;
 
@@ -146,6 +147,9 @@ impl Hub {
         if let Some(token) = resume {
             if let Some(s) = sessions.by_token.get(token) {
                 if s.claims.sub == claims.sub && !s.lock().ended {
+                    // The client came back with a (possibly newer) token: from now on the
+                    // session acts with its claims (name, rooms, expiry).
+                    s.claims.replace(claims);
                     return Ok((s.clone(), true));
                 }
             }
@@ -247,7 +251,7 @@ impl Hub {
             ping_interval_ms: c.ping_interval.as_millis() as u64,
             user: UserInfo {
                 id: session.claims.sub.clone(),
-                name: session.claims.name.clone(),
+                name: session.claims.name(),
             },
             limits: Limits {
                 max_frame_bytes: c.max_frame_bytes as u64,
@@ -255,12 +259,15 @@ impl Hub {
                 burst: c.rate_burst,
                 max_rooms: c.max_rooms,
                 resume_window_ms: c.resume_window.as_millis() as u64,
+                dedupe_window_ms: c.dedupe_window.as_millis() as u64,
+                max_batch_bytes: max_batch_bytes(c.max_frame_bytes) as u64,
             },
         }
     }
 
     /// Attaches a transport to a session (superseding the old one) and queues `welcome`. If
-    /// the presence grace had run out, the session's presence is restored.
+    /// the presence grace had run out, the session's presence is restored. A resumed session
+    /// leaves the rooms its (possibly newer) claims no longer allow.
     pub fn attach(
         self: &Arc<Self>,
         session: &Arc<Session>,
@@ -272,13 +279,54 @@ impl Hub {
         let attached = session.attach(kind, guard, &welcome);
         // Session ids are public; resume tokens and tickets are never logged.
         tracing::debug!(session = %session.id, user = %session.claims.sub, transport = kind.as_str(), resumed, "transport attached");
+        self.after_attach(session, resumed);
+        attached
+    }
+
+    fn after_attach(self: &Arc<Self>, session: &Arc<Session>, resumed: bool) {
         let rejoin = std::mem::take(&mut session.lock().presence_left);
-        if rejoin {
+        if rejoin || resumed {
             let hub = self.clone();
             let session = session.clone();
-            tokio::spawn(async move { hub.rejoin_presence(&session).await });
+            tokio::spawn(async move {
+                if resumed {
+                    hub.drop_forbidden_rooms(&session).await;
+                }
+                if rejoin {
+                    hub.rejoin_presence(&session).await;
+                }
+            });
         }
-        attached
+    }
+
+    /// Opens a probe of the session of `resume` (see [`Session::open_probe`]): `welcome` on the
+    /// probe, the session stays where it is until `switch`. A probe of a session this node does
+    /// not hold (unknown, ended, another user's, or another node's) is refused with the code to
+    /// close the probe with; the client tries again later and its session is untouched.
+    pub fn open_probe(
+        self: &Arc<Self>,
+        claims: Claims,
+        resume: &str,
+        kind: TransportKind,
+        guard: ConnGuard,
+    ) -> Result<(Arc<Session>, Attached), CloseCode> {
+        let session = self
+            .session_by_token(resume)
+            .filter(|s| s.claims.sub == claims.sub && !s.lock().ended)
+            .ok_or(CloseCode::SESSION_EXPIRED)?;
+        session.claims.replace(claims);
+        let welcome = self.welcome(&session, true);
+        let attached = session.open_probe(kind, guard, &welcome);
+        tracing::debug!(session = %session.id, transport = kind.as_str(), "probe opened");
+        Ok((session, attached))
+    }
+
+    /// `switch` on a probe: the session moves to it (see [`Session::commit_probe`]).
+    pub fn commit_probe(self: &Arc<Self>, session: &Arc<Session>) {
+        if session.commit_probe() {
+            tracing::debug!(session = %session.id, "switched to the probe");
+            self.after_attach(session, true);
+        }
     }
 
     /// The transport `gen` of `session` ended. Starts the presence grace and resume window.
@@ -478,6 +526,8 @@ impl Hub {
                     st.transport_last_seen(),
                 )
             };
+            // A probe whose `switch` did not come within a heartbeat deadline is not coming.
+            s.expire_probe(ws_deadline);
             let Some(kind) = kind else { continue };
             if s.claims.expired() {
                 s.close_transport(CloseCode::TOKEN_EXPIRED, "token expired");

@@ -89,7 +89,7 @@ impl Hub {
             if was_typing {
                 let _ = self
                     .broker
-                    .typing(&room, &session.claims.sub, &session.claims.name, false)
+                    .typing(&room, &session.claims.sub, &session.claims.name(), false)
                     .await;
             }
             if let Err(e) = self.broker.presence_leave(&room, &session.id).await {

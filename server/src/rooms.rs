@@ -77,6 +77,10 @@ impl Hub {
                 self.end_session(session, CloseCode::NORMAL).await;
                 Err(CloseCode::NORMAL)
             }
+            ClientFrame::Switch => {
+                self.commit_probe(session);
+                Ok(())
+            }
         };
         if let Err(code) = flow {
             session.close_transport(code, code.name());
@@ -188,7 +192,7 @@ impl Hub {
         PresenceConn {
             session: session.id.clone(),
             user: session.claims.sub.clone(),
-            name: session.claims.name.clone(),
+            name: session.claims.name(),
             meta,
         }
     }
@@ -276,6 +280,29 @@ impl Hub {
         Ok(())
     }
 
+    /// After a resume, whose token may be newer: leaves every room the session's claims no
+    /// longer allow, telling the client with `nack forbidden` (the room as id) and
+    /// `unsubscribed`.
+    pub(crate) async fn drop_forbidden_rooms(self: &Arc<Self>, session: &Arc<Session>) {
+        let rooms: Vec<String> = session
+            .lock()
+            .rooms
+            .keys()
+            .filter(|r| !session.claims.may_access(r))
+            .cloned()
+            .collect();
+        for room in rooms {
+            let _serial = session.inbound.lock().await;
+            self.nack(
+                session,
+                room.clone(),
+                ErrorCode::Forbidden,
+                "the new token does not allow this room",
+            );
+            let _ = self.unsubscribe(session, room).await;
+        }
+    }
+
     async fn unsubscribe(self: &Arc<Self>, session: &Arc<Session>, room: String) -> Flow {
         let subscribed = session.lock().rooms.contains_key(&room);
         // Only an effective unsubscribe costs a token: it fans a leave out to the room.
@@ -288,7 +315,7 @@ impl Hub {
             if sub.typing_active {
                 let _ = self
                     .broker
-                    .typing(&room, &session.claims.sub, &session.claims.name, false)
+                    .typing(&room, &session.claims.sub, &session.claims.name(), false)
                     .await;
             }
             if let Err(e) = self.broker.presence_leave(&room, &session.id).await {
@@ -318,7 +345,7 @@ impl Hub {
         let req = PublishRequest {
             room: room.clone(),
             sender: session.claims.sub.clone(),
-            name: Some(session.claims.name.clone()).filter(|n| !n.is_empty()),
+            name: Some(session.claims.name()).filter(|n| !n.is_empty()),
             payload,
             dedupe: (!id.is_empty()).then(|| DedupeKey {
                 user: session.claims.sub.clone(),

@@ -108,6 +108,19 @@ struct Attachment {
     _guard: ConnGuard,
 }
 
+/// A transport opened as a probe of the session: it got its own `welcome` and carries nothing
+/// else until the client sends `switch` on it; then it becomes the attachment.
+#[derive(Debug)]
+struct ProbeAttachment {
+    gen: u64,
+    kind: TransportKind,
+    force: Option<oneshot::Sender<CloseCode>>,
+    /// Frames for the probe alone (its `welcome`).
+    frames: Vec<OutFrame>,
+    opened: Instant,
+    guard: ConnGuard,
+}
+
 /// What an attached transport holds.
 pub struct Attached {
     pub gen: u64,
@@ -118,7 +131,11 @@ pub struct Attached {
 pub struct SessionState {
     outbox: Outbox,
     attachment: Option<Attachment>,
+    /// The generation of the last transport attached.
     attach_gen: u64,
+    /// The last generation handed out (to an attachment or a probe).
+    last_gen: u64,
+    probe: Option<ProbeAttachment>,
     pub rooms: HashMap<String, RoomSub>,
     /// The grace period ran out while detached: presence was left and is rejoined on attach.
     pub presence_left: bool,
@@ -138,12 +155,58 @@ pub struct SessionState {
     replay_gen: u64,
 }
 
+/// The claims a session acts with. The user (`sub`) is fixed for the session's life; the rest
+/// (display name, rooms, expiry) is replaced when the client resumes with a newer token, so a
+/// re-authenticated session runs on the new token's claims.
+pub struct SessionClaims {
+    /// User id.
+    pub sub: String,
+    current: Mutex<Claims>,
+}
+
+impl SessionClaims {
+    pub fn new(claims: Claims) -> Self {
+        Self {
+            sub: claims.sub.clone(),
+            current: Mutex::new(claims),
+        }
+    }
+
+    /// Display name.
+    pub fn name(&self) -> String {
+        self.current.lock().name.clone()
+    }
+
+    pub fn may_access(&self, room: &str) -> bool {
+        self.current.lock().may_access(room)
+    }
+
+    pub fn expired(&self) -> bool {
+        self.current.lock().expired()
+    }
+
+    /// The current claims.
+    pub fn get(&self) -> Claims {
+        self.current.lock().clone()
+    }
+
+    /// Adopts a newer token's claims (same user). Returns false, changing nothing, for
+    /// another user's claims.
+    pub fn replace(&self, claims: Claims) -> bool {
+        if claims.sub != self.sub {
+            return false;
+        }
+        *self.current.lock() = claims;
+        true
+    }
+}
+
 pub struct Session {
     /// Public id; also the presence connection id.
     pub id: String,
     /// Secret that resumes the session and authenticates `/v1/send` and polls.
     pub resume_token: String,
-    pub claims: Claims,
+    pub claims: SessionClaims,
     state: Mutex<SessionState>,
     changes: watch::Sender<u64>,
     /// Signalled when the transport takes frames out of the outbox (a waiting replay continues).
@@ -291,7 +354,7 @@ impl Session {
             id,
             // On a cluster node the token also names this node (`{node_id}.{secret}`).
             resume_token,
-            claims,
+            claims: SessionClaims::new(claims),
             state: Mutex::new(SessionState {
                 outbox: Outbox {
                     limits,
@@ -302,6 +365,8 @@ impl Session {
                 },
                 attachment: None,
                 attach_gen: 0,
+                last_gen: 0,
+                probe: None,
                 rooms: HashMap::new(),
                 presence_left: false,
                 room_bucket: bucket.clone(),
@@ -365,7 +430,8 @@ impl Session {
             if kind == TransportKind::Poll {
                 st.poll_close = None;
             }
-            st.attach_gen += 1;
+            st.last_gen += 1;
+            st.attach_gen = st.last_gen;
             let now = Instant::now();
             st.attachment = Some(Attachment {
                 gen: st.attach_gen,
@@ -391,9 +457,99 @@ impl Session {
         }
     }
 
-    /// Detaches the transport `gen` if it is still the attached one. True if it was.
+    /// Opens a probe transport (see [`ProbeAttachment`]): `welcome` goes to it alone, the
+    /// session stays on its transport. A previous probe is closed with 4006.
+    pub fn open_probe(
+        &self,
+        kind: TransportKind,
+        guard: ConnGuard,
+        welcome: &ServerFrame,
+    ) -> Attached {
+        let (tx, rx) = oneshot::channel();
+        let gen = self.update(|st, _| {
+            if let Some(old) = st.probe.take() {
+                if let Some(force) = old.force {
+                    let _ = force.send(CloseCode::SUPERSEDED);
+                }
+            }
+            st.last_gen += 1;
+            let frame = encode_frame(welcome);
+            st.probe = Some(ProbeAttachment {
+                gen: st.last_gen,
+                kind,
+                force: Some(tx),
+                frames: vec![OutFrame {
+                    seq: 0,
+                    frame,
+                    close: None,
+                }],
+                opened: Instant::now(),
+                guard,
+            });
+            st.last_gen
+        });
+        Attached {
+            gen,
+            force_close: rx,
+            changes: self.changes.subscribe(),
+        }
+    }
+
+    /// `switch` arrived: the probe becomes the session's transport, the old one is told to close
+    /// with 4006, and frames it did not deliver follow on the probe. False without a probe.
+    pub fn commit_probe(&self) -> bool {
+        self.update(|st, _| {
+            let Some(probe) = st.probe.take() else {
+                return false;
+            };
+            if let Some(old) = st.attachment.take() {
+                if let Some(force) = old.force {
+                    let _ = force.send(CloseCode::SUPERSEDED);
+                }
+                if old.kind == TransportKind::Poll {
+                    st.poll_close = Some(CloseCode::SUPERSEDED);
+                }
+            }
+            st.attach_gen = probe.gen;
+            let now = Instant::now();
+            st.attachment = Some(Attachment {
+                gen: probe.gen,
+                kind: probe.kind,
+                force: probe.force,
+                last_seen: now,
+                _guard: probe.guard,
+            });
+            st.last_inbound = now;
+            st.outbox.closing = false;
+            st.outbox.frames.retain(|f| f.close.is_none());
+            st.outbox.bytes = st.outbox.frames.iter().map(|f| f.frame.len()).sum();
+            true
+        })
+    }
+
+    /// Closes a probe that was not committed within `max_age` (its client is gone or never
+    /// got the `welcome`).
+    pub fn expire_probe(&self, max_age: std::time::Duration) {
+        let mut st = self.state.lock();
+        if st
+            .probe
+            .as_ref()
+            .is_some_and(|p| p.opened.elapsed() > max_age)
+        {
+            if let Some(force) = st.probe.take().and_then(|p| p.force) {
+                let _ = force.send(CloseCode::HEARTBEAT_TIMEOUT);
+            }
+        }
+    }
+
+    /// Detaches the transport `gen` if it is still the attached one. True if it was. (A probe
+    /// that ends is simply forgotten: the session never moved to it.)
     pub fn detach(&self, gen: u64) -> bool {
         let mut st = self.state.lock();
+        if st.probe.as_ref().is_some_and(|p| p.gen == gen) {
+            st.probe = None;
+            return false;
+        }
         if st.attached_gen() != Some(gen) {
             return false;
         }
@@ -413,6 +569,9 @@ impl Session {
     pub fn force_close(&self, code: CloseCode) -> Option<u64> {
         let gen = {
             let mut st = self.state.lock();
+            if let Some(force) = st.probe.take().and_then(|p| p.force) {
+                let _ = force.send(code);
+            }
             let a = st.attachment.take()?;
             if let Some(force) = a.force {
                 let _ = force.send(code);
@@ -428,10 +587,14 @@ impl Session {
         Some(gen)
     }
 
-    /// For streaming transports: takes every queued frame, if `gen` is still attached.
+    /// For streaming transports: takes every queued frame, if `gen` is still attached (or is
+    /// the probe: then its own frames).
     pub fn take_frames(&self, gen: u64) -> Option<Vec<OutFrame>> {
         let frames: Vec<OutFrame> = {
             let mut st = self.state.lock();
+            if let Some(probe) = st.probe.as_mut().filter(|p| p.gen == gen) {
+                return Some(std::mem::take(&mut probe.frames));
+            }
             if st.attached_gen() != Some(gen) {
                 return None;
             }

@@ -27,7 +27,7 @@ impl Hub {
             })
         });
         let Some(gen) = gen else { return Ok(()) };
-        let (user, name) = (&session.claims.sub, &session.claims.name);
+        let (user, name) = (&session.claims.sub, &session.claims.name());
         if let Err(e) = self.broker.typing(&room, user, name, active).await {
             tracing::warn!(error = %e, "typing relay failed");
         }
@@ -46,7 +46,7 @@ impl Hub {
                 });
                 let Some(hub) = hub.upgrade() else { return };
                 if expired {
-                    let (user, name) = (&session.claims.sub, &session.claims.name);
+                    let (user, name) = (&session.claims.sub, &session.claims.name());
                     let _ = hub.broker.typing(&room, user, name, false).await;
                 }
             });

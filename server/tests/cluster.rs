@@ -285,12 +285,7 @@ async fn long_polls_alternating_between_nodes_lose_nothing() {
         assert_eq!(offsets, (1..=N).collect::<Vec<_>>());
         assert!(turn >= 2, "both nodes served polls");
         // A poll for an unknown session of A, asked on B, is A's 404.
-        let resp = b
-            .http
-            .get(b.url(&format!("/v1/poll?session={}.nope&cursor=0", node_id(&a))))
-            .send()
-            .await
-            .unwrap();
+        let resp = common::poll_request(&b, &format!("{}.nope", node_id(&a)), 0).await;
         assert_eq!(resp.status(), 404);
     })
     .await;

@@ -210,12 +210,7 @@ async fn fault_sigkill_node_users_leave_and_clients_resume_elsewhere() {
         // A is dead: its sessions are unknown everywhere, so clients start new ones.
         assert_eq!(send_upstream(&b, &victim_token, vec![]).await, 404);
         assert_eq!(send_upstream(&b, &poller.token, vec![]).await, 404);
-        let resp = b
-            .http
-            .get(b.url(&format!("/v1/poll?session={}&cursor={}", poller.token, poller.cursor)))
-            .send()
-            .await
-            .unwrap();
+        let resp = common::poll_request(&b, &poller.token, poller.cursor).await;
         assert_eq!(resp.status(), 404);
 
         // The victim reconnects to B: a new session, re-subscribed from its last offset.

@@ -202,8 +202,8 @@ async fn attaching_another_transport_supersedes_the_old_one_with_4006() {
     let mut ws = s.ws("alice").await;
     let token = resume_token(ws.welcome());
     ws.subscribe("room", None).await;
-    let ticket = s.ticket("alice").await;
-    let mut sse = Sse::open(&s, &format!("ticket={ticket}&v=1&resume={token}"))
+    let ticket = s.ticket_resuming("alice", &token, false).await;
+    let mut sse = Sse::open(&s, &format!("ticket={ticket}&v=1"))
         .await
         .ok()
         .unwrap();
@@ -218,7 +218,7 @@ async fn attaching_another_transport_supersedes_the_old_one_with_4006() {
     sse.recv_until(|f| matches!(f, ServerFrame::Message { offset: 1, .. }))
         .await;
     // And down to long polling; the SSE stream gets a close 4006 event.
-    let ticket = s.ticket("alice").await;
+    let ticket = s.ticket_resuming("alice", &token, false).await;
     let (mut poll, frames) = Poll::open(&s, &ticket, Some(&token)).await;
     assert!(resumed(&frames[0]));
     let closed = sse

@@ -263,12 +263,7 @@ async fn long_polling_end_to_end_with_cursor_resend() {
         room: "r".into(),
         offset: 2
     }));
-    let resp = s
-        .http
-        .get(s.url("/v1/poll?session=unknown&cursor=0"))
-        .send()
-        .await
-        .unwrap();
+    let resp = poll_request(&s, "unknown", 0).await;
     assert_eq!(resp.status(), 404);
     assert_eq!(
         resp.json::<HttpError>().await.unwrap().error,
@@ -386,21 +381,31 @@ async fn a_newer_poll_answers_the_held_one_with_an_empty_batch() {
     let s = start(config).await;
     let ticket = s.ticket("p").await;
     let (poll, _) = Poll::open(&s, &ticket, None).await;
-    let url = s.url(&format!(
-        "/v1/poll?session={}&cursor={}",
-        poll.token, poll.cursor
-    ));
-    let get = |http: reqwest::Client, url: String| async move {
+    let body = serde_json::to_vec(&rtlink_protocol::envelope::PollRequest {
+        session: poll.token.clone(),
+        cursor: poll.cursor,
+    })
+    .unwrap();
+    let url = s.url("/v1/poll");
+    let get = |http: reqwest::Client, url: String, body: Vec<u8>| async move {
         let started = tokio::time::Instant::now();
-        let body = http.get(url).send().await.unwrap().bytes().await.unwrap();
+        let body = http
+            .post(url)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
         (
             rtlink_protocol::codec::decode_poll(&body, usize::MAX).unwrap(),
             started.elapsed(),
         )
     };
-    let first = tokio::spawn(get(s.http.clone(), url.clone()));
+    let first = tokio::spawn(get(s.http.clone(), url.clone(), body.clone()));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let second = tokio::spawn(get(s.http.clone(), url));
+    let second = tokio::spawn(get(s.http.clone(), url, body));
     let (batch, waited) = first.await.unwrap();
     assert!(batch.frames.is_empty());
     assert_eq!(batch.cursor, poll.cursor);

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::broker::now_ms;
 
-pub use tickets::{RedeemError, TicketRefusal};
+pub use tickets::{Grant, RedeemError, TicketRefusal};
 pub use token::TokenSettings;
 
 /// The claims of an rtlink token, as the rest of the server sees them (whatever the identity

@@ -1,7 +1,9 @@
 //! Tickets: single-use, short-lived stand-ins for a token, for the transports that cannot send
 //! an `Authorization` header. They are kept in the broker, so a ticket issued by one node is
 //! redeemed on any other (a load balancer without stickiness sends `POST /v1/ticket` and the
-//! transport open to different nodes): in memory on a single node, in Redis on a cluster.
+//! transport open to different nodes): in memory on a single node, in Redis on a cluster. A
+//! ticket may also name the session its transport continues (the `POST /v1/ticket` body), so
+//! resume tokens never travel in a URL.
 
 use std::time::Duration;
 
@@ -41,10 +43,16 @@ pub enum RedeemError {
     Unavailable,
 }
 
-/// What the broker keeps under a ticket.
-#[derive(Serialize, Deserialize)]
-struct Stored {
-    claims: Claims,
+/// What a ticket grants: who, and which session the transport opened with it continues.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub claims: Claims,
+    /// The resume token of the session to continue (from the ticket request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<String>,
+    /// Open the transport as a probe of that session (it moves only on `switch`).
+    #[serde(default)]
+    pub probe: bool,
 }
 
 impl Auth {
@@ -55,18 +63,31 @@ impl Auth {
         broker: &dyn Broker,
         claims: Claims,
     ) -> Result<(String, Duration), TicketRefusal> {
+        let grant = Grant {
+            claims,
+            resume: None,
+            probe: false,
+        };
+        self.issue_grant(broker, grant).await
+    }
+
+    /// [`Auth::issue_ticket`] for a ticket that may also name a session to continue.
+    pub async fn issue_grant(
+        &self,
+        broker: &dyn Broker,
+        grant: Grant,
+    ) -> Result<(String, Duration), TicketRefusal> {
         let ticket = random_token(TICKET_BYTES);
-        let user = claims.sub.clone();
-        let payload =
-            serde_json::to_string(&Stored { claims }).map_err(|_| TicketRefusal::Unavailable)?;
-        let grant = TicketGrant {
+        let user = grant.claims.sub.clone();
+        let payload = serde_json::to_string(&grant).map_err(|_| TicketRefusal::Unavailable)?;
+        let stored = TicketGrant {
             ticket: ticket.clone(),
             user,
             payload,
             ttl: self.ticket_ttl,
             per_user_cap: MAX_TICKETS_PER_USER,
         };
-        match broker.issue_ticket(grant).await {
+        match broker.issue_ticket(stored).await {
             Ok(Ok(())) => Ok((ticket, self.ticket_ttl)),
             Ok(Err(StoreRefusal::TooManyForUser)) => Err(TicketRefusal::TooManyForUser),
             Ok(Err(StoreRefusal::TableFull)) => Err(TicketRefusal::TableFull),
@@ -84,6 +105,11 @@ impl Auth {
         broker: &dyn Broker,
         ticket: &str,
     ) -> Result<Claims, RedeemError> {
+        self.redeem(broker, ticket).await.map(|g| g.claims)
+    }
+
+    /// [`Auth::redeem_ticket`], with the session the ticket names.
+    pub async fn redeem(&self, broker: &dyn Broker, ticket: &str) -> Result<Grant, RedeemError> {
         // Anything longer is not one of ours; it never reaches the store.
         if ticket.is_empty() || ticket.len() > 64 {
             return Err(RedeemError::Invalid);
@@ -96,11 +122,11 @@ impl Auth {
                 return Err(RedeemError::Unavailable);
             }
         };
-        let stored: Stored = serde_json::from_str(&payload).map_err(|_| RedeemError::Invalid)?;
-        if stored.claims.expired() {
+        let grant: Grant = serde_json::from_str(&payload).map_err(|_| RedeemError::Invalid)?;
+        if grant.claims.expired() {
             return Err(RedeemError::Invalid);
         }
-        Ok(stored.claims)
+        Ok(grant)
     }
 }
 

@@ -1,11 +1,13 @@
 //! Long-polling transport.
 //!
-//! - `GET /v1/poll?ticket=T&v=1[&resume=R]` opens (or resumes) a session and answers at once
-//!   with a batch that starts with `welcome`.
-//! - `GET /v1/poll?session=R&cursor=N` forgets the frames up to `N` and answers the later ones,
-//!   waiting up to the hold time when there are none. A lost response loses nothing: the client
-//!   sends the same cursor again and gets the same frames. At most one poll per session is
-//!   held; a newer one makes the older answer an empty batch.
+//! - `GET /v1/poll?ticket=T&v=1` opens (or resumes the session the ticket names) and answers at
+//!   once with a batch that starts with `welcome`.
+//! - `POST /v1/poll` with the body `{"session": R, "cursor": N}` (sent as `text/plain`: no CORS
+//!   preflight; the resume token stays out of the URL) forgets the frames up to `N` and answers
+//!   the later ones, waiting up to the hold time when there are none. A lost response loses
+//!   nothing: the client sends the same cursor again and gets the same frames. At most one
+//!   poll per session is held; a newer one makes the older answer an empty batch.
+//! - The old form `GET /v1/poll?session=R&cursor=N` is refused with 400 (a secret in a URL).
 //!
 //! A poll for a session that now lives on another transport answers `close 4006`. A poll for
 //! a session of another node is forwarded to it ([`crate::cluster`]).
@@ -16,6 +18,8 @@ use std::sync::Arc;
 use axum::extract::{Query, Request, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use rtlink_protocol::codec::decode_poll_request;
+use rtlink_protocol::envelope::PollRequest;
 use rtlink_protocol::CloseCode;
 
 use crate::app::AppState;
@@ -34,39 +38,25 @@ pub async fn handler(State(state): State<AppState>, req: Request) -> Response {
         Ok(q) => q.0,
         Err(_) => return http::bad_request("malformed query"),
     };
-    if let Some(token) = query.get("session") {
-        if !state.origins.check(req.headers()) {
-            return http::origin_refused();
-        }
-        let cursor = match query.get("cursor").map(|c| c.parse::<u64>()) {
-            None => 0,
-            Some(Ok(c)) => c,
-            Some(Err(_)) => return http::bad_request("cursor must be a number"),
-        };
-        if let Owner::Remote(node) = state.cluster.owner(token) {
-            let request = cluster::Request::Poll {
-                token: token.clone(),
-                cursor,
-            };
-            let wait = state.config.poll_hold + POLL_FORWARD_MARGIN;
-            let result = state.cluster.forward(node, request, wait).await;
-            // No answer in time: nothing was acknowledged, the client simply polls again.
-            return cluster::respond(result, || json(poll_batch_body(cursor, std::iter::empty())));
-        }
-        return poll_local(&state, token, cursor, usize::MAX).await;
-    }
-    let admission =
-        match http::admit_query(&state, TransportKind::Poll, req.headers(), ip, &query).await {
-            Ok(a) => a,
-            Err(resp) => return resp,
-        };
-    let hub = &state.hub;
-    let opened = cluster::open_session(
+    let old_version = || close_batch(0, CloseCode::UNSUPPORTED_VERSION);
+    let admission = match http::admit_query(
         &state,
-        admission.claims,
-        query.get("resume").map(String::as_str),
+        TransportKind::Poll,
+        req.headers(),
         ip,
-    );
+        &query,
+        old_version,
+    )
+    .await
+    {
+        Ok(a) => a,
+        Err(resp) => return resp,
+    };
+    if admission.probe {
+        return http::bad_request("long polling is the lowest rung: it cannot be a probe");
+    }
+    let hub = &state.hub;
+    let opened = cluster::open_session(&state, admission.claims, admission.resume.as_deref(), ip);
     let (session, resumed) = match opened {
         Ok(opened) => opened,
         Err(refusal) => return http::session_refused(&refusal),
@@ -76,8 +66,42 @@ pub async fn handler(State(state): State<AppState>, req: Request) -> Response {
     answer(&state, &session, attached.gen, 0, &frames, usize::MAX)
 }
 
-/// A poll of a session of this node (`GET /v1/poll?session&cursor`, or forwarded by another
-/// node). The batch holds at most about `max_bytes` of frames (always at least one).
+/// Largest `POST /v1/poll` body (a resume token and a cursor).
+const MAX_POLL_BODY: usize = 4096;
+
+/// `POST /v1/poll` `{"session": R, "cursor": N}`: the held poll after the opening one.
+pub async fn continue_handler(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    if let Err(resp) = http::check_enabled(&state, TransportKind::Poll) {
+        return resp;
+    }
+    if !state.origins.check(&headers) {
+        return http::origin_refused();
+    }
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_POLL_BODY).await else {
+        return http::bad_request("poll body too large");
+    };
+    let PollRequest { session, cursor } = match decode_poll_request(&bytes, MAX_POLL_BODY) {
+        Ok(r) => r,
+        Err(e) => return http::bad_request(&format!("poll: {e}")),
+    };
+    if let Owner::Remote(node) = state.cluster.owner(&session) {
+        let request = cluster::Request::Poll {
+            token: session.clone(),
+            cursor,
+        };
+        let wait = state.config.poll_hold + POLL_FORWARD_MARGIN;
+        let result = state.cluster.forward(node, request, wait).await;
+        // No answer in time: nothing was acknowledged, the client simply polls again.
+        return cluster::respond(result, || json(poll_batch_body(cursor, std::iter::empty())));
+    }
+    poll_local(&state, &session, cursor, usize::MAX).await
+}
+
+/// A poll of a session of this node (`POST /v1/poll`, or forwarded by another node). The batch holds at most about `max_bytes` of frames (always at least one).
 pub(crate) async fn poll_local(
     state: &AppState,
     token: &str,

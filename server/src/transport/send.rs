@@ -1,6 +1,8 @@
 //! `POST /v1/send`: upstream frames for SSE and long polling, as an `UpstreamBatch`
 //! `{"session": R, "frames": [...]}`. Sent as `text/plain` by browsers to avoid a preflight; the
-//! content type is not checked. `204` on success.
+//! content type is not checked. `204` on success. A body may be `max_batch_bytes` long (the frame
+//! limit plus the envelope's allowance, announced in `welcome`), each frame in it at most
+//! `max_frame_bytes`; over either: `413 too_large`.
 //!
 //! A batch for a session of another node is forwarded to that node, which applies it as if it
 //! had been posted there ([`crate::cluster`]).
@@ -10,7 +12,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use rtlink_protocol::codec::{decode_upstream, DecodeError};
-use rtlink_protocol::envelope::UpstreamBatch;
+use rtlink_protocol::envelope::{max_batch_bytes, UpstreamBatch};
 use rtlink_protocol::ErrorCode;
 
 use crate::app::AppState;
@@ -22,7 +24,7 @@ pub async fn handler(State(state): State<AppState>, headers: HeaderMap, body: Bo
     if !state.origins.check(&headers) {
         return http::origin_refused();
     }
-    let Ok(bytes) = to_bytes(body, state.config.max_frame_bytes).await else {
+    let Ok(bytes) = to_bytes(body, max_batch_bytes(state.config.max_frame_bytes)).await else {
         return too_large(&state);
     };
     let batch = match decode(&state, &bytes) {
@@ -49,7 +51,7 @@ pub async fn handler(State(state): State<AppState>, headers: HeaderMap, body: Bo
 
 /// A body forwarded by another node: validated and applied as if it was posted here.
 pub(crate) async fn apply_forwarded(state: &AppState, body: &str) -> Response {
-    if body.len() > state.config.max_frame_bytes {
+    if body.len() > max_batch_bytes(state.config.max_frame_bytes) {
         return too_large(state);
     }
     match decode(state, body.as_bytes()) {
@@ -63,7 +65,7 @@ fn too_large(state: &AppState) -> Response {
     http::error(
         StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::TooLarge,
-        "body over the frame limit",
+        "body over max_batch_bytes, or a frame in it over max_frame_bytes",
         None,
     )
 }

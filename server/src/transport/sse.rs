@@ -1,8 +1,11 @@
-//! Server-Sent Events transport: `GET /v1/sse?ticket=T&v=1[&resume=R]`.
+//! Server-Sent Events transport: `GET /v1/sse?ticket=T&v=1` (the ticket names the session to
+//! resume, or to probe).
 //!
 //! One event per frame (`id: <seq>`, `data: <frame JSON>`), `: ka` comments as keep-alives so
 //! buffering proxies flush. Upstream frames arrive on `POST /v1/send`. When the client goes
-//! away the body stream is dropped, which detaches the session.
+//! away the body stream is dropped, which detaches the session. A refusal the browser must see
+//! (another protocol version, a probe of a session this node does not hold) is a stream of one
+//! `close` event: an `EventSource` cannot read HTTP statuses.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -27,23 +30,44 @@ pub async fn handler(State(state): State<AppState>, req: Request) -> Response {
         Ok(q) => q.0,
         Err(_) => return http::bad_request("malformed query"),
     };
-    let admission =
-        match http::admit_query(&state, TransportKind::Sse, req.headers(), ip, &query).await {
-            Ok(a) => a,
-            Err(resp) => return resp,
-        };
-    let hub = state.hub.clone();
-    let opened = crate::cluster::open_session(
+    let old_version = || closed_stream(CloseCode::UNSUPPORTED_VERSION);
+    let admission = match http::admit_query(
         &state,
-        admission.claims,
-        query.get("resume").map(String::as_str),
+        TransportKind::Sse,
+        req.headers(),
         ip,
-    );
-    let (session, resumed) = match opened {
-        Ok(opened) => opened,
-        Err(refusal) => return http::session_refused(&refusal),
+        &query,
+        old_version,
+    )
+    .await
+    {
+        Ok(a) => a,
+        Err(resp) => return resp,
     };
-    let attached = hub.attach(&session, TransportKind::Sse, admission.guard, resumed);
+    let hub = state.hub.clone();
+    let (session, attached) = match (admission.probe, admission.resume) {
+        (true, Some(resume)) => {
+            match hub.open_probe(
+                admission.claims,
+                &resume,
+                TransportKind::Sse,
+                admission.guard,
+            ) {
+                Ok(opened) => opened,
+                Err(code) => return closed_stream(code),
+            }
+        }
+        (_, resume) => {
+            let opened =
+                crate::cluster::open_session(&state, admission.claims, resume.as_deref(), ip);
+            let (session, resumed) = match opened {
+                Ok(opened) => opened,
+                Err(refusal) => return http::session_refused(&refusal),
+            };
+            let attached = hub.attach(&session, TransportKind::Sse, admission.guard, resumed);
+            (session, attached)
+        }
+    };
     let mut keepalive = tokio::time::interval_at(
         Instant::now() + state.config.sse_keepalive,
         state
@@ -67,15 +91,23 @@ pub async fn handler(State(state): State<AppState>, req: Request) -> Response {
         let chunk = s.next_chunk().await?;
         Some((Ok::<_, std::convert::Infallible>(chunk), s))
     }));
-    (
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-cache, no-transform"),
-            (header::HeaderName::from_static("x-accel-buffering"), "no"),
-        ],
-        body,
-    )
-        .into_response()
+    (sse_headers(), body).into_response()
+}
+
+fn sse_headers() -> [(header::HeaderName, &'static str); 3] {
+    [
+        (header::CONTENT_TYPE, "text/event-stream"),
+        (header::CACHE_CONTROL, "no-cache, no-transform"),
+        (header::HeaderName::from_static("x-accel-buffering"), "no"),
+    ]
+}
+
+/// A stream that says only `close` with `code`, then ends.
+fn closed_stream(code: CloseCode) -> Response {
+    let mut event = b"data: ".to_vec();
+    event.extend_from_slice(close_frame(code, code.name()).as_bytes());
+    event.extend_from_slice(b"\n\n");
+    (sse_headers(), event).into_response()
 }
 
 /// Detaches the session when the response body is dropped (client gone or stream ended).

@@ -83,7 +83,12 @@ fn close_message(code: CloseCode, reason: &str) -> Message {
 }
 
 async fn run(socket: WebSocket, state: AppState, admission: Admission, ip: Option<IpAddr>) {
-    let Admission { claims, guard } = admission;
+    let Admission {
+        claims,
+        guard,
+        resume: ticket_resume,
+        probe,
+    } = admission;
     let (mut sink, mut stream) = socket.split();
     let max = state.config.max_frame_bytes;
     let hello_timeout = state.config.ping_interval + state.config.heartbeat_grace;
@@ -107,8 +112,9 @@ async fn run(socket: WebSocket, state: AppState, admission: Admission, ip: Optio
             return;
         }
     };
+    // The session to continue: `hello.resume`, else the one the ticket names.
     let resume = match hello {
-        Ok(ClientFrame::Hello { resume, .. }) => resume,
+        Ok(ClientFrame::Hello { resume, .. }) => resume.or(ticket_resume),
         Ok(_) => {
             let _ = sink
                 .send(close_message(
@@ -126,21 +132,35 @@ async fn run(socket: WebSocket, state: AppState, admission: Admission, ip: Optio
         }
     };
     let hub = state.hub.clone();
-    let (session, resumed) =
-        match crate::cluster::open_session(&state, claims, resume.as_deref(), ip) {
-            Ok(opened) => opened,
-            Err(refusal) => {
-                // 1013 "try again later": the server is full, not the transport blocked.
-                let reason = match refusal {
-                    SessionRefusal::Total => "too many sessions",
-                    SessionRefusal::PerIp => "too many sessions from this address",
-                    SessionRefusal::PerUser => "too many connected sessions for this user",
-                };
-                let _ = sink.send(close_message(TRY_AGAIN_LATER, reason)).await;
-                return;
+    let (session, attached) = match (probe, resume) {
+        (true, Some(resume)) => {
+            match hub.open_probe(claims, &resume, TransportKind::WebSocket, guard) {
+                Ok(opened) => opened,
+                Err(code) => {
+                    let _ = sink.send(close_message(code, code.name())).await;
+                    return;
+                }
             }
-        };
-    let attached = hub.attach(&session, TransportKind::WebSocket, guard, resumed);
+        }
+        (_, resume) => {
+            let (session, resumed) =
+                match crate::cluster::open_session(&state, claims, resume.as_deref(), ip) {
+                    Ok(opened) => opened,
+                    Err(refusal) => {
+                        // 1013 "try again later": the server is full, not the transport blocked.
+                        let reason = match refusal {
+                            SessionRefusal::Total => "too many sessions",
+                            SessionRefusal::PerIp => "too many sessions from this address",
+                            SessionRefusal::PerUser => "too many connected sessions for this user",
+                        };
+                        let _ = sink.send(close_message(TRY_AGAIN_LATER, reason)).await;
+                        return;
+                    }
+                };
+            let attached = hub.attach(&session, TransportKind::WebSocket, guard, resumed);
+            (session, attached)
+        }
+    };
     let gen = attached.gen;
     let stall = state.config.ping_interval + state.config.heartbeat_grace;
     // The writer runs in this task (the upgrade's own), the reader in a second one: one task

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use rtlink_protocol::codec::{decode_poll, decode_server, encode_client, encode_upstream};
-use rtlink_protocol::envelope::{TicketResponse, UpstreamBatch};
+use rtlink_protocol::envelope::{PollRequest, TicketRequest, TicketResponse, UpstreamBatch};
 use rtlink_protocol::{ClientFrame, ServerFrame};
 use rtlink_server::auth::Claims;
 use rtlink_server::{app, serve, AppState, Config};
@@ -97,10 +97,25 @@ impl Server {
     }
 
     pub async fn ticket_with(&self, token: &str) -> String {
+        self.ticket_for_request(token, &TicketRequest::default())
+            .await
+    }
+
+    /// A ticket that names the session to resume (`probe`: a probe of it).
+    pub async fn ticket_resuming(&self, user: &str, resume: &str, probe: bool) -> String {
+        let request = TicketRequest {
+            resume: Some(resume.into()),
+            probe,
+        };
+        self.ticket_for_request(&self.token(user), &request).await
+    }
+
+    pub async fn ticket_for_request(&self, token: &str, request: &TicketRequest) -> String {
         let resp = self
             .http
             .post(self.url("/v1/ticket"))
             .bearer_auth(token)
+            .body(serde_json::to_vec(request).unwrap())
             .send()
             .await
             .unwrap();
@@ -351,15 +366,15 @@ pub struct Poll {
 }
 
 impl Poll {
+    /// Opens with `ticket` (which names the session to resume, if any: `resume` is only the
+    /// reader's reminder of which one, and must be what the ticket names).
     pub async fn open(
         server: &Server,
         ticket: &str,
         resume: Option<&str>,
     ) -> (Poll, Vec<ServerFrame>) {
-        let mut url = server.url(&format!("/v1/poll?ticket={ticket}&v=1"));
-        if let Some(r) = resume {
-            url.push_str(&format!("&resume={r}"));
-        }
+        let _ = resume;
+        let url = server.url(&format!("/v1/poll?ticket={ticket}&v=1"));
         let resp = server.http.get(url).send().await.unwrap();
         assert_eq!(resp.status(), 200);
         let batch = decode_poll(&resp.bytes().await.unwrap(), usize::MAX).unwrap();
@@ -374,13 +389,8 @@ impl Poll {
     }
 
     pub async fn poll(&mut self, server: &Server) -> Vec<ServerFrame> {
-        let url = server.url(&format!(
-            "/v1/poll?session={}&cursor={}",
-            self.token, self.cursor
-        ));
-        let resp = tokio::time::timeout(T, server.http.get(url).send())
+        let resp = tokio::time::timeout(T, poll_request(server, &self.token, self.cursor))
             .await
-            .unwrap()
             .unwrap();
         assert_eq!(resp.status(), 200);
         let batch = decode_poll(&resp.bytes().await.unwrap(), usize::MAX).unwrap();
@@ -391,6 +401,23 @@ impl Poll {
     pub async fn send(&self, server: &Server, frames: Vec<ClientFrame>) -> u16 {
         send_upstream(server, &self.token, frames).await
     }
+}
+
+/// `POST /v1/poll {"session", "cursor"}` as a browser sends it (`text/plain`).
+pub async fn poll_request(server: &Server, token: &str, cursor: u64) -> reqwest::Response {
+    let body = serde_json::to_vec(&PollRequest {
+        session: token.into(),
+        cursor,
+    })
+    .unwrap();
+    server
+        .http
+        .post(server.url("/v1/poll"))
+        .header("content-type", "text/plain")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
 }
 
 pub async fn send_upstream(server: &Server, token: &str, frames: Vec<ClientFrame>) -> u16 {
