@@ -13,6 +13,19 @@ use wasm_bindgen::JsValue;
 
 use super::{get as field, new_object, set, set_num, set_str};
 
+/// Why a parsed JSON value is not a server frame this client can use.
+pub(crate) enum DecodeError {
+    /// A `welcome` of another protocol version: terminal, like close 4002.
+    UnsupportedVersion,
+    Malformed(String),
+}
+
+impl From<String> for DecodeError {
+    fn from(why: String) -> Self {
+        Self::Malformed(why)
+    }
+}
+
 fn string(v: &JsValue, key: &str) -> Result<String, String> {
     field(v, key).as_string().ok_or_else(|| missing(key))
 }
@@ -48,9 +61,9 @@ fn conn(v: &JsValue) -> Result<PresenceConn, String> {
 }
 
 /// A server frame from its parsed JSON. Unknown frame types decode as [`ServerFrame::Unknown`].
-pub(crate) fn decode(f: JsValue) -> Result<ServerFrame, String> {
+pub(crate) fn decode(f: JsValue) -> Result<ServerFrame, DecodeError> {
     if !f.is_object() {
-        return Err("frame is not an object".into());
+        return Err(DecodeError::Malformed("frame is not an object".into()));
     }
     let t = string(&f, "t")?;
     let room = || string(&f, "room");
@@ -58,7 +71,7 @@ pub(crate) fn decode(f: JsValue) -> Result<ServerFrame, String> {
         "welcome" => {
             let v = number(&f, "v")? as u32;
             if v != PROTOCOL_VERSION {
-                return Err("unsupported protocol version".into());
+                return Err(DecodeError::UnsupportedVersion);
             }
             let user = field(&f, "user");
             let limits = field(&f, "limits");
@@ -75,6 +88,8 @@ pub(crate) fn decode(f: JsValue) -> Result<ServerFrame, String> {
                     burst: number(&limits, "burst")? as u32,
                     max_rooms: number(&limits, "max_rooms")? as u32,
                     resume_window_ms: number(&limits, "resume_window_ms")?,
+                    dedupe_window_ms: number(&limits, "dedupe_window_ms").unwrap_or(0),
+                    max_batch_bytes: number(&limits, "max_batch_bytes").unwrap_or(0),
                 },
             }
         }
@@ -201,6 +216,7 @@ pub(crate) fn encode(frame: &ClientFrame) -> JsValue {
             set(&o, "active", &(*active).into());
             o
         }
+        ClientFrame::Switch => object("switch"),
         ClientFrame::Close { code, reason } => {
             let o = object("close");
             set_num(&o, "code", code.0.into());

@@ -20,6 +20,7 @@ use super::error::rtlink_error;
 use super::lifecycle::PageListeners;
 use super::listener::{on_settle, LiveGuard};
 use super::options::Options;
+use super::transports::ticket::TicketFetch;
 use super::transports::{EventSink, Kind, OpenFailure, OpenParams, Transport, TransportEvent};
 use super::types;
 use crate::core::small_map::SmallMap;
@@ -150,13 +151,19 @@ impl Driver {
         while let Some(out) = self.core.poll_output() {
             match out {
                 Output::RequestToken => self.request_token(shared),
-                Output::OpenTransport { id, kind, token, resume } => {
+                Output::FetchTicket { id, token, resume, probe } => {
+                    let fetch = TicketFetch::start(&self.url, &token, resume.as_deref(), probe, ticket_done(shared, id));
+                    self.transports.push((id, Transport::Ticket(fetch)));
+                }
+                Output::OpenTransport { id, kind, ticket } => {
                     let kind = match kind {
                         TransportKind::WebSocket => Kind::WebSocket,
                         TransportKind::Sse => Kind::Sse,
                         TransportKind::LongPoll => Kind::LongPoll,
                     };
-                    let params = OpenParams { base_url: self.url.clone(), token, resume };
+                    // The ticket step of this id is over: its entry is replaced by the transport.
+                    self.transports.retain(|(tid, _)| *tid != id);
+                    let params = OpenParams { base_url: self.url.clone(), ticket };
                     let t = Transport::open(kind, params, sink(shared, id));
                     self.transports.push((id, t));
                 }
@@ -232,7 +239,7 @@ impl Driver {
             }
             Event::Fallback(_) => {}
             Event::Error { reason } => {
-                let value = rtlink_error("closed", &types::close_reason(&reason));
+                let value = rtlink_error(reason.error_code(), &types::close_reason(&reason));
                 emits.push((String::new(), "error", value));
                 self.shutdown();
             }
@@ -315,6 +322,32 @@ impl Driver {
     }
 }
 
+/// Where the ticket step of transport `id` reports: `TicketIssued`, or why not. At this step no
+/// answer (or a 5xx) means the server is unreachable, whatever the transport.
+fn ticket_done(shared: &Rc<Shared>, id: TransportId) -> Box<dyn FnOnce(Result<String, OpenFailure>)> {
+    let weak: Weak<Shared> = Rc::downgrade(shared);
+    Box::new(move |result| {
+        let Some(shared) = weak.upgrade() else { return };
+        let input = match result {
+            Ok(ticket) => Input::TicketIssued { id, ticket },
+            Err(f) => Input::OpenFailed { id, error: open_error(f, OpenError::Unreachable) },
+        };
+        step(&shared, |d, now| d.core.handle_input(now, input));
+    })
+}
+
+/// The core's reading of an HTTP failure; `other` for network errors and statuses that say
+/// nothing more.
+fn open_error(f: OpenFailure, other: OpenError) -> OpenError {
+    match f {
+        OpenFailure::Unauthorized => OpenError::Unauthorized,
+        OpenFailure::Forbidden => OpenError::Forbidden,
+        OpenFailure::SessionUnknown => OpenError::SessionUnknown,
+        OpenFailure::Overloaded { retry_after_ms } => OpenError::Overloaded { retry_after_ms },
+        OpenFailure::TooLarge | OpenFailure::Network(_) => other,
+    }
+}
+
 /// The callback a transport reports through, bound to its id.
 fn sink(shared: &Rc<Shared>, id: TransportId) -> EventSink {
     let weak: Weak<Shared> = Rc::downgrade(shared);
@@ -324,23 +357,19 @@ fn sink(shared: &Rc<Shared>, id: TransportId) -> EventSink {
             TransportEvent::Opened => Input::TransportOpened { id },
             TransportEvent::Frame(value) => match codec::decode(value) {
                 Ok(frame) => Input::Frame { id, frame },
-                Err(why) => Input::TransportClosed {
+                Err(codec::DecodeError::UnsupportedVersion) => Input::TransportClosed {
+                    id,
+                    code: Some(CloseCode::UNSUPPORTED_VERSION),
+                    reason: "the server speaks another protocol version".into(),
+                },
+                Err(codec::DecodeError::Malformed(why)) => Input::TransportClosed {
                     id,
                     code: Some(CloseCode::MALFORMED_FRAME),
                     reason: concat(&["malformed frame from server: ", &why]),
                 },
             },
             TransportEvent::Closed { code, reason } => Input::TransportClosed { id, code: code.map(CloseCode), reason },
-            TransportEvent::OpenFailed(f) => Input::OpenFailed {
-                id,
-                error: match f {
-                    OpenFailure::Unauthorized => OpenError::Unauthorized,
-                    OpenFailure::Forbidden => OpenError::Forbidden,
-                    OpenFailure::SessionUnknown => OpenError::SessionUnknown,
-                    OpenFailure::Overloaded { retry_after_ms } => OpenError::Overloaded { retry_after_ms },
-                    OpenFailure::Network(_) => OpenError::Network,
-                },
-            },
+            TransportEvent::OpenFailed(f) => Input::OpenFailed { id, error: open_error(f, OpenError::Network) },
         };
         step(&shared, |d, now| d.core.handle_input(now, input));
     })

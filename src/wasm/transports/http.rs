@@ -20,7 +20,10 @@ pub(crate) enum OpenFailure {
     SessionUnknown,
     /// 429 / 503: come back after this many milliseconds.
     Overloaded { retry_after_ms: Option<u64> },
-    /// Network error, 5xx, disabled transport: this rung failed.
+    /// 413: a body over the server's limit.
+    TooLarge,
+    /// Network error, 5xx, disabled transport: this rung failed (or, at the ticket step, the
+    /// server is unreachable).
     Network(String),
 }
 
@@ -38,6 +41,7 @@ impl OpenFailure {
             Self::Forbidden => "forbidden".into(),
             Self::SessionUnknown => "unknown session".into(),
             Self::Overloaded { .. } => "server overloaded".into(),
+            Self::TooLarge => "body too large".into(),
             Self::Network(why) => why.clone(),
         }
     }
@@ -113,20 +117,33 @@ pub(crate) fn failure(reply: &Reply) -> OpenFailure {
         (403, _) => OpenFailure::Forbidden,
         (404, "unknown_session") => OpenFailure::SessionUnknown,
         (429, _) | (503, _) => OpenFailure::Overloaded { retry_after_ms: retry_body.or(retry_header) },
+        (413, _) => OpenFailure::TooLarge,
         (status, _) => OpenFailure::Network(concat(&["HTTP ", &dec(status.into()), " ", &code])),
     }
 }
 
-/// Trades a bearer token for a single-use ticket.
+/// Trades a bearer token for a single-use ticket. `resume` and `probe` go in the JSON body
+/// (a resume token is a secret: it never appears in a URL).
 pub(crate) fn ticket(
     base_url: &str,
     token: &str,
+    resume: Option<&str>,
+    probe: bool,
     signal: &AbortSignal,
     done: Box<dyn FnOnce(Result<String, OpenFailure>)>,
 ) {
     let auth = concat(&["Bearer ", token]);
     let url = concat(&[base_url, "/v1/ticket"]);
-    fetch(&url, "POST", Some(("authorization", &auth)), None, Some(signal), Box::new(move |reply| {
+    let mut body = String::from("{");
+    if let Some(r) = resume {
+        body.push_str("\"resume\":");
+        crate::core::text::push_json_str(&mut body, r);
+        if probe {
+            body.push_str(",\"probe\":true");
+        }
+    }
+    body.push('}');
+    fetch(&url, "POST", Some(("authorization", &auth)), Some(&body), Some(signal), Box::new(move |reply| {
         done(reply.and_then(|reply| {
             if !reply.ok {
                 return Err(failure(&reply));
@@ -144,21 +161,27 @@ pub(crate) fn enc(s: &str) -> String {
     String::from(js_sys::encode_uri_component(s))
 }
 
-/// The URL of a transport endpoint with its ticket and optional resume token.
-pub(crate) fn transport_url(base_url: &str, path: &str, ticket: &str, resume: Option<&str>) -> String {
-    let mut url = concat(&[base_url, path, "?v=1&ticket=", &enc(ticket)]);
-    if let Some(r) = resume {
-        url.push_str("&resume=");
-        url.push_str(&enc(r));
-    }
-    url
+/// The URL of a transport endpoint with its ticket (the ticket names the session to resume).
+pub(crate) fn transport_url(base_url: &str, path: &str, ticket: &str) -> String {
+    concat(&[base_url, path, "?v=1&ticket=", &enc(ticket)])
 }
 
-/// Reads `resume_token` from a `welcome` frame, if this is one.
-pub(crate) fn welcome_token(frame: &JsValue) -> Option<String> {
-    let t = get(frame, "t").as_string()?;
-    if t != "welcome" {
+/// What the upstream needs from a `welcome`: the resume token that authenticates `POST
+/// /v1/send`, and the largest body the server accepts.
+pub(crate) struct WelcomeInfo {
+    pub token: String,
+    pub max_batch_bytes: usize,
+}
+
+/// Reads a `welcome` frame, if this is one.
+pub(crate) fn welcome_info(frame: &JsValue) -> Option<WelcomeInfo> {
+    if get(frame, "t").as_string()? != "welcome" {
         return None;
     }
-    get(frame, "resume_token").as_string()
+    let token = get(frame, "resume_token").as_string()?;
+    let limits = get(frame, "limits");
+    let limit = |key| get(&limits, key).as_f64().filter(|n| *n >= 1.0).map(|n| n as usize);
+    // A server that does not announce its body limit accepts at least one frame's worth.
+    let max_batch_bytes = limit("max_batch_bytes").or_else(|| limit("max_frame_bytes")).unwrap_or(65_536);
+    Some(WelcomeInfo { token, max_batch_bytes })
 }

@@ -1,4 +1,6 @@
-//! Long-polling transport: a loop of held `GET /v1/poll` requests down, ordered POSTs up.
+//! Long-polling transport: one `GET /v1/poll?ticket` that opens the session, then a loop of held
+//! `POST /v1/poll` requests down (their `text/plain` JSON body carries the resume token: it never
+//! appears in a URL, and a simple request needs no CORS preflight), ordered POSTs up.
 //!
 //! Each response carries a cursor; the next request sends it back so the server resends anything a
 //! lost response carried. Dropping the transport aborts the held request and ends the loop.
@@ -10,7 +12,7 @@ use wasm_bindgen::JsValue;
 use web_sys::AbortSignal;
 
 use super::http;
-use crate::core::text::{concat, push_dec};
+use crate::core::text::{concat, push_dec, push_json_str};
 use super::upstream::Upstream;
 use super::status::Status;
 use super::{EventSink, OpenFailure, OpenParams, TransportEvent};
@@ -32,7 +34,7 @@ impl LongPollTransport {
         });
         let weak = Rc::downgrade(&inner);
         if let Some(signal) = inner.status.signal() {
-            start(weak, params, signal);
+            start(weak, &params, signal);
         }
         Self { inner }
     }
@@ -51,9 +53,13 @@ impl Drop for LongPollTransport {
 /// What one poll answers: the batch's cursor and frames, or the failure.
 type PollResult = Result<(u64, Array), OpenFailure>;
 
-/// One poll.
-fn poll(url: &str, signal: &AbortSignal, done: Box<dyn FnOnce(PollResult)>) {
-    http::fetch(url, "GET", None, None, Some(signal), Box::new(move |reply| {
+/// One poll: the opening `GET` (no body) or a `POST` with the session and cursor.
+fn poll(url: &str, body: Option<&str>, signal: &AbortSignal, done: Box<dyn FnOnce(PollResult)>) {
+    let (method, header) = match body {
+        Some(_) => ("POST", Some(("content-type", "text/plain"))),
+        None => ("GET", None),
+    };
+    http::fetch(url, method, header, body, Some(signal), Box::new(move |reply| {
         done(reply.and_then(|reply| {
             if !reply.ok {
                 return Err(http::failure(&reply));
@@ -74,28 +80,23 @@ fn deliver(weak: &Weak<Inner>, frames: &Array, session: &mut Option<String>) -> 
         if inner.status.done.get() {
             return false;
         }
-        if let Some(token) = http::welcome_token(&frame) {
-            inner.upstream.set_session(token.clone());
-            *session = Some(token);
+        if let Some(welcome) = http::welcome_info(&frame) {
+            *session = Some(welcome.token.clone());
+            inner.upstream.set_session(welcome);
         }
         (inner.status.sink)(TransportEvent::Frame(frame));
     }
     weak.upgrade().is_some_and(|i| !i.status.done.get())
 }
 
-/// The first request: ticket, then the poll that opens the session (its batch carries `welcome`).
-fn start(weak: Weak<Inner>, params: OpenParams, signal: AbortSignal) {
-    let (base_url, token) = (params.base_url.clone(), params.token.clone());
-    http::ticket(&base_url, &token, &signal.clone(), Box::new(move |ticket| {
-        let ticket = match ticket {
-            Ok(t) => t,
-            Err(f) => return open_failed(&weak, f),
-        };
-        let url = http::transport_url(&params.base_url, "/v1/poll", &ticket, params.resume.as_deref());
-        poll(&url, &signal.clone(), Box::new(move |first| match first {
-            Ok((cursor, frames)) => opened(weak, &params.base_url, signal, cursor, &frames),
-            Err(f) => open_failed(&weak, f),
-        }));
+/// The first request: the poll that opens the session with the ticket (its batch carries
+/// `welcome`).
+fn start(weak: Weak<Inner>, params: &OpenParams, signal: AbortSignal) {
+    let url = http::transport_url(&params.base_url, "/v1/poll", &params.ticket);
+    let base_url = params.base_url.clone();
+    poll(&url, None, &signal.clone(), Box::new(move |first| match first {
+        Ok((cursor, frames)) => opened(weak, &base_url, signal, cursor, &frames),
+        Err(f) => open_failed(&weak, f),
     }));
 }
 
@@ -121,15 +122,26 @@ fn opened(weak: Weak<Inner>, base_url: &str, signal: AbortSignal, cursor: u64, f
         }
         return;
     };
-    let base = concat(&[base_url, "/v1/poll?session=", &http::enc(&token), "&cursor="]);
-    next(weak, base, signal, cursor);
+    let mut body_start = String::from("{\"session\":");
+    push_json_str(&mut body_start, &token);
+    body_start.push_str(",\"cursor\":");
+    let url = concat(&[base_url, "/v1/poll"]);
+    next(weak, Rc::new(Continuation { url, body_start }), signal, cursor);
+}
+
+/// The fixed parts of every poll after the first.
+struct Continuation {
+    url: String,
+    /// `{"session":"<token>","cursor":` (the cursor and `}` follow).
+    body_start: String,
 }
 
 /// The held request after the first: one at a time, each sending back the last cursor.
-fn next(weak: Weak<Inner>, base: String, signal: AbortSignal, cursor: u64) {
-    let mut url = base.clone();
-    push_dec(&mut url, cursor);
-    poll(&url, &signal.clone(), Box::new(move |result| {
+fn next(weak: Weak<Inner>, cont: Rc<Continuation>, signal: AbortSignal, cursor: u64) {
+    let mut body = cont.body_start.clone();
+    push_dec(&mut body, cursor);
+    body.push('}');
+    poll(&cont.url.clone(), Some(&body), &signal.clone(), Box::new(move |result| {
         let Some(inner) = weak.upgrade() else { return };
         if inner.status.done.get() {
             return;
@@ -139,7 +151,7 @@ fn next(weak: Weak<Inner>, base: String, signal: AbortSignal, cursor: u64) {
                 drop(inner);
                 let mut ignored = None;
                 if deliver(&weak, &frames, &mut ignored) {
-                    next(weak, base, signal, cursor);
+                    next(weak, cont, signal, cursor);
                 }
             }
             Err(f) => {

@@ -1,15 +1,18 @@
 //! The three browser transports behind one small interface.
 //!
-//! A transport is opened with a bearer token: it first trades the token for a single-use ticket
-//! (`POST /v1/ticket`, because browsers cannot set headers on WebSocket or EventSource), then opens
-//! its connection. It reports what happens through an [`EventSink`], always from a browser callback
-//! and never from inside one of its own methods, so the driver is never re-entered. Dropping a
-//! transport closes its connection, aborts its requests and removes its listeners.
+//! Opening a transport has two steps, each asked for by the core: [`ticket::TicketFetch`] trades
+//! the bearer token for a single-use ticket (`POST /v1/ticket`, because browsers cannot set
+//! headers on WebSocket or EventSource; the body names the session to resume), then the
+//! transport opens its connection with the ticket. It reports what happens through an
+//! [`EventSink`], always from a browser callback and never from inside one of its own methods, so
+//! the driver is never re-entered. Dropping a transport (or a ticket fetch) closes its
+//! connection, aborts its requests and removes its listeners.
 
 mod http;
 mod long_poll;
 mod sse;
 mod status;
+pub(crate) mod ticket;
 mod upstream;
 mod websocket;
 
@@ -37,8 +40,8 @@ pub(crate) type EventSink = Rc<dyn Fn(TransportEvent)>;
 pub(crate) struct OpenParams {
     /// Server base URL, e.g. `https://rt.example.com` (no trailing slash).
     pub base_url: String,
-    pub token: String,
-    pub resume: Option<String>,
+    /// The single-use ticket from the ticket step.
+    pub ticket: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +52,9 @@ pub(crate) enum Kind {
 }
 
 pub(crate) enum Transport {
+    /// The ticket step, before the connection (held for its `Drop`, which aborts the request).
+    #[allow(dead_code)]
+    Ticket(ticket::TicketFetch),
     WebSocket(websocket::WebSocketTransport),
     Sse(sse::SseTransport),
     LongPoll(long_poll::LongPollTransport),
@@ -66,6 +72,8 @@ impl Transport {
     /// Sends one client frame (a JS object). Frames are delivered in order.
     pub(crate) fn send(&self, frame: JsValue) {
         match self {
+            // The core sends nothing before the transport opened.
+            Self::Ticket(_) => {}
             Self::WebSocket(t) => t.send(&frame),
             Self::Sse(t) => t.send(frame),
             Self::LongPoll(t) => t.send(frame),

@@ -11,7 +11,7 @@ use web_sys::EventSource;
 
 use super::http;
 use super::upstream::Upstream;
-use super::status::{open_with_ticket, Status};
+use super::status::Status;
 use super::{EventSink, OpenFailure, OpenParams, TransportEvent};
 use crate::wasm::listener::Listener;
 
@@ -34,7 +34,7 @@ impl SseTransport {
             upstream: Upstream::new(&params.base_url, sink.clone()),
             status: Status::new(sink),
         });
-        open_with_ticket(&inner, |i| &i.status, params, connect);
+        connect(&inner, &params);
         Self { inner }
     }
 
@@ -53,11 +53,20 @@ impl Drop for SseTransport {
     }
 }
 
-fn connect(inner: &Rc<Inner>, params: &OpenParams, ticket: &str) {
-    let url = http::transport_url(&params.base_url, "/v1/sse", ticket, params.resume.as_deref());
+fn connect(inner: &Rc<Inner>, params: &OpenParams) {
+    let url = http::transport_url(&params.base_url, "/v1/sse", &params.ticket);
     let es = match EventSource::new(&url) {
         Ok(es) => es,
-        Err(_) => return inner.status.fail(OpenFailure::Network("EventSource refused the URL".into())),
+        Err(_) => {
+            // Reported from a callback like every other outcome (never from inside `open`).
+            let weak = Rc::downgrade(inner);
+            crate::wasm::listener::on_settle(&js_sys::Promise::resolve(&wasm_bindgen::JsValue::UNDEFINED), Box::new(move |_| {
+                if let Some(inner) = weak.upgrade() {
+                    inner.status.fail(OpenFailure::Network("EventSource refused the URL".into()));
+                }
+            }));
+            return;
+        }
     };
     let weak = Rc::downgrade(inner);
     let on_open = {
@@ -80,8 +89,8 @@ fn connect(inner: &Rc<Inner>, params: &OpenParams, ticket: &str) {
             let Some(data) = crate::wasm::get(&e, "data").as_string() else { return };
             match JSON::parse(&data) {
                 Ok(frame) => {
-                    if let Some(token) = http::welcome_token(&frame) {
-                        inner.upstream.set_session(token);
+                    if let Some(welcome) = http::welcome_info(&frame) {
+                        inner.upstream.set_session(welcome);
                     }
                     (inner.status.sink)(TransportEvent::Frame(frame));
                 }

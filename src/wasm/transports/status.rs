@@ -2,12 +2,10 @@
 //! signal carried by all its requests, and the sink it reports through.
 
 use std::cell::Cell;
-use std::rc::Rc;
-
 use wasm_bindgen::JsCast;
 use web_sys::{AbortController, AbortSignal};
 
-use super::{http, EventSink, OpenFailure, OpenParams, TransportEvent};
+use super::{EventSink, OpenFailure, TransportEvent};
 
 /// `controller.signal`, read as a plain property (no typed getter import).
 pub(crate) fn signal(controller: &AbortController) -> AbortSignal {
@@ -46,24 +44,4 @@ impl Status {
             a.abort();
         }
     }
-}
-
-/// Trades the token for a ticket, then runs `connect` on the transport, unless it was dropped
-/// meanwhile (it is held weakly). A refused ticket is reported as the failure to open.
-pub(crate) fn open_with_ticket<T: 'static>(
-    inner: &Rc<T>,
-    status: fn(&T) -> &Status,
-    params: OpenParams,
-    connect: fn(&Rc<T>, &OpenParams, &str),
-) {
-    let Some(signal) = status(inner).signal() else { return };
-    let weak = Rc::downgrade(inner);
-    let (base_url, token) = (params.base_url.clone(), params.token.clone());
-    http::ticket(&base_url, &token, &signal, Box::new(move |ticket| {
-        let Some(inner) = weak.upgrade() else { return };
-        match ticket {
-            Err(f) => status(&inner).fail(f),
-            Ok(ticket) => connect(&inner, &params, &ticket),
-        }
-    }));
 }

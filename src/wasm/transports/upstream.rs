@@ -1,19 +1,21 @@
 //! Client → server frames for SSE and long polling: ordered `POST /v1/send` batches.
 //!
 //! At most one POST is in flight, so frames reach the server in the order they were sent; frames
-//! queued meanwhile go out together in the next batch. Frames sent before the session's resume
-//! token is known (before `welcome`) wait for it.
+//! queued meanwhile go out in the next batches, each cut to the server's body limit
+//! ([`crate::core::batch`]). Frames sent before the session's resume token is known (before
+//! `welcome`) wait for it.
 
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 
-use js_sys::{Array, Object, JSON};
+use js_sys::JSON;
 use wasm_bindgen::JsValue;
 use web_sys::AbortController;
 
-use super::http::{self, OpenFailure};
-use crate::core::text::concat;
+use super::http::{self, OpenFailure, WelcomeInfo};
 use super::{EventSink, TransportEvent};
+use crate::core::batch::take_batch;
+use crate::core::text::concat;
 
 pub(crate) struct Upstream {
     inner: Rc<Inner>,
@@ -21,8 +23,9 @@ pub(crate) struct Upstream {
 
 struct Inner {
     url: String,
-    session: RefCell<Option<String>>,
-    queue: RefCell<Vec<JsValue>>,
+    session: RefCell<Option<WelcomeInfo>>,
+    /// Encoded frames not yet posted, oldest first.
+    queue: RefCell<Vec<String>>,
     in_flight: Cell<bool>,
     failed: Cell<bool>,
     abort: Option<AbortController>,
@@ -44,13 +47,14 @@ impl Upstream {
         }
     }
 
-    pub(crate) fn set_session(&self, token: String) {
-        *self.inner.session.borrow_mut() = Some(token);
+    pub(crate) fn set_session(&self, welcome: WelcomeInfo) {
+        *self.inner.session.borrow_mut() = Some(welcome);
         pump(&self.inner);
     }
 
     pub(crate) fn send(&self, frame: JsValue) {
-        self.inner.queue.borrow_mut().push(frame);
+        let Ok(text) = JSON::stringify(&frame) else { return };
+        self.inner.queue.borrow_mut().push(String::from(text));
         pump(&self.inner);
     }
 }
@@ -64,21 +68,22 @@ impl Drop for Upstream {
 }
 
 fn pump(inner: &Rc<Inner>) {
-    if inner.in_flight.get() || inner.failed.get() || inner.queue.borrow().is_empty() {
+    if inner.in_flight.get() || inner.failed.get() {
         return;
     }
-    let Some(session) = inner.session.borrow().clone() else { return };
-    let frames: Array = inner.queue.borrow_mut().drain(..).collect();
-    let body = Object::new();
-    crate::wasm::set(&body, "session", &session.into());
-    crate::wasm::set(&body, "frames", &frames);
-    let Ok(text) = JSON::stringify(&body) else { return };
-    let text = String::from(text);
+    let body = {
+        let session = inner.session.borrow();
+        let Some(welcome) = session.as_ref() else { return };
+        let Some(body) = take_batch(&welcome.token, &mut inner.queue.borrow_mut(), welcome.max_batch_bytes) else {
+            return;
+        };
+        body
+    };
     inner.in_flight.set(true);
     let weak: Weak<Inner> = Rc::downgrade(inner);
     let signal = inner.abort.as_ref().map(super::status::signal);
     let url = inner.url.clone();
-    http::fetch(&url, "POST", Some(("content-type", "text/plain")), Some(&text), signal.as_ref(), Box::new(move |result| {
+    http::fetch(&url, "POST", Some(("content-type", "text/plain")), Some(&body), signal.as_ref(), Box::new(move |result| {
         let failure = match result {
             Ok(reply) if reply.ok => None,
             Ok(reply) => Some(http::failure(&reply)),
@@ -94,6 +99,7 @@ fn pump(inner: &Rc<Inner>) {
                 inner.failed.set(true);
                 let code = match f {
                     OpenFailure::SessionUnknown => Some(4007),
+                    OpenFailure::TooLarge => Some(4001),
                     _ => None,
                 };
                 (inner.sink)(TransportEvent::Closed { code, reason: concat(&["upstream failed: ", &f.describe()]) });

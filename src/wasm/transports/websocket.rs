@@ -9,7 +9,7 @@ use web_sys::WebSocket;
 
 use super::http;
 use crate::core::text::{concat, dec};
-use super::status::{open_with_ticket, Status};
+use super::status::Status;
 use super::{EventSink, OpenFailure, OpenParams, TransportEvent};
 use crate::wasm::listener::Listener;
 
@@ -33,7 +33,7 @@ impl WebSocketTransport {
             pending: RefCell::new(Vec::new()),
             status: Status::new(sink),
         });
-        open_with_ticket(&inner, |i| &i.status, params, connect);
+        connect(&inner, &params);
         Self { inner }
     }
 
@@ -71,10 +71,19 @@ fn ws_url(base: &str, ticket: &str) -> String {
     concat(&[scheme, rest, "/v1/ws?ticket=", &http::enc(ticket)])
 }
 
-fn connect(inner: &Rc<Inner>, params: &OpenParams, ticket: &str) {
-    let ws = match WebSocket::new(&ws_url(&params.base_url, ticket)) {
+fn connect(inner: &Rc<Inner>, params: &OpenParams) {
+    let ws = match WebSocket::new(&ws_url(&params.base_url, &params.ticket)) {
         Ok(ws) => ws,
-        Err(_) => return inner.status.fail(OpenFailure::Network("WebSocket constructor refused the URL".into())),
+        Err(_) => {
+            // Reported from a callback like every other outcome (never from inside `open`).
+            let weak = Rc::downgrade(inner);
+            crate::wasm::listener::on_settle(&js_sys::Promise::resolve(&JsValue::UNDEFINED), Box::new(move |_| {
+                if let Some(inner) = weak.upgrade() {
+                    inner.status.fail(OpenFailure::Network("WebSocket constructor refused the URL".into()));
+                }
+            }));
+            return;
+        }
     };
     let weak = Rc::downgrade(inner);
     let on_open = {
