@@ -8,12 +8,12 @@ DEMO_ADDR ?= 127.0.0.1:8080
 # The demo's server API key, for examples/metrics-pusher.py (the demo is not for production).
 DEMO_API_KEY ?= rtlink-demo-api-key
 
-.PHONY: help setup build build-server build-wasm package demo test test-native test-browser test-e2e test-faults test-abuse bench bench-quick bench-client
+.PHONY: help setup build build-server build-wasm package demo demo-screenshot test test-native test-browser test-e2e test-faults test-abuse bench bench-quick bench-client
 
 help:
 	@echo "make demo    build and run the demo chat at http://$(DEMO_ADDR)"
 	@echo "make test    run every test suite (native, browser, end-to-end, faults, abuse)"
-	@echo "sub-targets: setup build test-native test-browser test-e2e test-faults test-abuse bench bench-quick bench-client"
+	@echo "sub-targets: setup build test-native test-browser test-e2e test-faults test-abuse bench bench-quick bench-client demo-screenshot"
 
 setup:
 	@scripts/setup
@@ -47,19 +47,26 @@ test-native:
 
 # The npm package (size report), its .d.ts under tsc --strict, then the wasm client in headless
 # Chromium against real servers (scripts/with-servers starts and stops them).
-test-browser: package
+test-browser: setup package
 	cd tests/js && npx tsc -p tsconfig.json
-	CHROMEDRIVER=/usr/bin/chromedriver scripts/with-servers wasm-pack test --headless --chrome --test browser
+	CHROMEDRIVER=/usr/bin/chromedriver WASM_BINDGEN_TEST_TIMEOUT=240 scripts/with-servers wasm-pack test --headless --chrome --test browser
 
-package:
+package: setup
 	scripts/package
 
 # Playwright (playwright-core + Debian's Chromium) drives the demo against a real server and Redis,
 # and a Vite app installs the packed tarball from pkg/.
-test-e2e: package
+test-e2e: setup package
 	cargo build -p rtlink-server
 	rm -rf www/pkg && cp -r pkg www/pkg
 	node --test --test-concurrency=1 tests/e2e/
+
+# Regenerates docs/demo.png (the README's screenshot) with the e2e conversation test. The only
+# target that writes a tracked file; test runs write their screenshot to a temporary directory.
+demo-screenshot: setup package
+	cargo build -p rtlink-server
+	rm -rf www/pkg && cp -r pkg www/pkg
+	RTLINK_SCREENSHOT=$(CURDIR)/docs/demo.png node --test --test-concurrency=1 --test-name-pattern=screenshot tests/e2e/demo.test.mjs
 
 # Fault scenarios (RELIABILITY.md): real rtlink-server and redis-server processes behind the
 # faultkit proxy, driven by the real client core. One at a time: they measure timings.

@@ -44,8 +44,13 @@ async fn wait_for(what: &str, ms: i32, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// `v[key]`, or undefined when `v` is not an object (yet): a test must never throw on a value
+/// that has not arrived.
 fn get(v: &JsValue, key: &str) -> JsValue {
-    Reflect::get(v, &key.into()).unwrap()
+    if !v.is_object() {
+        return JsValue::UNDEFINED;
+    }
+    Reflect::get(v, &key.into()).unwrap_or(JsValue::UNDEFINED)
 }
 
 async fn demo_token(base: &str, name: &str) -> Result<JsValue, JsValue> {
@@ -63,16 +68,31 @@ async fn demo_token(base: &str, name: &str) -> Result<JsValue, JsValue> {
     Ok(get(&body, "token"))
 }
 
-/// Options with a `getToken` that asks the demo endpoint for a token for `name`.
+/// Options with a `getToken` that asks the demo endpoint for a token for `name` once, and then
+/// returns that token again, as a real app returns its signed-in user's token: one client is
+/// one user. (Every demo token is a new user.)
 fn options(base: &str, name: &str, transports: Option<&[&str]>) -> JsValue {
+    let (b, n) = (base.to_string(), name.to_string());
+    let cached: Rc<RefCell<Option<JsValue>>> = Rc::default();
+    let get_token = Closure::<dyn FnMut() -> Promise>::new(move || {
+        let (b, n, cached) = (b.clone(), n.clone(), cached.clone());
+        wasm_bindgen_futures::future_to_promise(async move {
+            if let Some(token) = cached.borrow().clone() {
+                return Ok(token);
+            }
+            let token = demo_token(&b, &n).await?;
+            *cached.borrow_mut() = Some(token.clone());
+            Ok(token)
+        })
+    });
+    options_with_token(base, get_token.into_js_value(), transports)
+}
+
+/// Options with the given `getToken`.
+fn options_with_token(base: &str, get_token: JsValue, transports: Option<&[&str]>) -> JsValue {
     let o = Object::new();
     Reflect::set(&o, &"url".into(), &base.into()).unwrap();
-    let (b, n) = (base.to_string(), name.to_string());
-    let get_token = Closure::<dyn FnMut() -> Promise>::new(move || {
-        let (b, n) = (b.clone(), n.clone());
-        wasm_bindgen_futures::future_to_promise(async move { demo_token(&b, &n).await })
-    });
-    Reflect::set(&o, &"getToken".into(), &get_token.into_js_value()).unwrap();
+    Reflect::set(&o, &"getToken".into(), &get_token).unwrap();
     if let Some(ts) = transports {
         let arr: js_sys::Array = ts.iter().map(|t| JsValue::from_str(t)).collect();
         Reflect::set(&o, &"transports".into(), &arr).unwrap();
@@ -377,4 +397,71 @@ async fn joining_with_history_delivers_recent_messages_first() {
     assert_eq!(get(&err, "code").as_string().as_deref(), Some("invalid_argument"));
     writer.close();
     reader.close();
+}
+
+#[wasm_bindgen_test]
+async fn a_refused_token_ends_with_the_unauthorized_code() {
+    let base = server("main");
+    let bad_token = Closure::<dyn FnMut() -> JsValue>::new(|| JsValue::from_str("not-a-jwt")).into_js_value();
+    let client = RealtimeClient::new(options_with_token(&base, bad_token, None)).unwrap();
+    let errors = Recorder::default();
+    let _ = client.on("error", errors.listener()).unwrap();
+    client.connect();
+    wait_for("the terminal error", 10_000, || !errors.values().is_empty()).await;
+    let error = errors.last().unwrap();
+    assert_eq!(get(&error, "code").as_string().as_deref(), Some("unauthorized"), "the cause, not just \"closed\"");
+    assert_eq!(get(&client.state(), "state").as_string().as_deref(), Some("closed"));
+}
+
+/// A string of `n` double quotes: its JSON text (the payload) is `2n + 2` bytes, and `4n + …`
+/// once escaped again inside a frame.
+fn quotes(n: usize) -> JsValue {
+    JsValue::from_str(&"\"".repeat(n))
+}
+
+#[wasm_bindgen_test]
+async fn a_publish_too_large_once_encoded_fails_alone_and_the_connection_stays() {
+    let base = server("main");
+    for transport in ["websocket", "sse"] {
+        let (client, states) = connected(&base, "big", Some(&[transport])).await;
+        let room = client.room(&unique_room("big"), JsValue::UNDEFINED).unwrap();
+        // A 40,002-byte payload, under the server's 65,536-byte frame limit, but a frame of
+        // over 80,000 bytes once escaped.
+        let refused = JsFuture::from(room.publish(quotes(20_000))).await;
+        let error = refused.expect_err("refused before sending");
+        assert_eq!(get(&error, "code").as_string().as_deref(), Some("too_large"), "{transport}");
+        let ack = publish(&room, "small").await;
+        assert_eq!(get(&ack, "offset").as_f64(), Some(1.0), "{transport}: the next publish goes through");
+        let reconnects = states.values().iter().filter(|s| get(s, "state").as_string().as_deref() == Some("connecting")).count();
+        assert_eq!(reconnects, 1, "{transport}: the connection stayed");
+        client.close();
+    }
+}
+
+#[wasm_bindgen_test]
+async fn an_offline_queue_larger_than_one_upstream_body_arrives_whole_over_sse_and_long_polling() {
+    let base = server("main");
+    for transport in ["sse", "long-polling"] {
+        let (client, states) = connected(&base, "queue", Some(&[transport])).await;
+        let room_name = unique_room("queue");
+        let room = client.room(&room_name, JsValue::UNDEFINED).unwrap();
+        let subscribed = Recorder::default();
+        let _ = room.on("subscribed", subscribed.listener()).unwrap();
+        wait_for("subscribed", 5_000, || !subscribed.values().is_empty()).await;
+        let w: web_sys::EventTarget = web_sys::window().unwrap().into();
+        w.dispatch_event(&web_sys::Event::new("offline").unwrap()).unwrap();
+        wait_for("offline", 2_000, || state_is(&states, "offline")).await;
+        // 30 publishes of ~20 KB (within the server's burst of 40): about 600 KB queued, many
+        // times the 68 KB body limit.
+        let filler = "x".repeat(20_000);
+        let acks: Vec<Promise> = (0..30).map(|i| room.publish(JsValue::from_str(&format!("{i}:{filler}")))).collect();
+        w.dispatch_event(&web_sys::Event::new("online").unwrap()).unwrap();
+        let mut offsets = Vec::new();
+        for ack in acks {
+            let ack = JsFuture::from(ack).await.expect("every queued publish acked");
+            offsets.push(get(&ack, "offset").as_f64().unwrap() as u64);
+        }
+        assert_eq!(offsets, (1..=30).collect::<Vec<u64>>(), "{transport}: each stored once, in order");
+        client.close();
+    }
 }

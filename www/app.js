@@ -93,21 +93,22 @@ function destroyClient() {
 function onState(s) {
   updateBadge(s);
   log(describeState(s), s.state);
-  if (s.state === "closed" && s.reason === "unauthorized") {
-    // The server no longer accepts our cached token (restarted with a new demo secret):
-    // start over with a fresh one.
+}
+
+function onClientError(e) {
+  log(`client stopped: ${e.code}: ${e.message}`, "closed");
+  // Decided on the error's code, never on its message text (that is for people).
+  if (e instanceof RtlinkError && e.code === "unauthorized") {
+    // The server no longer accepts our cached token (`make demo` restarted it with a new demo
+    // secret): start over with a fresh token, which is a fresh identity.
     log("token refused: getting a new demo token and reconnecting");
     forgetDemoToken(app.me.name);
     setTimeout(() => {
       if (!app.me.name) return;
       destroyClient();
       createClient();
-    }, 500);
+    }, 250);
   }
-}
-
-function onClientError(e) {
-  log(`client stopped: ${e.code}: ${e.message}`, "closed");
 }
 
 // ---------------------------------------------------------------------------------------------

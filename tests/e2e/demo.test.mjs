@@ -1,16 +1,20 @@
 // End-to-end: the demo chat and dashboard (www/) in headless Chromium against a real
 // rtlink-server backed by a real redis-server, both started here on free loopback ports.
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync } from "node:fs";
-import { join } from "node:path";
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
 import { after, before, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 
 import {
-  ROOT, assertBuilt, byTest, launchBrowser, startRedis, startServer, watchConsole,
+  ROOT, assertBuilt, byTest, freePort, launchBrowser, startRedis, startServer, watchConsole,
 } from "./helpers.mjs";
 
-const SCREENSHOT = join(ROOT, "docs/demo.png");
+// No test run writes into tracked files: the screenshot goes to a temporary directory, unless
+// `make demo-screenshot` asks for docs/demo.png (RTLINK_SCREENSHOT).
+const SCRATCH = mkdtempSync(join(tmpdir(), "rtlink-e2e-"));
+const SCREENSHOT = process.env.RTLINK_SCREENSHOT ?? join(SCRATCH, "demo.png");
 let redis;
 let server;
 let browser;
@@ -38,6 +42,7 @@ after(async () => {
   await browser?.close().catch(() => {});
   await server?.stop();
   await redis?.stop();
+  rmSync(SCRATCH, { recursive: true, force: true });
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -262,7 +267,7 @@ test("WebSocket blocked → SSE, SSE blocked too → long polling, chatting all 
   });
 });
 
-test("screenshot of a conversation (docs/demo.png), a second tab counts as a second connection", { timeout: 60_000 }, async () => {
+test("screenshot of a conversation, a second tab counts as a second connection", { timeout: 60_000 }, async () => {
   await withUsers(async (open) => {
     const ana = await open("Ana");
     const bo = await open("Bo");
@@ -288,7 +293,7 @@ test("screenshot of a conversation (docs/demo.png), a second tab counts as a sec
     await byTest(ana, "send-input").focus();
     await ana.evaluate(() => document.activeElement?.blur());
 
-    mkdirSync(join(ROOT, "docs"), { recursive: true });
+    mkdirSync(dirname(SCREENSHOT), { recursive: true });
     await ana.screenshot({ path: SCREENSHOT });
     assert.ok(existsSync(SCREENSHOT));
   });
@@ -370,4 +375,41 @@ test("works at phone width (375 px)", { timeout: 30_000 }, async () => {
     await send(page, "hello from a phone");
     await waitStatus(page, "hello from a phone", "sent");
   });
+});
+
+// `make demo` runs without --auth-secret, so every restart signs with a new secret and the token a
+// page cached is refused. The page must notice by the error's code (never its message text) and
+// come back by itself, as a fresh identity.
+test("demo server restarted with a new secret: the page gets a fresh identity by itself", { timeout: 90_000 }, async () => {
+  const port = await freePort();
+  let demo = await startServer({ port, secret: null });
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const consoleLines = [];
+  try {
+    const page = await ctx.newPage();
+    consoleLines.push(watchConsole(page, "Hal"));
+    await page.goto(`${demo.url}/`);
+    await byTest(page, "name-input").fill("Hal");
+    await byTest(page, "join-button").click();
+    await waitBadge(page, ["open"], { timeoutMs: 15_000 });
+    await waitPresence(page, "Hal");
+    const before = await page.locator('[data-testid="presence-item"][data-name="Hal"]').getAttribute("data-user");
+    assert.ok(before, "joined with an identity");
+
+    await demo.stop("SIGKILL");
+    demo = await startServer({ port, secret: null });
+
+    await page.waitForSelector('[data-testid="log-item"] >> text=token refused', { state: "attached", timeout: 30_000 });
+    await waitBadge(page, ["open"], { timeoutMs: 30_000 });
+    await page.waitForFunction((old) => [...document.querySelectorAll('[data-testid="presence-item"]')]
+      .some((n) => n.dataset.name === "Hal" && n.dataset.user !== old), before, { timeout: 10_000 });
+    await send(page, "back after the restart");
+    await waitStatus(page, "back after the restart", "sent");
+  } catch (e) {
+    for (const l of consoleLines.flat()) console.log(`# ${l}`);
+    throw e;
+  } finally {
+    await ctx.close().catch(() => {});
+    await demo.stop();
+  }
 });

@@ -129,12 +129,13 @@ export function assertBuilt() {
  * Starts rtlink-server on `port` (a free one if not given) and waits for /healthz. Retries the
  * bind for a few seconds (the restart test reuses the port a killed server just held).
  */
-export async function startServer({ port, staticDir = join(ROOT, "www"), redis, args = [] } = {}) {
+export async function startServer({ port, staticDir = join(ROOT, "www"), redis, args = [], secret = AUTH_SECRET } = {}) {
   assertBuilt();
   port ??= await freePort();
   const argv = [
     "--listen", `127.0.0.1:${port}`, "--static-dir", staticDir, "--demo-auth",
-    "--auth-secret", AUTH_SECRET, "--allow-localhost-origins",
+    // `secret: null` runs like `make demo`: a new random secret on every start.
+    ...(secret ? ["--auth-secret", secret] : []), "--allow-localhost-origins",
     "--ping-interval", "2s", "--heartbeat-grace", "3s", "--presence-grace", "2s", "--typing-ttl", "4s",
     "--drain-window", "3s",
     ...(redis ? ["--redis", redis] : []),
