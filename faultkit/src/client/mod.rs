@@ -21,7 +21,8 @@ use rtlink::core::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use transport::SseParser;
-use transport::{AbortOnDrop, Open, Order, Report};
+use rtlink_protocol::envelope::TicketRequest;
+use transport::{AbortOnDrop, Open, Order, Report, TicketStep};
 
 use crate::token;
 
@@ -299,14 +300,26 @@ async fn drive(options: ClientOptions, mut commands: mpsc::UnboundedReceiver<Com
                     let token = token::sign(&options.secret, &options.user, &options.user, &["*"], 3600);
                     core.handle_input(now(), Input::TokenReady(token));
                 }
-                Output::OpenTransport { id, kind, token, resume } => {
+                Output::FetchTicket { id, token, resume, probe } => {
+                    // Held like a transport, so CloseTransport aborts it.
+                    let (tx, _rx) = mpsc::unbounded_channel();
+                    let step = TicketStep {
+                        id,
+                        base_url: options.base_url.clone(),
+                        token,
+                        request: TicketRequest { resume, probe },
+                        http: http.clone(),
+                        reports: reports_tx.clone(),
+                    };
+                    transports.insert(id, (tx, AbortOnDrop(tokio::spawn(transport::ticket_step(step)))));
+                }
+                Output::OpenTransport { id, kind, ticket } => {
                     let (tx, rx) = mpsc::unbounded_channel();
                     let open = Open {
                         id,
                         kind,
                         base_url: options.base_url.clone(),
-                        token,
-                        resume,
+                        ticket,
                         http: http.clone(),
                         opaque_refusals: options.opaque_refusals,
                         reports: reports_tx.clone(),
@@ -345,6 +358,7 @@ async fn drive(options: ClientOptions, mut commands: mpsc::UnboundedReceiver<Com
             report = reports.recv() => {
                 let Some((id, report)) = report else { return };
                 let input = match report {
+                    Report::Ticket(ticket) => Input::TicketIssued { id, ticket },
                     Report::Opened => Input::TransportOpened { id },
                     Report::Frame(frame) => Input::Frame { id, frame },
                     Report::Closed { code, reason } => {

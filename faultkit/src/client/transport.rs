@@ -1,5 +1,6 @@
-//! The three transports for the native driver, doing what the browser glue
-//! (`src/wasm/transports/`) does: trade the token for a ticket, open, report what happens.
+//! The ticket step and the three transports for the native driver, doing what the browser glue
+//! (`src/wasm/transports/`) does: trade the token for a ticket (the body names the session to
+//! resume or probe), open with the ticket, report what happens.
 //!
 //! Like a browser, the driver cannot see why a WebSocket upgrade or an EventSource was refused
 //! (`opaque_refusals`, on by default): any refusal there is [`OpenError::Network`]. `fetch`
@@ -8,9 +9,10 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use rtlink::core::batch::take_batch;
 use rtlink::core::{ClientFrame, CloseCode, OpenError, ServerFrame, TransportId, TransportKind};
-use rtlink_protocol::codec::{decode_poll, decode_server, encode_client, encode_upstream};
-use rtlink_protocol::envelope::UpstreamBatch;
+use rtlink_protocol::codec::{decode_poll, decode_server, encode_client};
+use rtlink_protocol::envelope::{PollRequest, TicketRequest};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -19,6 +21,8 @@ use tokio_tungstenite::tungstenite::Message;
 /// What a transport tells the driver.
 #[derive(Debug)]
 pub(crate) enum Report {
+    /// The ticket step succeeded.
+    Ticket(String),
     Opened,
     Frame(ServerFrame),
     Closed { code: Option<CloseCode>, reason: String },
@@ -40,10 +44,20 @@ pub(crate) struct Open {
     pub id: TransportId,
     pub kind: TransportKind,
     pub base_url: String,
-    pub token: String,
-    pub resume: Option<String>,
+    /// The single-use ticket from the ticket step.
+    pub ticket: String,
     pub http: reqwest::Client,
     pub opaque_refusals: bool,
+    pub reports: Reports,
+}
+
+/// What the ticket step asks for.
+pub(crate) struct TicketStep {
+    pub id: TransportId,
+    pub base_url: String,
+    pub token: String,
+    pub request: TicketRequest,
+    pub http: reqwest::Client,
     pub reports: Reports,
 }
 
@@ -55,15 +69,23 @@ impl Open {
 
 /// Runs one transport until it ends or its order channel closes.
 pub(crate) async fn run(open: Open, orders: mpsc::UnboundedReceiver<Order>) {
-    let ticket = match ticket(&open).await {
-        Ok(t) => t,
-        Err(e) => return open.report(Report::OpenFailed(e)),
-    };
+    let ticket = open.ticket.clone();
     match open.kind {
         TransportKind::WebSocket => websocket(open, &ticket, orders).await,
         TransportKind::Sse => sse(open, &ticket, orders).await,
         TransportKind::LongPoll => long_poll(open, &ticket, orders).await,
     }
+}
+
+/// The ticket step (`POST /v1/ticket`). At this step no answer or a 5xx means the server is
+/// unreachable ([`OpenError::Unreachable`]), whatever the transport.
+pub(crate) async fn ticket_step(step: TicketStep) {
+    let report = match ticket(&step).await {
+        Ok(t) => Report::Ticket(t),
+        Err(OpenError::Network) => Report::OpenFailed(OpenError::Unreachable),
+        Err(e) => Report::OpenFailed(e),
+    };
+    let _ = step.reports.send((step.id, report));
 }
 
 /// How the browser glue reads a refused `fetch` (`src/wasm/transports/http.rs`, `failure`).
@@ -87,11 +109,13 @@ async fn failure(resp: reqwest::Response) -> OpenError {
     }
 }
 
-async fn ticket(open: &Open) -> Result<String, OpenError> {
-    let resp = open
+async fn ticket(step: &TicketStep) -> Result<String, OpenError> {
+    let body = serde_json::to_vec(&step.request).unwrap_or_default();
+    let resp = step
         .http
-        .post(format!("{}/v1/ticket", open.base_url))
-        .bearer_auth(&open.token)
+        .post(format!("{}/v1/ticket", step.base_url))
+        .bearer_auth(&step.token)
+        .body(body)
         .send()
         .await
         .map_err(|_| OpenError::Network)?;
@@ -112,17 +136,22 @@ fn enc(s: &str) -> String {
 }
 
 fn transport_url(open: &Open, path: &str, ticket: &str) -> String {
-    let mut url = format!("{}{path}?v=1&ticket={}", open.base_url, enc(ticket));
-    if let Some(r) = &open.resume {
-        url.push_str("&resume=");
-        url.push_str(&enc(r));
-    }
-    url
+    format!("{}{path}?v=1&ticket={}", open.base_url, enc(ticket))
 }
 
-fn welcome_token(frame: &ServerFrame) -> Option<String> {
+/// What the upstream needs from a `welcome`: the resume token and the largest body.
+#[derive(Clone, Debug)]
+struct Upstream {
+    token: String,
+    max_batch_bytes: usize,
+}
+
+fn welcome_upstream(frame: &ServerFrame) -> Option<Upstream> {
     match frame {
-        ServerFrame::Welcome { resume_token, .. } => Some(resume_token.clone()),
+        ServerFrame::Welcome { resume_token, limits, .. } => {
+            let max = [limits.max_batch_bytes, limits.max_frame_bytes].into_iter().find(|&n| n > 0).unwrap_or(65_536);
+            Some(Upstream { token: resume_token.clone(), max_batch_bytes: usize::try_from(max).unwrap_or(usize::MAX) })
+        }
         _ => None,
     }
 }
@@ -195,26 +224,31 @@ fn close(code: Option<CloseCode>) -> Message {
 }
 
 /// Ordered upstream POSTs (`src/wasm/transports/upstream.rs`): one in flight, frames queued
-/// meanwhile go in the next batch; nothing is sent before the session's token is known.
+/// meanwhile go in the next bodies, each within the server's `max_batch_bytes`; nothing is sent
+/// before the session's token is known.
 async fn upstream(
     open: Open,
-    mut session: watch::Receiver<Option<String>>,
+    mut session: watch::Receiver<Option<Upstream>>,
     mut frames: mpsc::UnboundedReceiver<ClientFrame>,
 ) {
-    while let Some(first) = frames.recv().await {
-        let token = loop {
-            if let Some(t) = session.borrow_and_update().clone() {
-                break t;
+    let mut queue: Vec<String> = Vec::new();
+    loop {
+        if queue.is_empty() {
+            let Some(first) = frames.recv().await else { return };
+            queue.push(String::from_utf8_lossy(&encode_client(&first)).into_owned());
+        }
+        while let Ok(f) = frames.try_recv() {
+            queue.push(String::from_utf8_lossy(&encode_client(&f)).into_owned());
+        }
+        let up = loop {
+            if let Some(u) = session.borrow_and_update().clone() {
+                break u;
             }
             if session.changed().await.is_err() {
                 return;
             }
         };
-        let mut batch = vec![first];
-        while let Ok(f) = frames.try_recv() {
-            batch.push(f);
-        }
-        let body = encode_upstream(&UpstreamBatch { session: token, frames: batch });
+        let Some(body) = take_batch(&up.token, &mut queue, up.max_batch_bytes) else { continue };
         let sent = open
             .http
             .post(format!("{}/v1/send", open.base_url))
@@ -222,12 +256,19 @@ async fn upstream(
             .body(body)
             .send()
             .await;
-        let failed = match sent {
+        let (failed, status) = match sent {
             Ok(resp) if resp.status().is_success() => continue,
-            Ok(resp) => failure(resp).await,
-            Err(_) => OpenError::Network,
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                (failure(resp).await, status)
+            }
+            Err(_) => (OpenError::Network, 0),
         };
-        let code = (failed == OpenError::SessionUnknown).then_some(CloseCode::SESSION_EXPIRED);
+        let code = match (failed, status) {
+            (OpenError::SessionUnknown, _) => Some(CloseCode::SESSION_EXPIRED),
+            (_, 413) => Some(CloseCode::FRAME_TOO_LARGE),
+            _ => None,
+        };
         return open.report(Report::Closed { code, reason: format!("upstream failed: {failed:?}") });
     }
 }
@@ -275,8 +316,8 @@ async fn sse(open: Open, ticket: &str, orders: mpsc::UnboundedReceiver<Order>) {
             for data in parser.feed(&chunk) {
                 match decode_server(data.as_bytes(), usize::MAX) {
                     Ok(frame) => {
-                        if let Some(token) = welcome_token(&frame) {
-                            session_tx.send_replace(Some(token));
+                        if let Some(up) = welcome_upstream(&frame) {
+                            session_tx.send_replace(Some(up));
                         }
                         open.report(Report::Frame(frame));
                     }
@@ -341,8 +382,13 @@ impl SseParser {
     }
 }
 
-async fn poll_once(open: &Open, url: &str) -> Result<(u64, Vec<ServerFrame>), OpenError> {
-    let resp = open.http.get(url).send().await.map_err(|_| OpenError::Network)?;
+/// One poll: the opening `GET` (`body` none) or a `POST /v1/poll` with the session and cursor.
+async fn poll_once(open: &Open, url: &str, body: Option<Vec<u8>>) -> Result<(u64, Vec<ServerFrame>), OpenError> {
+    let request = match body {
+        Some(b) => open.http.post(url).header("content-type", "text/plain").body(b),
+        None => open.http.get(url),
+    };
+    let resp = request.send().await.map_err(|_| OpenError::Network)?;
     if !resp.status().is_success() {
         return Err(failure(resp).await);
     }
@@ -352,18 +398,19 @@ async fn poll_once(open: &Open, url: &str) -> Result<(u64, Vec<ServerFrame>), Op
 }
 
 async fn long_poll(open: Open, ticket: &str, orders: mpsc::UnboundedReceiver<Order>) {
-    let (mut cursor, frames) = match poll_once(&open, &transport_url(&open, "/v1/poll", ticket)).await {
+    let (mut cursor, frames) = match poll_once(&open, &transport_url(&open, "/v1/poll", ticket), None).await {
         Ok(batch) => batch,
         Err(e) => return open.report(Report::OpenFailed(e)),
     };
     open.report(Report::Opened);
-    let Some(token) = frames.iter().find_map(welcome_token) else {
+    let Some(up) = frames.iter().find_map(welcome_upstream) else {
         return open.report(Report::Closed {
             code: Some(CloseCode::PROTOCOL_VIOLATION),
             reason: "poll opened without welcome".into(),
         });
     };
-    let (session_tx, session_rx) = watch::channel(Some(token.clone()));
+    let token = up.token.clone();
+    let (session_tx, session_rx) = watch::channel(Some(up));
     let (up_tx, up_rx) = mpsc::unbounded_channel();
     let upstream = AbortOnDrop(tokio::spawn(upstream(open.clone(), session_rx, up_rx)));
     let relay = relay_orders(orders, up_tx);
@@ -372,8 +419,9 @@ async fn long_poll(open: Open, ticket: &str, orders: mpsc::UnboundedReceiver<Ord
             open.report(Report::Frame(frame));
         }
         loop {
-            let url = format!("{}/v1/poll?session={}&cursor={cursor}", open.base_url, enc(&token));
-            match poll_once(&open, &url).await {
+            let url = format!("{}/v1/poll", open.base_url);
+            let body = serde_json::to_vec(&PollRequest { session: token.clone(), cursor }).unwrap_or_default();
+            match poll_once(&open, &url, Some(body)).await {
                 Ok((next, frames)) => {
                     cursor = next;
                     for frame in frames {
