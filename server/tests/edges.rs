@@ -224,6 +224,8 @@ async fn a_probe_of_a_session_this_server_does_not_hold_is_closed_4007() {
 async fn a_resume_adopts_the_new_tokens_claims() {
     let mut config = fast_config();
     config.ping_interval = Duration::from_millis(100);
+    // Expiry is `exp` plus this leeway: none, so the old token runs out within the test.
+    config.auth_leeway = Duration::ZERO;
     let s = start(config).await;
     let now = rtlink_server::broker::now_ms() / 1000;
     let token = |name: &str, rooms: &[&str], exp: u64| {
