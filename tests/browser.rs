@@ -6,151 +6,16 @@
 #![cfg(target_arch = "wasm32")]
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
-use std::cell::RefCell;
-use std::rc::Rc;
+mod browser_util;
 
-use js_sys::{Function, Object, Promise, Reflect, JSON};
+use browser_util::*;
+use js_sys::{Object, Promise, Reflect, JSON};
 use rtlink::wasm::{live_listeners, RealtimeClient, Room};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 use wasm_bindgen_test::*;
 
 wasm_bindgen_test_configure!(run_in_browser);
-
-fn server(var: &str) -> String {
-    let url = match var {
-        "main" => option_env!("RTLINK_SERVER"),
-        "no-ws" => option_env!("RTLINK_SERVER_NO_WS"),
-        _ => option_env!("RTLINK_SERVER_POLL_ONLY"),
-    };
-    url.expect("run the browser tests with `make test-browser` (it starts the servers)").to_string()
-}
-
-async fn sleep(ms: i32) {
-    let p = Promise::new(&mut |resolve, _| {
-        let w = web_sys::window().unwrap();
-        w.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms).unwrap();
-    });
-    JsFuture::from(p).await.unwrap();
-}
-
-/// Polls `cond` every 25 ms for up to `ms`; panics with `what` on timeout.
-async fn wait_for(what: &str, ms: i32, mut cond: impl FnMut() -> bool) {
-    let mut waited = 0;
-    while !cond() {
-        assert!(waited < ms, "timed out after {ms} ms waiting for {what}");
-        sleep(25).await;
-        waited += 25;
-    }
-}
-
-/// `v[key]`, or undefined when `v` is not an object (yet): a test must never throw on a value
-/// that has not arrived.
-fn get(v: &JsValue, key: &str) -> JsValue {
-    if !v.is_object() {
-        return JsValue::UNDEFINED;
-    }
-    Reflect::get(v, &key.into()).unwrap_or(JsValue::UNDEFINED)
-}
-
-async fn demo_token(base: &str, name: &str) -> Result<JsValue, JsValue> {
-    let init = web_sys::RequestInit::new();
-    init.set_method("POST");
-    init.set_body(&JsValue::from_str(&format!("{{\"name\":\"{name}\"}}")));
-    let headers = web_sys::Headers::new()?;
-    headers.set("content-type", "application/json")?;
-    init.set_headers(&headers);
-    let w = web_sys::window().unwrap();
-    let resp: web_sys::Response = JsFuture::from(w.fetch_with_str_and_init(&format!("{base}/v1/demo-token"), &init))
-        .await?
-        .dyn_into()?;
-    let body = JsFuture::from(resp.json()?).await?;
-    Ok(get(&body, "token"))
-}
-
-/// Options with a `getToken` that asks the demo endpoint for a token for `name` once, and then
-/// returns that token again, as a real app returns its signed-in user's token: one client is
-/// one user. (Every demo token is a new user.)
-fn options(base: &str, name: &str, transports: Option<&[&str]>) -> JsValue {
-    let (b, n) = (base.to_string(), name.to_string());
-    let cached: Rc<RefCell<Option<JsValue>>> = Rc::default();
-    let get_token = Closure::<dyn FnMut() -> Promise>::new(move || {
-        let (b, n, cached) = (b.clone(), n.clone(), cached.clone());
-        wasm_bindgen_futures::future_to_promise(async move {
-            if let Some(token) = cached.borrow().clone() {
-                return Ok(token);
-            }
-            let token = demo_token(&b, &n).await?;
-            *cached.borrow_mut() = Some(token.clone());
-            Ok(token)
-        })
-    });
-    options_with_token(base, get_token.into_js_value(), transports)
-}
-
-/// Options with the given `getToken`.
-fn options_with_token(base: &str, get_token: JsValue, transports: Option<&[&str]>) -> JsValue {
-    let o = Object::new();
-    Reflect::set(&o, &"url".into(), &base.into()).unwrap();
-    Reflect::set(&o, &"getToken".into(), &get_token).unwrap();
-    if let Some(ts) = transports {
-        let arr: js_sys::Array = ts.iter().map(|t| JsValue::from_str(t)).collect();
-        Reflect::set(&o, &"transports".into(), &arr).unwrap();
-    }
-    // Fast retries keep the restart test short.
-    let backoff = Object::new();
-    Reflect::set(&backoff, &"baseMs".into(), &200.into()).unwrap();
-    Reflect::set(&backoff, &"capMs".into(), &1000.into()).unwrap();
-    Reflect::set(&o, &"backoff".into(), &backoff).unwrap();
-    Reflect::set(&o, &"rememberTransport".into(), &false.into()).unwrap();
-    o.into()
-}
-
-/// Records every value a listener receives.
-#[derive(Clone, Default)]
-struct Recorder(Rc<RefCell<Vec<JsValue>>>);
-
-impl Recorder {
-    fn listener(&self) -> Function {
-        let log = self.0.clone();
-        Closure::<dyn FnMut(JsValue)>::new(move |v| log.borrow_mut().push(v)).into_js_value().unchecked_into()
-    }
-    fn values(&self) -> Vec<JsValue> {
-        self.0.borrow().clone()
-    }
-    fn last(&self) -> Option<JsValue> {
-        self.0.borrow().last().cloned()
-    }
-}
-
-fn state_is(states: &Recorder, state: &str) -> bool {
-    states.last().is_some_and(|s| get(&s, "state").as_string().as_deref() == Some(state))
-}
-
-fn transport_of(client: &RealtimeClient) -> String {
-    get(&client.state(), "transport").as_string().unwrap_or_default()
-}
-
-fn offsets(messages: &Recorder) -> Vec<u64> {
-    messages.values().iter().map(|m| get(m, "offset").as_f64().unwrap() as u64).collect()
-}
-
-fn unique_room(prefix: &str) -> String {
-    format!("{prefix}-{}", (js_sys::Math::random() * 1e12) as u64)
-}
-
-async fn connected(base: &str, name: &str, transports: Option<&[&str]>) -> (RealtimeClient, Recorder) {
-    let client = RealtimeClient::new(options(base, name, transports)).unwrap();
-    let states = Recorder::default();
-    let _ = client.on("state", states.listener()).unwrap();
-    client.connect();
-    wait_for(&format!("{name} to open"), 10_000, || state_is(&states, "open")).await;
-    (client, states)
-}
-
-async fn publish(room: &Room, text: &str) -> JsValue {
-    JsFuture::from(room.publish(JsValue::from_str(text))).await.expect("publish acked")
-}
 
 async fn round_trip_on(transport: &str) {
     let base = server("main");
@@ -464,4 +329,27 @@ async fn an_offline_queue_larger_than_one_upstream_body_arrives_whole_over_sse_a
         assert_eq!(offsets, (1..=30).collect::<Vec<u64>>(), "{transport}: each stored once, in order");
         client.close();
     }
+}
+
+#[wasm_bindgen_test]
+async fn a_connected_client_the_app_keeps_no_reference_to_stays_connected() {
+    // An app that only keeps its listeners (`new RealtimeClient(…).connect()` and room handlers)
+    // must not lose the connection when the garbage collector takes the handles: here the
+    // handles are dropped outright, which is what collecting them does.
+    let base = server("main");
+    let room_name = unique_room("orphan");
+    let messages = Recorder::default();
+    let subscribed = Recorder::default();
+    {
+        let (client, _states) = connected(&base, "orphan", None).await;
+        let room = client.room(&room_name, JsValue::UNDEFINED).unwrap();
+        let _ = room.on("message", messages.listener()).unwrap();
+        let _ = room.on("subscribed", subscribed.listener()).unwrap();
+        wait_for("subscribed", 5_000, || !subscribed.values().is_empty()).await;
+    }
+    let (publisher, _s) = connected(&base, "publisher", None).await;
+    let tx = publisher.room(&room_name, JsValue::UNDEFINED).unwrap();
+    publish(&tx, "to nobody's handle").await;
+    wait_for("the message", 5_000, || !messages.values().is_empty()).await;
+    publisher.close();
 }

@@ -50,6 +50,11 @@ pub(crate) struct Driver {
     pub state: JsValue,
     /// Bumped on close so a token answer that arrives afterwards is ignored.
     generation: u32,
+    /// Set by `connect()`, cleared by `close()` or a terminal error: a connected client stays
+    /// alive like an open WebSocket does, even when the app keeps no reference to it (its
+    /// callbacks only hold weak ones). Without it the garbage collector ends a live connection
+    /// at a random moment.
+    keep_alive: Option<Rc<Shared>>,
 }
 
 /// Something to hand to app listeners once the borrow is released: (scope, event, value).
@@ -108,6 +113,7 @@ pub(crate) fn new_shared(mut options: Options) -> Rc<Shared> {
             typing: SmallMap::new(),
             state,
             generation: 0,
+            keep_alive: None,
         }),
         emitter: Listeners::new(),
     })
@@ -295,6 +301,10 @@ impl Driver {
     }
 
     pub(crate) fn install_page_listeners(&mut self, shared: &Rc<Shared>) {
+        if matches!(self.core.state(), crate::core::State::Closed { .. }) {
+            return;
+        }
+        self.keep_alive = Some(shared.clone());
         if self.page.is_some() {
             return;
         }
@@ -312,6 +322,8 @@ impl Driver {
 
     /// Drops transports, the timer and the page listeners; rejects what is still pending.
     pub(crate) fn shutdown(&mut self) {
+        // Never the last reference here: every step runs with one of its own.
+        self.keep_alive = None;
         self.generation = self.generation.wrapping_add(1);
         self.transports.clear();
         self.timer = None;

@@ -132,7 +132,8 @@ export class RealtimeClient {
   /** Throws RtlinkError("invalid_options") for bad options. */
   constructor(options: ClientOptions);
   on<K extends keyof ClientEventMap>(event: K, listener: (value: ClientEventMap[K]) => void): Unsubscribe;
-  /** Starts connecting (no-op unless idle). */
+  /** Starts connecting (no-op unless idle). A connected client stays alive until `close()` or a
+   * terminal error, even if the app keeps no reference to it. */
   connect(): void;
   /** Ends the session: pending publishes reject with code "closed"; timers and listeners are removed. */
   close(): void;
