@@ -19,8 +19,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
@@ -329,13 +328,13 @@ async fn while_blackholed(faults: &mut watch::Receiver<Faults>) {
 
 /// The read side of one socket, with what was read but not forwarded yet.
 struct Inbound {
-    half: OwnedReadHalf,
+    half: ReadHalf<TcpStream>,
     buf: BytesMut,
     faults: watch::Receiver<Faults>,
 }
 
 impl Inbound {
-    fn new(half: OwnedReadHalf, faults: watch::Receiver<Faults>) -> Self {
+    fn new(half: ReadHalf<TcpStream>, faults: watch::Receiver<Faults>) -> Self {
         Self { half, buf: BytesMut::with_capacity(16 * 1024), faults }
     }
 
@@ -386,7 +385,7 @@ enum Dir {
 }
 
 impl Outbound {
-    fn spawn(half: OwnedWriteHalf, shared: &Arc<Shared>, dir: Dir) -> Self {
+    fn spawn(half: WriteHalf<TcpStream>, shared: &Arc<Shared>, dir: Dir) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = tokio::spawn(write_loop(half, rx, shared.faults.subscribe(), shared.clone(), dir));
         Self { tx: Some(tx), last_due: Instant::now(), faults: shared.faults.subscribe(), writer: Some(writer) }
@@ -422,7 +421,7 @@ impl Drop for Outbound {
 }
 
 async fn write_loop(
-    mut half: OwnedWriteHalf,
+    mut half: WriteHalf<TcpStream>,
     mut rx: mpsc::UnboundedReceiver<(Instant, Bytes)>,
     mut faults: watch::Receiver<Faults>,
     shared: Arc<Shared>,
@@ -461,14 +460,16 @@ async fn connect_upstream(shared: &Arc<Shared>, upstream: usize, rst: &RstHandle
 }
 
 async fn relay(shared: Arc<Shared>, client: TcpStream, upstream: usize, rst: RstHandle) -> Result<(), Abort> {
-    let (cr, cw) = client.into_split();
+    // `io::split`, not `into_split`: dropping a write half must not send FIN, or a reset
+    // would reach the peer as a clean close.
+    let (cr, cw) = tokio::io::split(client);
     let mut from_client = Inbound::new(cr, shared.faults.subscribe());
     let mut to_client = Outbound::spawn(cw, &shared, Dir::Down);
     if shared.mode == Mode::Tcp {
         let Some(stream) = connect_upstream(&shared, upstream, &rst).await else {
             return Err(Abort::Close);
         };
-        let (ur, uw) = stream.into_split();
+        let (ur, uw) = tokio::io::split(stream);
         let mut up = (Inbound::new(ur, shared.faults.subscribe()), Outbound::spawn(uw, &shared, Dir::Up));
         return tunnel(&mut from_client, &mut to_client, &mut up.0, &mut up.1).await;
     }
@@ -522,7 +523,7 @@ async fn relay(shared: Arc<Shared>, client: TcpStream, upstream: usize, rst: Rst
                 to_client.finish().await;
                 return Ok(());
             };
-            let (ur, uw) = stream.into_split();
+            let (ur, uw) = tokio::io::split(stream);
             up = Some((Inbound::new(ur, shared.faults.subscribe()), Outbound::spawn(uw, &shared, Dir::Up)));
         }
         let Some((from_up, to_up)) = up.as_mut() else { return Err(Abort::Close) };
