@@ -64,6 +64,10 @@ pub struct Reject {
     /// Which openings to refuse; empty means all of them.
     #[serde(default)]
     pub only: Vec<Opening>,
+    /// Forward this many of the openings it applies to first, then start refusing (a server
+    /// that fills up between a ticket and the transport open: `only: [ticket, ws]`, `skip: 1`).
+    #[serde(default)]
+    pub skip: u64,
     /// Refuse only this many requests, then forward again. `None`: every one.
     #[serde(default)]
     pub limit: Option<u64>,
@@ -116,7 +120,7 @@ impl Faults {
     }
 
     pub fn reject(status: u16, retry_after_s: u64) -> Self {
-        Self { reject: Some(Reject { status, retry_after_s, only: Vec::new(), limit: None }), ..Self::default() }
+        Self { reject: Some(Reject { status, retry_after_s, only: Vec::new(), skip: 0, limit: None }), ..Self::default() }
     }
 
     pub fn latency(ms: u64, jitter_ms: u64) -> Self {

@@ -37,7 +37,7 @@
 //!   "refuse_websocket": false,
 //!   "kill_after_upgrade_ms": 0,
 //!   "buffer_sse": false,
-//!   "reject": {"status": 503, "retry_after_s": 2, "only": ["ticket", "ws", "sse", "poll"], "limit": 10},
+//!   "reject": {"status": 503, "retry_after_s": 2, "only": ["ticket", "ws", "sse", "poll"], "skip": 0, "limit": 10},
 //!   "latency": {"ms": 200, "jitter_ms": 100},
 //!   "reset": {"min_ms": 500, "max_ms": 3000}
 //! }
@@ -50,7 +50,8 @@
 //! - `buffer_sse`: hold a `text/event-stream` response, head included, until it ends.
 //! - `reject`: answer opening requests (`POST /v1/ticket`, `GET /v1/ws`, `GET /v1/sse`, and
 //!   `GET /v1/poll?ticket=…`; `only` narrows the set) with `status`, `Retry-After:
-//!   retry_after_s` and the protocol's JSON error body, at most `limit` times if given.
+//!   retry_after_s` and the protocol's JSON error body, after forwarding the first `skip` of
+//!   them, at most `limit` times if given.
 //! - `latency`: delay every chunk by `ms` plus a uniformly random `0..=jitter_ms`, in order.
 //! - `reset`: reset each connection at a random time in `min_ms..=max_ms` after it opened (or
 //!   after the fault was set).

@@ -44,8 +44,8 @@ pub(crate) struct Shared {
     per_upstream: Vec<AtomicU64>,
     next_upstream: AtomicU64,
     faults: watch::Sender<Faults>,
-    /// Refusals left under `reject.limit`.
-    reject_left: Mutex<Option<u64>>,
+    /// Openings still to forward under `reject.skip`, and refusals left under `reject.limit`.
+    reject_left: Mutex<(u64, Option<u64>)>,
     pub(crate) counters: Counters,
     /// Open connections, each with the signal that resets it.
     open: Mutex<HashMap<u64, Arc<Notify>>>,
@@ -58,7 +58,7 @@ impl Shared {
     }
 
     pub(crate) fn set_faults(&self, faults: Faults) {
-        *self.reject_left.lock() = faults.reject.as_ref().and_then(|r| r.limit);
+        *self.reject_left.lock() = faults.reject.as_ref().map_or((0, None), |r| (r.skip, r.limit));
         self.faults.send_replace(faults);
     }
 
@@ -87,13 +87,16 @@ impl Shared {
         if !reject.applies_to(opening) {
             return None;
         }
-        if reject.limit.is_some() {
-            let mut left = self.reject_left.lock();
-            match left.as_mut() {
-                Some(0) => return None,
-                Some(n) => *n -= 1,
-                None => {}
-            }
+        let mut left = self.reject_left.lock();
+        let (skip, limit) = &mut *left;
+        if *skip > 0 {
+            *skip -= 1;
+            return None;
+        }
+        match limit {
+            Some(0) => return None,
+            Some(n) => *n -= 1,
+            None => {}
         }
         Some(reject)
     }
@@ -145,7 +148,7 @@ impl ProxyBuilder {
             upstreams: self.upstreams,
             next_upstream: AtomicU64::new(0),
             faults: watch::channel(Faults::none()).0,
-            reject_left: Mutex::new(None),
+            reject_left: Mutex::new((0, None)),
             counters: Counters::default(),
             open: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(0),

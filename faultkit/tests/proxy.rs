@@ -95,10 +95,12 @@ async fn reject_answers_openings_with_retry_after_up_to_its_limit() {
     let mut faults = Faults::reject(429, 3);
     if let Some(r) = faults.reject.as_mut() {
         r.only = vec![Opening::Ticket];
+        r.skip = 1;
         r.limit = Some(1);
     }
     proxy.set(faults);
     let http = fresh();
+    assert_eq!(http.post(format!("{}/v1/ticket", proxy.url())).send().await.unwrap().status(), 200, "skipped");
     let refused = http.post(format!("{}/v1/ticket", proxy.url())).send().await.unwrap();
     assert_eq!(refused.status(), 429);
     assert_eq!(refused.headers()["retry-after"], "3");
