@@ -46,10 +46,12 @@ test-native:
 	cargo test --workspace -- --skip fault_ --skip abuse_
 
 # The npm package (size report), its .d.ts under tsc --strict, then the wasm client in headless
-# Chromium against real servers (scripts/with-servers starts and stops them).
+# Chromium against real servers (scripts/with-servers starts and stops them), and the transport
+# ladder scenarios through the fault proxy (tests/browser_ladder.rs: their LADDER-FIGURES lines
+# are the figures in RELIABILITY.md). WASM_BINDGEN_TEST_TIMEOUT bounds each test file's run.
 test-browser: setup package
 	cd tests/js && npx tsc -p tsconfig.json
-	CHROMEDRIVER=/usr/bin/chromedriver WASM_BINDGEN_TEST_TIMEOUT=240 scripts/with-servers wasm-pack test --headless --chrome --test browser
+	CHROMEDRIVER=/usr/bin/chromedriver WASM_BINDGEN_TEST_TIMEOUT=300 scripts/with-servers wasm-pack test --headless --chrome --test browser --test browser_ladder -- --nocapture
 
 package: setup
 	scripts/package

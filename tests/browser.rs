@@ -10,7 +10,7 @@ mod browser_util;
 
 use browser_util::*;
 use js_sys::{Object, Promise, Reflect, JSON};
-use rtlink::wasm::{live_listeners, RealtimeClient, Room};
+use rtlink::wasm::{live_listeners, RealtimeClient};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 use wasm_bindgen_test::*;

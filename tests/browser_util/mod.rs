@@ -72,7 +72,13 @@ pub async fn demo_token(base: &str, name: &str) -> Result<JsValue, JsValue> {
 /// returns that token again, as a real app returns its signed-in user's token: one client is
 /// one user. (Every demo token is a new user.)
 pub fn options(base: &str, name: &str, transports: Option<&[&str]>) -> JsValue {
-    let (b, n) = (base.to_string(), name.to_string());
+    options_via(base, base, name, transports)
+}
+
+/// [`options`] for a client that connects to `url` (e.g. through a proxy) and gets its token
+/// from the server at `token_base`.
+pub fn options_via(url: &str, token_base: &str, name: &str, transports: Option<&[&str]>) -> JsValue {
+    let (b, n) = (token_base.to_string(), name.to_string());
     let cached: Rc<RefCell<Option<JsValue>>> = Rc::default();
     let get_token = Closure::<dyn FnMut() -> Promise>::new(move || {
         let (b, n, cached) = (b.clone(), n.clone(), cached.clone());
@@ -85,7 +91,7 @@ pub fn options(base: &str, name: &str, transports: Option<&[&str]>) -> JsValue {
             Ok(token)
         })
     });
-    options_with_token(base, get_token.into_js_value(), transports)
+    options_with_token(url, get_token.into_js_value(), transports)
 }
 
 /// Options with the given `getToken`.
