@@ -165,11 +165,12 @@ fn a_probe_behind_a_buffering_proxy_never_costs_the_working_transport() {
 #[test]
 fn the_terminal_error_carries_the_real_cause() {
     type Setup = fn(&mut Sim);
-    let cases: [(Setup, &str); 4] = [
+    let cases: [(Setup, &str); 5] = [
         (|sim| sim.server.forbidden = true, "forbidden"),
         (|sim| sim.server.reject_tokens = 5, "unauthorized"),
         (|sim| sim.server.modes.insert(TransportKind::WebSocket, Mode::CloseBeforeWelcome(CloseCode::UNSUPPORTED_VERSION)).map_or((), |_| ()), "unsupported_version"),
         (|sim| sim.server.modes.insert(TransportKind::WebSocket, Mode::CloseBeforeWelcome(CloseCode::FORBIDDEN)).map_or((), |_| ()), "forbidden"),
+        (|sim| sim.server.modes.insert(TransportKind::WebSocket, Mode::CloseBeforeWelcome(CloseCode::DISCONNECTED)).map_or((), |_| ()), "disconnected"),
     ];
     for (setup, code) in cases {
         let mut sim = Sim::one(Config::default());

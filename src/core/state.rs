@@ -50,6 +50,7 @@ impl CloseReason {
             Self::Server { code, .. } => match code.0 {
                 4002 => "unsupported_version",
                 4010 => "forbidden",
+                4013 => "disconnected",
                 _ => "closed",
             },
             Self::Unauthorized => "unauthorized",

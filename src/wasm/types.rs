@@ -63,7 +63,7 @@ export interface ClientOptions {
 export type RtlinkErrorCode =
   | "invalid_options" | "invalid_argument" | "queue_full" | "not_subscribed" | "too_large" | "closed"
   | "timeout" | "expired" | "forbidden" | "invalid_room" | "rate_limited" | "too_many_rooms"
-  | "unauthorized" | "unsupported_version" | "token_failed" | "gave_up" | "internal" | "unknown";
+  | "unauthorized" | "unsupported_version" | "disconnected" | "token_failed" | "gave_up" | "internal" | "unknown";
 
 /** The error every rtlink call throws or rejects with. */
 export class RtlinkError extends Error {
@@ -103,8 +103,9 @@ export interface PublishResult {
 export interface ClientEventMap {
   state: ConnectionState;
   /** The client stopped for good (not after `close()`). `code` says why: "unauthorized" (a fresh
-   * token was refused too), "forbidden", "unsupported_version", "token_failed" (getToken failed
-   * for good), "gave_up" (backoff.maxAttempts reached) or "closed" (the server ended the session). */
+   * token was refused too), "forbidden", "unsupported_version", "disconnected" (the app's backend
+   * ended the user's sessions: logout, ban), "token_failed" (getToken failed for good), "gave_up"
+   * (backoff.maxAttempts reached) or "closed" (the server ended the session). */
   error: RtlinkError;
   /** The transport that last worked changed. */
   transport: TransportName;
