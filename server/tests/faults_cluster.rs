@@ -335,6 +335,71 @@ async fn fault_redis_restarted_empty_resyncs_live_subscribers() {
     .await;
 }
 
+/// Defect #8.12, the recovery path: a subscriber is cut off (behind the balancer) when Redis
+/// restarts empty, and comes back after the new epoch has messages. Its session and tickets
+/// went with Redis, so it resumes on whichever node the balancer picks, from offsets of the old
+/// epoch: it must be told (`resync`) and get every message of the new epoch exactly once, in
+/// order, never treating them as replays of offsets it already had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_redis_restarted_empty_while_a_subscriber_was_away() {
+    bounded(async {
+        let stack = Stack::cluster(2, scenario::fast_node(binary()))
+            .await
+            .unwrap();
+        let away = roaming(&stack.url(), "away", ALL);
+        subscribed(&[&away]).await;
+        let mut cast = RedisCast::start(stack, Duration::from_millis(100)).await;
+        // Old-epoch offsets up to about 15, so the new epoch's first offsets are "seen" ones.
+        let publisher = &cast.publisher;
+        assert!(faultkit::wait_until(WAIT, || publisher.sent() >= 15).await);
+        cast.stack.proxy.set(Faults::blackhole());
+        cast.stack.proxy.reset_connections();
+        away.wait(WAIT, "cut off", |o| !o.is_open()).await.unwrap();
+        let first_after = cast.publisher.sent();
+        cast.redis().restart_empty().await.unwrap();
+        let publisher = &cast.publisher;
+        let sent_after = || publisher.sent().saturating_sub(first_after);
+        assert!(
+            faultkit::wait_until(WAIT, || sent_after() >= 20).await,
+            "the publisher stalled"
+        );
+        let back_at = Instant::now();
+        cast.stack.proxy.clear();
+        away.wait(WAIT, "back", |o| {
+            o.is_open() && o.last_open().is_some_and(|(t, _)| t >= back_at)
+        })
+        .await
+        .unwrap();
+        publisher.stop().await;
+        publisher.settle(WAIT).await.unwrap();
+        let acked = publisher.acked();
+        let new_epoch: Vec<String> = acked
+            .iter()
+            .filter(|p| p[1..].parse::<usize>().unwrap_or(0) > first_after)
+            .cloned()
+            .collect();
+        assert!(
+            new_epoch.len() >= 15,
+            "only {} acks after the wipe",
+            new_epoch.len()
+        );
+        let caught_up = wait_delivered(&away, ROOM, &new_epoch, WAIT).await;
+        let f = Figures::of("Redis restarted empty while away", &away, ROOM, &acked)
+            .recovered_in(caught_up.as_ref().ok().map(|_| back_at.elapsed()))
+            .print();
+        caught_up.unwrap();
+        assert!(f.tally.is_clean(), "{f}");
+        assert!(f.resyncs >= 1, "no resync: {f}");
+        // Of the new epoch, nothing is missing even with the resync.
+        let new_tally = away.observed(|o| faultkit::tally(&new_epoch, o.delivered(ROOM), false));
+        assert!(new_tally.is_clean(), "new epoch: {new_tally}");
+        for c in &cast.subscribers {
+            wait_delivered(c, ROOM, &new_epoch, WAIT).await.unwrap();
+        }
+    })
+    .await;
+}
+
 /// Every Redis command of both nodes crosses a proxy adding 100 ms ± 50 ms each way: slower,
 /// but nothing is lost, duplicated or reordered, and no client drops.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
