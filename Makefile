@@ -8,12 +8,12 @@ DEMO_ADDR ?= 127.0.0.1:8080
 # The demo's server API key, for examples/metrics-pusher.py (the demo is not for production).
 DEMO_API_KEY ?= rtlink-demo-api-key
 
-.PHONY: help setup build build-server build-wasm package demo demo-screenshot test test-native test-browser test-e2e test-faults test-abuse bench bench-quick bench-client
+.PHONY: help setup build build-server build-wasm package demo demo-screenshot test test-native test-browser test-e2e test-faults test-abuse bench bench-quick bench-client fuzz
 
 help:
 	@echo "make demo    build and run the demo chat at http://$(DEMO_ADDR)"
 	@echo "make test    run every test suite (native, browser, end-to-end, faults, abuse)"
-	@echo "sub-targets: setup build test-native test-browser test-e2e test-faults test-abuse bench bench-quick bench-client demo-screenshot"
+	@echo "sub-targets: setup build test-native test-browser test-e2e test-faults test-abuse bench bench-quick bench-client demo-screenshot fuzz"
 
 setup:
 	@scripts/setup
@@ -81,6 +81,12 @@ test-faults:
 # that a bystander is unaffected.
 test-abuse: setup
 	cargo test -p rtlink-server --test abuse
+
+# cargo-fuzz targets (fuzz/): frame decoder, SSE and long-poll envelopes, upstream batches,
+# tokens; FUZZ_RUNS executions each (default 10 million). Needs nightly + cargo-fuzz; says so
+# and succeeds without them. Not part of make test.
+fuzz:
+	scripts/fuzz
 
 # Every benchmark (docs/BENCHMARKS.md, rewritten with its plots in docs/bench/): the Chromium client
 # benchmark, then fan-out, idle memory, large rooms and the reconnect storm against Socket.IO 4.8
