@@ -2,7 +2,8 @@
 //!
 //! - [`FaultProxy`]: a proxy on 127.0.0.1 between clients and one or more real `rtlink-server`
 //!   processes. It routes every new TCP connection to the next upstream in turn (a load
-//!   balancer without stickiness) and applies [`Faults`] switched at run time: blackhole,
+//!   balancer without stickiness; a connection an upstream refuses, as a dead node does, goes
+//!   to the next one) and applies [`Faults`] switched at run time: blackhole,
 //!   refused WebSocket upgrades (502), an upgrade killed after `101`, SSE responses held until
 //!   they end (a buffering proxy), `429`/`503` with `Retry-After` on opening requests,
 //!   latency with jitter, and connections reset at random. In TCP mode (in front of Redis) it

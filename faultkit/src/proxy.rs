@@ -43,6 +43,8 @@ pub(crate) struct Shared {
     upstreams: Vec<SocketAddr>,
     per_upstream: Vec<AtomicU64>,
     next_upstream: AtomicU64,
+    /// Primary and backups instead of round robin ([`ProxyBuilder::failover`]).
+    failover: bool,
     faults: watch::Sender<Faults>,
     /// Openings still to forward under `reject.skip`, and refusals left under `reject.limit`.
     reject_left: Mutex<(u64, Option<u64>)>,
@@ -117,12 +119,20 @@ pub struct ProxyBuilder {
     upstreams: Vec<SocketAddr>,
     mode: Mode,
     control: Option<SocketAddr>,
+    failover: bool,
 }
 
 impl ProxyBuilder {
     /// A proxy on a free port of 127.0.0.1, without a control port.
     pub fn new(mode: Mode, upstreams: Vec<SocketAddr>) -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 0)), upstreams, mode, control: None }
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 0)), upstreams, mode, control: None, failover: false }
+    }
+
+    /// Route every connection to the first upstream that accepts it, in the order given (a
+    /// primary and its backups), instead of round robin.
+    pub fn failover(mut self) -> Self {
+        self.failover = true;
+        self
     }
 
     pub fn listen(mut self, addr: SocketAddr) -> Self {
@@ -147,6 +157,7 @@ impl ProxyBuilder {
             per_upstream: self.upstreams.iter().map(|_| AtomicU64::new(0)).collect(),
             upstreams: self.upstreams,
             next_upstream: AtomicU64::new(0),
+            failover: self.failover,
             faults: watch::channel(Faults::none()).0,
             reject_left: Mutex::new((0, None)),
             counters: Counters::default(),
@@ -236,7 +247,11 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         };
         let _ = client.set_nodelay(true);
         Counters::bump(&shared.counters.connections);
-        let upstream = (shared.next_upstream.fetch_add(1, Relaxed) % shared.upstreams.len() as u64) as usize;
+        let upstream = if shared.failover {
+            0
+        } else {
+            (shared.next_upstream.fetch_add(1, Relaxed) % shared.upstreams.len() as u64) as usize
+        };
         if let Some(c) = shared.per_upstream.get(upstream) {
             c.fetch_add(1, Relaxed);
         }
@@ -445,21 +460,25 @@ async fn write_loop(
     let _ = half.shutdown().await;
 }
 
+/// Connects to `upstream`, or, if it refuses (a dead node), to the next ones in turn, each
+/// once: what a load balancer does on a connect error (nginx's `proxy_next_upstream error`)
+/// before its health check takes the node out.
 async fn connect_upstream(shared: &Arc<Shared>, upstream: usize, rst: &RstHandle) -> Option<TcpStream> {
-    let addr = *shared.upstreams.get(upstream)?;
     let mut faults = shared.faults.subscribe();
     while_blackholed(&mut faults).await;
-    match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await {
-        Ok(Ok(stream)) => {
-            let _ = stream.set_nodelay(true);
-            *rst.lock() = rst_handle(&stream);
-            Some(stream)
-        }
-        _ => {
-            Counters::bump(&shared.counters.upstream_connect_failures);
-            None
+    let n = shared.upstreams.len();
+    for i in 0..n {
+        let addr = *shared.upstreams.get((upstream + i) % n)?;
+        match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                *rst.lock() = rst_handle(&stream);
+                return Some(stream);
+            }
+            _ => Counters::bump(&shared.counters.upstream_connect_failures),
         }
     }
+    None
 }
 
 async fn relay(shared: Arc<Shared>, client: TcpStream, upstream: usize, rst: RstHandle) -> Result<(), Abort> {

@@ -226,3 +226,17 @@ async fn control_api_sets_shows_and_clears_faults_with_cors() {
     assert_eq!(http.delete(format!("{control}/faults")).send().await.unwrap().status(), 200);
     assert_eq!(proxy.faults(), Faults::none());
 }
+
+#[tokio::test]
+async fn a_refusing_upstream_passes_the_connection_to_the_next() {
+    let dead = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let proxy = FaultProxy::http(vec![dead, upstream("b").await]).await.unwrap();
+    for _ in 0..4 {
+        let name = fresh().get(format!("{}/name", proxy.url())).send().await.unwrap().text().await.unwrap();
+        assert_eq!(name, "b");
+    }
+    assert_eq!(proxy.counters().upstream_connect_failures, 2);
+}

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 use faultkit::rtlink::core::TransportKind::{self, LongPoll, Sse, WebSocket};
 use faultkit::scenario::{self, wait_delivered};
-use faultkit::{ClientOptions, FaultProxy, Faults, Figures, Publisher, Redis, Stack, TestClient};
+use faultkit::{
+    ClientOptions, FaultProxy, Faults, Figures, Mode, ProxyBuilder, Publisher, Redis, Stack,
+    TestClient,
+};
 
 const ROOM: &str = "cluster";
 const ALL: &[TransportKind] = &[WebSocket, Sse, LongPoll];
@@ -272,6 +275,160 @@ async fn fault_redis_killed_and_restarted_with_its_data() {
             acked.len(),
             (back_at - killed_at).as_millis()
         );
+    })
+    .await;
+}
+
+/// A node dies (SIGKILL) under its clients. They reach it through a balancer with a backup
+/// (the survivor), and the survivor serves the publisher. Every client on every transport
+/// notices at once (its connection closes), opens a new session on the survivor (the dead
+/// node's sessions died with it) and re-subscribes from its offsets: nothing lost, duplicated
+/// or reordered, and no step down the ladder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_node_killed_clients_move_to_the_survivor() {
+    bounded(async {
+        let mut stack = Stack::cluster(2, scenario::fast_node(binary()))
+            .await
+            .unwrap();
+        let (a, b) = (stack.nodes[0].addr(), stack.nodes[1].addr());
+        let balancer = ProxyBuilder::new(Mode::Http, vec![a, b])
+            .failover()
+            .start()
+            .await
+            .unwrap();
+        let clients = [
+            ("auto", ALL),
+            ("sse", &[Sse][..]),
+            ("poll", &[LongPoll][..]),
+        ];
+        let subscribers: Vec<TestClient> = clients
+            .iter()
+            .map(|(name, ladder)| roaming(&balancer.url(), name, ladder))
+            .collect();
+        let publisher = Arc::new(scenario::client(
+            &stack.nodes[1].url(),
+            "publisher",
+            &[WebSocket],
+        ));
+        let all: Vec<&TestClient> = subscribers.iter().chain([&*publisher]).collect();
+        subscribed(&all).await;
+        let publisher = Publisher::start(publisher, ROOM, Duration::from_millis(50), "m");
+        assert!(faultkit::wait_until(WAIT, || publisher.sent() >= 20).await);
+        let killed_at = Instant::now();
+        stack.nodes[0].kill().await;
+        assert!(faultkit::wait_until(WAIT, || publisher.sent() >= 80).await);
+        publisher.stop().await;
+        publisher.settle(WAIT).await.unwrap();
+        let acked = publisher.acked();
+        for c in &subscribers {
+            wait_delivered(c, ROOM, &acked, WAIT).await.unwrap();
+        }
+        for c in &subscribers {
+            let reopened = c.observed(|o| {
+                o.opens
+                    .iter()
+                    .find(|(t, _)| *t >= killed_at)
+                    .map(|(t, _)| *t - killed_at)
+            });
+            let f = Figures::of(
+                "node SIGKILLed, clients move to the survivor",
+                c,
+                ROOM,
+                &acked,
+            )
+            .detected_since(c, killed_at, scenario::DETECTION_DEADLINE)
+            .recovered_in(reopened)
+            .print();
+            assert!(f.tally.is_clean() && f.tally.lost_with_resync == 0, "{f}");
+            assert_eq!(f.fallbacks, 0, "{f}");
+            assert!(
+                f.detection
+                    .is_some_and(|d| d <= scenario::DETECTION_DEADLINE),
+                "{f}"
+            );
+            assert!(f.recovery.is_some(), "{f}");
+        }
+        assert_eq!(subscribers[0].snapshot().open_on, Some(WebSocket));
+    })
+    .await;
+}
+
+/// A node drains (SIGTERM) under its clients, which reach it through a balancer with the
+/// other node as backup. Each client is told to come back at a random time in the drain
+/// window; while the draining node still answers, its tickets say `503` (overloaded, not a
+/// blocked transport); once it is gone, the balancer passes them to the survivor. Reconnects
+/// spread over the window, nobody steps down the ladder, nothing is lost, duplicated or
+/// reordered, and the drained node exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_node_drained_clients_spread_to_the_survivor() {
+    bounded(async {
+        let mut stack = Stack::cluster(2, scenario::fast_node(binary()))
+            .await
+            .unwrap();
+        let (a, b) = (stack.nodes[0].addr(), stack.nodes[1].addr());
+        let balancer = ProxyBuilder::new(Mode::Http, vec![a, b])
+            .failover()
+            .start()
+            .await
+            .unwrap();
+        let mut subscribers: Vec<TestClient> = (0..8)
+            .map(|i| roaming(&balancer.url(), &format!("ws{i}"), ALL))
+            .collect();
+        subscribers.push(roaming(&balancer.url(), "sse", &[Sse]));
+        subscribers.push(roaming(&balancer.url(), "poll", &[LongPoll]));
+        let publisher = Arc::new(scenario::client(
+            &stack.nodes[1].url(),
+            "publisher",
+            &[WebSocket],
+        ));
+        let all: Vec<&TestClient> = subscribers.iter().chain([&*publisher]).collect();
+        subscribed(&all).await;
+        let publisher = Publisher::start(publisher, ROOM, Duration::from_millis(50), "m");
+        assert!(faultkit::wait_until(WAIT, || publisher.sent() >= 20).await);
+        let drained_at = Instant::now();
+        assert!(stack.nodes[0].terminate());
+        for c in &subscribers {
+            c.wait(WAIT, "moved", |o| {
+                o.is_open() && o.last_open().is_some_and(|(t, _)| t >= drained_at)
+            })
+            .await
+            .unwrap();
+        }
+        let exit = stack.nodes[0].wait_exit(WAIT).await;
+        assert!(faultkit::wait_until(WAIT, || publisher.sent() >= 80).await);
+        publisher.stop().await;
+        publisher.settle(WAIT).await.unwrap();
+        let acked = publisher.acked();
+        let mut moved = Vec::new();
+        for c in &subscribers {
+            wait_delivered(c, ROOM, &acked, WAIT).await.unwrap();
+            let reopened = c.observed(|o| {
+                o.opens
+                    .iter()
+                    .find(|(t, _)| *t >= drained_at)
+                    .map(|(t, _)| *t - drained_at)
+            });
+            let f = Figures::of("node SIGTERMed (drain window 1 s)", c, ROOM, &acked)
+                .recovered_in(reopened)
+                .print();
+            assert!(f.tally.is_clean() && f.tally.lost_with_resync == 0, "{f}");
+            assert_eq!(f.fallbacks, 0, "{f}");
+            moved.extend(reopened);
+        }
+        moved.sort();
+        let spread = moved[moved.len() - 1] - moved[0];
+        println!(
+            "FAULT-FIGURES node SIGTERMed (drain window 1 s) | {} clients | reopened on the survivor {} - {} ms after SIGTERM, spread {} ms | drained node exit {exit:?}",
+            moved.len(),
+            moved[0].as_millis(),
+            moved[moved.len() - 1].as_millis(),
+            spread.as_millis()
+        );
+        assert!(exit.is_some_and(|s| s.success()), "{exit:?}");
+        assert!(spread >= Duration::from_millis(250), "a storm: {moved:?}");
+        for c in &subscribers[..8] {
+            assert_eq!(c.snapshot().open_on, Some(WebSocket));
+        }
     })
     .await;
 }
