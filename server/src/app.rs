@@ -1,7 +1,6 @@
 //! The application: shared state and the router. `main.rs` only parses the command line and
 //! serves [`app`]; tests serve it on port 0.
 
-use std::net::SocketAddr;
 use std::ops::Deref;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -33,6 +32,7 @@ use crate::config::Config;
 use crate::http::{self, ClientIp, OriginPolicy};
 use crate::hub::Hub;
 use crate::limits::ConnectionLimiter;
+use crate::listener::ServeLimits;
 use crate::metrics::Metrics;
 use crate::proxy::TrustedProxies;
 use crate::transport;
@@ -253,23 +253,21 @@ pub fn app(state: AppState) -> Router {
 }
 
 /// Serves `router` on `listener` with the peer address available (for per-IP limits) until
-/// `shutdown` resolves.
+/// `shutdown` resolves, with the connection timeouts but no connection caps (in-process tests
+/// and benchmarks). `main` uses [`crate::listener::serve_with`] and the configured limits.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // Without TCP_NODELAY a small write waits for the peer's delayed ACK (tens of ms) behind
-    // an unacknowledged one; the WebSocket writer batches what is queued instead.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(
+    crate::listener::serve_with(
         listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
+        router,
+        ServeLimits::timeouts_only(),
+        Arc::new(Metrics::default()),
+        None,
+        shutdown,
     )
-    .with_graceful_shutdown(shutdown)
     .await
 }
 

@@ -320,6 +320,36 @@ pub struct Config {
     #[arg(long, env = "RTLINK_ACCEPT_BURST_PER_IP", default_value_t = 100)]
     pub accept_burst_per_ip: u32,
 
+    /// Open TCP connections in total; more are answered 503 and closed at once.
+    #[arg(long, env = "RTLINK_MAX_TCP_CONNECTIONS", default_value_t = 12_000)]
+    pub max_tcp_connections: usize,
+
+    /// Open TCP connections from one peer address (trusted proxies exempt).
+    #[arg(long, env = "RTLINK_MAX_TCP_CONNECTIONS_PER_IP", default_value_t = 512)]
+    pub max_tcp_connections_per_ip: usize,
+
+    /// HTTP requests in flight in total (a request is in flight until its response body ends:
+    /// SSE streams and held polls count); more get 503.
+    #[arg(long, env = "RTLINK_MAX_REQUESTS", default_value_t = 20_000)]
+    pub max_requests: usize,
+
+    /// HTTP requests in flight from one client address (`/v1/send`, polls and SSE streams
+    /// included); more get 429.
+    #[arg(long, env = "RTLINK_MAX_REQUESTS_PER_IP", default_value_t = 512)]
+    pub max_requests_per_ip: usize,
+
+    /// Longest an HTTP/1 client may take to send a request head.
+    #[arg(long, env = "RTLINK_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// A connection with no request in flight (also before its first one) is closed after this.
+    #[arg(long, env = "RTLINK_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Concurrent streams per HTTP/2 connection.
+    #[arg(long, env = "RTLINK_H2_MAX_STREAMS", default_value_t = 100)]
+    pub h2_max_streams: u32,
+
     /// Sessions (connected or resumable) in total; more get 503.
     #[arg(long, env = "RTLINK_MAX_SESSIONS", default_value_t = 50_000)]
     pub max_sessions: usize,

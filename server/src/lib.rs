@@ -15,6 +15,7 @@ pub mod drain;
 pub mod http;
 pub mod hub;
 pub mod limits;
+pub mod listener;
 pub mod metrics;
 pub mod presence;
 pub mod presence_batch;

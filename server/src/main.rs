@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use rtlink_server::config::{Config, LogFormat};
-use rtlink_server::{app, serve, tls, AppState};
+use rtlink_server::listener::{serve_with, ServeLimits};
+use rtlink_server::{app, tls, AppState};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -28,6 +29,7 @@ async fn main() -> anyhow::Result<()> {
         _ => None,
     };
     let listen = config.listen;
+    let limits = ServeLimits::from_config(&config);
     let state = AppState::from_config(config).await?;
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -41,11 +43,12 @@ async fn main() -> anyhow::Result<()> {
         drain_state.drain().await;
         let _ = drained_tx.send(());
     };
+    let metrics = state.metrics.clone();
     let router = app(state);
     let server = async move {
         match tls {
-            Some(tls) => tls::serve_tls(listener, router, tls, shutdown).await,
-            None => serve(listener, router, shutdown).await,
+            Some(tls) => serve_with(listener, router, limits, metrics, Some(tls), shutdown).await,
+            None => serve_with(listener, router, limits, metrics, None, shutdown).await,
         }
     };
     tokio::select! {

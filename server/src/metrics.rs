@@ -19,10 +19,14 @@ pub enum DropReason {
     Overloaded,
     /// A ticket refused by the accept-rate budget.
     AcceptRate,
+    /// A TCP connection refused by the total or per-address connection cap.
+    ConnectionCap,
+    /// An HTTP request refused by the total or per-address cap on requests in flight.
+    RequestCap,
 }
 
 impl DropReason {
-    const ALL: [Self; 9] = [
+    const ALL: [Self; 11] = [
         Self::SlowConsumer,
         Self::RateLimited,
         Self::Malformed,
@@ -32,6 +36,8 @@ impl DropReason {
         Self::OriginNotAllowed,
         Self::Overloaded,
         Self::AcceptRate,
+        Self::ConnectionCap,
+        Self::RequestCap,
     ];
 
     fn as_str(self) -> &'static str {
@@ -45,6 +51,8 @@ impl DropReason {
             Self::OriginNotAllowed => "origin_not_allowed",
             Self::Overloaded => "overloaded",
             Self::AcceptRate => "accept_rate",
+            Self::ConnectionCap => "connection_cap",
+            Self::RequestCap => "request_cap",
         }
     }
 }
@@ -62,7 +70,11 @@ pub struct Metrics {
     pub frames_in: AtomicU64,
     pub frames_out: AtomicU64,
     pub messages_published: AtomicU64,
-    drops: [AtomicU64; 9],
+    drops: [AtomicU64; 11],
+    /// Open TCP connections (upgraded WebSockets included), kept by [`crate::listener`].
+    pub tcp_connections: AtomicU64,
+    /// HTTP requests whose response has not ended (SSE streams and held polls included).
+    pub requests_in_flight: AtomicU64,
     /// Room events the hub missed because its broker receiver lagged (each triggered a resync).
     pub broker_lagged_events: AtomicU64,
     /// Rooms with at least one local subscriber.
@@ -123,6 +135,16 @@ impl Metrics {
             "rtlink_history_messages",
             "Messages held in room history.",
             broker.history_messages,
+        );
+        gauge(
+            "rtlink_tcp_connections",
+            "Open TCP connections, upgraded WebSockets included.",
+            self.tcp_connections.load(Relaxed),
+        );
+        gauge(
+            "rtlink_http_requests_in_flight",
+            "HTTP requests whose response has not ended (SSE streams, held polls).",
+            self.requests_in_flight.load(Relaxed),
         );
         gauge(
             "rtlink_draining",

@@ -6,9 +6,16 @@
 //! away the body stream is dropped, which detaches the session. A refusal the browser must see
 //! (another protocol version, a probe of a session this node does not hold) is a stream of one
 //! `close` event: an `EventSource` cannot read HTTP statuses.
+//!
+//! A client that stops reading without going away leaves hyper stuck writing to it, and the
+//! body is no longer polled. A watchdog notices (the body has not been asked for more for a
+//! ping interval plus the heartbeat grace, while pings are queued every ping interval), closes
+//! the session's transport (4004) and cuts the connection.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, Request, State};
@@ -22,6 +29,8 @@ use crate::app::AppState;
 use crate::config::TransportKind;
 use crate::http;
 use crate::hub::Hub;
+use crate::listener::ConnectionKill;
+use crate::metrics::DropReason;
 use crate::session::{close_frame, Attached, Session};
 
 pub async fn handler(State(state): State<AppState>, req: Request) -> Response {
@@ -68,6 +77,16 @@ pub async fn handler(State(state): State<AppState>, req: Request) -> Response {
             (session, attached)
         }
     };
+    let kill = req.extensions().get::<ConnectionKill>().cloned();
+    let pulls = Arc::new(Pulls::default());
+    tokio::spawn(watchdog(
+        hub.clone(),
+        session.clone(),
+        attached.gen,
+        pulls.clone(),
+        kill,
+        state.config.ping_interval + state.config.heartbeat_grace,
+    ));
     let mut keepalive = tokio::time::interval_at(
         Instant::now() + state.config.sse_keepalive,
         state
@@ -86,10 +105,13 @@ pub async fn handler(State(state): State<AppState>, req: Request) -> Response {
         keepalive,
         pending: VecDeque::new(),
         done: false,
+        pulls,
     };
     let body = Body::from_stream(futures_util::stream::unfold(stream, |mut s| async move {
-        let chunk = s.next_chunk().await?;
-        Some((Ok::<_, std::convert::Infallible>(chunk), s))
+        s.pulls.enter();
+        let chunk = s.next_chunk().await;
+        s.pulls.leave();
+        Some((Ok::<_, std::convert::Infallible>(chunk?), s))
     }));
     (sse_headers(), body).into_response()
 }
@@ -129,6 +151,72 @@ struct SseStream {
     keepalive: Interval,
     pending: VecDeque<Bytes>,
     done: bool,
+    pulls: Arc<Pulls>,
+}
+
+/// When hyper last asked the body for a chunk, and whether it is waiting for one now.
+struct Pulls {
+    started: std::time::Instant,
+    asked_ms: AtomicU64,
+    waiting: AtomicBool,
+}
+
+impl Default for Pulls {
+    fn default() -> Self {
+        Self {
+            started: std::time::Instant::now(),
+            asked_ms: AtomicU64::new(0),
+            waiting: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Pulls {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn enter(&self) {
+        self.asked_ms.store(self.now_ms(), Relaxed);
+        self.waiting.store(true, Relaxed);
+    }
+
+    fn leave(&self) {
+        self.waiting.store(false, Relaxed);
+    }
+
+    /// Hyper holds a chunk it has not been able to write for longer than `limit`.
+    fn stalled(&self, limit: Duration) -> bool {
+        !self.waiting.load(Relaxed)
+            && self.now_ms().saturating_sub(self.asked_ms.load(Relaxed)) > limit.as_millis() as u64
+    }
+}
+
+/// Ends an SSE transport whose client stopped reading (see the module docs).
+async fn watchdog(
+    hub: Arc<Hub>,
+    session: Arc<Session>,
+    gen: u64,
+    pulls: Arc<Pulls>,
+    kill: Option<ConnectionKill>,
+    limit: Duration,
+) {
+    let every = (limit / 4).max(Duration::from_millis(50));
+    loop {
+        tokio::time::sleep(every).await;
+        if session.lock().attached_gen() != Some(gen) {
+            return;
+        }
+        if pulls.stalled(limit) {
+            tracing::debug!(session = %session.id, "SSE client stopped reading; cutting it");
+            hub.metrics.count_drop(DropReason::SlowConsumer);
+            hub.force_close(&session, CloseCode::SLOW_CONSUMER);
+            if let Some(kill) = kill {
+                kill.kill();
+            }
+            return;
+        }
+    }
 }
 
 impl SseStream {

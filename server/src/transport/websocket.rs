@@ -21,6 +21,7 @@ use crate::app::AppState;
 use crate::config::TransportKind;
 use crate::http::{self, precheck, Admission};
 use crate::hub::{Hub, SessionRefusal};
+use crate::listener::TcpSlot;
 use crate::metrics::{DropReason, Metrics};
 use crate::session::{Attached, Session};
 
@@ -47,17 +48,23 @@ pub async fn handler(State(state): State<AppState>, req: Request) -> Response {
         Err(resp) => return resp,
     };
     let max = state.config.max_frame_bytes;
+    let tcp_slot = parts.extensions.get::<TcpSlot>().cloned();
     upgrade
-        // Larger than the protocol limit so an oversized frame is answered with 4001 rather
-        // than a dropped connection.
-        .max_message_size(max.saturating_mul(4).max(1 << 20))
+        // The protocol's limit, so tungstenite refuses an oversized frame from its header
+        // (close 4001) instead of first reading up to 16 MiB of it.
+        .max_frame_size(max)
+        .max_message_size(max)
         // tungstenite's default read buffer (128 KiB) is zero-filled up to its capacity before
         // every read, so each idle connection kept 128 KiB resident. Client frames are small;
         // a larger frame grows the buffer as needed. Writes are batched per outbox drain (see
         // `write_loop`); 8 KiB bounds one batch's buffer, which a Vec keeps after a burst.
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
-        .on_upgrade(move |socket| run(socket, state, admission, ip))
+        .on_upgrade(move |socket| async move {
+            // Hyper let go of the connection; it stays counted under the TCP caps.
+            let _tcp = tcp_slot;
+            run(socket, state, admission, ip).await
+        })
 }
 
 /// Per-connection WebSocket buffers (docs/BENCHMARKS.md, idle memory).
