@@ -79,7 +79,7 @@ pub mod scenario;
 pub mod token;
 
 pub use check::{tally, Tally};
-pub use client::{ClientOptions, Delivered, Observed, TestClient};
+pub use client::{ClientOptions, Delivered, Observed, TestClient, TokenSpec};
 pub use faults::{CounterSnapshot, Faults, Latency, Opening, Reject, Reset};
 pub use node::{Node, NodeConfig};
 pub use process::{free_port, wait_until};

@@ -12,8 +12,14 @@ pub const TEST_SECRET: &str = "faultkit-test-secret-of-at-least-32-bytes";
 
 /// A token for `user` (display name `name`), valid for `rooms` patterns and `ttl_secs` seconds.
 pub fn sign(secret: &str, user: &str, name: &str, rooms: &[&str], ttl_secs: u64) -> String {
+    sign_for(secret, user, name, rooms, i64::try_from(ttl_secs).unwrap_or(i64::MAX))
+}
+
+/// Like [`sign`], with a lifetime that may be negative (a token that expired that long ago).
+pub fn sign_for(secret: &str, user: &str, name: &str, rooms: &[&str], ttl_secs: i64) -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let claims = serde_json::json!({ "sub": user, "name": name, "rooms": rooms, "exp": now + ttl_secs });
+    let exp = i64::try_from(now).unwrap_or(i64::MAX).saturating_add(ttl_secs).max(0);
+    let claims = serde_json::json!({ "sub": user, "name": name, "rooms": rooms, "exp": exp });
     let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
     let body = URL_SAFE_NO_PAD.encode(claims.to_string());
     let input = format!("{header}.{body}");

@@ -1,4 +1,4 @@
-//! Regression scenarios of the client defects of issue #8 (2-6), each against a real
+//! Regression scenarios of the client defects of issue #8 (2-8), each against a real
 //! `rtlink-server` behind the fault proxy, with the real client core driven by `faultkit` as the
 //! browser glue drives it (a refused WebSocket upgrade or EventSource is opaque). Each failed on
 //! the client before its fix; RELIABILITY.md has their figures. Test names start with `fault_`
@@ -10,9 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use faultkit::rtlink::core::TransportKind::{LongPoll, Sse, WebSocket};
-use faultkit::rtlink::core::{ErrorCode, State};
+use faultkit::rtlink::core::{CloseReason, Config, ErrorCode, State};
 use faultkit::scenario::{self, FIRST_FRAME, PROBE_INTERVAL};
-use faultkit::{wait_until, Faults, Figures, Opening, Stack, TestClient};
+use faultkit::{
+    tally, wait_until, ClientOptions, Faults, Figures, Opening, Publisher, Stack, TestClient,
+};
 
 const ROOM: &str = "defects";
 const WAIT: Duration = Duration::from_secs(20);
@@ -268,6 +270,218 @@ async fn fault_publish_over_the_frame_limit_fails_alone() {
         result.unwrap();
         assert!(too_large && o.drops.is_empty());
         assert!(!o.has_payload(ROOM, &big), "the oversized publish was delivered");
+    })
+    .await;
+}
+
+/// A node that accepts a token exactly until its `exp` (no leeway), so tokens of a few seconds
+/// expire during a scenario.
+async fn strict_expiry_stack() -> Stack {
+    Stack::single(scenario::fast_node(binary()).args(["--auth-leeway", "0s"]))
+        .await
+        .unwrap()
+}
+
+/// A client whose token provider hands out tokens for `rooms` lasting `ttl_secs`. A second
+/// auth failure within 1.5 s of a re-authentication is final (the default is a minute; the
+/// scenario's tokens last 3 s).
+fn renewing_client(url: &str, user: &str, rooms: &[&str], ttl_secs: i64) -> TestClient {
+    let config = Config {
+        transports: vec![WebSocket, Sse, LongPoll],
+        reauth_window_ms: 1_500,
+        ..scenario::fast_client()
+    };
+    TestClient::connect(
+        ClientOptions::new(url, user)
+            .config(config)
+            .token(rooms, ttl_secs),
+    )
+}
+
+/// Defect #8.7: tokens that expire while the session lives. The server closes `4009`, the
+/// client gets a fresh token and resumes, again and again, losing nothing. Before the fix the
+/// resumed session kept the old claims and expiry, so it looped on `4009` forever and a new
+/// token's rooms never took effect. Now the provider's next token drops room `a`: the resume
+/// adopts it (`a` is refused `forbidden`, `b` goes on), and with a long token the loop stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_expiring_tokens_are_renewed_and_new_claims_adopted() {
+    bounded(async {
+        let stack = strict_expiry_stack().await;
+        let c = renewing_client(&stack.url(), "renewing", &["a", "b"], 3);
+        let publisher = Arc::new(scenario::client(
+            &stack.nodes[0].url(),
+            "publisher",
+            &[WebSocket],
+        ));
+        for (client, room) in [(&c, "a"), (&c, "b"), (&*publisher, "a"), (&*publisher, "b")] {
+            client.subscribe(room);
+            client
+                .wait(WAIT, "subscribed", |o| o.subscribed.iter().any(|r| r == room))
+                .await
+                .unwrap();
+        }
+        let in_a = Publisher::start(publisher.clone(), "a", Duration::from_millis(100), "a");
+        let in_b = Publisher::start(publisher.clone(), "b", Duration::from_millis(100), "b");
+        // Two expiries, each followed by a fresh token and a resume.
+        c.wait(WAIT, "two renewals", |o| o.drops.len() >= 2 && o.is_open())
+            .await
+            .unwrap();
+        let switched_at = Instant::now();
+        c.set_token(&["b"], 3600);
+        c.wait(WAIT, "room a refused", |o| {
+            o.subscribe_failed
+                .iter()
+                .any(|(_, r, code)| r == "a" && *code == ErrorCode::Forbidden)
+        })
+        .await
+        .unwrap();
+        let adopted = switched_at.elapsed();
+        let settled = Instant::now();
+        // The long token ends the loop: no drop for twice the old lifetime.
+        let dropped = c
+            .wait(Duration::from_secs(6), "a drop", |o| {
+                o.drops.iter().any(|t| *t > settled)
+            })
+            .await;
+        for p in [&in_a, &in_b] {
+            p.stop().await;
+            p.settle(WAIT).await.unwrap();
+        }
+        let acked_b = in_b.acked();
+        scenario::wait_delivered(&c, "b", &acked_b, WAIT).await.unwrap();
+        let o = c.snapshot();
+        let f = Figures::of("token of 3 s renewed, then one without room a", &c, "b", &acked_b)
+            .print();
+        let a_after = o
+            .messages
+            .get("a")
+            .map_or(0, |m| m.iter().filter(|d| d.at > settled).count());
+        let a_tally = tally(&in_a.acked(), o.delivered("a"), false);
+        println!(
+            "FAULT-FIGURES token of 3 s renewed, then one without room a | renewing | {} expiries (4009) renewed, {} tokens | new claims adopted {} ms after the provider changed | room a before: {} delivered, duplicated {}, reordered {}; after: {a_after} | errors {:?}",
+            o.drops.len(),
+            o.tokens,
+            adopted.as_millis(),
+            a_tally.delivered,
+            a_tally.duplicated,
+            a_tally.reordered,
+            o.errors
+        );
+        assert!(dropped.is_err(), "still looping after a long token: {:?}", o.drops);
+        assert!(f.tally.is_clean() && f.tally.lost_with_resync == 0, "{f}");
+        assert_eq!(f.fallbacks, 0, "{f}");
+        assert!(o.errors.is_empty() && o.is_open(), "{:?}", o.errors);
+        assert_eq!(a_after, 0, "room a still delivered after it was refused");
+        assert_eq!((a_tally.duplicated, a_tally.reordered), (0, 0));
+    })
+    .await;
+}
+
+/// Defect #8.7, the end of the loop: the token provider starts handing out a token that is
+/// already expired (a cached one). At its session's expiry the server closes `4009`, the ticket
+/// for the resume is refused `401` with the fresh (expired) token, and the client ends with
+/// `unauthorized` at once instead of retrying forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_repeated_auth_failures_end_the_session() {
+    bounded(async {
+        let stack = strict_expiry_stack().await;
+        let c = renewing_client(&stack.url(), "stale", &["*"], 3);
+        c.wait_open(WAIT).await.unwrap();
+        c.set_token(&["*"], -60);
+        let opened = Instant::now();
+        c.wait(WAIT, "closed", |o| matches!(o.state, State::Closed { .. }))
+            .await
+            .unwrap();
+        let ended = opened.elapsed();
+        let tickets = stack.proxy.counters().tickets;
+        // Nothing more comes: no ticket request within a few backoff caps.
+        let more = wait_until(Duration::from_secs(3), || {
+            stack.proxy.counters().tickets > tickets
+        })
+        .await;
+        let o = c.snapshot();
+        println!(
+            "FAULT-FIGURES provider of expired tokens | stale | ended {} ms after the switch with {:?}; {} tokens, {tickets} ticket requests in all, none after",
+            ended.as_millis(),
+            o.state,
+            o.tokens
+        );
+        assert_eq!(
+            o.state,
+            State::Closed {
+                reason: CloseReason::Unauthorized
+            }
+        );
+        assert!(o.errors.contains(&CloseReason::Unauthorized), "{:?}", o.errors);
+        assert!(!more, "ticket requests after the end");
+        assert!(tickets <= 3, "{tickets} ticket requests");
+    })
+    .await;
+}
+
+/// Defect #8.8: publish ids are deduplicated for a window (2 s here), but a client may hold an
+/// unacknowledged publish for longer. A publish reaches the server and is stored, its ack is
+/// lost with the connection (held in the proxy, then reset), and the path stays down past the
+/// window. Before the fix the client resent it after reconnecting and it was stored twice. Now
+/// it fails with `expired` (the server may have stored it), while a publish queued offline and
+/// never transmitted is sent and stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_resend_after_the_dedupe_window_is_never_stored_twice() {
+    bounded(async {
+        let stack = Stack::single(scenario::fast_node(binary()).args(["--dedupe-window", "2s"]))
+            .await
+            .unwrap();
+        let watcher = scenario::client(&stack.nodes[0].url(), "watcher", &[WebSocket]);
+        let c = scenario::client(&stack.url(), "publisher", &[WebSocket]);
+        subscribed(&watcher).await;
+        subscribed(&c).await;
+        // Every byte through the proxy now takes a second: the ack comes back a second after
+        // the watcher sees the message.
+        stack.proxy.set(Faults::latency(1000, 0));
+        let sent_at = Instant::now();
+        let id = c.publish(ROOM, "stored-once").await.unwrap();
+        watcher
+            .wait(WAIT, "stored", |o| o.has_payload(ROOM, "stored-once"))
+            .await
+            .unwrap();
+        stack.proxy.set(Faults::blackhole());
+        stack.proxy.reset_connections();
+        c.wait(WAIT, "offline", |o| !o.is_open()).await.unwrap();
+        assert!(
+            !c.observed(|o| o.acked.contains_key(&id)),
+            "the ack got through: the scenario tested nothing"
+        );
+        let fresh = c.publish(ROOM, "queued-offline").await.unwrap();
+        // Down past the window (2 s) since the first transmission.
+        tokio::time::sleep(Duration::from_secs(3).saturating_sub(sent_at.elapsed())).await;
+        stack.proxy.clear();
+        c.wait(WAIT, "both publishes settled", |o| {
+            [id, fresh]
+                .iter()
+                .all(|i| o.acked.contains_key(i) || o.failed.contains_key(i))
+        })
+        .await
+        .unwrap();
+        watcher
+            .wait(WAIT, "the fresh publish", |o| o.has_payload(ROOM, "queued-offline"))
+            .await
+            .unwrap();
+        // Anything resent would have arrived with or before the fresh publish.
+        let count = |payload: &str| {
+            watcher.observed(|o| o.delivered(ROOM).iter().filter(|d| d.payload == payload).count())
+        };
+        let o = c.snapshot();
+        println!(
+            "FAULT-FIGURES ack lost, path down 3 s, dedupe window 2 s | ws | the stored publish: {:?}, stored {} time(s); the one queued offline: {:?}, stored {} time(s)",
+            o.failed.get(&id).map_or_else(|| format!("acked {:?}", o.acked.get(&id)), |code| format!("failed {code:?}")),
+            count("stored-once"),
+            o.acked.get(&fresh).map_or_else(|| format!("failed {:?}", o.failed.get(&fresh)), |off| format!("acked at {off}")),
+            count("queued-offline"),
+        );
+        assert_eq!(count("stored-once"), 1, "stored twice");
+        assert_eq!(o.failed.get(&id), Some(&ErrorCode::Expired));
+        assert!(o.acked.contains_key(&fresh), "{:?}", o.failed.get(&fresh));
+        assert_eq!(count("queued-offline"), 1);
     })
     .await;
 }

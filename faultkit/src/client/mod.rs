@@ -43,6 +43,22 @@ pub struct ClientOptions {
     /// A new TCP connection for every HTTP request (no keep-alive pool), the worst case for a
     /// load balancer without stickiness.
     pub fresh_connections: bool,
+    /// What the app's token provider hands out (changeable later: [`TestClient::set_token`]).
+    pub token: TokenSpec,
+}
+
+/// The tokens a test client's provider signs: room patterns and lifetime.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenSpec {
+    pub rooms: Vec<String>,
+    /// Seconds from the moment the token is requested; negative: already expired.
+    pub ttl_secs: i64,
+}
+
+impl Default for TokenSpec {
+    fn default() -> Self {
+        Self { rooms: vec![String::from("*")], ttl_secs: 3600 }
+    }
 }
 
 impl ClientOptions {
@@ -55,6 +71,7 @@ impl ClientOptions {
             seed: rand::random(),
             opaque_refusals: true,
             fresh_connections: false,
+            token: TokenSpec::default(),
         }
     }
 
@@ -65,6 +82,11 @@ impl ClientOptions {
 
     pub fn fresh_connections(mut self) -> Self {
         self.fresh_connections = true;
+        self
+    }
+
+    pub fn token(mut self, rooms: &[&str], ttl_secs: i64) -> Self {
+        self.token = TokenSpec { rooms: rooms.iter().map(|r| (*r).to_owned()).collect(), ttl_secs };
         self
     }
 }
@@ -89,6 +111,10 @@ pub struct Observed {
     pub drops: Vec<WallInstant>,
     pub fallbacks: Vec<(WallInstant, Fallback)>,
     pub subscribed: Vec<String>,
+    /// Subscriptions the server refused (e.g. `forbidden` after a token without the room).
+    pub subscribe_failed: Vec<(WallInstant, String, ErrorCode)>,
+    /// Tokens the provider handed out.
+    pub tokens: usize,
     pub messages: BTreeMap<String, Vec<Delivered>>,
     pub resyncs: BTreeMap<String, Vec<WallInstant>>,
     pub acked: HashMap<SendId, u64>,
@@ -107,6 +133,8 @@ impl Default for Observed {
             drops: Vec::new(),
             fallbacks: Vec::new(),
             subscribed: Vec::new(),
+            subscribe_failed: Vec::new(),
+            tokens: 0,
             messages: BTreeMap::new(),
             resyncs: BTreeMap::new(),
             acked: HashMap::new(),
@@ -168,6 +196,7 @@ impl Observed {
                 self.failed.insert(send_id, code);
             }
             Event::Subscribed { room } => self.subscribed.push(room),
+            Event::SubscribeFailed { room, code, .. } => self.subscribe_failed.push((now, room, code)),
             Event::ResyncNeeded { room } => self.resyncs.entry(room).or_default().push(now),
             Event::Fallback(f) => self.fallbacks.push((now, f)),
             Event::Error { reason } => self.errors.push(reason),
@@ -184,6 +213,7 @@ enum Command {
 struct Shared {
     observed: Mutex<Observed>,
     version: watch::Sender<u64>,
+    token: Mutex<TokenSpec>,
 }
 
 /// A client core driven natively. Dropping it stops the driver and every transport (without a
@@ -198,7 +228,11 @@ pub struct TestClient {
 impl TestClient {
     /// Starts the driver and connects.
     pub fn connect(options: ClientOptions) -> Self {
-        let shared = Arc::new(Shared { observed: Mutex::new(Observed::default()), version: watch::channel(0).0 });
+        let shared = Arc::new(Shared {
+            observed: Mutex::new(Observed::default()),
+            version: watch::channel(0).0,
+            token: Mutex::new(options.token.clone()),
+        });
         let (tx, rx) = mpsc::unbounded_channel();
         let name = options.user.clone();
         let driver = tokio::spawn(drive(options, rx, shared.clone()));
@@ -226,6 +260,12 @@ impl TestClient {
             return Err(SendError::Closed);
         }
         rx.await.unwrap_or(Err(SendError::Closed))
+    }
+
+    /// What the token provider hands out from now on (the session keeps its token until it
+    /// asks for a new one: after a `4009`/`401`, or a new session).
+    pub fn set_token(&self, rooms: &[&str], ttl_secs: i64) {
+        *self.shared.token.lock() = TokenSpec { rooms: rooms.iter().map(|r| (*r).to_owned()).collect(), ttl_secs };
     }
 
     /// Ends the session (the app's `close()`).
@@ -297,7 +337,10 @@ async fn drive(options: ClientOptions, mut commands: mpsc::UnboundedReceiver<Com
         while let Some(out) = core.poll_output() {
             match out {
                 Output::RequestToken => {
-                    let token = token::sign(&options.secret, &options.user, &options.user, &["*"], 3600);
+                    let spec = shared.token.lock().clone();
+                    let rooms: Vec<&str> = spec.rooms.iter().map(String::as_str).collect();
+                    let token = token::sign_for(&options.secret, &options.user, &options.user, &rooms, spec.ttl_secs);
+                    shared.observed.lock().tokens += 1;
                     core.handle_input(now(), Input::TokenReady(token));
                 }
                 Output::FetchTicket { id, token, resume, probe } => {
