@@ -183,7 +183,10 @@ impl AppState {
             draining: AtomicBool::new(false),
             local_broker: local,
         }));
-        tokio::spawn(sweep(Arc::downgrade(&state.0)));
+        let weak = Arc::downgrade(&state.0);
+        crate::supervisor::supervise("sweep", state.metrics.clone(), move |_| {
+            Some(sweep(weak.clone()))
+        });
         Ok(state)
     }
 

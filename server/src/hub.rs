@@ -27,6 +27,7 @@ use crate::limits::{ConnGuard, TokenBucket};
 use crate::metrics::{DropReason, Metrics};
 use crate::presence_batch::PresenceBatcher;
 use crate::session::{Attached, OutboxLimits, Session};
+use crate::supervisor::{supervise, Start};
 
 #[derive(Default)]
 struct Sessions {
@@ -80,6 +81,34 @@ pub struct Hub {
     pub metrics: Arc<Metrics>,
     sessions: Mutex<Sessions>,
     rooms: Mutex<LocalRooms>,
+    /// Debug builds only (never the shipped `server` profile): see [`DispatchPanicHook`].
+    #[cfg(debug_assertions)]
+    panic_hook: DispatchPanicHook,
+}
+
+/// Test-only hook of debug builds: with `RTLINK_TEST_PANIC_DISPATCH_ROOM=<room>` in the
+/// environment, the dispatcher panics once, on the first event of that room, so the abuse tests
+/// can prove that it is restarted (SECURITY.md). Compiled out of release builds.
+#[cfg(debug_assertions)]
+struct DispatchPanicHook {
+    room: Option<String>,
+    fired: std::sync::atomic::AtomicBool,
+}
+
+#[cfg(debug_assertions)]
+impl DispatchPanicHook {
+    fn from_env() -> Self {
+        Self {
+            room: std::env::var("RTLINK_TEST_PANIC_DISPATCH_ROOM").ok(),
+            fired: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn check(&self, room: &str) {
+        if self.room.as_deref() == Some(room) && !self.fired.swap(true, Relaxed) {
+            panic!("RTLINK_TEST_PANIC_DISPATCH_ROOM: the dispatcher panics on an event of {room}");
+        }
+    }
 }
 
 /// This node's subscriptions.
@@ -119,14 +148,32 @@ impl Hub {
             metrics,
             sessions: Mutex::new(Sessions::default()),
             rooms: Mutex::new(LocalRooms::default()),
+            #[cfg(debug_assertions)]
+            panic_hook: DispatchPanicHook::from_env(),
         })
     }
 
-    /// Starts the dispatcher and the heartbeat. Both stop when the hub is dropped.
+    /// Starts the dispatcher and the heartbeat, supervised: restarted (and logged) if they
+    /// panic. Both stop when the hub is dropped.
     pub fn start(self: &Arc<Self>) {
-        let rx = self.broker.events();
-        tokio::spawn(dispatch(Arc::downgrade(self), rx));
-        tokio::spawn(heartbeat(Arc::downgrade(self), self.config.ping_interval));
+        let hub = Arc::downgrade(self);
+        supervise("hub dispatcher", self.metrics.clone(), move |how| {
+            let hub = hub.upgrade()?;
+            // A new receiver before the resync: an event sent after the resync read its
+            // history is routed live, so nothing falls between the two.
+            let rx = hub.broker.events();
+            if how == Start::Restart {
+                // The events between the panic and now (and the one it panicked on) were
+                // never routed: every subscription replays from its last offset.
+                hub.resync_all();
+            }
+            Some(dispatch(Arc::downgrade(&hub), rx))
+        });
+        let hub = Arc::downgrade(self);
+        let every = self.config.ping_interval;
+        supervise("hub heartbeat", self.metrics.clone(), move |_| {
+            Some(heartbeat(hub.clone(), every))
+        });
     }
 
     /// Resumes the session of `resume` if it exists and belongs to this user, else opens a new
@@ -483,6 +530,8 @@ impl Hub {
     }
 
     fn route(self: &Arc<Self>, ev: &RoomEvent) {
+        #[cfg(debug_assertions)]
+        self.panic_hook.check(&ev.room);
         let subs: Vec<Arc<Session>> = match self.rooms.lock().by_room.get(&*ev.room) {
             Some(subs) => subs.values().cloned().collect(),
             None => return,

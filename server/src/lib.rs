@@ -23,6 +23,7 @@ pub mod proxy;
 pub mod replay;
 pub mod rooms;
 pub mod session;
+pub mod supervisor;
 pub mod tls;
 pub mod transport;
 pub mod typing;

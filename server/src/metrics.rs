@@ -79,6 +79,8 @@ pub struct Metrics {
     pub broker_lagged_events: AtomicU64,
     /// Rooms with at least one local subscriber.
     pub local_rooms: AtomicU64,
+    /// Background tasks restarted after a panic ([`crate::supervisor`]).
+    pub task_restarts: AtomicU64,
 }
 
 fn transport_index(kind: TransportKind) -> usize {
@@ -188,6 +190,11 @@ impl Metrics {
             "rtlink_broker_lagged_events_total",
             "Broker events missed by a lagging receiver (resynced).",
             self.broker_lagged_events.load(Relaxed),
+        );
+        counter(
+            "rtlink_task_restarts_total",
+            "Background tasks (hub dispatcher, heartbeat, sweep) restarted after a panic.",
+            self.task_restarts.load(Relaxed),
         );
         let _ = writeln!(out, "# HELP rtlink_drops_total Dropped connections or frames.\n# TYPE rtlink_drops_total counter");
         for reason in DropReason::ALL {

@@ -15,6 +15,7 @@ mod fail_closed;
 mod replay;
 mod rooms;
 mod sessions;
+mod supervision;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -19,10 +19,15 @@ pub struct ServerProcess {
 }
 
 fn command(args: &[&str]) -> Command {
+    command_with_env(args, &[])
+}
+
+fn command_with_env(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rtlink-server"));
     // Nothing from the test's environment (RTLINK_*) leaks in.
     cmd.env_clear()
         .env("RTLINK_LOG", "info")
+        .envs(env.iter().copied())
         .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
         .args(args)
         .stdin(Stdio::null());
@@ -38,9 +43,20 @@ impl ServerProcess {
         Self::start_raw(&all)
     }
 
+    /// Starts a server with `--auth-secret TEST_SECRET`, `args` and the environment `env`.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
+        let mut all = vec!["--auth-secret", TEST_SECRET];
+        all.extend_from_slice(args);
+        Self::spawn(command_with_env(&all, env), &all)
+    }
+
     /// Starts a server with exactly `args` (plus the listen address and log format).
     pub fn start_raw(args: &[&str]) -> ServerProcess {
-        let mut child = command(args)
+        Self::spawn(command(args), args)
+    }
+
+    fn spawn(mut cmd: Command, args: &[&str]) -> ServerProcess {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
