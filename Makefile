@@ -42,7 +42,7 @@ test: setup
 
 # Protocol codec, the sans-IO client core (virtual clock) and the server's integration tests
 # (the multi-process fault and abuse tests run in test-faults and test-abuse).
-test-native:
+test-native: setup
 	cargo test --workspace -- --skip fault_ --skip abuse_
 
 # The npm package (size report), its .d.ts under tsc --strict, then the wasm client in headless
