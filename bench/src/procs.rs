@@ -96,6 +96,10 @@ pub fn rtlink_bench_flags() -> Vec<String> {
         "1000000",
         "--rate-burst",
         "1000000",
+        "--publish-bytes-per-sec",
+        "4000000000",
+        "--publish-bytes-burst",
+        "4000000000",
     ]
     .iter()
     .map(|s| s.to_string())

@@ -80,6 +80,7 @@ impl AppState {
         let broker = Arc::new(LocalBroker::new(LocalBrokerConfig {
             history_max_messages: config.history_max_messages,
             history_max_age: config.history_max_age,
+            history_max_bytes: config.history_max_bytes,
             dedupe_window: config.dedupe_window,
             ..LocalBrokerConfig::default()
         }));
@@ -214,6 +215,7 @@ async fn sweep(state: std::sync::Weak<Inner>) {
         tick.tick().await;
         let Some(state) = state.upgrade() else { return };
         state.accept.sweep();
+        state.hub.publish_budget.sweep(std::time::Instant::now());
         if let Some(b) = &state.local_broker {
             b.sweep();
         }

@@ -375,6 +375,21 @@ pub struct Config {
     #[arg(long, env = "RTLINK_HISTORY_MESSAGES", default_value_t = 1000)]
     pub history_max_messages: usize,
 
+    /// Bytes of history kept across all rooms (in-process broker); beyond it the oldest message
+    /// of any room is evicted first. A resume from an evicted offset gets
+    /// `subscribed{recovered: false}`.
+    #[arg(long, env = "RTLINK_HISTORY_MAX_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub history_max_bytes: usize,
+
+    /// Publish budget of one user on this node, over all their sessions: payload bytes per
+    /// second. Beyond it (and its burst) a publish is nacked `rate_limited`.
+    #[arg(long, env = "RTLINK_PUBLISH_BYTES_PER_SEC", default_value_t = 128 * 1024)]
+    pub publish_bytes_per_sec: u32,
+
+    /// Burst of the per-user publish budget, in payload bytes (at least `--max-frame-bytes`).
+    #[arg(long, env = "RTLINK_PUBLISH_BYTES_BURST", default_value_t = 1024 * 1024)]
+    pub publish_bytes_burst: u32,
+
     /// Age after which history is trimmed.
     #[arg(long, env = "RTLINK_HISTORY_AGE", default_value = "10m", value_parser = parse_duration)]
     pub history_max_age: Duration,

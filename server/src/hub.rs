@@ -23,7 +23,7 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::auth::{random_token, Claims};
 use crate::broker::{Broker, RoomEvent};
 use crate::config::{Config, TransportKind};
-use crate::limits::{ConnGuard, TokenBucket};
+use crate::limits::{ConnGuard, PublishBudget, TokenBucket};
 use crate::metrics::{DropReason, Metrics};
 use crate::presence_batch::PresenceBatcher;
 use crate::session::{Attached, OutboxLimits, Session};
@@ -79,6 +79,8 @@ pub struct Hub {
     pub config: Arc<Config>,
     pub broker: Arc<dyn Broker>,
     pub metrics: Arc<Metrics>,
+    /// Payload bytes per second of each user (`--publish-bytes-per-sec`).
+    pub publish_budget: PublishBudget,
     sessions: Mutex<Sessions>,
     rooms: Mutex<LocalRooms>,
     /// Debug builds only (never the shipped `server` profile): see [`DispatchPanicHook`].
@@ -142,10 +144,17 @@ pub enum MembershipRefusal {
 
 impl Hub {
     pub fn new(config: Arc<Config>, broker: Arc<dyn Broker>, metrics: Arc<Metrics>) -> Arc<Self> {
+        let publish_budget = PublishBudget::new(
+            config.publish_bytes_per_sec,
+            config
+                .publish_bytes_burst
+                .max(u32::try_from(config.max_frame_bytes).unwrap_or(u32::MAX)),
+        );
         Arc::new(Self {
             config,
             broker,
             metrics,
+            publish_budget,
             sessions: Mutex::new(Sessions::default()),
             rooms: Mutex::new(LocalRooms::default()),
             #[cfg(debug_assertions)]

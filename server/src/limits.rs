@@ -1,4 +1,5 @@
-//! Abuse limits: the per-connection token bucket and connection counting (total and per IP).
+//! Abuse limits: the per-connection token bucket, the per-user publish budget and connection
+//! counting (total and per IP).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -49,13 +50,24 @@ impl TokenBucket {
 
     /// Takes one token if there is one.
     pub fn try_take(&mut self, now: Instant) -> bool {
+        self.try_take_n(now, 1.0)
+    }
+
+    /// Takes `n` tokens if there are that many.
+    pub fn try_take_n(&mut self, now: Instant, n: f64) -> bool {
         self.refill(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.tokens >= n {
+            self.tokens -= n;
             true
         } else {
             false
         }
+    }
+
+    /// True once the bucket is full again (it remembers nothing a new one would not).
+    fn is_full(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= self.burst
     }
 
     /// Takes one token, borrowing from the future if the bucket is empty: returns how long the
@@ -76,6 +88,43 @@ impl TokenBucket {
         }
         self.tokens -= 1.0;
         Some(Duration::from_secs_f64(wait))
+    }
+}
+
+/// The per-user publish budget: payload bytes per second of one user on this node, over all
+/// their sessions, so one account cannot fill the history (and every subscriber's outbox) by
+/// opening more connections.
+pub struct PublishBudget {
+    rate: u32,
+    burst: u32,
+    users: Mutex<HashMap<String, TokenBucket>>,
+}
+
+impl PublishBudget {
+    pub fn new(bytes_per_sec: u32, burst: u32) -> Self {
+        Self {
+            rate: bytes_per_sec,
+            burst,
+            users: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Charges `bytes` to `user`; false (nothing charged) when over the budget.
+    pub fn charge(&self, user: &str, bytes: usize, now: Instant) -> bool {
+        let mut users = self.users.lock();
+        let bucket = match users.get_mut(user) {
+            Some(b) => b,
+            None => users
+                .entry(user.to_owned())
+                .or_insert_with(|| TokenBucket::new(self.rate, self.burst, now)),
+        };
+        bucket.try_take_n(now, bytes as f64)
+    }
+
+    /// Forgets users whose bucket is full again (periodic sweep): the table holds only users
+    /// who published recently.
+    pub fn sweep(&self, now: Instant) {
+        self.users.lock().retain(|_, b| !b.is_full(now));
     }
 }
 
@@ -266,6 +315,20 @@ mod tests {
         // The debt is paid back by time.
         let later = t0 + Duration::from_millis(1200);
         assert_eq!(b.reserve(later, Duration::ZERO), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn the_publish_budget_is_per_user_and_forgets_idle_users() {
+        let t0 = Instant::now();
+        let budget = PublishBudget::new(1000, 2000);
+        assert!(budget.charge("a", 1500, t0));
+        assert!(!budget.charge("a", 1000, t0), "over the burst");
+        assert!(budget.charge("b", 2000, t0), "another user has their own");
+        assert!(budget.charge("a", 1000, t0 + Duration::from_millis(500)));
+        budget.sweep(t0 + Duration::from_secs(1));
+        assert_eq!(budget.users.lock().len(), 2, "both still refilling");
+        budget.sweep(t0 + Duration::from_secs(3));
+        assert!(budget.users.lock().is_empty());
     }
 
     #[test]

@@ -139,6 +139,11 @@ impl Metrics {
             broker.history_messages,
         );
         gauge(
+            "rtlink_history_bytes",
+            "Bytes held in room history (in-process broker; 0 with Redis).",
+            broker.history_bytes,
+        );
+        gauge(
             "rtlink_tcp_connections",
             "Open TCP connections, upgraded WebSockets included.",
             self.tcp_connections.load(Relaxed),

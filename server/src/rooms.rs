@@ -123,6 +123,32 @@ impl Hub {
         }
     }
 
+    /// Charges a publish's payload to its user's byte budget (all their sessions on this
+    /// node). Over it: nack `rate_limited`, and after too many nacks, close 4003, as for the
+    /// frame rate.
+    fn check_publish_budget(
+        &self,
+        session: &Session,
+        id: &str,
+        bytes: usize,
+    ) -> Result<bool, CloseCode> {
+        let now = Instant::now();
+        if self.publish_budget.charge(&session.claims.sub, bytes, now) {
+            return Ok(true);
+        }
+        self.metrics.count_drop(DropReason::RateLimited);
+        if session.lock().strikes.strike(now, self.config.rate_strikes) {
+            return Err(CloseCode::RATE_LIMITED);
+        }
+        self.nack(
+            session,
+            id.to_owned(),
+            ErrorCode::RateLimited,
+            "publish byte budget of this user exceeded",
+        );
+        Ok(false)
+    }
+
     /// Takes a token from the session's subscribe/unsubscribe bucket. Over it, the frame waits
     /// for its token (frames of a session are handled in order, so the client is slowed down,
     /// TCP pushes back, and a burst such as re-subscribing every room after a reconnect goes
@@ -340,6 +366,9 @@ impl Hub {
             return Ok(());
         }
         if !self.admit_room_op(session, &room, &id)? {
+            return Ok(());
+        }
+        if !self.check_publish_budget(session, &id, payload.len())? {
             return Ok(());
         }
         let req = PublishRequest {

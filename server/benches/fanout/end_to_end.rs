@@ -330,6 +330,8 @@ impl Server {
         // The bench measures fan-out, not the limits that protect it.
         config.rate_per_sec = 1_000_000;
         config.rate_burst = 1_000_000;
+        config.publish_bytes_per_sec = u32::MAX;
+        config.publish_bytes_burst = u32::MAX;
         config.max_connections = 100_000;
         config.max_connections_per_ip = 100_000;
         config.ping_interval = Duration::from_secs(300);

@@ -5,7 +5,7 @@
 //! `parking_lot::Mutex` held for short, non-async sections only.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -26,6 +26,9 @@ pub struct LocalBrokerConfig {
     pub history_max_messages: usize,
     /// Messages older than this are trimmed.
     pub history_max_age: Duration,
+    /// Bytes of history kept across all rooms ([`StoredMessage::memory_bytes`]); beyond it the
+    /// oldest message of any room is evicted first.
+    pub history_max_bytes: usize,
     /// How long a publish id is remembered.
     pub dedupe_window: Duration,
     /// Upper bound on remembered publish ids (oldest forgotten first).
@@ -39,6 +42,7 @@ impl Default for LocalBrokerConfig {
         Self {
             history_max_messages: 1000,
             history_max_age: Duration::from_secs(600),
+            history_max_bytes: 256 * 1024 * 1024,
             dedupe_window: Duration::from_secs(120),
             dedupe_max_entries: 100_000,
             event_capacity: 16_384,
@@ -64,11 +68,35 @@ struct State {
     dedupe: HashMap<DedupeKey, (String, u64)>,
     /// (remembered at, key), oldest first: the eviction order of `dedupe`.
     dedupe_order: VecDeque<(u64, DedupeKey)>,
-    history_messages: u64,
+    /// Messages and bytes of every room's history (what `history_max_bytes` bounds).
+    totals: Totals,
+    /// Every stored message in publish order, across rooms: the eviction order of the byte
+    /// budget. Entries of messages trimmed otherwise are skipped when they come up (and
+    /// compacted away when they outnumber the live ones).
+    history_order: VecDeque<Weak<StoredMessage>>,
     presence_members: u64,
     /// Random per process; with `rooms_created`, makes every room epoch unique.
     epoch_prefix: String,
     rooms_created: u64,
+}
+
+/// What the history of every room holds together.
+#[derive(Default)]
+struct Totals {
+    messages: u64,
+    bytes: usize,
+}
+
+impl Totals {
+    fn add(&mut self, m: &StoredMessage) {
+        self.messages += 1;
+        self.bytes += m.memory_bytes();
+    }
+
+    fn forget(&mut self, m: &StoredMessage) {
+        self.messages = self.messages.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(m.memory_bytes());
+    }
 }
 
 /// The room, created (with a fresh epoch) if absent. A free function over the fields it needs,
@@ -81,7 +109,10 @@ fn room_entry<'a>(
 ) -> &'a mut Room {
     rooms.entry(name.to_owned()).or_insert_with(|| {
         *created += 1;
-        Room { epoch: Arc::from(format!("{epoch_prefix}.{created}")), ..Room::default() }
+        Room {
+            epoch: Arc::from(format!("{epoch_prefix}.{created}")),
+            ..Room::default()
+        }
     })
 }
 
@@ -112,7 +143,7 @@ impl LocalBroker {
         let _ = self.tx.send(RoomEvent::new(room, kind));
     }
 
-    fn trim(cfg: &LocalBrokerConfig, state_msgs: &mut u64, room: &mut Room, now: u64) {
+    fn trim(cfg: &LocalBrokerConfig, totals: &mut Totals, room: &mut Room, now: u64) {
         let max_age = cfg.history_max_age.as_millis() as u64;
         while let Some(front) = room.history.front() {
             let too_many = room.history.len() > cfg.history_max_messages;
@@ -120,8 +151,31 @@ impl LocalBroker {
             if !(too_many || too_old) {
                 break;
             }
-            room.history.pop_front();
-            *state_msgs = state_msgs.saturating_sub(1);
+            if let Some(m) = room.history.pop_front() {
+                totals.forget(&m);
+            }
+        }
+    }
+
+    /// Evicts the oldest messages across rooms until the history fits its byte budget.
+    fn enforce_byte_budget(cfg: &LocalBrokerConfig, state: &mut State) {
+        while state.totals.bytes > cfg.history_max_bytes {
+            let Some(weak) = state.history_order.pop_front() else {
+                break;
+            };
+            // Still in its room's history only if it is that room's oldest message: messages
+            // of a room are stored in publish order, the order of `history_order`.
+            let Some(m) = weak.upgrade() else { continue };
+            let Some(room) = state.rooms.get_mut(&m.room) else {
+                continue;
+            };
+            if room.history.front().is_some_and(|f| Arc::ptr_eq(f, &m)) {
+                room.history.pop_front();
+                state.totals.forget(&m);
+            }
+        }
+        if state.history_order.len() > 2 * state.totals.messages as usize + 1024 {
+            state.history_order.retain(|w| w.strong_count() > 0);
         }
     }
 
@@ -147,11 +201,10 @@ impl LocalBroker {
         let mut guard = self.state.lock();
         let state = &mut *guard;
         let max_age = self.cfg.history_max_age.as_millis() as u64;
-        let mut msgs = state.history_messages;
         for room in state.rooms.values_mut() {
-            Self::trim(&self.cfg, &mut msgs, room, now);
+            Self::trim(&self.cfg, &mut state.totals, room, now);
         }
-        state.history_messages = msgs;
+        Self::enforce_byte_budget(&self.cfg, state);
         let watched = &state.watched;
         state.rooms.retain(|name, room| {
             watched.contains(name)
@@ -194,7 +247,12 @@ impl Broker for LocalBroker {
                 });
             }
         }
-        let room = room_entry(&mut state.rooms, &mut state.rooms_created, &state.epoch_prefix, &req.room);
+        let room = room_entry(
+            &mut state.rooms,
+            &mut state.rooms_created,
+            &state.epoch_prefix,
+            &req.room,
+        );
         room.head += 1;
         room.last_active_ms = now;
         let msg = Arc::new(StoredMessage::new(
@@ -207,8 +265,10 @@ impl Broker for LocalBroker {
             room.epoch.clone(),
         ));
         room.history.push_back(msg.clone());
-        state.history_messages += 1;
-        Self::trim(&self.cfg, &mut state.history_messages, room, now);
+        state.totals.add(&msg);
+        state.history_order.push_back(Arc::downgrade(&msg));
+        Self::trim(&self.cfg, &mut state.totals, room, now);
+        Self::enforce_byte_budget(&self.cfg, state);
         if let Some(key) = req.dedupe {
             state
                 .dedupe
@@ -225,8 +285,13 @@ impl Broker for LocalBroker {
         let mut guard = self.state.lock();
         let state = &mut *guard;
         // Reading creates the room, so its epoch is fixed from the first subscriber on.
-        let r = room_entry(&mut state.rooms, &mut state.rooms_created, &state.epoch_prefix, room);
-        Self::trim(&self.cfg, &mut state.history_messages, r, now);
+        let r = room_entry(
+            &mut state.rooms,
+            &mut state.rooms_created,
+            &state.epoch_prefix,
+            room,
+        );
+        Self::trim(&self.cfg, &mut state.totals, r, now);
         let oldest_kept = r.history.front().map_or(r.head + 1, |m| m.offset);
         let complete = since.saturating_add(1) >= oldest_kept && since <= r.head;
         // Offsets in history are contiguous: index of `since + 1` is `since + 1 - oldest_kept`.
@@ -243,7 +308,12 @@ impl Broker for LocalBroker {
     async fn presence_join(&self, room: &str, conn: PresenceConn) -> BrokerResult<()> {
         let mut guard = self.state.lock();
         let state = &mut *guard;
-        let r = room_entry(&mut state.rooms, &mut state.rooms_created, &state.epoch_prefix, room);
+        let r = room_entry(
+            &mut state.rooms,
+            &mut state.rooms_created,
+            &state.epoch_prefix,
+            room,
+        );
         r.last_active_ms = now_ms();
         let existed = r
             .presence
@@ -319,7 +389,10 @@ impl Broker for LocalBroker {
     }
 
     async fn redeem_ticket(&self, ticket: &str) -> BrokerResult<Option<String>> {
-        Ok(self.tickets.lock().redeem(ticket, std::time::Instant::now()))
+        Ok(self
+            .tickets
+            .lock()
+            .redeem(ticket, std::time::Instant::now()))
     }
 
     fn stats(&self) -> BrokerStats {
@@ -327,7 +400,8 @@ impl Broker for LocalBroker {
         BrokerStats {
             rooms: guard.rooms.len() as u64,
             presence_members: guard.presence_members,
-            history_messages: guard.history_messages,
+            history_messages: guard.totals.messages,
+            history_bytes: guard.totals.bytes as u64,
         }
     }
 }
@@ -381,6 +455,56 @@ mod tests {
             !page.complete,
             "a since beyond the head cannot be recovered"
         );
+    }
+
+    #[tokio::test]
+    async fn the_byte_budget_evicts_the_oldest_message_across_rooms() {
+        let big = |room: &str| PublishRequest {
+            payload: "x".repeat(1000),
+            ..req(room, None)
+        };
+        let one = StoredMessage::new(
+            "a".into(),
+            1,
+            "u".into(),
+            None,
+            "x".repeat(1000),
+            0,
+            Arc::from(""),
+        )
+        .memory_bytes();
+        let b = LocalBroker::new(LocalBrokerConfig {
+            // Room for three messages (their epochs are a few bytes longer than the empty one).
+            history_max_bytes: 3 * one + 100,
+            ..Default::default()
+        });
+        b.publish(big("a")).await.ok();
+        b.publish(big("b")).await.ok();
+        b.publish(big("a")).await.ok();
+        assert_eq!(b.stats().history_messages, 3);
+        // A fourth evicts the oldest of all: room a's first.
+        b.publish(big("b")).await.ok();
+        let stats = b.stats();
+        assert_eq!(stats.history_messages, 3);
+        assert!(stats.history_bytes <= (3 * one + 100) as u64);
+        let a = b.history("a", 0, 100).await.ok().unwrap_or_default();
+        assert!(!a.complete, "a replay from 0 has a gap");
+        assert_eq!(
+            a.messages.iter().map(|m| m.offset).collect::<Vec<_>>(),
+            vec![2]
+        );
+        let bb = b.history("b", 0, 100).await.ok().unwrap_or_default();
+        assert!(bb.complete);
+        assert_eq!(bb.messages.len(), 2);
+        // Messages trimmed by the count bound leave stale entries that are skipped, not
+        // double-counted.
+        for _ in 0..2000 {
+            b.publish(req("c", None)).await.ok();
+        }
+        let stats = b.stats();
+        assert!(stats.history_bytes <= (3 * one + 100) as u64);
+        assert_eq!(b.state.lock().totals.bytes as u64, stats.history_bytes);
+        assert!(b.state.lock().history_order.len() <= 2 * stats.history_messages as usize + 1024);
     }
 
     #[tokio::test]

@@ -29,7 +29,9 @@
 //! - **History**: [`Broker::history`] returns the stored messages with offset `> since`, oldest
 //!   first, and the room's head (newest offset, 0 for an empty room). `complete` is false when
 //!   messages after `since` existed but were trimmed (count or age bound), i.e. the caller
-//!   cannot replay without a gap.
+//!   cannot replay without a gap. The local broker also evicts history, oldest message first
+//!   across all rooms, beyond its byte budget (`--history-max-bytes`); an evicted message is
+//!   "trimmed" like any other.
 //! - **Race-free subscribe**: the hub registers for live events *before* reading history, then
 //!   forwards live messages with an offset above the last replayed one. So `history` must
 //!   include every message whose event was sent before the call returned.
@@ -117,6 +119,18 @@ impl StoredMessage {
             epoch,
             frame,
         }
+    }
+
+    /// Heap and inline bytes this message holds (payload twice: as text and inside its frame),
+    /// what the history byte budget counts.
+    pub fn memory_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.room.len()
+            + self.sender.len()
+            + self.name.as_ref().map_or(0, String::len)
+            + self.payload.len()
+            + self.epoch.len()
+            + self.frame.len()
     }
 }
 
@@ -270,6 +284,8 @@ pub struct BrokerStats {
     pub presence_members: u64,
     /// Messages held in history across all rooms.
     pub history_messages: u64,
+    /// Bytes those messages hold (0 where the broker does not count them: Redis).
+    pub history_bytes: u64,
 }
 
 /// The shared state of a cluster, as seen from one node. See the module docs for the contract.

@@ -366,6 +366,11 @@ async fn abuse_an_sse_client_that_stops_reading_is_cut() {
             "1000",
             "--rate-burst",
             "1000",
+            // This test is not about the per-user publish budget.
+            "--publish-bytes-per-sec",
+            "4000000000",
+            "--publish-bytes-burst",
+            "4000000000",
         ]);
         let client = server.client();
         let mut bystander = Bystander::join(&client, "alice", "chat:busy").await;

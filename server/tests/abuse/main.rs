@@ -12,6 +12,7 @@ mod process;
 mod admission;
 mod connections;
 mod fail_closed;
+mod history;
 mod replay;
 mod rooms;
 mod sessions;

@@ -53,6 +53,11 @@ async fn abuse_a_room_full_of_large_messages_can_be_joined_and_replayed() {
             "1000",
             "--rate-burst",
             "1000",
+            // This test is not about the per-user publish budget.
+            "--publish-bytes-per-sec",
+            "4000000000",
+            "--publish-bytes-burst",
+            "4000000000",
         ]);
         let client = server.client();
         let mut bystander = Bystander::join(&client, "alice", "chat:lobby").await;
@@ -166,7 +171,11 @@ async fn abuse_a_room_full_of_large_presence_can_be_joined() {
         let mut present = HashSet::new();
         let deadline = tokio::time::Instant::now() + WAIT;
         while present.len() < MEMBERS + 2 {
-            assert!(tokio::time::Instant::now() < deadline, "{} present", present.len());
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} present",
+                present.len()
+            );
             assert_eq!(joiner.closed(), None);
             present.clear();
             for f in joiner.frames() {

@@ -30,6 +30,8 @@ pub fn fast_config() -> Config {
     c.drain_grace = Duration::from_millis(500);
     c.rate_per_sec = 1000;
     c.rate_burst = 1000;
+    c.publish_bytes_per_sec = u32::MAX;
+    c.publish_bytes_burst = u32::MAX;
     c
 }
 

@@ -277,7 +277,9 @@ impl Shared {
             .await
             .map_err(redis_err)?;
         let bad = || BrokerError(String::from("redis: unexpected history reply"));
-        let Value::Array(parts) = reply else { return Err(bad()) };
+        let Value::Array(parts) = reply else {
+            return Err(bad());
+        };
         let [head, complete, Value::Array(entries), epoch] = parts.as_slice() else {
             return Err(bad());
         };
@@ -302,8 +304,10 @@ impl Shared {
             .query_async(&mut self.conn())
             .await
             .map_err(redis_err)?;
-        let mut conns: Vec<PresenceConn> =
-            entries.into_iter().filter_map(|(_, v)| StoredConn::decode(&v)).collect();
+        let mut conns: Vec<PresenceConn> = entries
+            .into_iter()
+            .filter_map(|(_, v)| StoredConn::decode(&v))
+            .collect();
         conns.sort_by(|a, b| a.session.cmp(&b.session));
         Ok(conns)
     }
@@ -328,7 +332,11 @@ impl Shared {
     }
 
     fn own(&self, room: &str, conn: PresenceConn) {
-        self.owned.lock().entry(room.to_owned()).or_default().insert(conn.session.clone(), conn);
+        self.owned
+            .lock()
+            .entry(room.to_owned())
+            .or_default()
+            .insert(conn.session.clone(), conn);
     }
 
     fn disown(&self, room: &str, session: &str) {
@@ -380,7 +388,9 @@ impl Broker for RedisBroker {
         }
         let reply: Value = call.invoke_async(&mut s.conn()).await.map_err(redis_err)?;
         let bad = || BrokerError(String::from("redis: unexpected publish reply"));
-        let Value::Array(parts) = reply else { return Err(bad()) };
+        let Value::Array(parts) = reply else {
+            return Err(bad());
+        };
         match parts.as_slice() {
             [flag, offset, at, epoch] if int(flag) == Some(1) => {
                 let msg = StoredMessage::new(
@@ -398,7 +408,10 @@ impl Broker for RedisBroker {
                 let seen = text(seen).ok_or_else(bad)?;
                 let (room, offset) = seen.rsplit_once(' ').ok_or_else(bad)?;
                 let offset = offset.parse().map_err(|_| bad())?;
-                Ok(PublishOutcome::Duplicate { room: room.to_owned(), offset })
+                Ok(PublishOutcome::Duplicate {
+                    room: room.to_owned(),
+                    offset,
+                })
             }
             _ => Err(bad()),
         }
@@ -457,7 +470,11 @@ impl Broker for RedisBroker {
 
     async fn typing(&self, room: &str, user: &str, name: &str, active: bool) -> BrokerResult<()> {
         let s = &self.shared;
-        let event = Wire::Typing { u: user.to_owned(), n: name.to_owned(), a: active };
+        let event = Wire::Typing {
+            u: user.to_owned(),
+            n: name.to_owned(),
+            a: active,
+        };
         let json = serde_json::to_string(&event)
             .map_err(|e| BrokerError(format!("encode typing: {e}")))?;
         let _: i64 = redis::cmd("PUBLISH")
@@ -483,7 +500,11 @@ impl Broker for RedisBroker {
             .invoke_async(&mut s.conn())
             .await
             .map_err(redis_err)?;
-        Ok(if stored == 1 { Ok(()) } else { Err(TicketRefusal::TooManyForUser) })
+        Ok(if stored == 1 {
+            Ok(())
+        } else {
+            Err(TicketRefusal::TooManyForUser)
+        })
     }
 
     async fn redeem_ticket(&self, ticket: &str) -> BrokerResult<Option<String>> {
@@ -503,6 +524,7 @@ impl Broker for RedisBroker {
             rooms: c.rooms.load(Ordering::Relaxed),
             presence_members: c.presence_members.load(Ordering::Relaxed),
             history_messages: c.history_messages.load(Ordering::Relaxed),
+            history_bytes: 0,
         }
     }
 }
