@@ -4,6 +4,8 @@
 //! as an argument and randomness from a seed, so the whole connection lifecycle is tested natively
 //! with a virtual clock. The browser glue drives it.
 
+extern crate alloc;
+
 pub mod core;
 
 /// The browser glue and the JS API (wasm32 only).

@@ -8,6 +8,8 @@
 //! order, as fit the limit. Every single frame fits: the core never queues a publish over
 //! `max_frame_bytes`, and a body may be larger than a frame by the envelope's allowance.
 
+use alloc::{string::String, vec::Vec};
+
 use super::text::push_json_str;
 
 /// Takes the longest prefix of `queue` (encoded frames, oldest first) whose body

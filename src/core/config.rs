@@ -1,5 +1,7 @@
 //! Everything tunable about the client, with the defaults the protocol document recommends.
 
+use alloc::{vec::Vec, vec};
+
 use super::event::TransportKind;
 
 /// Reconnect backoff: full-jitter exponential. See [`super::backoff`].

@@ -2,6 +2,8 @@
 //! closes and what each close means, and the browser's online/offline/freeze lifecycle. The
 //! background probe up the ladder is in `probe.rs`.
 
+use alloc::{string::String, borrow::ToOwned};
+
 use rtlink_protocol::{ClientFrame, CloseAction, CloseCode, PROTOCOL_VERSION};
 
 use super::backoff::Verdict as BackoffVerdict;

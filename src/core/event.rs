@@ -1,5 +1,7 @@
 //! What goes into the core ([`Input`]) and what comes out ([`Output`], [`Event`]).
 
+use alloc::{string::String, vec::Vec};
+
 use rtlink_protocol::{ClientFrame, CloseCode, ErrorCode, ServerFrame};
 
 use super::ladder::Fallback;
@@ -180,7 +182,7 @@ pub enum SendError {
 }
 
 // `core` is also the name of this module, so the standard `fmt` is imported under another name.
-use std::fmt as core_fmt;
+use core::fmt as core_fmt;
 
 impl core_fmt::Display for SendError {
     fn fmt(&self, f: &mut core_fmt::Formatter<'_>) -> core_fmt::Result {
@@ -193,4 +195,5 @@ impl core_fmt::Display for SendError {
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 impl std::error::Error for SendError {}

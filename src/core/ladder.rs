@@ -27,6 +27,8 @@
 //!
 //! [`Config::step_down_after`]: super::Config::step_down_after
 
+use alloc::{vec::Vec, vec};
+
 use super::event::TransportKind;
 
 /// Why the ladder stepped down.

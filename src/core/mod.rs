@@ -50,12 +50,15 @@
 //!
 //! Every state change emits [`Event::StateChanged`]. A closed client ignores all input.
 
+use alloc::{string::String, vec::Vec};
+
 pub mod backoff;
 pub mod batch;
 pub mod config;
 mod connection;
 pub mod event;
 pub mod heartbeat;
+pub mod json;
 pub mod ladder;
 pub mod presence;
 mod probe;
@@ -69,6 +72,7 @@ pub mod state;
 pub mod time;
 mod timer;
 pub mod typing;
+pub mod wire;
 
 pub use rtlink_protocol::{ClientFrame, CloseCode, ErrorCode, ServerFrame};
 

@@ -5,6 +5,8 @@
 //! the number of connections and the metadata most recently set by any of them. A user with two
 //! tabs is one member with `connections: 2`; closing one tab is an update, not a leave.
 
+use alloc::{string::String, vec::Vec, borrow::ToOwned};
+
 use super::small_map::SmallMap;
 
 use rtlink_protocol::PresenceConn;

@@ -13,6 +13,8 @@
 //! A probe whose `welcome` never arrives (a buffering proxy holds it) is simply closed at its
 //! first-frame deadline, and tried again about [`super::Config::probe_interval_ms`] later.
 
+use alloc::string::String;
+
 use rtlink_protocol::{ClientFrame, CloseCode};
 
 use super::event::{Output, TransportId};

@@ -14,6 +14,8 @@
 //! After every `welcome` each room is re-subscribed with `since = last`, which is also how a
 //! resumed session catches up on whatever the dropped transport did not deliver.
 
+use alloc::{string::String, vec::Vec, borrow::ToOwned};
+
 use super::small_map::SmallMap;
 
 use rtlink_protocol::ClientFrame;

@@ -19,6 +19,8 @@
 //! acked, nacked, timed out (no ack within `ack_timeout_ms` of its last transmission on an open
 //! transport), too large, expired, or failed at close.
 
+use alloc::{string::String, vec::Vec};
+
 use rtlink_protocol::{ClientFrame, ErrorCode};
 
 use super::event::{SendError, SendId};

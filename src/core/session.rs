@@ -1,6 +1,8 @@
 //! What happens on an open session: the `welcome` and the resync after it, frames from the
 //! server, and the app's room commands.
 
+use alloc::{string::String, vec::Vec, borrow::ToOwned};
+
 use rtlink_protocol::{ClientFrame, ErrorCode, ServerFrame};
 
 use super::connection::{End, Role};

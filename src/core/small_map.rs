@@ -6,7 +6,9 @@
 //! entries, where a binary search over a `Vec` is as fast and costs a fraction of the bytes.
 //! Iteration is in key order, like `BTreeMap`, so behaviour does not change.
 
-use std::borrow::Borrow;
+use alloc::vec::Vec;
+
+use core::borrow::Borrow;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SmallMap<K, V> {
@@ -55,7 +57,7 @@ impl<K: Ord, V> SmallMap<K, V> {
     /// Inserts or replaces; returns the previous value.
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
         match self.find(&key) {
-            Ok(i) => Some(std::mem::replace(&mut self.entries[i].1, value)),
+            Ok(i) => Some(core::mem::replace(&mut self.entries[i].1, value)),
             Err(i) => {
                 self.entries.insert(i, (key, value));
                 None

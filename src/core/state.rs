@@ -2,6 +2,8 @@
 //! carry the transports they own, so "one primary transport and at most one probe" holds by
 //! construction.
 
+use alloc::string::String;
+
 use rtlink_protocol::CloseCode;
 
 use super::event::{TransportId, TransportKind};

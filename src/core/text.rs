@@ -2,6 +2,8 @@
 //! (the formatting machinery, padding and per-type `Display` code), and these cover every
 //! message and id the client builds.
 
+use alloc::string::String;
+
 /// Appends `n` in decimal.
 pub fn push_dec(out: &mut String, mut n: u64) {
     let mut buf = [0u8; 20];

@@ -8,6 +8,8 @@
 //! Others' typing: kept per room with an expiry after their last start, so a lost stop cannot
 //! leave someone "typing" forever. The app gets the full sorted list whenever it changes.
 
+use alloc::{string::String, vec::Vec, borrow::ToOwned};
+
 use super::small_map::SmallMap;
 
 use super::event::TypingUser;
