@@ -45,13 +45,18 @@ test: setup
 test-native: setup
 	cargo test --workspace -- --skip fault_ --skip abuse_
 
-# The npm package (size report), its .d.ts under tsc --strict, then the wasm client in headless
+# The npm package (size report), its .d.ts under tsc --strict, then the package in headless
 # Chromium against real servers (scripts/with-servers starts and stops them), and the transport
 # ladder scenarios through the fault proxy (tests/browser_ladder.rs: their LADDER-FIGURES lines
-# are the figures in RELIABILITY.md). WASM_BINDGEN_TEST_TIMEOUT bounds each test file's run.
+# are the figures in RELIABILITY.md). The tests drive pkg/rtlink.js through wasm-bindgen-test,
+# run by wasm-bindgen-test-runner with the chromedriver and webdriver.json at the crate root (no
+# wasm-pack). WASM_BINDGEN_TEST_TIMEOUT bounds each test file's run.
+BROWSER_TEST_ENV := CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+	CHROMEDRIVER=/usr/bin/chromedriver WASM_BINDGEN_TEST_TIMEOUT=300
 test-browser: setup package
 	cd tests/js && npx tsc -p tsconfig.json
-	CHROMEDRIVER=/usr/bin/chromedriver WASM_BINDGEN_TEST_TIMEOUT=300 scripts/with-servers wasm-pack test --headless --chrome --test browser --test browser_ladder -- --nocapture
+	$(BROWSER_TEST_ENV) scripts/with-servers cargo test --target wasm32-unknown-unknown --features std \
+	  --test browser --test browser_ladder -- --nocapture
 
 package: setup
 	scripts/package

@@ -3,6 +3,11 @@
 //! [`core`] is a sans-IO state machine: it never touches a socket or reads a clock. Time comes in
 //! as an argument and randomness from a seed, so the whole connection lifecycle is tested natively
 //! with a virtual clock. The browser glue drives it.
+//!
+//! The wasm build is `no_std` (with `alloc`): no formatting machinery and no panic messages in
+//! the module a browser downloads (see `wasm::panic`). Native builds keep std for the tests and
+//! native drivers of the core.
+#![cfg_attr(all(target_arch = "wasm32", not(test)), no_std)]
 
 extern crate alloc;
 

@@ -10,7 +10,6 @@ mod browser_util;
 
 use browser_util::*;
 use js_sys::{Object, Promise, Reflect, JSON};
-use rtlink::wasm::{live_listeners, RealtimeClient};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 use wasm_bindgen_test::*;
@@ -162,6 +161,7 @@ async fn server_restart_mid_stream_loses_and_duplicates_nothing() {
 #[wasm_bindgen_test]
 async fn close_leaves_no_timer_or_listener_after_50_reconnects() {
     let base = server("main");
+    ready().await;
     let before = live_listeners();
     let (client, states) = connected(&base, "leaky", Some(&["websocket"])).await;
     let w: web_sys::EventTarget = web_sys::window().unwrap().into();
@@ -185,6 +185,7 @@ async fn starts_on_a_remembered_fallback_and_probes_back_up_without_losing_messa
     // WebSocket in the background and switches up with the same session.
     let storage = web_sys::window().unwrap().session_storage().unwrap().unwrap();
     storage.set_item(&format!("rtlink:transport:{base}"), "long-polling").unwrap();
+    ready().await;
     let opts = options(&base, "climber", None);
     Reflect::set(&opts, &"rememberTransport".into(), &true.into()).unwrap();
     Reflect::set(&opts, &"probeIntervalMs".into(), &400.into()).unwrap();
@@ -267,6 +268,7 @@ async fn joining_with_history_delivers_recent_messages_first() {
 #[wasm_bindgen_test]
 async fn a_refused_token_ends_with_the_unauthorized_code() {
     let base = server("main");
+    ready().await;
     let bad_token = Closure::<dyn FnMut() -> JsValue>::new(|| JsValue::from_str("not-a-jwt")).into_js_value();
     let client = RealtimeClient::new(options_with_token(&base, bad_token, None)).unwrap();
     let errors = Recorder::default();

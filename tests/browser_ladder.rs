@@ -22,7 +22,6 @@ use std::rc::Rc;
 
 use browser_util::*;
 use js_sys::{Object, Reflect, JSON};
-use rtlink::wasm::{RealtimeClient, Room};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 use wasm_bindgen_test::*;

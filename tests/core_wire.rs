@@ -2,6 +2,8 @@
 //! every server frame the server can write decodes to the same value, every client frame encodes
 //! to the same bytes, and no input makes either side panic.
 
+#![cfg(not(target_arch = "wasm32"))]
+
 use proptest::prelude::*;
 use rtlink::core::json::{self, Json};
 use rtlink::core::wire::{self, DecodeError};

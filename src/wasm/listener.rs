@@ -1,56 +1,63 @@
-//! An event listener that removes itself when dropped.
+//! An event listener that removes itself when dropped, and promise reactions that free
+//! themselves once the promise settles.
 //!
 //! Every DOM listener the glue adds goes through [`Listener`], so dropping a transport or a client
-//! removes exactly what it added, and [`live_listeners`] can prove it: no closure is leaked with `forget`,
-//! so nothing leaks per reconnect.
+//! removes exactly what it added, and [`live_listeners`] can prove it: no closure is leaked with
+//! `forget`, so nothing leaks per reconnect.
 
-use std::cell::{Cell, RefCell};
-use std::rc::Rc;
+use alloc::boxed::Box;
+use alloc::rc::Rc;
+use core::cell::{Cell, RefCell};
+use core::sync::atomic::{AtomicU32, Ordering};
 
 use js_sys::Promise;
 use wasm_bindgen::closure::Closure;
 use wasm_bindgen::{JsCast, JsValue};
-use web_sys::{Event, EventTarget};
+use web_sys::EventTarget;
 
-thread_local! {
-    static LIVE: Cell<usize> = const { Cell::new(0) };
+/// Live listeners and timers (all clients). wasm32 here has one thread; the
+/// atomic is only a `static` without `unsafe`.
+static LIVE: AtomicU32 = AtomicU32::new(0);
+
+/// How many [`Listener`]s and timers exist right now.
+pub fn live_listeners() -> u32 {
+    LIVE.load(Ordering::Relaxed)
 }
 
-/// How many [`Listener`]s exist right now (all clients, all transports).
-pub fn live_listeners() -> usize {
-    LIVE.with(Cell::get)
-}
-
-/// Bookkeeping for other owned JS callbacks (timers, promise handlers) so the leak test can see
-/// them too.
+/// Bookkeeping for an owned JS callback, so the leak test sees it.
 pub(crate) struct LiveGuard;
 
 impl LiveGuard {
     pub(crate) fn new() -> Self {
-        LIVE.with(|n| n.set(n.get() + 1));
+        LIVE.fetch_add(1, Ordering::Relaxed);
         Self
     }
 }
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
-        LIVE.with(|n| n.set(n.get().saturating_sub(1)));
+        LIVE.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// One closure signature for every callback (listeners, promise reactions, the timer): each
+/// distinct signature costs its own glue in the module and in the JS file.
+pub(crate) type Callback = Closure<dyn FnMut(JsValue)>;
+
+pub(crate) fn callback(f: impl FnMut(JsValue) + 'static) -> Callback {
+    Closure::new(f)
 }
 
 pub(crate) struct Listener {
     target: EventTarget,
     kind: &'static str,
-    callback: Closure<dyn FnMut(JsValue)>,
+    callback: Callback,
     _live: LiveGuard,
 }
 
 impl Listener {
-    pub(crate) fn new(target: &EventTarget, kind: &'static str, f: impl FnMut(Event) + 'static) -> Self {
-        // One closure signature for every callback (listeners and promise reactions): each
-        // distinct signature costs its own glue in the wasm module and in the JS file.
-        let mut f = f;
-        let callback = Closure::<dyn FnMut(JsValue)>::new(move |e: JsValue| f(e.unchecked_into()));
+    pub(crate) fn new(target: &EventTarget, kind: &'static str, f: impl FnMut(JsValue) + 'static) -> Self {
+        let callback = callback(f);
         // Adding a listener only fails for a detached/invalid target; then there is nothing to remove.
         let _ = target.add_event_listener_with_callback(kind, callback.as_ref().unchecked_ref());
         Self { target: target.clone(), kind, callback, _live: LiveGuard::new() }
@@ -65,8 +72,6 @@ impl Drop for Listener {
     }
 }
 
-type Reaction = Closure<dyn FnMut(JsValue)>;
-
 /// Called once with how a promise settled: `Ok(value)` or `Err(reason)`.
 pub(crate) type Settled = Box<dyn FnOnce(Result<JsValue, JsValue>)>;
 
@@ -78,14 +83,14 @@ pub(crate) type Settled = Box<dyn FnOnce(Result<JsValue, JsValue>)>;
 /// promise settle early (every fetch carries an `AbortSignal`) and ignores the answer (`Weak`).
 /// `done` is boxed so this exists once in the module, not once per caller.
 pub(crate) fn on_settle(promise: &Promise, done: Settled) {
-    let slot: Rc<RefCell<Option<(Reaction, Reaction)>>> = Rc::new(RefCell::new(None));
+    let slot: Rc<RefCell<Option<(Callback, Callback)>>> = Rc::new(RefCell::new(None));
     let done: Rc<Cell<Option<Settled>>> = Rc::new(Cell::new(Some(done)));
     let reaction = |ok: bool| {
         let slot = slot.clone();
         let done = done.clone();
-        Closure::<dyn FnMut(JsValue)>::new(move |v: JsValue| {
+        callback(move |v: JsValue| {
             // Freed when this call returns (wasm-bindgen defers the free of a running closure).
-            let _free = slot.borrow_mut().take();
+            let _free = slot.try_borrow_mut().ok().and_then(|mut s| s.take());
             if let Some(f) = done.take() {
                 f(if ok { Ok(v) } else { Err(v) });
             }
@@ -93,5 +98,13 @@ pub(crate) fn on_settle(promise: &Promise, done: Settled) {
     };
     let (resolve, reject) = (reaction(true), reaction(false));
     let _ = promise.then2(&resolve, &reject);
-    *slot.borrow_mut() = Some((resolve, reject));
+    if let Ok(mut s) = slot.try_borrow_mut() {
+        *s = Some((resolve, reject));
+    };
+}
+
+/// Calls `f` from a promise reaction (a microtask): how a transport reports an outcome it knows
+/// at once, never from inside its own constructor.
+pub(crate) fn soon(f: impl FnOnce() + 'static) {
+    on_settle(&Promise::resolve(&JsValue::UNDEFINED), Box::new(move |_| f()));
 }

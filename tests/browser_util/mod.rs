@@ -1,15 +1,84 @@
-//! What the browser test files share: the servers `scripts/with-servers` started, waiting on
-//! conditions (never fixed sleeps for a result), reading JS values that may not be there yet,
-//! demo tokens, and recorders for listener values.
+//! What the browser test files share: the package's JS API as the tests call it, the servers
+//! `scripts/with-servers` started, waiting on conditions (never fixed sleeps for a result),
+//! reading JS values that may not be there yet, demo tokens, and recorders for listener values.
 #![allow(dead_code)] // each test file uses part of it
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
 use js_sys::{Function, Object, Promise, Reflect};
-use rtlink::wasm::{RealtimeClient, Room};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
+
+// The public API of pkg/rtlink.js (the hand-written façade over the wasm module), bound with the
+// same method names and signatures as its .d.ts: what the tests drive is what users get.
+#[wasm_bindgen(module = "/tests/browser_util/facade.js")]
+extern "C" {
+    #[wasm_bindgen(js_name = load)]
+    fn load_package() -> Promise;
+
+    pub type RealtimeClient;
+    #[wasm_bindgen(catch, js_name = newClient)]
+    fn new_client(options: JsValue) -> Result<RealtimeClient, JsValue>;
+    #[wasm_bindgen(method, catch)]
+    pub fn on(this: &RealtimeClient, event: &str, listener: Function) -> Result<Function, JsValue>;
+    #[wasm_bindgen(method)]
+    pub fn connect(this: &RealtimeClient);
+    #[wasm_bindgen(method)]
+    pub fn close(this: &RealtimeClient);
+    #[wasm_bindgen(method, catch)]
+    pub fn room(this: &RealtimeClient, name: &str, options: JsValue) -> Result<Room, JsValue>;
+    #[wasm_bindgen(method, getter)]
+    pub fn state(this: &RealtimeClient) -> JsValue;
+
+    pub type Room;
+    #[wasm_bindgen(method, getter)]
+    pub fn name(this: &Room) -> String;
+    #[wasm_bindgen(method, catch, js_name = on)]
+    pub fn on(this: &Room, event: &str, listener: Function) -> Result<Function, JsValue>;
+    #[wasm_bindgen(method)]
+    pub fn publish(this: &Room, payload: JsValue) -> Promise;
+    #[wasm_bindgen(method)]
+    pub fn leave(this: &Room);
+    #[wasm_bindgen(method, getter)]
+    pub fn presence(this: &Room) -> Presence;
+    #[wasm_bindgen(method, getter)]
+    pub fn typing(this: &Room) -> Typing;
+
+    pub type Presence;
+    #[wasm_bindgen(method, catch)]
+    pub fn set(this: &Presence, meta: JsValue) -> Result<(), JsValue>;
+    #[wasm_bindgen(method)]
+    pub fn list(this: &Presence) -> JsValue;
+    #[wasm_bindgen(method, catch, js_name = on)]
+    pub fn on(this: &Presence, event: &str, listener: Function) -> Result<Function, JsValue>;
+
+    pub type Typing;
+    #[wasm_bindgen(method)]
+    pub fn keystroke(this: &Typing);
+    #[wasm_bindgen(method)]
+    pub fn stop(this: &Typing);
+    #[wasm_bindgen(method)]
+    pub fn list(this: &Typing) -> JsValue;
+    #[wasm_bindgen(method, catch, js_name = on)]
+    pub fn on(this: &Typing, event: &str, listener: Function) -> Result<Function, JsValue>;
+
+    /// Live DOM listeners and owned callbacks of every client.
+    #[wasm_bindgen(js_name = liveListeners)]
+    pub fn live_listeners() -> u32;
+}
+
+impl RealtimeClient {
+    /// `new RealtimeClient(options)` (after [`ready`]).
+    pub fn new(options: JsValue) -> Result<RealtimeClient, JsValue> {
+        new_client(options)
+    }
+}
+
+/// Loads pkg/rtlink.js and its wasm module once; every test awaits it before using the API.
+pub async fn ready() {
+    JsFuture::from(load_package()).await.expect("pkg/rtlink.js loads (run `make package` first)");
+}
 
 pub fn server(var: &str) -> String {
     let url = match var {
@@ -146,6 +215,7 @@ pub fn unique_room(prefix: &str) -> String {
 }
 
 pub async fn connected(base: &str, name: &str, transports: Option<&[&str]>) -> (RealtimeClient, Recorder) {
+    ready().await;
     let client = RealtimeClient::new(options(base, name, transports)).unwrap();
     let states = Recorder::default();
     let _ = client.on("state", states.listener()).unwrap();

@@ -1,16 +1,36 @@
 //! fetch helpers shared by the transports: the ticket exchange, upstream POSTs and error mapping.
 
-use js_sys::{Object, Promise, JSON};
-use wasm_bindgen::{JsCast, JsValue};
-use web_sys::{AbortSignal, Response};
+use alloc::boxed::Box;
+use alloc::string::String;
 
+use js_sys::{Object, Promise};
+use wasm_bindgen::prelude::*;
+
+use crate::core::json::{self, Json};
+use crate::core::text::{concat, dec, parse_dec, push_json_str};
+use crate::core::ServerFrame;
+use crate::wasm::get;
 use crate::wasm::listener::on_settle;
-use crate::wasm::{get, set};
 
-use crate::core::text::{concat, dec, parse_dec};
+#[wasm_bindgen]
+extern "C" {
+    /// The global `fetch` (a page's or a worker's).
+    #[wasm_bindgen(js_name = fetch)]
+    fn global_fetch(url: &str, init: &JsValue) -> Promise;
+
+    type Response;
+    #[wasm_bindgen(method)]
+    fn text(this: &Response) -> Promise;
+    #[wasm_bindgen(method, getter)]
+    fn headers(this: &Response) -> Headers;
+
+    type Headers;
+    #[wasm_bindgen(method, js_name = get)]
+    fn get_header(this: &Headers, name: &str) -> Option<String>;
+}
 
 /// Why a transport could not open, from the HTTP answer that refused it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub(crate) enum OpenFailure {
     /// 401: the token or ticket was refused.
     Unauthorized,
@@ -28,13 +48,11 @@ pub(crate) enum OpenFailure {
 }
 
 fn js_err(e: JsValue) -> String {
-    e.as_string()
-        .or_else(|| get(&e, "message").as_string())
-        .unwrap_or_else(|| "network error".into())
+    e.as_string().or_else(|| get(&e, "message").as_string()).unwrap_or_else(|| "network error".into())
 }
 
 impl OpenFailure {
-    /// A short human description (no `Debug` formatting: it costs kilobytes of wasm).
+    /// A short human description.
     pub(crate) fn describe(&self) -> String {
         match self {
             Self::Unauthorized => "unauthorized".into(),
@@ -55,6 +73,10 @@ pub(crate) struct Reply {
     pub body: String,
 }
 
+fn set(o: &JsValue, key: &str, value: &JsValue) {
+    let _ = js_sys::Reflect::set(o, &JsValue::from_str(key), value);
+}
+
 /// Performs a fetch, reads the body as text and calls `done` with the reply, always from a
 /// promise reaction (never synchronously). Aborting `signal` makes it finish with a failure.
 pub(crate) fn fetch(
@@ -62,12 +84,11 @@ pub(crate) fn fetch(
     method: &str,
     header: Option<(&str, &str)>,
     body: Option<&str>,
-    signal: Option<&AbortSignal>,
+    signal: Option<&JsValue>,
     done: Box<dyn FnOnce(Result<Reply, OpenFailure>)>,
 ) {
-    // `RequestInit` and the headers as plain objects (what fetch accepts): fewer imports than
-    // web-sys's `RequestInit` setters and `Headers`. A header value fetch refuses rejects the
-    // fetch, as `Headers.set` threw before.
+    // `RequestInit` and the headers as plain objects (what fetch accepts). A header value fetch
+    // refuses rejects the fetch.
     let init: JsValue = Object::new().into();
     set(&init, "method", &method.into());
     if let Some((k, v)) = header {
@@ -81,20 +102,15 @@ pub(crate) fn fetch(
     if let Some(s) = signal {
         set(&init, "signal", s);
     }
-    let promise = match crate::wasm::window() {
-        Some(window) => window.fetch_with_str_and_init(url, init.unchecked_ref()),
-        None => Promise::reject(&"no window".into()),
-    };
-    on_settle(&promise, Box::new(move |answer| {
+    on_settle(&global_fetch(url, &init), Box::new(move |answer| {
         let resp: Response = match answer {
             Ok(r) => r.unchecked_into(),
             Err(e) => return done(Err(OpenFailure::Network(js_err(e)))),
         };
         let ok = get(&resp, "ok").as_bool().unwrap_or(false);
         let status = get(&resp, "status").as_f64().unwrap_or(0.0) as u16;
-        let retry_after = get(&resp, "headers").unchecked_into::<web_sys::Headers>().get("retry-after").ok().flatten();
-        let text = resp.text().unwrap_or_else(|e| Promise::reject(&e));
-        on_settle(&text, Box::new(move |body| {
+        let retry_after = resp.headers().get_header("retry-after");
+        on_settle(&resp.text(), Box::new(move |body| {
             let body = match body {
                 Ok(v) => v.as_string().unwrap_or_default(),
                 // An error answer whose body cannot be read is still that error.
@@ -109,16 +125,16 @@ pub(crate) fn fetch(
 /// Maps a non-2xx reply to an [`OpenFailure`], reading its JSON error body.
 pub(crate) fn failure(reply: &Reply) -> OpenFailure {
     let retry_header = reply.retry_after.as_deref().and_then(|s| parse_dec(s.trim())).map(|secs| secs * 1000);
-    let parsed = JSON::parse(&reply.body).unwrap_or(JsValue::NULL);
-    let code = get(&parsed, "error").as_string().unwrap_or_default();
-    let retry_body = get(&parsed, "retry_after_ms").as_f64().map(|f| f as u64);
-    match (reply.status, code.as_str()) {
+    let parsed = json::parse(&reply.body).unwrap_or(Json::Null);
+    let code = parsed.get("error").and_then(Json::as_str).unwrap_or_default();
+    let retry_body = parsed.get("retry_after_ms").and_then(Json::as_u64);
+    match (reply.status, code) {
         (401, _) => OpenFailure::Unauthorized,
         (403, _) => OpenFailure::Forbidden,
         (404, "unknown_session") => OpenFailure::SessionUnknown,
         (429, _) | (503, _) => OpenFailure::Overloaded { retry_after_ms: retry_body.or(retry_header) },
         (413, _) => OpenFailure::TooLarge,
-        (status, _) => OpenFailure::Network(concat(&["HTTP ", &dec(status.into()), " ", &code])),
+        (status, _) => OpenFailure::Network(concat(&["HTTP ", &dec(status.into()), " ", code])),
     }
 }
 
@@ -129,7 +145,7 @@ pub(crate) fn ticket(
     token: &str,
     resume: Option<&str>,
     probe: bool,
-    signal: &AbortSignal,
+    signal: &JsValue,
     done: Box<dyn FnOnce(Result<String, OpenFailure>)>,
 ) {
     let auth = concat(&["Bearer ", token]);
@@ -137,7 +153,7 @@ pub(crate) fn ticket(
     let mut body = String::from("{");
     if let Some(r) = resume {
         body.push_str("\"resume\":");
-        crate::core::text::push_json_str(&mut body, r);
+        push_json_str(&mut body, r);
         if probe {
             body.push_str(",\"probe\":true");
         }
@@ -148,9 +164,11 @@ pub(crate) fn ticket(
             if !reply.ok {
                 return Err(failure(&reply));
             }
-            let parsed = JSON::parse(&reply.body).map_err(|_| OpenFailure::Network("ticket: bad JSON".into()))?;
-            get(&parsed, "ticket")
-                .as_string()
+            let parsed = json::parse(&reply.body).ok_or_else(|| OpenFailure::Network("ticket: bad JSON".into()))?;
+            parsed
+                .get("ticket")
+                .and_then(Json::as_str)
+                .map(String::from)
                 .ok_or_else(|| OpenFailure::Network("ticket: missing field".into()))
         }))
     }));
@@ -174,14 +192,12 @@ pub(crate) struct WelcomeInfo {
 }
 
 /// Reads a `welcome` frame, if this is one.
-pub(crate) fn welcome_info(frame: &JsValue) -> Option<WelcomeInfo> {
-    if get(frame, "t").as_string()? != "welcome" {
-        return None;
-    }
-    let token = get(frame, "resume_token").as_string()?;
-    let limits = get(frame, "limits");
-    let limit = |key| get(&limits, key).as_f64().filter(|n| *n >= 1.0).map(|n| n as usize);
+pub(crate) fn welcome_info(frame: &ServerFrame) -> Option<WelcomeInfo> {
+    let ServerFrame::Welcome { resume_token, limits, .. } = frame else { return None };
     // A server that does not announce its body limit accepts at least one frame's worth.
-    let max_batch_bytes = limit("max_batch_bytes").or_else(|| limit("max_frame_bytes")).unwrap_or(65_536);
-    Some(WelcomeInfo { token, max_batch_bytes })
+    let max_batch_bytes = [limits.max_batch_bytes, limits.max_frame_bytes, 65_536]
+        .into_iter()
+        .find(|n| *n >= 1)
+        .unwrap_or(65_536) as usize;
+    Some(WelcomeInfo { token: resume_token.clone(), max_batch_bytes })
 }

@@ -5,17 +5,20 @@
 //! Each response carries a cursor; the next request sends it back so the server resends anything a
 //! lost response carried. Dropping the transport aborts the held request and ends the loop.
 
-use std::rc::{Rc, Weak};
+use alloc::boxed::Box;
+use alloc::rc::{Rc, Weak};
+use alloc::string::String;
+use alloc::vec::Vec;
 
-use js_sys::{Array, Reflect, JSON};
 use wasm_bindgen::JsValue;
-use web_sys::AbortSignal;
 
 use super::http;
-use crate::core::text::{concat, push_dec, push_json_str};
-use super::upstream::Upstream;
 use super::status::Status;
+use super::upstream::Upstream;
 use super::{EventSink, OpenFailure, OpenParams, TransportEvent};
+use crate::core::json::{self, Json};
+use crate::core::text::{concat, push_dec, push_json_str};
+use crate::core::wire;
 
 pub(crate) struct LongPollTransport {
     inner: Rc<Inner>,
@@ -27,19 +30,15 @@ struct Inner {
 }
 
 impl LongPollTransport {
-    pub(crate) fn open(params: OpenParams, sink: EventSink) -> Self {
-        let inner = Rc::new(Inner {
-            upstream: Upstream::new(&params.base_url, sink.clone()),
-            status: Status::new(sink),
-        });
-        let weak = Rc::downgrade(&inner);
+    pub(crate) fn open(params: OpenParams<'_>, sink: EventSink) -> Self {
+        let inner = Rc::new(Inner { upstream: Upstream::new(params.base_url, sink.clone()), status: Status::new(sink) });
         if let Some(signal) = inner.status.signal() {
-            start(weak, &params, signal);
+            start(Rc::downgrade(&inner), &params, signal);
         }
         Self { inner }
     }
 
-    pub(crate) fn send(&self, frame: JsValue) {
+    pub(crate) fn send(&self, frame: String) {
         self.inner.upstream.send(frame);
     }
 }
@@ -51,10 +50,10 @@ impl Drop for LongPollTransport {
 }
 
 /// What one poll answers: the batch's cursor and frames, or the failure.
-type PollResult = Result<(u64, Array), OpenFailure>;
+type PollResult = Result<(u64, Vec<Json>), OpenFailure>;
 
 /// One poll: the opening `GET` (no body) or a `POST` with the session and cursor.
-fn poll(url: &str, body: Option<&str>, signal: &AbortSignal, done: Box<dyn FnOnce(PollResult)>) {
+fn poll(url: &str, body: Option<&str>, signal: &JsValue, done: Box<dyn FnOnce(PollResult)>) {
     let (method, header) = match body {
         Some(_) => ("POST", Some(("content-type", "text/plain"))),
         None => ("GET", None),
@@ -64,51 +63,67 @@ fn poll(url: &str, body: Option<&str>, signal: &AbortSignal, done: Box<dyn FnOnc
             if !reply.ok {
                 return Err(http::failure(&reply));
             }
-            let batch =
-                JSON::parse(&reply.body).map_err(|_| OpenFailure::Network("poll: malformed batch".into()))?;
-            let cursor = crate::wasm::get(&batch, "cursor").as_f64().unwrap_or(0.0) as u64;
-            let frames: Array = Reflect::get(&batch, &"frames".into()).map(|v| Array::from(&v)).unwrap_or_default();
-            Ok((cursor, frames))
+            match json::parse(&reply.body) {
+                Some(Json::Obj(members)) => {
+                    let mut batch = (0, Vec::new());
+                    for (key, value) in members {
+                        match (key.as_str(), value) {
+                            ("cursor", v) => batch.0 = v.as_u64().unwrap_or(0),
+                            ("frames", Json::Arr(frames)) => batch.1 = frames,
+                            _ => {}
+                        }
+                    }
+                    Ok(batch)
+                }
+                _ => Err(OpenFailure::Network("poll: malformed batch".into())),
+            }
         }))
     }));
 }
 
-/// Delivers a batch; returns false when the transport was dropped meanwhile.
-fn deliver(weak: &Weak<Inner>, frames: &Array, session: &mut Option<String>) -> bool {
-    for frame in frames.iter() {
+/// Delivers a batch; returns false when the transport finished or was dropped meanwhile. The
+/// session's resume token, when a `welcome` carries it, goes to `session`.
+fn deliver(weak: &Weak<Inner>, frames: &[Json], session: &mut Option<String>) -> bool {
+    for value in frames {
         let Some(inner) = weak.upgrade() else { return false };
         if inner.status.done.get() {
             return false;
         }
-        if let Some(welcome) = http::welcome_info(&frame) {
-            *session = Some(welcome.token.clone());
-            inner.upstream.set_session(welcome);
+        match wire::decode_value(value) {
+            Ok(frame) => {
+                if let Some(welcome) = http::welcome_info(&frame) {
+                    *session = Some(welcome.token.clone());
+                    inner.upstream.set_session(welcome);
+                }
+                inner.status.report(TransportEvent::Frame(Ok(frame)));
+            }
+            Err(error) => {
+                inner.status.finish(TransportEvent::Frame(Err(error)));
+                return false;
+            }
         }
-        (inner.status.sink)(TransportEvent::Frame(frame));
     }
     weak.upgrade().is_some_and(|i| !i.status.done.get())
 }
 
 /// The first request: the poll that opens the session with the ticket (its batch carries
 /// `welcome`).
-fn start(weak: Weak<Inner>, params: &OpenParams, signal: AbortSignal) {
-    let url = http::transport_url(&params.base_url, "/v1/poll", &params.ticket);
-    let base_url = params.base_url.clone();
+fn start(weak: Weak<Inner>, params: &OpenParams<'_>, signal: JsValue) {
+    let url = http::transport_url(params.base_url, "/v1/poll", params.ticket);
+    let base_url = String::from(params.base_url);
     poll(&url, None, &signal.clone(), Box::new(move |first| match first {
         Ok((cursor, frames)) => opened(weak, &base_url, signal, cursor, &frames),
-        Err(f) => open_failed(&weak, f),
+        Err(f) => {
+            if let Some(inner) = weak.upgrade() {
+                inner.status.fail(f);
+            }
+        }
     }));
 }
 
-fn open_failed(weak: &Weak<Inner>, f: OpenFailure) {
-    if let Some(inner) = weak.upgrade() {
-        inner.status.fail(f);
-    }
-}
-
-fn opened(weak: Weak<Inner>, base_url: &str, signal: AbortSignal, cursor: u64, frames: &Array) {
+fn opened(weak: Weak<Inner>, base_url: &str, signal: JsValue, cursor: u64, frames: &[Json]) {
     match weak.upgrade() {
-        Some(inner) if !inner.status.done.get() => (inner.status.sink)(TransportEvent::Opened),
+        Some(inner) if !inner.status.done.get() => inner.status.report(TransportEvent::Opened),
         _ => return,
     }
     let mut session = None;
@@ -117,8 +132,7 @@ fn opened(weak: Weak<Inner>, base_url: &str, signal: AbortSignal, cursor: u64, f
     }
     let Some(token) = session else {
         if let Some(inner) = weak.upgrade() {
-            inner.status.done.set(true);
-            (inner.status.sink)(TransportEvent::Closed { code: Some(4012), reason: "poll opened without welcome".into() });
+            inner.status.finish(TransportEvent::Closed { code: Some(4012), reason: "poll opened without welcome".into() });
         }
         return;
     };
@@ -137,7 +151,7 @@ struct Continuation {
 }
 
 /// The held request after the first: one at a time, each sending back the last cursor.
-fn next(weak: Weak<Inner>, cont: Rc<Continuation>, signal: AbortSignal, cursor: u64) {
+fn next(weak: Weak<Inner>, cont: Rc<Continuation>, signal: JsValue, cursor: u64) {
     let mut body = cont.body_start.clone();
     push_dec(&mut body, cursor);
     body.push('}');
@@ -155,9 +169,8 @@ fn next(weak: Weak<Inner>, cont: Rc<Continuation>, signal: AbortSignal, cursor: 
                 }
             }
             Err(f) => {
-                inner.status.done.set(true);
                 let code = if f == OpenFailure::SessionUnknown { Some(4007) } else { None };
-                (inner.status.sink)(TransportEvent::Closed { code, reason: concat(&["poll failed: ", &f.describe()]) });
+                inner.status.finish(TransportEvent::Closed { code, reason: concat(&["poll failed: ", &f.describe()]) });
             }
         }
     }));

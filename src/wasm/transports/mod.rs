@@ -7,6 +7,8 @@
 //! [`EventSink`], always from a browser callback and never from inside one of its own methods, so
 //! the driver is never re-entered. Dropping a transport (or a ticket fetch) closes its
 //! connection, aborts its requests and removes its listeners.
+//!
+//! Frames travel as JSON text both ways; [`crate::core::wire`] reads and writes them.
 
 mod http;
 mod long_poll;
@@ -16,9 +18,11 @@ pub(crate) mod ticket;
 mod upstream;
 mod websocket;
 
-use std::rc::Rc;
+use alloc::rc::Rc;
+use alloc::string::String;
 
-use wasm_bindgen::JsValue;
+use crate::core::wire::DecodeError;
+use crate::core::{ServerFrame, TransportKind};
 
 pub(crate) use http::OpenFailure;
 
@@ -26,9 +30,9 @@ pub(crate) use http::OpenFailure;
 pub(crate) enum TransportEvent {
     /// The connection is up (frames may follow).
     Opened,
-    /// One server frame, already parsed from JSON.
-    Frame(JsValue),
-    /// The connection ended after it had opened, or the server sent malformed data.
+    /// One server frame, or why its text is not one.
+    Frame(Result<ServerFrame, DecodeError>),
+    /// The connection ended after it had opened.
     Closed { code: Option<u16>, reason: String },
     /// The connection never opened.
     OpenFailed(OpenFailure),
@@ -37,18 +41,11 @@ pub(crate) enum TransportEvent {
 pub(crate) type EventSink = Rc<dyn Fn(TransportEvent)>;
 
 /// Where and how to connect.
-pub(crate) struct OpenParams {
+pub(crate) struct OpenParams<'a> {
     /// Server base URL, e.g. `https://rt.example.com` (no trailing slash).
-    pub base_url: String,
+    pub base_url: &'a str,
     /// The single-use ticket from the ticket step.
-    pub ticket: String,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Kind {
-    WebSocket,
-    Sse,
-    LongPoll,
+    pub ticket: &'a str,
 }
 
 pub(crate) enum Transport {
@@ -61,20 +58,20 @@ pub(crate) enum Transport {
 }
 
 impl Transport {
-    pub(crate) fn open(kind: Kind, params: OpenParams, sink: EventSink) -> Self {
+    pub(crate) fn open(kind: TransportKind, params: OpenParams<'_>, sink: EventSink) -> Self {
         match kind {
-            Kind::WebSocket => Self::WebSocket(websocket::WebSocketTransport::open(params, sink)),
-            Kind::Sse => Self::Sse(sse::SseTransport::open(params, sink)),
-            Kind::LongPoll => Self::LongPoll(long_poll::LongPollTransport::open(params, sink)),
+            TransportKind::WebSocket => Self::WebSocket(websocket::WebSocketTransport::open(params, sink)),
+            TransportKind::Sse => Self::Sse(sse::SseTransport::open(params, sink)),
+            TransportKind::LongPoll => Self::LongPoll(long_poll::LongPollTransport::open(params, sink)),
         }
     }
 
-    /// Sends one client frame (a JS object). Frames are delivered in order.
-    pub(crate) fn send(&self, frame: JsValue) {
+    /// Sends one client frame (its JSON text). Frames are delivered in order.
+    pub(crate) fn send(&self, frame: String) {
         match self {
             // The core sends nothing before the transport opened.
             Self::Ticket(_) => {}
-            Self::WebSocket(t) => t.send(&frame),
+            Self::WebSocket(t) => t.send(frame),
             Self::Sse(t) => t.send(frame),
             Self::LongPoll(t) => t.send(frame),
         }

@@ -1,15 +1,16 @@
 //! What every transport tracks the same way: whether it opened, whether it is finished, the abort
 //! signal carried by all its requests, and the sink it reports through.
 
-use std::cell::Cell;
-use wasm_bindgen::JsCast;
-use web_sys::{AbortController, AbortSignal};
+use core::cell::Cell;
+
+use wasm_bindgen::JsValue;
+use web_sys::AbortController;
 
 use super::{EventSink, OpenFailure, TransportEvent};
 
 /// `controller.signal`, read as a plain property (no typed getter import).
-pub(crate) fn signal(controller: &AbortController) -> AbortSignal {
-    crate::wasm::get(controller, "signal").unchecked_into()
+pub(crate) fn signal(controller: &AbortController) -> JsValue {
+    crate::wasm::get(controller, "signal")
 }
 
 pub(crate) struct Status {
@@ -26,15 +27,27 @@ impl Status {
         Self { opened: Cell::new(false), done: Cell::new(false), abort: AbortController::new().ok(), sink }
     }
 
-    pub(crate) fn signal(&self) -> Option<AbortSignal> {
+    pub(crate) fn signal(&self) -> Option<JsValue> {
         self.abort.as_ref().map(signal)
+    }
+
+    /// Reports an event unless the transport already finished.
+    pub(crate) fn report(&self, event: TransportEvent) {
+        if !self.done.get() {
+            (self.sink)(event);
+        }
+    }
+
+    /// Reports the end (a close or a failure to open), once; nothing is reported after it.
+    pub(crate) fn finish(&self, event: TransportEvent) {
+        if !self.done.replace(true) {
+            (self.sink)(event);
+        }
     }
 
     /// Reports that the transport could not open, unless it already finished.
     pub(crate) fn fail(&self, f: OpenFailure) {
-        if !self.done.replace(true) {
-            (self.sink)(TransportEvent::OpenFailed(f));
-        }
+        self.finish(TransportEvent::OpenFailed(f));
     }
 
     /// The transport is dropped: report nothing more, abort every request in flight.

@@ -2,6 +2,9 @@
 //! core sees its answer (admission is decided here, where `fetch` can see `429`/`503`) before it
 //! picks the transport to open with the ticket.
 
+use alloc::boxed::Box;
+use alloc::string::String;
+
 use web_sys::AbortController;
 
 use super::http::{self, OpenFailure};

@@ -5,11 +5,12 @@
 //! ([`crate::core::batch`]). Frames sent before the session's resume token is known (before
 //! `welcome`) wait for it.
 
-use std::cell::{Cell, RefCell};
-use std::rc::{Rc, Weak};
+use alloc::boxed::Box;
+use alloc::rc::{Rc, Weak};
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::cell::Cell;
 
-use js_sys::JSON;
-use wasm_bindgen::JsValue;
 use web_sys::AbortController;
 
 use super::http::{self, OpenFailure, WelcomeInfo};
@@ -23,9 +24,9 @@ pub(crate) struct Upstream {
 
 struct Inner {
     url: String,
-    session: RefCell<Option<WelcomeInfo>>,
+    session: Cell<Option<WelcomeInfo>>,
     /// Encoded frames not yet posted, oldest first.
-    queue: RefCell<Vec<String>>,
+    queue: Cell<Vec<String>>,
     in_flight: Cell<bool>,
     failed: Cell<bool>,
     abort: Option<AbortController>,
@@ -37,8 +38,8 @@ impl Upstream {
         Self {
             inner: Rc::new(Inner {
                 url: concat(&[base_url, "/v1/send"]),
-                session: RefCell::new(None),
-                queue: RefCell::new(Vec::new()),
+                session: Cell::new(None),
+                queue: Cell::new(Vec::new()),
                 in_flight: Cell::new(false),
                 failed: Cell::new(false),
                 abort: AbortController::new().ok(),
@@ -48,13 +49,14 @@ impl Upstream {
     }
 
     pub(crate) fn set_session(&self, welcome: WelcomeInfo) {
-        *self.inner.session.borrow_mut() = Some(welcome);
+        self.inner.session.set(Some(welcome));
         pump(&self.inner);
     }
 
-    pub(crate) fn send(&self, frame: JsValue) {
-        let Ok(text) = JSON::stringify(&frame) else { return };
-        self.inner.queue.borrow_mut().push(String::from(text));
+    pub(crate) fn send(&self, frame: String) {
+        let mut queue = self.inner.queue.take();
+        queue.push(frame);
+        self.inner.queue.set(queue);
         pump(&self.inner);
     }
 }
@@ -71,19 +73,16 @@ fn pump(inner: &Rc<Inner>) {
     if inner.in_flight.get() || inner.failed.get() {
         return;
     }
-    let body = {
-        let session = inner.session.borrow();
-        let Some(welcome) = session.as_ref() else { return };
-        let Some(body) = take_batch(&welcome.token, &mut inner.queue.borrow_mut(), welcome.max_batch_bytes) else {
-            return;
-        };
-        body
-    };
+    let Some(welcome) = inner.session.take() else { return };
+    let mut queue = inner.queue.take();
+    let body = take_batch(&welcome.token, &mut queue, welcome.max_batch_bytes);
+    inner.queue.set(queue);
+    inner.session.set(Some(welcome));
+    let Some(body) = body else { return };
     inner.in_flight.set(true);
     let weak: Weak<Inner> = Rc::downgrade(inner);
     let signal = inner.abort.as_ref().map(super::status::signal);
-    let url = inner.url.clone();
-    http::fetch(&url, "POST", Some(("content-type", "text/plain")), Some(&body), signal.as_ref(), Box::new(move |result| {
+    http::fetch(&inner.url, "POST", Some(("content-type", "text/plain")), Some(&body), signal.as_ref(), Box::new(move |result| {
         let failure = match result {
             Ok(reply) if reply.ok => None,
             Ok(reply) => Some(http::failure(&reply)),

@@ -1,0 +1,429 @@
+// rtlink's public API: a thin façade over the wasm module (the Rust state machine in src/core,
+// its transports and timer in src/wasm). This file owns what JS does best and costs least here:
+// the API objects, option checks, the app's listeners, the event objects, the calls to
+// `getToken`, `sessionStorage` and the page's lifecycle events. The module is driven through
+// one method, `driver.input(op, room, text, n)`, and reports through one callback,
+// `sink.r(code, a, b, c, d, x, y)`; both tables are documented in src/wasm/driver.rs.
+//
+// Nothing here assumes a `window`: globals are read from `globalThis` (a page or a worker).
+import init, { Driver, initSync, live } from "./rtlink_wasm.js";
+
+export { init as default, initSync };
+
+/** The one error type rtlink throws or rejects with. `code` is stable and machine-readable. */
+export class RtlinkError extends Error {
+  constructor(code, message) {
+    super(message);
+    this.name = "RtlinkError";
+    this.code = code;
+  }
+}
+
+// driver.input() operations (src/wasm/driver.rs `op`).
+const CONNECT = 0, CLOSE = 1, SUBSCRIBE = 2, UNSUBSCRIBE = 3, SET_PRESENCE = 4, KEYSTROKE = 5,
+  TYPING_STOP = 6, PUBLISH = 7, TOKEN = 8, ONLINE = 9, OFFLINE = 10, HIDDEN = 11, VISIBLE = 12,
+  FROZEN = 13, RESUMED = 14;
+
+const TRANSPORTS = ["websocket", "sse", "long-polling"];
+const STATES = ["idle", "connecting", "open", "backing-off", "offline", "closed"];
+// PUBLISH refusals (returned negated), by number.
+const REFUSALS = [, ["queue_full", "the send queue is full; nothing was dropped"],
+  ["not_subscribed", "leave() was called on this room"], ["too_large", "payload is larger than the server allows"],
+  ["closed", "the client is closed"], ["internal", "publish called from inside an rtlink callback"]];
+
+const g = globalThis;
+// Connected clients: a connected client stays alive like an open WebSocket does, even when the
+// app keeps no reference to it (the module only holds a weak one).
+const connected = new Set();
+let pageListeners = 0;
+
+/** Live DOM listeners and owned callbacks of every client (for leak checks). */
+export function liveListeners() {
+  return live() + pageListeners;
+}
+
+const invalid = (message) => new RtlinkError("invalid_options", message);
+
+/** `JSON.parse(text)`, the text itself when it is not JSON (another publisher), null when empty. */
+function json(text) {
+  if (text === "") return null;
+  try {
+    return JSON.parse(text);
+  } catch {
+    return text;
+  }
+}
+
+function ms(options, key, path) {
+  const v = options[key];
+  if (v === undefined || v === null) return -1;
+  if (typeof v !== "number" || !(v >= 0 && v <= 86_400_000)) {
+    throw invalid(`${path} must be a number of milliseconds between 0 and 86400000`);
+  }
+  return v;
+}
+
+function eventName(allowed, event) {
+  if (!allowed.includes(event)) {
+    throw new RtlinkError("invalid_argument", `unknown event "${event}"; expected one of: ${allowed.join(", ")}`);
+  }
+  return event;
+}
+
+/** `getItem`/`setItem` on sessionStorage, or nothing where storage is missing or refused. */
+function storage(f) {
+  try {
+    const s = g.sessionStorage;
+    return s ? f(s) : null;
+  } catch {
+    return null;
+  }
+}
+
+// The page lifecycle as module inputs: online/offline, visibility, back/forward cache
+// (`pagehide`/`pageshow`) and freeze/resume where the browser has them. A worker has
+// online/offline only.
+function lifecycle(client) {
+  const input = (op) => client._input(op);
+  const doc = g.document;
+  const listeners = [
+    [g, "online", () => input(ONLINE)],
+    [g, "offline", () => input(OFFLINE)],
+    // A page entering the back/forward cache must not hold a connection; `persisted` tells
+    // whether it may come back.
+    [g, "pagehide", (e) => e.persisted && input(FROZEN)],
+    [g, "pageshow", (e) => e.persisted && input(RESUMED)],
+  ];
+  if (doc) {
+    listeners.push(
+      [doc, "visibilitychange", () => input(doc.hidden ? HIDDEN : VISIBLE)],
+      // Page Lifecycle API (Chromium): frozen tabs run no timers or network.
+      [doc, "freeze", () => input(FROZEN)],
+      [doc, "resume", () => input(RESUMED)],
+    );
+  }
+  const added = listeners.filter(([target]) => target && target.addEventListener);
+  for (const [target, kind, f] of added) target.addEventListener(kind, f);
+  pageListeners += added.length;
+  return () => {
+    for (const [target, kind, f] of added) target.removeEventListener(kind, f);
+    pageListeners -= added.length;
+  };
+}
+
+/** The connection to one rtlink server. */
+export class RealtimeClient {
+  constructor(options) {
+    if (typeof options !== "object" || options === null) {
+      throw invalid("options must be an object with `url` and `getToken`");
+    }
+    if (typeof options.url !== "string") throw invalid("`url` must be a string");
+    const url = options.url.replace(/\/+$/, "");
+    if (!/^https?:\/\//.test(url)) {
+      throw invalid("`url` must start with http:// or https:// (the server's base URL)");
+    }
+    if (typeof options.getToken !== "function") {
+      throw invalid("`getToken` must be a function returning a token or a promise of one");
+    }
+    let ladder = 0;
+    if (options.transports !== undefined) {
+      if (!Array.isArray(options.transports)) throw invalid("`transports` must be an array");
+      const kinds = [];
+      for (const name of options.transports) {
+        const kind = TRANSPORTS.indexOf(name) + 1;
+        if (!kind) {
+          throw invalid(`unknown transport "${typeof name === "string" ? name : ""}": use "websocket", "sse" or "long-polling"`);
+        }
+        if (!kinds.includes(kind)) kinds.push(kind);
+      }
+      if (!kinds.length) throw invalid("`transports` must name at least one transport");
+      ladder = kinds.reduceRight((n, kind) => n * 4 + kind, 0);
+    }
+    let base = -1, cap = -1, attempts = -1, grace = -1;
+    const backoff = options.backoff;
+    if (typeof backoff === "object" && backoff !== null) {
+      base = ms(backoff, "baseMs", "backoff.baseMs");
+      cap = ms(backoff, "capMs", "backoff.capMs");
+      if (base >= 0) base = Math.max(base, 1);
+      if (cap >= 0) cap = Math.max(cap, 1);
+      const max = backoff.maxAttempts;
+      if (max !== undefined && max !== null) {
+        if (!(Number.isInteger(max) && max >= 1 && max <= 1e9)) {
+          throw invalid("backoff.maxAttempts must be a positive integer or null");
+        }
+        attempts = max;
+      }
+    }
+    if (typeof options.heartbeat === "object" && options.heartbeat !== null) {
+      grace = ms(options.heartbeat, "graceMs", "heartbeat.graceMs");
+    }
+    let probe = ms(options, "probeIntervalMs", "probeIntervalMs");
+    // A probe opens a second connection: more often than once a second is a storm.
+    if (probe >= 0) probe = Math.max(probe, 250);
+    const remember = options.rememberTransport !== false;
+    const key = `rtlink:transport:${url}`;
+    const start = remember ? TRANSPORTS.indexOf(storage((s) => s.getItem(key))) + 1 : 0;
+    const seed = new Uint32Array(2);
+    if (g.crypto) g.crypto.getRandomValues(seed);
+    else seed.set([Math.random() * 2 ** 32, Date.now()]);
+
+    this._getToken = options.getToken;
+    this._remember = remember && key;
+    this._listeners = [];
+    this._pending = new Map();
+    this._presence = new Map();
+    this._typing = new Map();
+    this._list = [];
+    this._state = { state: "idle", transport: null, attempt: 0, retryInMs: null, reason: null };
+    this._closed = false;
+    // The module holds the sink, the sink only a weak reference to the client: a client nobody
+    // references and that is not connected is collected, and its driver freed with it.
+    const self = new WeakRef(this);
+    const sink = { r: (...record) => self.deref()?._record(...record) };
+    this._driver = new Driver(sink, url, ladder, start, base, cap, attempts, grace, probe, seed[0], seed[1]);
+  }
+
+  _input(op, room = "", text = "", n = 0) {
+    return this._driver ? this._driver.input(op, room, text, n) : -4;
+  }
+
+  _on(scope, event, listener) {
+    const entry = { scope, event, listener };
+    this._listeners.push(entry);
+    // Calling it twice is harmless.
+    return () => {
+      this._listeners = this._listeners.filter((e) => e !== entry);
+    };
+  }
+
+  // A throwing listener is reported and does not stop the others.
+  _emit(scope, event, value) {
+    for (const e of this._listeners.slice()) {
+      if (e.scope === scope && e.event === event) {
+        try {
+          e.listener(value);
+        } catch (err) {
+          console.error("rtlink: listener threw", err);
+        }
+      }
+    }
+  }
+
+  // One record from the module (src/wasm/driver.rs `record`).
+  _record(code, a, b, c, d, x, y) {
+    const extra = code >> 4;
+    switch (code & 15) {
+      case 0: // STATE
+        this._state = {
+          state: STATES[extra >> 2],
+          transport: TRANSPORTS[(extra & 3) - 1] ?? null,
+          attempt: x,
+          retryInMs: y < 0 ? null : y,
+          reason: a || null,
+        };
+        return this._emit("", "state", this._state);
+      case 1: // MESSAGE
+        return this._emit(a, "message", { room: a, offset: x, sender: b, name: extra ? c : null, payload: json(d) });
+      case 2: // ACKED
+        return this._settle(x, 0, { offset: y });
+      case 3: // FAILED
+        return this._settle(x, 1, new RtlinkError(a, b));
+      case 4: // SUBSCRIBED
+        return this._emit(a, "subscribed", { room: a });
+      case 5: // RESYNC
+        return this._emit(a, "resync", { room: a });
+      case 6: // REFUSED
+        return this._emit(a, "error", new RtlinkError(b, `subscribe to "${a}" refused: ${c}`));
+      case 7: // MEMBER
+        return void this._list.push({ user: a, name: b, meta: json(c), connections: x });
+      case 9: // TYPIST
+        return void this._list.push({ user: a, name: b });
+      case 8: // PRESENCE
+      case 10: { // TYPING
+        const list = this._list;
+        this._list = [];
+        const presence = (code & 15) === 8;
+        (presence ? this._presence : this._typing).set(a, list);
+        return this._emit(a, presence ? "presence" : "typing", list.slice());
+      }
+      case 11: { // TRANSPORT
+        const name = TRANSPORTS[extra - 1];
+        if (this._remember) storage((s) => s.setItem(this._remember, name));
+        return this._emit("", "transport", name);
+      }
+      case 12: // ERROR
+        this._emit("", "error", new RtlinkError(a, b));
+        return this._shutdown();
+      case 13: // TOKEN: asked in a microtask, so app code never runs inside the module's call.
+        Promise.resolve()
+          .then(() => (0, this._getToken)())
+          .then((token) => (typeof token === "string" ? token : ""), () => "")
+          .then((token) => this._input(TOKEN, "", token));
+    }
+  }
+
+  _settle(id, failed, value) {
+    const pending = this._pending.get(id);
+    if (pending) {
+      this._pending.delete(id);
+      pending[failed](value);
+    }
+  }
+
+  /** Drops the page listeners and the keep-alive; rejects what is still pending. */
+  _shutdown() {
+    this._closed = true;
+    connected.delete(this);
+    this._unlisten?.();
+    this._unlisten = null;
+    for (const [, reject] of this._pending.values()) reject(new RtlinkError("closed", "the client was closed"));
+    this._pending.clear();
+  }
+
+  on(event, listener) {
+    return this._on("", eventName(["state", "error", "transport"], event), listener);
+  }
+
+  connect() {
+    if (!this._closed) {
+      connected.add(this);
+      this._unlisten ??= lifecycle(this);
+    }
+    this._input(CONNECT);
+  }
+
+  close() {
+    this._input(CLOSE);
+    this._shutdown();
+    this._listeners = [];
+  }
+
+  room(name, options) {
+    if (typeof name !== "string" || !/^[A-Za-z0-9_.:-]{1,128}$/.test(name)) {
+      throw new RtlinkError("invalid_room", `room name "${name}" must be 1-128 characters of A-Z a-z 0-9 _ . : -`);
+    }
+    let history = 0;
+    if (options !== undefined && options !== null) {
+      if (typeof options !== "object") throw new RtlinkError("invalid_argument", "room options must be an object");
+      const h = options.history;
+      if (h !== undefined && h !== null) {
+        if (!(Number.isInteger(h) && h >= 0 && h <= 10_000)) {
+          throw new RtlinkError("invalid_argument", "history must be a whole number from 0 to 10000");
+        }
+        history = h;
+      }
+    }
+    this._input(SUBSCRIBE, name, "", history);
+    return new Room(this, name);
+  }
+
+  get state() {
+    return this._state;
+  }
+
+  /** Closes the client and frees its module memory now rather than when it is collected. */
+  free() {
+    this.close();
+    this._driver?.free();
+    this._driver = null;
+  }
+}
+
+/** JSON text of a value the API accepts as JSON, or undefined. */
+function jsonText(value) {
+  try {
+    return value === undefined ? undefined : JSON.stringify(value);
+  } catch {
+    return undefined;
+  }
+}
+
+/** A room of a client. Handles are cheap; several handles of one room share its state. */
+export class Room {
+  constructor(client, name) {
+    this._c = client;
+    this.name = name;
+  }
+
+  on(event, listener) {
+    return this._c._on(this.name, eventName(["message", "subscribed", "resync", "error"], event), listener);
+  }
+
+  publish(payload) {
+    const text = jsonText(payload);
+    if (text === undefined) {
+      return Promise.reject(new RtlinkError("invalid_argument", "payload must be JSON-serialisable"));
+    }
+    return new Promise((resolve, reject) => {
+      const id = this._c._input(PUBLISH, this.name, text);
+      if (id > 0) this._c._pending.set(id, [resolve, reject]);
+      else reject(new RtlinkError(...REFUSALS[-id]));
+    });
+  }
+
+  leave() {
+    this._c._input(UNSUBSCRIBE, this.name);
+  }
+
+  get presence() {
+    return new Presence(this._c, this.name);
+  }
+
+  get typing() {
+    return new Typing(this._c, this.name);
+  }
+
+  free() {}
+}
+
+/** Who is in a room. */
+export class Presence {
+  constructor(client, room) {
+    this._c = client;
+    this._room = room;
+  }
+
+  set(meta) {
+    const text = jsonText(meta);
+    if (text === undefined) throw new RtlinkError("invalid_argument", "presence metadata must be JSON-serialisable");
+    this._c._input(SET_PRESENCE, this._room, text);
+  }
+
+  list() {
+    return (this._c._presence.get(this._room) ?? []).slice();
+  }
+
+  on(event, listener) {
+    eventName(["change"], event);
+    return this._c._on(this._room, "presence", listener);
+  }
+
+  free() {}
+}
+
+/** Who is typing in a room, and this user's own typing signal. */
+export class Typing {
+  constructor(client, room) {
+    this._c = client;
+    this._room = room;
+  }
+
+  keystroke() {
+    this._c._input(KEYSTROKE, this._room);
+  }
+
+  stop() {
+    this._c._input(TYPING_STOP, this._room);
+  }
+
+  list() {
+    return (this._c._typing.get(this._room) ?? []).slice();
+  }
+
+  on(event, listener) {
+    eventName(["change"], event);
+    return this._c._on(this._room, "typing", listener);
+  }
+
+  free() {}
+}
