@@ -100,6 +100,7 @@ impl AppState {
             dedupe_window: config.dedupe_window,
             key_prefix: config.redis_key_prefix.clone(),
             node_ttl: config.redis_node_ttl,
+            room_key_ttl: config.history_max_age + crate::broker::redis::ROOM_KEY_GRACE,
             ..RedisOptions::default()
         };
         // The URL may carry a password: it is never logged.

@@ -5,25 +5,10 @@
 use rtlink_protocol::{ClientFrame, ErrorCode, ServerFrame};
 
 use crate::process::ServerProcess;
-use crate::{bounded, connect_ws, Attacker, Bystander, Peer};
+use crate::{bounded, connect_ws, metric, Attacker, Bystander, Peer};
 
 const BIG: usize = 64_000;
 const BUDGET: u64 = 2_000_000;
-
-async fn metric(client: &crate::common::Server, name: &str) -> u64 {
-    let text = client
-        .http
-        .get(client.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
-}
 
 fn subscribe(room: &str, since: Option<u64>) -> ClientFrame {
     ClientFrame::Subscribe {

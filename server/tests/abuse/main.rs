@@ -8,11 +8,15 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod process;
+#[path = "../support/redis.rs"]
+#[allow(dead_code)]
+mod redis_server;
 
 mod admission;
 mod connections;
 mod fail_closed;
 mod history;
+mod redis_keys;
 mod replay;
 mod rooms;
 mod sessions;
@@ -31,6 +35,22 @@ use common::{Server, Ws};
 
 /// Generous: the attacks load a shared 2-core machine.
 pub const WAIT: Duration = Duration::from_secs(20);
+
+/// The value of a `/metrics` gauge without labels.
+pub async fn metric(client: &common::Server, name: &str) -> u64 {
+    let text = client
+        .http
+        .get(client.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
 
 /// Bounds a whole test.
 pub async fn bounded<F: std::future::Future<Output = ()>>(test: F) {

@@ -13,7 +13,9 @@ pub(super) struct Keys {
 
 impl Keys {
     pub(super) fn new(prefix: &str) -> Self {
-        Self { prefix: prefix.to_owned() }
+        Self {
+            prefix: prefix.to_owned(),
+        }
     }
 
     /// Pub/Sub channel of a room: every event of the room, in order.
@@ -23,10 +25,13 @@ impl Keys {
 
     /// The room name of a channel from [`Keys::channel`], if it is one.
     pub(super) fn room_of_channel<'a>(&self, channel: &'a str) -> Option<&'a str> {
-        channel.strip_prefix(self.prefix.as_str())?.strip_prefix(":room:")
+        channel
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(":room:")
     }
 
-    /// String counter: the room's newest offset. Never expires, so offsets are never reused.
+    /// String counter: the room's newest offset. Expires (with the epoch) a while after the
+    /// room's history, so offsets are never reused within an epoch.
     pub(super) fn head(&self, room: &str) -> String {
         format!("{}:head:{room}", self.prefix)
     }
@@ -64,6 +69,17 @@ impl Keys {
     /// Set of rooms that have presence entries.
     pub(super) fn presence_rooms(&self) -> String {
         format!("{}:idx:pres-rooms", self.prefix)
+    }
+
+    /// Hash of the cluster's numbers for `/metrics` (`rooms`, `members`, `messages`), written by
+    /// the node that holds [`Keys::stats_lease`] at the end of each pass.
+    pub(super) fn stats(&self) -> String {
+        format!("{}:stats", self.prefix)
+    }
+
+    /// Which node walks the indexes for the stats (one per cluster), with a TTL.
+    pub(super) fn stats_lease(&self) -> String {
+        format!("{}:stats:lease", self.prefix)
     }
 
     /// Set of node ids that have announced themselves (alive or not).

@@ -67,8 +67,13 @@ pub struct RedisOptions {
     /// Lifetime of a node's liveness key, refreshed every third of it. The presence of a node
     /// that stops refreshing is removed by the other nodes after about this long.
     pub node_ttl: Duration,
-    /// How often the cached numbers of [`Broker::stats`] are recomputed (an O(rooms) script).
+    /// How often the cached numbers of [`Broker::stats`] are refreshed. Each refresh reads
+    /// the cluster's numbers (O(1)); the node holding the stats lease also advances its walk of
+    /// the room indexes by a bounded number of rooms.
     pub stats_interval: Duration,
+    /// How long a room's head and epoch keys live after its last publish or read (at least the
+    /// history age plus an hour: a room idle that long starts a new epoch).
+    pub room_key_ttl: Duration,
     /// Capacity of the event channel; a slower receiver lags and resyncs.
     pub event_capacity: usize,
     /// Bound on establishing a connection.
@@ -93,6 +98,7 @@ impl RedisOptions {
             dedupe_window: cfg.dedupe_window,
             node_ttl: Duration::from_secs(10),
             stats_interval: Duration::from_secs(5),
+            room_key_ttl: cfg.history_max_age + ROOM_KEY_GRACE,
             event_capacity: cfg.event_capacity,
             connect_timeout: Duration::from_secs(3),
             response_timeout: Duration::from_secs(5),
@@ -153,6 +159,9 @@ fn timed_out(what: &str) -> BrokerError {
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
+
+/// How much longer than the history a room's head and epoch keys live.
+pub const ROOM_KEY_GRACE: Duration = Duration::from_secs(3600);
 
 /// A `since` past every real offset; Lua numbers are doubles, exact up to 2^53.
 const MAX_OFFSET: u64 = 1 << 53;
@@ -257,6 +266,14 @@ impl Shared {
         self.conn.clone()
     }
 
+    /// Never shorter than the history plus its grace (whatever the options say), so a room's
+    /// head outlives its stream and offsets are never reused within an epoch.
+    fn room_key_ttl(&self) -> Duration {
+        self.opts
+            .room_key_ttl
+            .max(self.opts.history_max_age + Duration::from_secs(1))
+    }
+
     async fn history_page(
         &self,
         room: &str,
@@ -273,6 +290,7 @@ impl Shared {
             .arg(limit.min(u32::MAX as usize))
             .arg(millis(self.opts.history_max_age))
             .arg(crate::auth::random_token(8))
+            .arg(millis(self.room_key_ttl()))
             .invoke_async(&mut self.conn())
             .await
             .map_err(redis_err)?;
@@ -382,7 +400,8 @@ impl Broker for RedisBroker {
             .arg(&req.sender)
             .arg(&req.payload)
             .arg(message_tail(&req.sender, req.name.as_deref(), &req.payload))
-            .arg(crate::auth::random_token(8));
+            .arg(crate::auth::random_token(8))
+            .arg(millis(s.room_key_ttl()));
         if let Some(name) = &req.name {
             call.arg(name);
         }

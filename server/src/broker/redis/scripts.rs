@@ -45,7 +45,9 @@ end
 
 /// KEYS: head, history, history-rooms index, epoch, [dedupe key].
 /// ARGV: room, channel, max messages, max age ms, dedupe window ms, sender, payload,
-/// wire tail (the event JSON after `"at":N,"e":"…",`), epoch candidate, [name].
+/// wire tail (the event JSON after `"at":N,"e":"…",`), epoch candidate, room key ttl ms, [name].
+/// The head and epoch live `room key ttl` (longer than the history) after the room's last
+/// publish or read, so fresh room names do not leave permanent keys.
 /// Returns `{1, offset, stored_at_ms, epoch}` or `{0, "room offset"}` for a duplicate.
 /// The epoch is fixed here too (like on a history read), so the first message after Redis
 /// lost its data already carries the new epoch on the live fan-out.
@@ -58,10 +60,12 @@ redis.call('SET', KEYS[4], ARGV[9], 'NX')
 local epoch = redis.call('GET', KEYS[4])
 local now = now_ms()
 local offset = redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[10])
+redis.call('PEXPIRE', KEYS[4], ARGV[10])
 local id = fmt(offset) .. '-0'
-if ARGV[10] then
+if ARGV[11] then
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], id,
-    's', ARGV[6], 'p', ARGV[7], 't', fmt(now), 'n', ARGV[10])
+    's', ARGV[6], 'p', ARGV[7], 't', fmt(now), 'n', ARGV[11])
 else
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], id, 's', ARGV[6], 'p', ARGV[7], 't', fmt(now))
 end
@@ -76,12 +80,16 @@ redis.call('PUBLISH', ARGV[2],
 return {1, offset, now, epoch}
 "#;
 
-/// KEYS: head, history, epoch. ARGV: since, limit, max age ms, epoch candidate.
+/// KEYS: head, history, epoch. ARGV: since, limit, max age ms, epoch candidate, room key ttl ms.
 /// Returns `{head, complete (0/1), XRANGE entries, epoch}`. The epoch key is created (with the
-/// candidate) on first read and never expires, like the head: if Redis loses its data, both go
-/// and the room's next reader fixes a new epoch, so clients' old offsets are recognised.
+/// candidate) on first read; it and the head expire `room key ttl` after the room's last
+/// publish or read (always after its history: the stream expires `max age` after the last
+/// publish). If they go (expired, or Redis lost its data), both go and the room's next reader
+/// fixes a new epoch, so clients' old offsets are recognised (`recovered: false`).
 const HISTORY: &str = r#"
-redis.call('SET', KEYS[3], ARGV[4], 'NX')
+redis.call('SET', KEYS[3], ARGV[4], 'NX', 'PX', ARGV[5])
+redis.call('PEXPIRE', KEYS[3], ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
 local epoch = redis.call('GET', KEYS[3])
 local since = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
@@ -161,31 +169,50 @@ if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[1]) 
 return removed
 "#;
 
-/// Counts for `/metrics`, and forgets index entries whose keys are gone (expired history).
-/// KEYS: history-rooms index, presence-rooms index. ARGV: history prefix, presence prefix.
-/// Returns `{rooms, presence members, history messages}`. O(rooms): run it rarely.
-const STATS: &str = r#"
-local seen = {}
-local rooms, members, messages = 0, 0, 0
-for _, room in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  if redis.call('EXISTS', ARGV[1] .. room) == 0 then
-    redis.call('SREM', KEYS[1], room)
+/// One bounded step of the stats pass (see `upkeep.rs`): counts a batch of one index set and
+/// forgets index entries whose keys are gone (expired history, empty presence).
+/// KEYS: the index set (history rooms or presence rooms). ARGV: SSCAN cursor, batch size,
+/// the indexed keys' prefix, `h` (history) or `p` (presence), the history prefix.
+/// Returns `{next cursor, rooms, messages or members}`; a presence room that also has history
+/// is not counted twice.
+const STATS_STEP: &str = r#"
+local r = redis.call('SSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
+local rooms, n = 0, 0
+for _, room in ipairs(r[2]) do
+  local key = ARGV[3] .. room
+  if ARGV[4] == 'h' then
+    if redis.call('EXISTS', key) == 0 then
+      redis.call('SREM', KEYS[1], room)
+    else
+      rooms = rooms + 1
+      n = n + redis.call('XLEN', key)
+    end
   else
-    seen[room] = true
-    rooms = rooms + 1
-    messages = messages + redis.call('XLEN', ARGV[1] .. room)
+    local len = redis.call('HLEN', key)
+    if len == 0 then
+      redis.call('SREM', KEYS[1], room)
+    else
+      n = n + len
+      if redis.call('EXISTS', ARGV[5] .. room) == 0 then rooms = rooms + 1 end
+    end
   end
 end
-for _, room in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  local n = redis.call('HLEN', ARGV[2] .. room)
-  if n == 0 then
-    redis.call('SREM', KEYS[2], room)
-  else
-    members = members + n
-    if not seen[room] then rooms = rooms + 1 end
-  end
+return {r[1], rooms, n}
+"#;
+
+/// Takes or keeps the stats lease: one node per cluster walks the indexes.
+/// KEYS: lease. ARGV: node id, ttl ms. Returns 1 if this node holds the lease.
+const STATS_LEASE: &str = r#"
+local holder = redis.call('GET', KEYS[1])
+if holder == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
 end
-return {rooms, members, messages}
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
 "#;
 
 /// KEYS: ticket hash, the owner's ticket set. ARGV: ticket, payload, ttl ms, per-user cap.
@@ -226,7 +253,8 @@ pub(super) struct Scripts {
     pub presence_leave: Script,
     pub presence_marked_snapshot: Script,
     pub reap_room: Script,
-    pub stats: Script,
+    pub stats_step: Script,
+    pub stats_lease: Script,
     pub issue_ticket: Script,
     pub redeem_ticket: Script,
 }
@@ -242,7 +270,8 @@ impl Scripts {
             presence_leave: Script::new(PRESENCE_LEAVE),
             presence_marked_snapshot: Script::new(PRESENCE_MARKED_SNAPSHOT),
             reap_room: Script::new(REAP_ROOM),
-            stats: Script::new(STATS),
+            stats_step: Script::new(STATS_STEP),
+            stats_lease: Script::new(STATS_LEASE),
             issue_ticket: Script::new(ISSUE_TICKET),
             redeem_ticket: Script::new(REDEEM_TICKET),
         }

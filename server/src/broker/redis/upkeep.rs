@@ -7,6 +7,13 @@
 //! inside the script, so two reapers never announce the same leave and a node that came back
 //! in between keeps its entries. The first tick sweeps every room once, for nodes that died
 //! while no other node was running.
+//!
+//! Stats: every `stats_interval` each node reads the cluster's numbers from one hash (O(1)).
+//! One node at a time (the holder of a lease with a TTL) computes them by walking the room
+//! indexes with `SSCAN`, at most [`STATS_ROOMS_PER_TICK`] rooms per interval, and writes the
+//! totals when a pass ends; so Redis never runs an O(rooms) script, and a cluster of N nodes
+//! walks the rooms once, not N times. With many rooms the numbers lag by
+//! `rooms / STATS_ROOMS_PER_TICK` intervals.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -70,8 +77,12 @@ impl Shared {
         } else {
             pipe.query_async(&mut conn).await.map_err(redis_err)?
         };
-        let dead: Vec<&String> =
-            others.iter().zip(alive).filter(|(_, alive)| !alive).map(|(n, _)| n).collect();
+        let dead: Vec<&String> = others
+            .iter()
+            .zip(alive)
+            .filter(|(_, alive)| !alive)
+            .map(|(n, _)| n)
+            .collect();
         if dead.is_empty() && !all_rooms {
             return Ok(0);
         }
@@ -114,25 +125,127 @@ impl Shared {
         Ok(removed)
     }
 
-    async fn refresh_stats(&self) -> BrokerResult<()> {
-        let reply: Vec<redis::Value> = self
+    /// Advances the stats pass if this node holds the lease, then reads the cluster's numbers.
+    async fn refresh_stats(&self, pass: &mut StatsPass) -> BrokerResult<()> {
+        let mut conn = self.conn();
+        let lease_ms = super::millis(self.opts.stats_interval * 3);
+        let leader: i64 = self
             .scripts
-            .stats
-            .key(self.keys.history_rooms())
-            .key(self.keys.presence_rooms())
-            .arg(self.keys.history_prefix())
-            .arg(self.keys.presence_prefix())
-            .invoke_async(&mut self.conn())
+            .stats_lease
+            .key(self.keys.stats_lease())
+            .arg(&self.node_id)
+            .arg(lease_ms)
+            .invoke_async(&mut conn)
             .await
             .map_err(redis_err)?;
-        let [rooms, members, messages] = reply.as_slice() else {
-            return Err(BrokerError(String::from("redis: unexpected stats reply")));
-        };
+        if leader == 1 {
+            self.advance_stats(pass).await?;
+        } else {
+            // Another node walks; if this one takes over later, it starts a pass afresh.
+            *pass = StatsPass::default();
+        }
+        let (rooms, members, messages): (Option<u64>, Option<u64>, Option<u64>) =
+            redis::cmd("HMGET")
+                .arg(self.keys.stats())
+                .arg("rooms")
+                .arg("members")
+                .arg("messages")
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_err)?;
         let cache = &self.stats;
-        cache.rooms.store(int(rooms).unwrap_or(0), Ordering::Relaxed);
-        cache.presence_members.store(int(members).unwrap_or(0), Ordering::Relaxed);
-        cache.history_messages.store(int(messages).unwrap_or(0), Ordering::Relaxed);
+        cache.rooms.store(rooms.unwrap_or(0), Ordering::Relaxed);
+        cache
+            .presence_members
+            .store(members.unwrap_or(0), Ordering::Relaxed);
+        cache
+            .history_messages
+            .store(messages.unwrap_or(0), Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Walks at most [`STATS_ROOMS_PER_TICK`] rooms of the pass; at its end, writes the totals.
+    async fn advance_stats(&self, pass: &mut StatsPass) -> BrokerResult<()> {
+        let mut conn = self.conn();
+        let mut budget = STATS_ROOMS_PER_TICK;
+        while budget > 0 {
+            let (index, prefix, kind) = if pass.presence_phase {
+                (self.keys.presence_rooms(), self.keys.presence_prefix(), "p")
+            } else {
+                (self.keys.history_rooms(), self.keys.history_prefix(), "h")
+            };
+            let reply: Vec<redis::Value> = self
+                .scripts
+                .stats_step
+                .key(index)
+                .arg(&pass.cursor)
+                .arg(STATS_BATCH)
+                .arg(prefix)
+                .arg(kind)
+                .arg(self.keys.history_prefix())
+                .invoke_async(&mut conn)
+                .await
+                .map_err(redis_err)?;
+            let [cursor, rooms, n] = reply.as_slice() else {
+                return Err(BrokerError(String::from("redis: unexpected stats reply")));
+            };
+            pass.cursor = super::wire::text(cursor).unwrap_or_else(|| String::from("0"));
+            pass.rooms += int(rooms).unwrap_or(0);
+            if pass.presence_phase {
+                pass.members += int(n).unwrap_or(0);
+            } else {
+                pass.messages += int(n).unwrap_or(0);
+            }
+            budget = budget.saturating_sub(STATS_BATCH);
+            if pass.cursor != "0" {
+                continue;
+            }
+            if !pass.presence_phase {
+                pass.presence_phase = true;
+                continue;
+            }
+            let _: () = redis::cmd("HSET")
+                .arg(self.keys.stats())
+                .arg("rooms")
+                .arg(pass.rooms)
+                .arg("members")
+                .arg(pass.members)
+                .arg("messages")
+                .arg(pass.messages)
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_err)?;
+            *pass = StatsPass::default();
+            break;
+        }
+        Ok(())
+    }
+}
+
+/// Rooms one `SSCAN` step of the stats pass looks at (a hint: Redis may return a few more).
+const STATS_BATCH: usize = 500;
+/// Rooms the stats pass looks at per interval, at most (give or take a batch).
+pub(super) const STATS_ROOMS_PER_TICK: usize = 5_000;
+
+/// Where the stats pass is: history rooms first, then presence rooms, and the partial sums.
+#[derive(Debug)]
+pub(super) struct StatsPass {
+    presence_phase: bool,
+    cursor: String,
+    rooms: u64,
+    members: u64,
+    messages: u64,
+}
+
+impl Default for StatsPass {
+    fn default() -> Self {
+        Self {
+            presence_phase: false,
+            cursor: String::from("0"),
+            rooms: 0,
+            members: 0,
+            messages: 0,
+        }
     }
 }
 
@@ -144,6 +257,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut swept_all = false;
     let mut stats_due = Instant::now();
+    let mut pass = StatsPass::default();
     loop {
         tick.tick().await;
         match shared.heartbeat().await {
@@ -163,7 +277,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
             Err(e) => tracing::warn!(error = %e, "redis broker: reaper failed"),
         }
         if Instant::now() >= stats_due {
-            if let Err(e) = shared.refresh_stats().await {
+            if let Err(e) = shared.refresh_stats(&mut pass).await {
                 tracing::warn!(error = %e, "redis broker: stats refresh failed");
             }
             stats_due = Instant::now() + shared.opts.stats_interval;
