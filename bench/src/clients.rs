@@ -24,6 +24,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::procs::Peer;
+use crate::wire::WsConn;
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -83,17 +84,6 @@ pub fn payload(seq: u64, size: usize) -> String {
     p
 }
 
-/// Finds `#seq.us#` in a frame.
-fn marker(text: &str) -> Option<(u64, u64)> {
-    let start = text.find('#')? + 1;
-    let rest = &text[start..];
-    let dot = rest.find('.')?;
-    let end = rest.find('#')?;
-    let seq = rest[..dot].parse().ok()?;
-    let us = rest.get(dot + 1..end)?.parse().ok()?;
-    Some((seq, us))
-}
-
 /// What one subscriber saw.
 #[derive(Default)]
 pub struct Recorder {
@@ -119,7 +109,7 @@ impl Recorder {
     }
 
     fn on_frame(&self, text: &str) {
-        let Some((seq, sent)) = marker(text) else { return };
+        let Some((seq, sent)) = crate::readers::marker(text.as_bytes()) else { return };
         let lat = now_us().saturating_sub(sent);
         let mut s = self.inner.lock();
         if seq != s.last_seq + 1 {
@@ -169,6 +159,59 @@ pub async fn subscriber(
             Ok(tokio::spawn(read_ws(ws, target.peer, rec, stop)))
         }
     }
+}
+
+/// Sets up a WebSocket subscriber with the lean client ([`crate::wire`]), joining `room` if
+/// given, for the readers ([`crate::readers`]) to read.
+pub async fn ws_subscriber(target: &Target, name: &str, room: Option<&str>) -> anyhow::Result<crate::readers::Sub> {
+    let port = target.port;
+    let ws = match target.peer {
+        Peer::Rtlink => {
+            let ticket = rtlink_ticket(target, name).await?;
+            let mut ws = WsConn::connect(port, &format!("/v1/ws?ticket={ticket}")).await?;
+            ws.send_text("{\"t\":\"hello\",\"v\":1}").await?;
+            wait_for_text(&mut ws, Peer::Rtlink, "\"t\":\"welcome\"").await?;
+            if let Some(room) = room {
+                ws.send_text(&format!("{{\"t\":\"subscribe\",\"room\":\"{room}\"}}")).await?;
+                wait_for_text(&mut ws, Peer::Rtlink, "\"t\":\"subscribed\"").await?;
+            }
+            ws
+        }
+        Peer::SocketIo => {
+            let mut ws = WsConn::connect(port, "/socket.io/?EIO=4&transport=websocket").await?;
+            let open = ws.next_text().await?;
+            if !open.starts_with('0') {
+                bail!("expected an Engine.IO open packet, got {open}");
+            }
+            ws.send_text("40").await?;
+            wait_for_text(&mut ws, Peer::SocketIo, "40").await?;
+            if let Some(room) = room {
+                ws.send_text(&format!("42[\"join\",\"{room}\"]")).await?;
+                wait_for_text(&mut ws, Peer::SocketIo, "42[\"joined\"").await?;
+            }
+            ws
+        }
+        Peer::Raw => WsConn::connect(port, "/").await?,
+    };
+    let (stream, buffered) = ws.into_parts()?;
+    Ok(crate::readers::Sub { stream, buffered, peer: target.peer })
+}
+
+/// Reads until a message containing `needle` arrives, answering keep-alives (bounded by the
+/// connection's read timeout).
+async fn wait_for_text(ws: &mut WsConn, peer: Peer, needle: &str) -> anyhow::Result<String> {
+    for _ in 0..10_000 {
+        let t = ws.next_text().await?;
+        if t.contains(needle) {
+            return Ok(t);
+        }
+        if let Some(reply) = keepalive_reply(peer, &t) {
+            ws.send_text(reply).await?;
+        } else if t.contains("\"t\":\"close\"") || t.contains("\"t\":\"nack\"") || t.starts_with("44") {
+            bail!("refused while waiting for {needle}: {t}");
+        }
+    }
+    bail!("no {needle} in 10,000 messages")
 }
 
 /// Reads a WebSocket until stopped: records payloads, answers pings.
@@ -666,23 +709,5 @@ mod poll {
             .error_for_status()?
             .json()
             .await?)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_the_marker_in_every_framing() {
-        let p = payload(42, 100);
-        assert_eq!(p.len(), 100);
-        let (seq, _) = marker(&p).unwrap();
-        assert_eq!(seq, 42);
-        let rt = format!("{{\"t\":\"message\",\"room\":\"b\",\"offset\":3,\"sender\":\"u\",\"payload\":\"{p}\"}}");
-        assert_eq!(marker(&rt).map(|m| m.0), Some(42));
-        let sio = format!("42[\"msg\",\"{p}\"]");
-        assert_eq!(marker(&sio).map(|m| m.0), Some(42));
-        assert_eq!(marker("{\"t\":\"presence_join\"}"), None);
     }
 }

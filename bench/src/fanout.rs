@@ -5,6 +5,10 @@
 //! deadline). Per step: delivered/s, server CPU per 1,000 deliveries (`/proc/PID/stat`),
 //! p50/p99/p99.9 latency, and errors (gap, duplicate, reordering, missing). A peer stops
 //! climbing once a step is incomplete or delivers less than 90 % of what was offered.
+//!
+//! WebSocket subscribers are read by [`Readers`] (epoll threads, no task per connection), so
+//! the load generator costs little per delivery; its own CPU use is recorded beside the
+//! server's, to show which of the two ran out first.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,8 +17,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::clients::{payload, subscriber, Publisher, Recorder, Target, Transport};
-use crate::procs::{Paths, Peer, RtlinkOptions, Server};
+use crate::clients::{payload, subscriber, ws_subscriber, Publisher, Recorder, Target, Transport};
+use crate::procs::{cpu_split, CpuSplit, Paths, Peer, RtlinkOptions, Server};
+use crate::readers::Readers;
 use crate::stats::percentile;
 
 pub const ROOM: &str = "bench";
@@ -32,7 +37,11 @@ pub struct Step {
     pub delivered: u64,
     pub delivered_per_sec: f64,
     pub cpu_ms_per_1000: f64,
+    /// The kernel's part of `cpu_ms_per_1000` (system time: socket writes, loopback delivery).
+    pub sys_ms_per_1000: f64,
     pub server_cpu_share: f64,
+    /// The load generator's own CPU use over the step (1.0 = one core).
+    pub loadgen_cpu_share: f64,
     pub p50_us: u64,
     pub p99_us: u64,
     pub p999_us: u64,
@@ -52,6 +61,15 @@ pub struct Plan {
     /// Offered deliveries per second, rising.
     pub loads: Vec<f64>,
     pub step_time: Duration,
+    /// Reader threads of the load generator.
+    pub readers: usize,
+    /// Shell commands run just before and after each step's publishing and deliveries (to
+    /// zero and dump a profiler's counters: `callgrind_control -z` / `-d`).
+    pub hooks: Option<(String, String)>,
+}
+
+fn hook(cmd: &str) {
+    let _ = std::process::Command::new("sh").arg("-c").arg(cmd).status();
 }
 
 pub struct Outcome {
@@ -62,32 +80,57 @@ pub struct Outcome {
 
 /// Runs one peer (one transport for rtlink) through the plan.
 pub async fn run(paths: &Paths, peer: Peer, transport: Transport, plan: &Plan, rtlink: &RtlinkOptions) -> Outcome {
-    let mut out = Outcome { setup: Duration::ZERO, steps: Vec::new(), failure: None };
     let server = match Server::start(paths, peer, rtlink) {
         Ok(s) => s,
         Err(e) => {
-            out.failure = Some(format!("server: {e:#}"));
-            return out;
+            return Outcome { setup: Duration::ZERO, steps: Vec::new(), failure: Some(format!("server: {e:#}")) };
         }
     };
-    let target = Target::new(peer, server.port);
+    let out = drive(peer, server.port, server.pid(), transport, plan).await;
+    drop(server);
+    out
+}
+
+/// Runs the plan against a server already listening on `port` (process `pid`, for its CPU
+/// time): also used to drive a server started under a profiler (`rtlink-bench drive`).
+pub async fn drive(peer: Peer, port: u16, pid: u32, transport: Transport, plan: &Plan) -> Outcome {
+    let mut out = Outcome { setup: Duration::ZERO, steps: Vec::new(), failure: None };
+    let server = Watched(pid);
+    let target = Target::new(peer, port);
     let total = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = watch::channel(false);
     let started = Instant::now();
-    let recorders: Vec<Arc<Recorder>> = (0..plan.subscribers).map(|_| Recorder::new(total.clone())).collect();
+    let mut readers = match Readers::new(plan.readers, total.clone()) {
+        Ok(r) => r,
+        Err(e) => {
+            out.failure = Some(format!("readers: {e:#}"));
+            return out;
+        }
+    };
+    // SSE and long-poll subscribers keep a task each (reqwest); WebSocket ones go to the readers.
+    let recorders: Vec<Arc<Recorder>> = if transport == Transport::WebSocket {
+        Vec::new()
+    } else {
+        (0..plan.subscribers).map(|_| Recorder::new(total.clone())).collect()
+    };
     let gate = Arc::new(Semaphore::new(32));
     let mut setup = JoinSet::new();
-    for (i, rec) in recorders.iter().enumerate() {
-        let (target, rec, stop, gate) = (target.clone(), rec.clone(), stop_rx.clone(), gate.clone());
+    for i in 0..plan.subscribers {
+        let (target, rec, stop, gate) = (target.clone(), recorders.get(i).cloned(), stop_rx.clone(), gate.clone());
         setup.spawn(async move {
             let _permit = gate.acquire_owned().await;
-            subscriber(&target, transport, &format!("s{i}"), Some(ROOM), rec, stop).await
+            let name = format!("s{i}");
+            match rec {
+                None => ws_subscriber(&target, &name, Some(ROOM)).await.map(Subscriber::Ws),
+                Some(rec) => subscriber(&target, transport, &name, Some(ROOM), rec, stop).await.map(Subscriber::Task),
+            }
         });
     }
-    let mut readers = Vec::new();
+    let mut tasks = Vec::new();
     while let Some(r) = setup.join_next().await {
         match r {
-            Ok(Ok(h)) => readers.push(h),
+            Ok(Ok(Subscriber::Ws(sub))) => readers.add(sub),
+            Ok(Ok(Subscriber::Task(h))) => tasks.push(h),
             Ok(Err(e)) => {
                 out.failure.get_or_insert(format!("subscriber setup: {e:#}"));
             }
@@ -106,7 +149,7 @@ pub async fn run(paths: &Paths, peer: Peer, transport: Transport, plan: &Plan, r
             return out;
         }
     };
-    quiesce(&server).await;
+    quiesce_pid(&server).await;
     out.setup = started.elapsed();
 
     let mut seq = 0u64;
@@ -117,8 +160,13 @@ pub async fn run(paths: &Paths, peer: Peer, transport: Transport, plan: &Plan, r
         for r in &recorders {
             r.take();
         }
+        readers.take().await;
         total.store(0, Ordering::Relaxed);
-        let cpu0 = server.cpu();
+        if let Some((before, _)) = &plan.hooks {
+            hook(before);
+        }
+        let cpu0 = server.cpu_split();
+        let own0 = own_cpu();
         let t0 = Instant::now();
         let period = Duration::from_secs_f64(1.0 / rate);
         for i in 0..messages {
@@ -135,10 +183,16 @@ pub async fn run(paths: &Paths, peer: Peer, transport: Transport, plan: &Plan, r
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let elapsed = t0.elapsed();
-        let cpu = server.cpu().saturating_sub(cpu0);
+        let split = server.cpu_split().since(cpu0);
+        if let Some((_, after)) = &plan.hooks {
+            hook(after);
+        }
+        let cpu = split.total();
+        let own = own_cpu().since(own0).total();
         let delivered = total.load(Ordering::Relaxed);
-        let mut lat: Vec<u32> = Vec::with_capacity(delivered as usize);
-        let mut errors = 0;
+        let taken = readers.take().await;
+        let mut lat: Vec<u32> = taken.latencies_us;
+        let mut errors = taken.errors;
         for r in &recorders {
             let (l, e) = r.take();
             lat.extend(l);
@@ -155,7 +209,9 @@ pub async fn run(paths: &Paths, peer: Peer, transport: Transport, plan: &Plan, r
             delivered,
             delivered_per_sec: delivered as f64 / elapsed.as_secs_f64(),
             cpu_ms_per_1000: cpu.as_secs_f64() * 1e3 / (delivered.max(1) as f64 / 1000.0),
+            sys_ms_per_1000: split.system.as_secs_f64() * 1e3 / (delivered.max(1) as f64 / 1000.0),
             server_cpu_share: cpu.as_secs_f64() / elapsed.as_secs_f64(),
+            loadgen_cpu_share: own.as_secs_f64() / elapsed.as_secs_f64(),
             p50_us: percentile(&lat, 50.0),
             p99_us: percentile(&lat, 99.0),
             p999_us: percentile(&lat, 99.9),
@@ -163,13 +219,16 @@ pub async fn run(paths: &Paths, peer: Peer, transport: Transport, plan: &Plan, r
             complete: delivered >= expected,
         };
         eprintln!(
-            "  {:<9} {:<12} N={:<5} offered {:>8.0}/s delivered {:>8.0}/s cpu {:>6.3} ms/1k p50 {:>7} p99 {:>7} µs{}",
+            "  {:<9} {:<12} N={:<5} offered {:>8.0}/s delivered {:>8.0}/s cpu {:>6.3} ms/1k (sys {:>6.3}) server {:>3.0} % loadgen {:>3.0} % p50 {:>7} p99 {:>7} µs{}",
             peer.name(),
             transport.name(),
             plan.subscribers,
             load,
             step.delivered_per_sec,
             step.cpu_ms_per_1000,
+            step.sys_ms_per_1000,
+            step.server_cpu_share * 100.0,
+            step.loadgen_cpu_share * 100.0,
             step.p50_us,
             step.p99_us,
             if step.saturated() { "  (saturated)" } else { "" }
@@ -180,19 +239,46 @@ pub async fn run(paths: &Paths, peer: Peer, transport: Transport, plan: &Plan, r
             break;
         }
         // Let the resync of a lagging client (if any) settle before the next step.
-        quiesce(&server).await;
+        quiesce_pid(&server).await;
     }
     let _ = stop_tx.send(true);
     publisher.close().await;
-    for r in readers {
-        let _ = tokio::time::timeout(Duration::from_secs(2), r).await;
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
     }
-    drop(server);
+    drop(readers);
     out
+}
+
+/// The process under test, as far as measuring it goes.
+pub struct Watched(pub u32);
+
+impl Watched {
+    pub fn cpu(&self) -> Duration {
+        self.cpu_split().total()
+    }
+
+    pub fn cpu_split(&self) -> CpuSplit {
+        cpu_split(self.0).unwrap_or_default()
+    }
+}
+
+enum Subscriber {
+    Ws(crate::readers::Sub),
+    Task(tokio::task::JoinHandle<()>),
+}
+
+/// This process's CPU time (the load generator's, readers included).
+fn own_cpu() -> CpuSplit {
+    cpu_split(std::process::id()).unwrap_or_default()
 }
 
 /// Waits until the server's CPU use has settled (setup traffic such as presence joins done).
 pub async fn quiesce(server: &Server) {
+    quiesce_pid(&Watched(server.pid())).await;
+}
+
+async fn quiesce_pid(server: &Watched) {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = server.cpu();
     loop {

@@ -9,12 +9,13 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::clients::{subscriber, Recorder, Target, Transport};
+use crate::clients::{ws_subscriber, Target};
 use crate::fanout::quiesce;
 use crate::procs::{Paths, Peer, RtlinkOptions, Server};
+use crate::readers::Readers;
 
 const WARMUP: usize = 100;
 
@@ -53,27 +54,32 @@ pub async fn run(paths: &Paths, peer: Peer, n: usize, with_room: bool, rtlink: &
         }
     };
     let target = Target::new(peer, server.port);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let total = Arc::new(AtomicU64::new(0));
-    let mut held = Vec::new();
+    // The readers hold the connections and answer keep-alives (no task per connection here).
+    let mut readers = match Readers::new(1, Arc::new(AtomicU64::new(0))) {
+        Ok(r) => r,
+        Err(e) => {
+            out.failure = Some(format!("{e:#}"));
+            return out;
+        }
+    };
     let open = |from: usize, count: usize| {
         let gate = Arc::new(Semaphore::new(32));
         let mut set = JoinSet::new();
         for i in from..from + count {
-            let (target, stop, gate, rec) = (target.clone(), stop_rx.clone(), gate.clone(), Recorder::new(total.clone()));
+            let (target, gate) = (target.clone(), gate.clone());
             set.spawn(async move {
                 let _permit = gate.acquire_owned().await;
                 let room = format!("idle-{i}");
                 let room = with_room.then_some(room.as_str());
-                subscriber(&target, Transport::WebSocket, &format!("i{i}"), room, rec, stop).await
+                ws_subscriber(&target, &format!("i{i}"), room).await
             });
         }
         set
     };
     let mut warm = open(0, WARMUP);
     while let Some(r) = warm.join_next().await {
-        if let Ok(Ok(h)) = r {
-            held.push(h);
+        if let Ok(Ok(sub)) = r {
+            readers.add(sub);
         }
     }
     quiesce(&server).await;
@@ -83,7 +89,7 @@ pub async fn run(paths: &Paths, peer: Peer, n: usize, with_room: bool, rtlink: &
     let mut set = open(WARMUP, n);
     while let Some(r) = set.join_next().await {
         match r {
-            Ok(Ok(h)) => held.push(h),
+            Ok(Ok(sub)) => readers.add(sub),
             Ok(Err(e)) => {
                 out.failure.get_or_insert(format!("connect: {e:#}"));
             }
@@ -96,10 +102,11 @@ pub async fn run(paths: &Paths, peer: Peer, n: usize, with_room: bool, rtlink: &
     quiesce(&server).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     out.rss_after = server.rss();
-    let _ = stop_tx.send(true);
-    for h in held {
-        let _ = tokio::time::timeout(Duration::from_secs(2), h).await;
+    let closed = readers.take().await.closed;
+    if closed > 0 {
+        out.failure.get_or_insert(format!("{closed} connections ended while held"));
     }
+    drop(readers);
     drop(server);
     eprintln!(
         "  idle {:<9} room={:<5} {} conns: {:.1} KB/conn",

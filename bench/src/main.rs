@@ -17,10 +17,12 @@ mod idle;
 mod procs;
 mod plot;
 mod raw_server;
+mod readers;
 mod report;
 mod rooms;
 mod stats;
 mod storm;
+mod wire;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -71,6 +73,29 @@ enum Cmd {
         #[arg(long)]
         rate: f64,
     },
+    /// Runs one fan-out plan against a server already listening (e.g. one started under
+    /// `valgrind --tool=callgrind`): `--pid` is the process whose CPU time is reported.
+    Drive {
+        #[arg(long, default_value = "rtlink")]
+        peer: String,
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        pid: u32,
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        /// Offered deliveries per second, one step each (comma separated).
+        #[arg(long, value_delimiter = ',', default_value = "50000")]
+        loads: Vec<f64>,
+        #[arg(long, default_value = "2s", value_parser = parse_secs)]
+        step: Duration,
+        /// Shell command run before each step (e.g. `callgrind_control -z PID`).
+        #[arg(long, requires = "after_step")]
+        before_step: Option<String>,
+        /// Shell command run after each step's deliveries (e.g. `callgrind_control -d PID`).
+        #[arg(long)]
+        after_step: Option<String>,
+    },
     /// The raw WebSocket broadcast peer.
     RawServer {
         #[arg(long)]
@@ -90,6 +115,17 @@ fn main() -> anyhow::Result<()> {
         Cmd::RawServer { listen } => rt.block_on(raw_server::run(listen)),
         Cmd::Publish { peer, port, room, count, rate } => rt.block_on(publish(&peer, port, &room, count, rate)),
         Cmd::Quick { root } => rt.block_on(quick(root)),
+        Cmd::Drive { peer, port, pid, subscribers, loads, step, before_step, after_step } => rt.block_on(async move {
+            let peer = parse_peer(&peer)?;
+            let hooks = before_step.zip(after_step);
+            let plan = Plan { subscribers, loads, step_time: step, readers: 1, hooks };
+            let out = fanout::drive(peer, port, pid, Transport::WebSocket, &plan).await;
+            println!("{}", report::fanout_table(&out.steps));
+            match out.failure {
+                Some(f) => anyhow::bail!("{f}"),
+                None => Ok(()),
+            }
+        }),
         Cmd::Full { root, report, only } => rt.block_on(full(root, report, only)),
     }
 }
@@ -110,12 +146,22 @@ pub fn cpu_ratio(rtlink: &[fanout::Step], peer: &[fanout::Step]) -> Option<(f64,
         .next()
 }
 
-async fn publish(peer: &str, port: u16, room: &str, count: u64, rate: f64) -> anyhow::Result<()> {
-    let peer = match peer {
+fn parse_peer(name: &str) -> anyhow::Result<Peer> {
+    Ok(match name {
         "rtlink" => Peer::Rtlink,
         "socketio" => Peer::SocketIo,
-        other => anyhow::bail!("unknown peer {other}"),
-    };
+        "raw" => Peer::Raw,
+        other => anyhow::bail!("unknown peer {other} (rtlink, socketio, raw)"),
+    })
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let v = s.strip_suffix('s').unwrap_or(s);
+    v.parse::<f64>().map(Duration::from_secs_f64).map_err(|e| e.to_string())
+}
+
+async fn publish(peer: &str, port: u16, room: &str, count: u64, rate: f64) -> anyhow::Result<()> {
+    let peer = parse_peer(peer)?;
     let publisher = clients::Publisher::connect_json(&clients::Target::new(peer, port), room).await?;
     let t0 = Instant::now();
     let period = Duration::from_secs_f64(1.0 / rate);
@@ -133,7 +179,7 @@ async fn publish(peer: &str, port: u16, room: &str, count: u64, rate: f64) -> an
 /// The fan-out room has no presence (`--presence-off`): Socket.IO and the raw server have none,
 /// and N subscribers joining one room with presence is the large-rooms scenario's subject.
 fn fanout_options() -> RtlinkOptions {
-    RtlinkOptions { extra: vec!["--presence-off".into(), fanout::ROOM.into()], port: None }
+    RtlinkOptions { extra: vec!["--presence-off".into(), fanout::ROOM.into()], ..RtlinkOptions::default() }
 }
 
 async fn quick(root: PathBuf) -> anyhow::Result<()> {
@@ -144,6 +190,8 @@ async fn quick(root: PathBuf) -> anyhow::Result<()> {
         subscribers: 1000,
         loads: vec![10_000.0, 25_000.0, 50_000.0, 100_000.0, 200_000.0],
         step_time: Duration::from_secs(2),
+        readers: 1,
+        hooks: None,
     };
     let opts = fanout_options();
     let mut results = Vec::new();
@@ -200,7 +248,7 @@ async fn full(root: PathBuf, report_path: PathBuf, only: Vec<String>) -> anyhow:
             (1000, vec![10_000.0, 25_000.0, 50_000.0, 100_000.0, 200_000.0]),
             (5000, vec![25_000.0, 50_000.0, 100_000.0, 200_000.0]),
         ] {
-            let plan = Plan { subscribers: n, loads, step_time: Duration::from_secs(2) };
+            let plan = Plan { subscribers: n, loads, step_time: Duration::from_secs(2), readers: 1, hooks: None };
             let mut runs: Vec<(Peer, Transport)> =
                 vec![(Peer::Rtlink, Transport::WebSocket), (Peer::SocketIo, Transport::WebSocket), (Peer::Raw, Transport::WebSocket)];
             if n <= 1000 {

@@ -68,6 +68,9 @@ pub struct RtlinkOptions {
     pub extra: Vec<String>,
     /// Fixed port (the reconnect storm restarts on the same one).
     pub port: Option<u16>,
+    /// Keep the server's total accept-rate budget (the reconnect storm measures it); otherwise
+    /// it is lifted like every other limit.
+    pub accept_budget: bool,
 }
 
 /// A running server process; killed (and reaped) on drop.
@@ -80,9 +83,10 @@ pub struct Server {
 pub const AUTH_SECRET: &str = "rtlink-bench-secret-0123456789abcdef0123";
 
 /// Flags that lift the limits a benchmark would otherwise measure instead of the server:
-/// per-IP connection caps (every client is 127.0.0.1) and the per-connection publish rate.
-pub fn rtlink_bench_flags() -> Vec<String> {
-    [
+/// per-address caps and accept budgets (every client here is 127.0.0.1), the per-connection
+/// publish rate, and (unless `accept_budget`) the total accept-rate budget.
+pub fn rtlink_bench_flags(accept_budget: bool) -> Vec<String> {
+    let mut flags: Vec<&str> = vec![
         "--auth-secret",
         AUTH_SECRET,
         "--demo-auth",
@@ -92,6 +96,12 @@ pub fn rtlink_bench_flags() -> Vec<String> {
         "200000",
         "--max-sessions",
         "400000",
+        "--max-sessions-per-ip",
+        "400000",
+        "--accept-rate-per-ip",
+        "1000000",
+        "--accept-burst-per-ip",
+        "1000000",
         "--rate-per-sec",
         "1000000",
         "--rate-burst",
@@ -100,10 +110,11 @@ pub fn rtlink_bench_flags() -> Vec<String> {
         "4000000000",
         "--publish-bytes-burst",
         "4000000000",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    ];
+    if !accept_budget {
+        flags.extend(["--accept-rate", "1000000", "--accept-burst", "1000000"]);
+    }
+    flags.into_iter().map(str::to_owned).collect()
 }
 
 impl Server {
@@ -116,7 +127,7 @@ impl Server {
         let mut cmd = match peer {
             Peer::Rtlink => {
                 let mut c = Command::new(&paths.rtlink_server);
-                c.arg("--listen").arg(&addr).args(rtlink_bench_flags());
+                c.arg("--listen").arg(&addr).args(rtlink_bench_flags(rtlink.accept_budget));
                 c.args(&rtlink.extra);
                 c.env("RTLINK_LOG", "warn");
                 c
@@ -222,8 +233,33 @@ fn clock_ticks_per_sec() -> u64 {
     })
 }
 
+/// CPU time of a process, user and system (kernel) apart.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuSplit {
+    pub user: Duration,
+    pub system: Duration,
+}
+
+impl CpuSplit {
+    pub fn total(self) -> Duration {
+        self.user + self.system
+    }
+
+    pub fn since(self, earlier: Self) -> Self {
+        Self {
+            user: self.user.saturating_sub(earlier.user),
+            system: self.system.saturating_sub(earlier.system),
+        }
+    }
+}
+
 /// utime + stime of a process (all its threads, also those that ended), from `/proc/PID/stat`.
 pub fn cpu_time(pid: u32) -> Option<Duration> {
+    cpu_split(pid).map(CpuSplit::total)
+}
+
+/// utime and stime of a process, from `/proc/PID/stat`.
+pub fn cpu_split(pid: u32) -> Option<CpuSplit> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces: fields are counted after its closing parenthesis.
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -232,7 +268,10 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     let hz = clock_ticks_per_sec();
-    Some(Duration::from_micros((utime + stime) * 1_000_000 / hz))
+    Some(CpuSplit {
+        user: Duration::from_micros(utime * 1_000_000 / hz),
+        system: Duration::from_micros(stime * 1_000_000 / hz),
+    })
 }
 
 /// `VmRSS` of a process in bytes.

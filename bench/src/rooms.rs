@@ -90,7 +90,7 @@ struct Counters {
 
 async fn run(paths: &Paths, mode: Mode, n: usize) -> LargeRoom {
     let mut out = LargeRoom { mode, members: n, consistent_s: None, frames: 0, bytes: 0, server_cpu_s: 0.0, failure: None };
-    let opts = RtlinkOptions { extra: mode.flags(), port: None };
+    let opts = RtlinkOptions { extra: mode.flags(), ..RtlinkOptions::default() };
     let server = match Server::start(paths, Peer::Rtlink, &opts) {
         Ok(s) => s,
         Err(e) => {

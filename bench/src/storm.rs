@@ -84,7 +84,7 @@ struct Shared {
 
 async fn run(paths: &Paths, peer: Peer, clients: usize) -> Storm {
     let mut out = Storm { peer, clients, reconnected_at: Vec::new(), failed_attempts: 0, restart_s: 0.0, failure: None };
-    let opts = RtlinkOptions { port: crate::procs::free_port().ok(), ..RtlinkOptions::default() };
+    let opts = RtlinkOptions { port: crate::procs::free_port().ok(), accept_budget: true, ..RtlinkOptions::default() };
     let mut server = match Server::start(paths, peer, &opts) {
         Ok(s) => s,
         Err(e) => {
