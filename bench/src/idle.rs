@@ -54,59 +54,34 @@ pub async fn run(paths: &Paths, peer: Peer, n: usize, with_room: bool, rtlink: &
         }
     };
     let target = Target::new(peer, server.port);
-    // The readers hold the connections and answer keep-alives (no task per connection here).
-    let mut readers = match Readers::new(1, Arc::new(AtomicU64::new(0))) {
+    let warm = match hold(&target, 0, WARMUP, with_room).await {
         Ok(r) => r,
         Err(e) => {
-            out.failure = Some(format!("{e:#}"));
+            out.failure = Some(format!("warm-up: {e:#}"));
             return out;
         }
     };
-    let open = |from: usize, count: usize| {
-        let gate = Arc::new(Semaphore::new(32));
-        let mut set = JoinSet::new();
-        for i in from..from + count {
-            let (target, gate) = (target.clone(), gate.clone());
-            set.spawn(async move {
-                let _permit = gate.acquire_owned().await;
-                let room = format!("idle-{i}");
-                let room = with_room.then_some(room.as_str());
-                ws_subscriber(&target, &format!("i{i}"), room).await
-            });
-        }
-        set
-    };
-    let mut warm = open(0, WARMUP);
-    while let Some(r) = warm.join_next().await {
-        if let Ok(Ok(sub)) = r {
-            readers.add(sub);
-        }
-    }
     quiesce(&server).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     out.rss_before = server.rss();
     let started = Instant::now();
-    let mut set = open(WARMUP, n);
-    while let Some(r) = set.join_next().await {
-        match r {
-            Ok(Ok(sub)) => readers.add(sub),
-            Ok(Err(e)) => {
-                out.failure.get_or_insert(format!("connect: {e:#}"));
-            }
-            Err(e) => {
-                out.failure.get_or_insert(format!("task: {e}"));
-            }
-        }
-    }
+    let held = hold(&target, WARMUP, n, with_room).await;
     out.setup = started.elapsed();
     quiesce(&server).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     out.rss_after = server.rss();
-    let closed = readers.take().await.closed;
-    if closed > 0 {
-        out.failure.get_or_insert(format!("{closed} connections ended while held"));
+    match held {
+        Ok(readers) => {
+            let closed = readers.take().await.closed + warm.take().await.closed;
+            if closed > 0 {
+                out.failure.get_or_insert(format!("{closed} connections ended while held"));
+            }
+        }
+        Err(e) => {
+            out.failure.get_or_insert(format!("connect: {e:#}"));
+        }
     }
-    drop(readers);
+    drop(warm);
     drop(server);
     eprintln!(
         "  idle {:<9} room={:<5} {} conns: {:.1} KB/conn",
@@ -116,4 +91,38 @@ pub async fn run(paths: &Paths, peer: Peer, n: usize, with_room: bool, rtlink: &
         out.bytes_per_conn() / 1024.0
     );
     out
+}
+
+/// Opens `count` WebSocket connections (numbered from `from`), each in a room of its own if
+/// `room_each`, and hands them to a reader thread that holds them (answering keep-alives)
+/// until the returned [`Readers`] is dropped.
+pub async fn hold(target: &Target, from: usize, count: usize, room_each: bool) -> anyhow::Result<Readers> {
+    let mut readers = Readers::new(1, Arc::new(AtomicU64::new(0)))?;
+    let gate = Arc::new(Semaphore::new(32));
+    let mut set = JoinSet::new();
+    for i in from..from + count {
+        let (target, gate) = (target.clone(), gate.clone());
+        set.spawn(async move {
+            let _permit = gate.acquire_owned().await;
+            let room = format!("idle-{i}");
+            let room = room_each.then_some(room.as_str());
+            ws_subscriber(&target, &format!("i{i}"), room).await
+        });
+    }
+    let mut failure = None;
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok(Ok(sub)) => readers.add(sub),
+            Ok(Err(e)) => {
+                failure.get_or_insert(e);
+            }
+            Err(e) => {
+                failure.get_or_insert(e.into());
+            }
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(readers),
+    }
 }

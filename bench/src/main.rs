@@ -96,6 +96,21 @@ enum Cmd {
         #[arg(long)]
         after_step: Option<String>,
     },
+    /// Opens `connections` WebSockets to a server already listening, each in a room of its own
+    /// (`--room-each`) or in none, holds them for `--hold` and exits: for a heap profiler
+    /// (e.g. `valgrind --tool=dhat`) to see where an idle connection's bytes go.
+    Hold {
+        #[arg(long, default_value = "rtlink")]
+        peer: String,
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        #[arg(long)]
+        room_each: bool,
+        #[arg(long, default_value = "5s", value_parser = parse_secs)]
+        hold: Duration,
+    },
     /// The raw WebSocket broadcast peer.
     RawServer {
         #[arg(long)]
@@ -115,6 +130,14 @@ fn main() -> anyhow::Result<()> {
         Cmd::RawServer { listen } => rt.block_on(raw_server::run(listen)),
         Cmd::Publish { peer, port, room, count, rate } => rt.block_on(publish(&peer, port, &room, count, rate)),
         Cmd::Quick { root } => rt.block_on(quick(root)),
+        Cmd::Hold { peer, port, connections, room_each, hold } => rt.block_on(async move {
+            let peer = parse_peer(&peer)?;
+            let held = idle::hold(&clients::Target::new(peer, port), 0, connections, room_each).await?;
+            eprintln!("holding {connections} connections for {hold:?}");
+            tokio::time::sleep(hold).await;
+            drop(held);
+            Ok(())
+        }),
         Cmd::Drive { peer, port, pid, subscribers, loads, step, before_step, after_step } => rt.block_on(async move {
             let peer = parse_peer(&peer)?;
             let hooks = before_step.zip(after_step);
