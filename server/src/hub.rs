@@ -116,10 +116,21 @@ impl DispatchPanicHook {
 /// This node's subscriptions.
 #[derive(Default)]
 struct LocalRooms {
-    /// Room → session id → session.
-    by_room: HashMap<String, HashMap<String, Arc<Session>>>,
+    /// Room → its local subscribers.
+    by_room: HashMap<String, RoomSubs>,
     /// User id → rooms subscribed over all the user's sessions.
     per_user: HashMap<String, usize>,
+}
+
+/// The local subscribers of one room.
+#[derive(Default)]
+struct RoomSubs {
+    /// Session id → session.
+    by_session: HashMap<String, Arc<Session>>,
+    /// The same sessions as a shared list, built by the first event routed after a membership
+    /// change and reused by every event until the next one: routing an event to N subscribers
+    /// then copies one pointer instead of N (and frees no list afterwards).
+    list: Option<Arc<[Arc<Session>]>>,
 }
 
 /// Why no session was opened.
@@ -476,7 +487,7 @@ impl Hub {
             let mut guard = self.rooms.lock();
             let local = &mut *guard;
             let user = &session.claims.sub;
-            let members = local.by_room.get(room).map_or(0, HashMap::len);
+            let members = local.by_room.get(room).map_or(0, |r| r.by_session.len());
             if members >= self.config.max_room_members {
                 return Err(MembershipRefusal::RoomFull);
             }
@@ -485,10 +496,15 @@ impl Hub {
                 return Err(MembershipRefusal::UserRooms);
             }
             let subs = local.by_room.entry(room.to_owned()).or_default();
-            let first = subs.is_empty();
-            if subs.insert(session.id.clone(), session.clone()).is_none() {
+            let first = subs.by_session.is_empty();
+            if subs
+                .by_session
+                .insert(session.id.clone(), session.clone())
+                .is_none()
+            {
                 *local.per_user.entry(user.clone()).or_default() += 1;
             }
+            subs.list = None;
             self.metrics
                 .local_rooms
                 .store(local.by_room.len() as u64, Relaxed);
@@ -507,7 +523,11 @@ impl Hub {
             let mut guard = self.rooms.lock();
             let local = &mut *guard;
             let (removed, last) = match local.by_room.get_mut(room) {
-                Some(subs) => (subs.remove(&session.id).is_some(), subs.is_empty()),
+                Some(subs) => {
+                    subs.list = None;
+                    let removed = subs.by_session.remove(&session.id).is_some();
+                    (removed, subs.by_session.is_empty())
+                }
                 None => (false, false),
             };
             if last {
@@ -535,20 +555,29 @@ impl Hub {
 
     /// Local subscribers of `room`.
     fn local_members(&self, room: &str) -> usize {
-        self.rooms.lock().by_room.get(room).map_or(0, HashMap::len)
+        self.rooms
+            .lock()
+            .by_room
+            .get(room)
+            .map_or(0, |r| r.by_session.len())
     }
 
     fn route(self: &Arc<Self>, ev: &RoomEvent) {
         #[cfg(debug_assertions)]
         self.panic_hook.check(&ev.room);
-        let subs: Vec<Arc<Session>> = match self.rooms.lock().by_room.get(&*ev.room) {
-            Some(subs) => subs.values().cloned().collect(),
-            None => return,
+        let subs = {
+            let mut rooms = self.rooms.lock();
+            let Some(room) = rooms.by_room.get_mut(&*ev.room) else {
+                return;
+            };
+            room.list
+                .get_or_insert_with(|| room.by_session.values().cloned().collect())
+                .clone()
         };
-        for s in subs {
+        for s in subs.iter() {
             if s.update(|st, m| st.deliver(ev, &s.claims.sub, m)) {
                 tracing::info!(room = %ev.room, session = %s.id, "the room's offsets restarted under a new epoch: resyncing the subscription");
-                self.resync(&s, &ev.room);
+                self.resync(s, &ev.room);
             }
         }
     }
@@ -562,7 +591,11 @@ impl Hub {
             .lock()
             .by_room
             .iter()
-            .flat_map(|(room, subs)| subs.values().map(move |s| (room.clone(), s.clone())))
+            .flat_map(|(room, subs)| {
+                subs.by_session
+                    .values()
+                    .map(move |s| (room.clone(), s.clone()))
+            })
             .collect();
         for (room, session) in pairs {
             self.resync(&session, &room);
