@@ -189,6 +189,7 @@ impl SessionState {
                 return Progress::Done;
             };
             if !self.has_replay_room(len) {
+                self.wait_for_drain();
                 return Progress::Blocked;
             }
             let Some(sub) = self.rooms.get_mut(&stream.room) else {

@@ -177,7 +177,7 @@ async fn wait(state: &AppState, session: &Arc<Session>, cursor: u64, max_bytes: 
         }
     };
     let ticket = session.begin_poll();
-    let mut changes = session.changes();
+    let mut seen = session.version();
     let deadline = tokio::time::Instant::now() + state.config.poll_hold;
     loop {
         if session.lock().attached_gen() != Some(gen) {
@@ -192,7 +192,7 @@ async fn wait(state: &AppState, session: &Arc<Session>, cursor: u64, max_bytes: 
             return answer(state, session, gen, cursor, &frames, max_bytes);
         }
         tokio::select! {
-            changed = changes.changed() => if changed.is_err() { return answer(state, session, gen, cursor, &[], max_bytes) },
+            () = session.changed(&mut seen) => {}
             _ = tokio::time::sleep_until(deadline) => return answer(state, session, gen, cursor, &[], max_bytes),
         }
     }

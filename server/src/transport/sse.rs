@@ -262,7 +262,7 @@ impl SseStream {
                     Ok(code) => self.push_close(code),
                     Err(_) => return None,
                 },
-                changed = self.attached.changes.changed() => if changed.is_err() { return None },
+                () = session.changed(&mut self.attached.seen) => {}
                 _ = self.keepalive.tick() => self.pending.push_back(Bytes::from_static(SSE_KEEPALIVE)),
             }
         }

@@ -313,7 +313,7 @@ async fn write_loop<S>(
                 }
                 return;
             }
-            changed = att.changes.changed() => if changed.is_err() { return },
+            () = session.changed(&mut att.seen) => {}
         }
     }
     // Detached without a force signal: the force sender was dropped; just end.
