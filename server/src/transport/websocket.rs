@@ -13,7 +13,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::FromRequestParts;
 use axum::extract::{Query, Request, State};
 use axum::response::Response;
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use rtlink_protocol::codec::decode_client;
 use rtlink_protocol::{ClientFrame, CloseCode};
 
@@ -282,17 +282,26 @@ async fn write_loop<S>(
         // stopped reading.
         let count = frames.len() as u64;
         let mut close = None;
-        let batch = async {
-            for f in frames {
-                if let Some(code) = f.close {
-                    close = Some(code);
-                    break;
+        // Most batches go out at once (the socket has room): the stall timer is armed only for
+        // one that does not, rather than a timer entry per batch.
+        let written = {
+            let batch = async {
+                for f in frames {
+                    if let Some(code) = f.close {
+                        close = Some(code);
+                        break;
+                    }
+                    sink.feed(Message::Text(f.frame)).await?;
                 }
-                sink.feed(Message::Text(f.frame)).await?;
+                sink.flush().await
+            };
+            tokio::pin!(batch);
+            match batch.as_mut().now_or_never() {
+                Some(r) => Ok(r),
+                None => tokio::time::timeout(stall, batch).await,
             }
-            sink.flush().await
         };
-        match tokio::time::timeout(stall, batch).await {
+        match written {
             Ok(Ok(())) => metrics.frames_out(count - u64::from(close.is_some())),
             Ok(Err(_)) => return,
             Err(_) => {
