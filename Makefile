@@ -84,8 +84,10 @@ test-faults:
 
 # Abuse tests (SECURITY.md): each attacks a real rtlink-server process on 127.0.0.1 and asserts
 # that a bystander is unaffected.
+# Their figures (history and publish budgets, Redis stats, the 5,000-client storm) are printed.
+# A minute or two; needs redis-server (setup installs it).
 test-abuse: setup
-	cargo test -p rtlink-server --test abuse
+	cargo test -p rtlink-server --test abuse -- --nocapture
 
 # cargo-fuzz targets (fuzz/): frame decoder, SSE and long-poll envelopes, upstream batches,
 # tokens; FUZZ_RUNS executions each (default 10 million). Needs nightly + cargo-fuzz; says so

@@ -77,7 +77,11 @@ impl Lane {
             // Jitter within the slot, so two budgets' slots do not line up.
             next.saturating_duration_since(now) + slot.mul_f64(rand::random::<f64>())
         };
-        wait.clamp(MIN_DELAY, MAX_DELAY)
+        if wait < MIN_DELAY {
+            // No backlog: still spread, between the shortest delay and twice it.
+            return MIN_DELAY.mul_f64(1.0 + rand::random::<f64>());
+        }
+        wait.min(MAX_DELAY)
     }
 
     fn idle(&self, now: Instant) -> bool {
@@ -230,8 +234,15 @@ mod tests {
         // The n-th refused client comes back about n/rate later: 20 of them over ~2 s.
         for (n, w) in waits.iter().enumerate() {
             let slot = (n as f64 + 1.0) / 10.0;
+            let w = w.as_secs_f64();
+            // A slot closer than the shortest delay is a random delay in [200 ms, 400 ms).
+            let (low, high) = if slot + 0.1 < 0.2 {
+                (0.2, 0.4)
+            } else {
+                (slot, slot + 0.1)
+            };
             assert!(
-                w.as_secs_f64() >= slot.max(0.2) - 1e-9 && w.as_secs_f64() < slot + 0.1 + 1e-9,
+                w >= low.max(0.2) - 1e-9 && w < high.max(0.4) + 1e-9,
                 "client {n}: {w:?}"
             );
         }

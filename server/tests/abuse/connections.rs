@@ -449,8 +449,9 @@ async fn abuse_an_sse_client_that_stops_reading_is_cut() {
     .await;
 }
 
-/// tungstenite's frame limit is the protocol's: a frame announcing 10 MB is refused from its
-/// header (close 4001), not read first.
+/// tungstenite's frame limit is the protocol's: a frame announcing 16 MiB (tungstenite's own
+/// default limit) is refused from its header (close 4001), not read first: only 1 KB of it is
+/// ever sent.
 #[tokio::test]
 async fn abuse_an_oversized_websocket_frame_is_refused_from_its_header() {
     bounded(async {
@@ -458,9 +459,9 @@ async fn abuse_an_oversized_websocket_frame_is_refused_from_its_header() {
         let client = server.client();
         let mut bystander = Bystander::join(&client, "alice", "chat:lobby").await;
         let mut ws = crate::connect_ws(&client, &client.token("mallory")).await;
-        // A masked text frame header announcing 10 MB, then only 1 KB of it.
+        // A masked text frame header announcing 16 MiB, then only 1 KB of it.
         let mut frame = vec![0x81, 0x80 | 127];
-        frame.extend_from_slice(&(10_000_000u64).to_be_bytes());
+        frame.extend_from_slice(&(16u64 * 1024 * 1024).to_be_bytes());
         frame.extend_from_slice(&[1, 2, 3, 4]);
         frame.extend_from_slice(&[b'x'; 1024]);
         let tcp = ws.inner.get_mut();
