@@ -77,7 +77,7 @@ demo-screenshot: setup package
 
 # Fault scenarios (RELIABILITY.md): real rtlink-server and redis-server processes behind the
 # faultkit proxy, driven by the real client core. One at a time: they measure timings.
-FAULT_SUITES := --test faults --test faults_edges --test faults_cluster --test faults_defects
+FAULT_SUITES := --test faults --test faults_edges --test faults_cluster --test faults_defects --test faults_endpoints
 test-faults:
 	@command -v redis-server >/dev/null || scripts/setup
 	cargo test -p rtlink-server $(FAULT_SUITES) -- fault_ --test-threads 1 --nocapture

@@ -63,6 +63,16 @@ pub struct Config {
     /// An auth failure (HTTP 401, close 4009) less than this long after the client last
     /// re-authenticated is final: the fresh token did not help.
     pub reauth_window_ms: u64,
+    /// How many server URLs the glue holds (`url: string[]`), preferred first; 0 counts as 1.
+    /// The core names them by index (see [`super::endpoints`]).
+    pub endpoints: usize,
+    /// Ticket steps without an answer in a row before an endpoint is down and the next attempt
+    /// goes to the next one.
+    pub failover_after: u32,
+    /// An endpoint's first down period (jittered in `[d/2, d]`); doubles per consecutive one.
+    pub endpoint_down_ms: u64,
+    /// Longest down period.
+    pub endpoint_down_cap_ms: u64,
 }
 
 impl Default for Config {
@@ -84,6 +94,10 @@ impl Default for Config {
             typing_expiry_ms: 6_000,
             default_ping_interval_ms: 25_000,
             reauth_window_ms: 60_000,
+            endpoints: 1,
+            failover_after: 2,
+            endpoint_down_ms: 30_000,
+            endpoint_down_cap_ms: 600_000,
         }
     }
 }

@@ -140,6 +140,7 @@ impl Client {
 
     pub(super) fn start_attempt(&mut self) {
         self.timers.stop(Timer::Reconnect);
+        self.endpoints.choose(self.now);
         self.set_phase(Phase::AwaitingToken);
         self.out.push(Output::RequestToken);
     }
@@ -149,7 +150,8 @@ impl Client {
             Phase::AwaitingToken => {
                 let id = self.mint_transport_id();
                 let resume = self.resume_token();
-                self.out.push(Output::FetchTicket { id, token, resume, probe: false });
+                let endpoint = self.endpoints.current();
+                self.out.push(Output::FetchTicket { id, endpoint, token, resume, probe: false });
                 // The ticket step has the same deadline as a transport: a server that does not
                 // answer in time is unreachable.
                 self.timers.set(Timer::FirstFrame, self.now.plus(self.cfg.first_frame_timeout_ms));
@@ -177,11 +179,13 @@ impl Client {
             Role::Primary if self.phase == (Phase::AwaitingTicket { id }) => {
                 // The server admits: a strike held from the last attempt counts now, and may
                 // move this attempt one rung down.
+                self.endpoints.on_answer();
                 if let Some(fallback) = self.ladder.on_ticket_issued() {
                     self.emit(Event::Fallback(fallback));
                 }
                 let kind = self.ladder.current();
-                self.out.push(Output::OpenTransport { id, kind, ticket });
+                let endpoint = self.endpoints.current();
+                self.out.push(Output::OpenTransport { id, endpoint, kind, ticket });
                 self.timers.set(Timer::FirstFrame, self.now.plus(self.cfg.first_frame_timeout_ms));
                 self.set_phase(Phase::AwaitingWelcome { slot: Slot::new(id, kind) });
             }
@@ -292,6 +296,7 @@ impl Client {
             Some(slot) => self.judge_transport(slot, &end),
             None => self.ladder.on_ticket_refused(),
         }
+        self.judge_endpoint(&end);
 
         match end {
             End::TicketFailed(OpenError::Unauthorized) | End::OpenFailed(OpenError::Unauthorized) => self.reauthenticate(),
@@ -340,6 +345,21 @@ impl Client {
         };
         if let Some(strike) = strike {
             self.ladder.on_transport_failed(slot.kind, strike);
+        }
+    }
+
+    /// What the end of an attempt says about its endpoint (see [`super::endpoints`]): only the
+    /// ticket step judges it, and a drain means the node is going away.
+    fn judge_endpoint(&mut self, end: &End) {
+        match end {
+            End::TicketFailed(OpenError::Network | OpenError::Unreachable) => {
+                self.endpoints.on_unreachable(self.now, &mut self.rng);
+            }
+            End::TicketFailed(_) => self.endpoints.on_answer(),
+            End::Closed { code: Some(code), .. } if code.action() == CloseAction::RetryAfterServerDelay => {
+                self.endpoints.on_draining(self.now, &mut self.rng)
+            }
+            _ => {}
         }
     }
 

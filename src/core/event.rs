@@ -98,12 +98,13 @@ pub enum Output {
     /// First step of opening transport `id`: `POST /v1/ticket` with `Authorization: Bearer
     /// <token>` and the JSON body `{"resume"?: resume, "probe"?: true}`. Answer with
     /// [`Input::TicketIssued`], or [`Input::OpenFailed`] mapped from the HTTP answer
-    /// (no answer or a 5xx: [`OpenError::Unreachable`]).
-    FetchTicket { id: TransportId, token: String, resume: Option<String>, probe: bool },
-    /// Second step: connect transport `id` of `kind` with the ticket. For WebSocket the core
-    /// sends `hello` itself after [`Input::TransportOpened`]; SSE and long polling resume the
-    /// session the ticket names.
-    OpenTransport { id: TransportId, kind: TransportKind, ticket: String },
+    /// (no answer or a 5xx: [`OpenError::Unreachable`]). `endpoint`: which of the glue's URLs
+    /// (an index into [`super::Config::endpoints`], 0 = the first).
+    FetchTicket { id: TransportId, endpoint: usize, token: String, resume: Option<String>, probe: bool },
+    /// Second step: connect transport `id` of `kind` with the ticket, on the ticket's endpoint.
+    /// For WebSocket the core sends `hello` itself after [`Input::TransportOpened`]; SSE and
+    /// long polling resume the session the ticket names.
+    OpenTransport { id: TransportId, endpoint: usize, kind: TransportKind, ticket: String },
     /// Send a frame on a transport (for SSE/long polling: POST it upstream).
     Send { id: TransportId, frame: ClientFrame },
     /// Close the transport and forget it; do not report its close back (it would be ignored).

@@ -17,8 +17,8 @@
 //!     while let Some(out) = client.poll_output() {
 //!         match out {
 //!             Output::RequestToken => { /* call getToken(), later feed Input::TokenReady */ }
-//!             Output::FetchTicket { id, token, resume, probe } => { /* POST /v1/ticket, later feed Input::TicketIssued */ }
-//!             Output::OpenTransport { id, kind, ticket } => { /* open it */ }
+//!             Output::FetchTicket { id, endpoint, token, resume, probe } => { /* POST {url[endpoint]}/v1/ticket, later feed Input::TicketIssued */ }
+//!             Output::OpenTransport { id, endpoint, kind, ticket } => { /* open it */ }
 //!             Output::Send { id, frame } => { /* encode and send on transport `id` */ }
 //!             Output::CloseTransport { id, code } => { /* close and drop transport `id` */ }
 //!             Output::Event(event) => { /* hand to the app */ }
@@ -44,6 +44,7 @@
 //!   `connection.rs`. The two-step probe up the ladder: `probe.rs`. What arrives on an open
 //!   session: `session.rs`.
 //! - Reconnect delays: [`backoff`]. WebSocket → SSE → long polling and back up: [`ladder`].
+//!   Which of several server URLs, and failing over: [`endpoints`].
 //! - Liveness and throttled background timers: [`heartbeat`].
 //! - Publishes until acked: [`send_queue`]. Exactly-once, in-order delivery: [`rooms`].
 //! - Presence aggregation: [`presence`]. Typing throttle and expiry: [`typing`].
@@ -56,6 +57,7 @@ pub mod backoff;
 pub mod batch;
 pub mod config;
 mod connection;
+pub mod endpoints;
 pub mod event;
 pub mod heartbeat;
 pub mod json;
@@ -85,6 +87,7 @@ pub use state::{CloseReason, State};
 pub use time::Instant;
 
 use backoff::Backoff;
+use endpoints::Endpoints;
 use heartbeat::Heartbeat;
 use ladder::Ladder;
 use presence::Presence;
@@ -121,6 +124,7 @@ pub struct Client {
     timers: TimerTable,
     backoff: Backoff,
     ladder: Ladder,
+    endpoints: Endpoints,
     heartbeat: Heartbeat,
     sends: SendQueue,
     rooms: Rooms,
@@ -156,6 +160,7 @@ impl Client {
             timers: TimerTable::default(),
             backoff: Backoff::new(cfg.backoff.clone()),
             ladder: Ladder::new(&cfg.transports, cfg.start_transport, cfg.step_down_after),
+            endpoints: Endpoints::new(&cfg),
             heartbeat: Heartbeat::new(cfg.heartbeat_grace_ms, cfg.late_timer_threshold_ms, cfg.liveness_probe_window_ms),
             sends: SendQueue::new(cfg.send_queue_capacity, cfg.ack_timeout_ms, id_prefix),
             rooms: Rooms::default(),
@@ -295,6 +300,11 @@ impl Client {
     /// The rung the next attempt will use.
     pub fn current_rung(&self) -> TransportKind {
         self.ladder.current()
+    }
+
+    /// The endpoint (index into the glue's URLs) of the current or last attempt.
+    pub fn endpoint(&self) -> usize {
+        self.endpoints.current()
     }
 
     /// The most recent step down the ladder and why.

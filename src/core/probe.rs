@@ -51,7 +51,9 @@ impl Client {
             return;
         };
         let id = self.mint_transport_id();
-        self.out.push(Output::FetchTicket { id, token, resume: Some(resume), probe: true });
+        // The probe is of this session, so it goes to the session's endpoint.
+        let endpoint = self.endpoints.current();
+        self.out.push(Output::FetchTicket { id, endpoint, token, resume: Some(resume), probe: true });
         self.timers.set(Timer::ProbeFirstFrame, self.now.plus(self.cfg.first_frame_timeout_ms));
         if let Phase::Open { probe, .. } = &mut self.phase {
             *probe = Some(Probe::AwaitingTicket { id, kind });
@@ -64,7 +66,8 @@ impl Client {
         if probe_id != id {
             return;
         }
-        self.out.push(Output::OpenTransport { id, kind, ticket });
+        let endpoint = self.endpoints.current();
+        self.out.push(Output::OpenTransport { id, endpoint, kind, ticket });
         self.timers.set(Timer::ProbeFirstFrame, self.now.plus(self.cfg.first_frame_timeout_ms));
         if let Phase::Open { probe, .. } = &mut self.phase {
             *probe = Some(Probe::Opening { slot: Slot::new(id, kind) });

@@ -118,6 +118,7 @@ impl Client {
         self.send_limits = SendLimits { max_frame_bytes: w.max_frame_bytes, dedupe_window_ms: w.dedupe_window_ms };
         self.new_session_retry = false;
         self.backoff.clear_drain_window();
+        self.endpoints.on_welcome();
         if let Some(kind) = self.ladder.on_welcome(slot.kind) {
             self.emit(Event::TransportRemembered(kind));
         }

@@ -104,6 +104,7 @@ struct Shared {
 
 struct Inner {
     core: Client,
+    /// The server base URLs, preferred first, separated by spaces (the core's endpoints).
     url: String,
     transports: Vec<(TransportId, Transport)>,
     /// The one timer and the deadline it is armed for.
@@ -146,7 +147,8 @@ fn ms(v: f64) -> Option<u64> {
 impl Driver {
     /// `ladder`: the allowed transports, best first, one base-4 digit each (1 websocket, 2 sse,
     /// 3 long polling; 0: all three). `start`: the rung to start from (0: the top). Negative
-    /// numbers keep the default; the façade validated everything.
+    /// numbers keep the default; `url`: one or more base URLs separated by spaces. The façade
+    /// validated everything.
     #[wasm_bindgen(constructor)]
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -181,6 +183,7 @@ impl Driver {
             backoff,
             heartbeat_grace_ms: ms(grace_ms).unwrap_or(defaults.heartbeat_grace_ms),
             probe_interval_ms: ms(probe_ms).unwrap_or(defaults.probe_interval_ms),
+            endpoints: url.split(' ').count(),
             ..defaults
         };
         let core = Client::new(config, now(), u64::from(seed_hi) << 32 | u64::from(seed_lo));
@@ -264,14 +267,14 @@ impl Inner {
         let mut reports = Vec::new();
         while let Some(out) = self.core.poll_output() {
             match out {
-                Output::FetchTicket { id, token, resume, probe } => {
-                    let fetch = TicketFetch::start(&self.url, &token, resume.as_deref(), probe, ticket_done(shared, id));
+                Output::FetchTicket { id, endpoint, token, resume, probe } => {
+                    let fetch = TicketFetch::start(self.endpoint(endpoint), &token, resume.as_deref(), probe, ticket_done(shared, id));
                     self.transports.push((id, Transport::Ticket(fetch)));
                 }
-                Output::OpenTransport { id, kind, ticket } => {
+                Output::OpenTransport { id, endpoint, kind, ticket } => {
                     // The ticket step of this id is over: its entry is replaced by the transport.
                     self.transports.retain(|(tid, _)| *tid != id);
-                    let params = OpenParams { base_url: &self.url, ticket: &ticket };
+                    let params = OpenParams { base_url: self.endpoint(endpoint), ticket: &ticket };
                     let t = Transport::open(kind, params, transport_sink(shared, id));
                     self.transports.push((id, t));
                 }
@@ -290,6 +293,11 @@ impl Inner {
         }
         self.arm_timer(shared, now);
         reports
+    }
+
+    /// The base URL of endpoint `i`.
+    fn endpoint(&self, i: usize) -> &str {
+        self.url.split(' ').nth(i).unwrap_or(&self.url)
     }
 
     fn arm_timer(&mut self, shared: &Rc<Shared>, now: Instant) {

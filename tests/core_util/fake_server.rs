@@ -42,6 +42,8 @@ pub struct Sess {
     pub rooms: BTreeSet<String>,
     pub meta: BTreeMap<String, String>,
     pub detached_at: Option<Instant>,
+    /// The node (endpoint) that holds it.
+    pub node: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -63,6 +65,8 @@ pub struct Ticket {
     pub user: String,
     pub resume: Option<String>,
     pub probe: bool,
+    /// The endpoint that issued it (any node redeems it: they share one store, like Redis).
+    pub endpoint: usize,
 }
 
 #[derive(Debug)]
@@ -91,6 +95,11 @@ pub struct FakeServer {
     pub ticket_failure: Option<OpenError>,
     /// Ticket steps get no answer at all (a server that hangs).
     pub ticket_silent: bool,
+    /// Nodes (endpoints) that are gone: their ticket steps and opens are refused at the TCP level.
+    /// Nodes share rooms and offsets (one Redis); sessions live on one node.
+    pub dead_nodes: BTreeSet<usize>,
+    /// Every ticket step: when, which tab, which endpoint.
+    pub ticket_log: Vec<(Instant, usize, usize)>,
     /// The server is overloaded: every other ticket step answers 503, and the opens that got a
     /// ticket are refused by a hard cap in a race (invisible to a browser: a plain transport
     /// failure).
@@ -129,6 +138,8 @@ impl FakeServer {
             forbidden: false,
             ticket_failure: None,
             ticket_silent: false,
+            dead_nodes: BTreeSet::new(),
+            ticket_log: Vec::new(),
             overloaded_race: false,
             tickets: BTreeMap::new(),
             tickets_issued: 0,
@@ -152,7 +163,11 @@ impl FakeServer {
 
 impl Sim {
     /// The ticket step: `POST /v1/ticket`.
-    pub(super) fn fetch_ticket(&mut self, tab: usize, id: TransportId, token: String, resume: Option<String>, probe: bool) {
+    pub(super) fn fetch_ticket(&mut self, tab: usize, id: TransportId, endpoint: usize, token: String, resume: Option<String>, probe: bool) {
+        self.server.ticket_log.push((self.now, tab, endpoint));
+        if self.server.dead_nodes.contains(&endpoint) {
+            return self.deliver(tab, Input::OpenFailed { id, error: OpenError::Unreachable });
+        }
         if self.server.forbidden {
             return self.deliver(tab, Input::OpenFailed { id, error: OpenError::Forbidden });
         }
@@ -172,15 +187,20 @@ impl Sim {
             return self.deliver(tab, Input::OpenFailed { id, error });
         }
         let ticket = format!("t{}", self.server.tickets_issued);
-        self.server.tickets.insert(ticket.clone(), Ticket { user: token, resume, probe });
+        self.server.tickets.insert(ticket.clone(), Ticket { user: token, resume, probe, endpoint });
         self.deliver(tab, Input::TicketIssued { id, ticket });
     }
 
     /// The transport step, with a ticket.
-    pub(super) fn open(&mut self, tab: usize, id: TransportId, kind: TransportKind, ticket: String) {
-        let Some(ticket) = self.server.tickets.remove(&ticket) else {
+    pub(super) fn open(&mut self, tab: usize, id: TransportId, endpoint: usize, kind: TransportKind, ticket: String) {
+        if self.server.dead_nodes.contains(&endpoint) {
+            return self.deliver(tab, Input::OpenFailed { id, error: OpenError::Network });
+        }
+        let Some(mut ticket) = self.server.tickets.remove(&ticket) else {
             return self.deliver(tab, Input::OpenFailed { id, error: OpenError::Unauthorized });
         };
+        // The node this transport reached (tickets work on every node).
+        ticket.endpoint = endpoint;
         let far = Instant::from_millis(u64::MAX);
         let conn = |blackholed: bool, ticket: Ticket| Conn { kind, session: None, next_ping: far, blackholed, ticket, probing: None };
         if self.server.overloaded_race {
@@ -223,9 +243,19 @@ impl Sim {
     /// Opens or resumes a session on transport `id`, or (for a probe) answers `welcome` without
     /// moving the session: `switch` does that ([`Sim::commit_probe`]).
     pub(super) fn attach(&mut self, tab: usize, id: TransportId, user: &str, resume: Option<String>, probe: bool) {
+        let node = self.server.conns.get(&(tab, id)).map_or(0, |c| c.ticket.endpoint);
         let existing = resume.and_then(|r| {
             self.server.sessions.iter().find(|(_, s)| s.resume_token == r).map(|(k, _)| k.clone())
         });
+        // Another node's session is not resumed here: a new session (the old one ends), as on a
+        // cluster (PROTOCOL.md, "Several nodes").
+        let existing = match existing {
+            Some(sid) if self.server.sessions[&sid].node != node => {
+                self.end_session(&sid);
+                None
+            }
+            other => other,
+        };
         if probe {
             let Some(sid) = existing else {
                 self.send_to_conn(tab, id, ServerFrame::Close { code: CloseCode::SESSION_EXPIRED, reason: "no such session".into() });
@@ -252,6 +282,7 @@ impl Sim {
                     rooms: BTreeSet::new(),
                     meta: BTreeMap::new(),
                     detached_at: None,
+                    node,
                 };
                 self.server.sessions.insert(sid.clone(), sess);
                 (sid, false)
@@ -578,6 +609,27 @@ impl Sim {
         self.server.conns.clear();
         self.server.rooms.clear();
         self.server.epoch += 1;
+    }
+
+    /// Node `node` dies: its transports drop (clients see them close), its sessions are gone,
+    /// and it refuses connections until [`Sim::revive_node`]. Rooms and offsets survive (Redis).
+    pub fn kill_node(&mut self, node: usize) {
+        self.server.dead_nodes.insert(node);
+        let on_node: Vec<(usize, TransportId)> =
+            self.server.conns.iter().filter(|(_, c)| c.ticket.endpoint == node).map(|(k, _)| *k).collect();
+        for (tab, id) in on_node {
+            self.server.conns.remove(&(tab, id));
+            self.deliver(tab, Input::TransportClosed { id, code: None, reason: "node died".into() });
+        }
+        let sessions: Vec<String> =
+            self.server.sessions.iter().filter(|(_, s)| s.node == node).map(|(k, _)| k.clone()).collect();
+        for sid in sessions {
+            self.end_session(&sid);
+        }
+    }
+
+    pub fn revive_node(&mut self, node: usize) {
+        self.server.dead_nodes.remove(&node);
     }
 
     /// The tab's primary transport silently stops delivering anything, both ways.

@@ -294,14 +294,14 @@ impl Sim {
                     self.deliver(tab, Input::TokenReady(token));
                 }
             }
-            Output::FetchTicket { id, token, resume, probe } => {
+            Output::FetchTicket { id, endpoint, token, resume, probe } => {
                 self.tabs[tab].live.insert(id);
-                self.fetch_ticket(tab, id, token, resume, probe);
+                self.fetch_ticket(tab, id, endpoint, token, resume, probe);
             }
-            Output::OpenTransport { id, kind, ticket } => {
+            Output::OpenTransport { id, endpoint, kind, ticket } => {
                 let resume = self.server.tickets.get(&ticket).and_then(|t| t.resume.clone());
                 self.tabs[tab].opens.push((id, kind, resume));
-                self.open(tab, id, kind, ticket);
+                self.open(tab, id, endpoint, kind, ticket);
             }
             Output::Send { id, frame } => {
                 self.tabs[tab].sent.push((id, frame.clone()));

@@ -29,8 +29,9 @@ use crate::token;
 /// How a test client connects.
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
-    /// `http://host:port` of the server (or the proxy in front of it).
-    pub base_url: String,
+    /// `http://host:port` of the server (or the proxy in front of it); several: the client's
+    /// endpoints, preferred first (the core fails over between them).
+    pub base_urls: Vec<String>,
     /// User id (also the display name).
     pub user: String,
     /// Secret the tokens are signed with.
@@ -64,7 +65,7 @@ impl Default for TokenSpec {
 impl ClientOptions {
     pub fn new(base_url: &str, user: &str) -> Self {
         Self {
-            base_url: base_url.trim_end_matches('/').to_owned(),
+            base_urls: vec![base_url.trim_end_matches('/').to_owned()],
             user: user.to_owned(),
             secret: token::TEST_SECRET.to_owned(),
             config: Config::default(),
@@ -77,6 +78,12 @@ impl ClientOptions {
 
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
+        self
+    }
+
+    /// Several endpoints (the browser client's `url: string[]`), preferred first.
+    pub fn urls(mut self, urls: &[String]) -> Self {
+        self.base_urls = urls.iter().map(|u| u.trim_end_matches('/').to_owned()).collect();
         self
     }
 
@@ -107,6 +114,8 @@ pub struct Observed {
     pub open_on: Option<TransportKind>,
     /// Each time the state became `Open`: when, and on which transport.
     pub opens: Vec<(WallInstant, TransportKind)>,
+    /// The endpoint (index into [`ClientOptions::base_urls`]) of each of `opens`.
+    pub open_endpoints: Vec<usize>,
     /// Each time an open session lost its transport.
     pub drops: Vec<WallInstant>,
     pub fallbacks: Vec<(WallInstant, Fallback)>,
@@ -130,6 +139,7 @@ impl Default for Observed {
             state: State::Idle,
             open_on: None,
             opens: Vec::new(),
+            open_endpoints: Vec::new(),
             drops: Vec::new(),
             fallbacks: Vec::new(),
             subscribed: Vec::new(),
@@ -167,7 +177,7 @@ impl Observed {
         self.opens.last().copied()
     }
 
-    fn record(&mut self, event: Event) {
+    fn record(&mut self, event: Event, endpoint: usize) {
         let now = WallInstant::now();
         match event {
             Event::StateChanged { state, transport, .. } => {
@@ -177,7 +187,10 @@ impl Observed {
                     _ => None,
                 };
                 match &state {
-                    State::Open { .. } => self.opens.push((now, transport.unwrap_or(TransportKind::WebSocket))),
+                    State::Open { .. } => {
+                        self.opens.push((now, transport.unwrap_or(TransportKind::WebSocket)));
+                        self.open_endpoints.push(endpoint);
+                    }
                     State::Connecting { .. } | State::BackingOff { .. } => self.attempts.push((now, state.clone())),
                     _ => {}
                 }
@@ -330,7 +343,9 @@ async fn drive(options: ClientOptions, mut commands: mpsc::UnboundedReceiver<Com
     let Ok(http) = http.build() else { return };
     let (reports_tx, mut reports) = mpsc::unbounded_channel::<(TransportId, Report)>();
     let mut transports: HashMap<TransportId, (mpsc::UnboundedSender<Order>, AbortOnDrop)> = HashMap::new();
-    let mut core = Client::new(options.config.clone(), now(), options.seed);
+    let config = Config { endpoints: options.base_urls.len(), ..options.config.clone() };
+    let base_url = |endpoint: usize| options.base_urls.get(endpoint).or(options.base_urls.first()).cloned().unwrap_or_default();
+    let mut core = Client::new(config, now(), options.seed);
     core.handle_input(now(), Input::Connect);
     loop {
         let mut events = Vec::new();
@@ -343,12 +358,12 @@ async fn drive(options: ClientOptions, mut commands: mpsc::UnboundedReceiver<Com
                     shared.observed.lock().tokens += 1;
                     core.handle_input(now(), Input::TokenReady(token));
                 }
-                Output::FetchTicket { id, token, resume, probe } => {
+                Output::FetchTicket { id, endpoint, token, resume, probe } => {
                     // Held like a transport, so CloseTransport aborts it.
                     let (tx, _rx) = mpsc::unbounded_channel();
                     let step = TicketStep {
                         id,
-                        base_url: options.base_url.clone(),
+                        base_url: base_url(endpoint),
                         token,
                         request: TicketRequest { resume, probe },
                         http: http.clone(),
@@ -356,12 +371,12 @@ async fn drive(options: ClientOptions, mut commands: mpsc::UnboundedReceiver<Com
                     };
                     transports.insert(id, (tx, AbortOnDrop(tokio::spawn(transport::ticket_step(step)))));
                 }
-                Output::OpenTransport { id, kind, ticket } => {
+                Output::OpenTransport { id, endpoint, kind, ticket } => {
                     let (tx, rx) = mpsc::unbounded_channel();
                     let open = Open {
                         id,
                         kind,
-                        base_url: options.base_url.clone(),
+                        base_url: base_url(endpoint),
                         ticket,
                         http: http.clone(),
                         opaque_refusals: options.opaque_refusals,
@@ -390,7 +405,7 @@ async fn drive(options: ClientOptions, mut commands: mpsc::UnboundedReceiver<Com
         if !events.is_empty() {
             let mut o = shared.observed.lock();
             for e in events {
-                o.record(e);
+                o.record(e, core.endpoint());
             }
             drop(o);
             shared.version.send_modify(|v| *v += 1);

@@ -1,0 +1,131 @@
+//! Several endpoints (`url: string[]`): which server the next attempt goes to, and when one
+//! counts as down.
+//!
+//! The glue holds the URLs; the core deals in their indices, `0` being the preferred one. This
+//! file answers "why did it move to the second URL?".
+//!
+//! - **Only the ticket step judges an endpoint.** An endpoint *misses* when `POST /v1/ticket`
+//!   gets no HTTP answer (connection refused, DNS failure, network error, no answer before the
+//!   first-frame deadline) or a 5xx other than `503`. Any other answer — a ticket, `401`, `404`,
+//!   and above all `429`/`503` (overloaded, draining, full) — proves the node is there: its
+//!   misses are forgotten and the client stays (an overloaded node is waited for with its
+//!   jittered `Retry-After`, never fled: a crowd moving on would only overload the next node).
+//!   A transport that dies or fails to open after its ticket says nothing about the endpoint
+//!   (that is the ladder's business); the next ticket step does.
+//! - After [`Config::failover_after`] misses in a row the endpoint is **down** for a jittered
+//!   period: uniform in `[d/2, d]` with `d = min(cap, base · 2^(k-1))` for its k-th consecutive
+//!   down period ([`Config::endpoint_down_ms`], [`Config::endpoint_down_cap_ms`]). A `4008` drain
+//!   close also puts it down: the node is going away (the drain window already spreads the
+//!   crowd, so moving on is no storm).
+//! - Each attempt goes to the **first endpoint in list order that is not down**: the client moves
+//!   on from a dead one and comes back to the preferred one at the first reconnect after its down
+//!   period (a live session is never moved just to get back). An endpoint back from a down period
+//!   goes down again at its first miss, for twice as long. If every endpoint is down, the attempt
+//!   goes to the one back soonest: the general backoff still paces attempts, so a client never
+//!   waits longer with several URLs than with one.
+//! - A `welcome` from an endpoint clears its record.
+//!
+//! Moving to another endpoint is an ordinary attempt: the general backoff delay (jittered) comes
+//! first, so a node's clients reach the next one spread over the backoff window, and the session's
+//! rooms resume from their offsets on the new node (with a shared Redis, offsets are global).
+//!
+//! [`Config::failover_after`]: super::Config::failover_after
+//! [`Config::endpoint_down_ms`]: super::Config::endpoint_down_ms
+//! [`Config::endpoint_down_cap_ms`]: super::Config::endpoint_down_cap_ms
+
+use alloc::{vec, vec::Vec};
+
+use super::config::Config;
+use super::rng::Rng;
+use super::time::Instant;
+
+/// What the client knows about one endpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Health {
+    /// Ticket steps without an answer in a row.
+    misses: u32,
+    /// Consecutive down periods (reset by a `welcome`).
+    downs: u32,
+    /// Down until then.
+    down_until: Option<Instant>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Endpoints {
+    health: Vec<Health>,
+    current: usize,
+    failover_after: u32,
+    down_ms: u64,
+    down_cap_ms: u64,
+}
+
+impl Endpoints {
+    pub fn new(cfg: &Config) -> Self {
+        Self {
+            health: vec![Health::default(); cfg.endpoints.max(1)],
+            current: 0,
+            failover_after: cfg.failover_after.max(1),
+            down_ms: cfg.endpoint_down_ms,
+            down_cap_ms: cfg.endpoint_down_cap_ms.max(cfg.endpoint_down_ms),
+        }
+    }
+
+    /// The endpoint of the current (or last) attempt.
+    pub fn current(&self) -> usize {
+        self.current
+    }
+
+    /// Whether endpoint `i` is in a down period at `now`.
+    pub fn is_down(&self, i: usize, now: Instant) -> bool {
+        self.health.get(i).and_then(|h| h.down_until).is_some_and(|t| t > now)
+    }
+
+    /// Picks the endpoint for the next primary attempt (see the module docs).
+    pub fn choose(&mut self, now: Instant) -> usize {
+        let up = (0..self.health.len()).find(|&i| !self.is_down(i, now));
+        let soonest = || (0..self.health.len()).min_by_key(|&i| self.health[i].down_until).unwrap_or(0);
+        self.current = up.unwrap_or_else(soonest);
+        self.current
+    }
+
+    /// The ticket step got an HTTP answer (a ticket, or any refusal but a 5xx): the node is there.
+    pub fn on_answer(&mut self) {
+        self.health[self.current].misses = 0;
+    }
+
+    /// A `welcome` arrived: the endpoint works.
+    pub fn on_welcome(&mut self) {
+        self.health[self.current] = Health::default();
+    }
+
+    /// The ticket step got no answer. Returns whether the endpoint is now down.
+    pub fn on_unreachable(&mut self, now: Instant, rng: &mut Rng) -> bool {
+        if self.health.len() < 2 {
+            return false;
+        }
+        let h = &mut self.health[self.current];
+        h.misses += 1;
+        let needed = if h.downs > 0 { 1 } else { self.failover_after };
+        if h.misses < needed {
+            return false;
+        }
+        self.put_down(now, rng);
+        true
+    }
+
+    /// The node closed the session with `4008` (draining): it is going away.
+    pub fn on_draining(&mut self, now: Instant, rng: &mut Rng) {
+        if self.health.len() >= 2 {
+            self.put_down(now, rng);
+        }
+    }
+
+    fn put_down(&mut self, now: Instant, rng: &mut Rng) {
+        let h = &mut self.health[self.current];
+        h.misses = 0;
+        h.downs = h.downs.saturating_add(1);
+        let exp = (h.downs - 1).min(32);
+        let envelope = self.down_ms.saturating_mul(1u64 << exp).min(self.down_cap_ms);
+        h.down_until = Some(now.plus(rng.between(envelope / 2, envelope)));
+    }
+}
