@@ -37,8 +37,9 @@ export interface HeartbeatOptions {
 }
 
 export interface ClientOptions {
-    /** The server's base URL, e.g. "https://rt.example.com". */
-    url: string;
+    /** The server's base URL, e.g. "https://rt.example.com"; or several nodes of one cluster,
+     *  preferred first: the client fails over to the next when one stops answering. */
+    url: string | string[];
     /** Returns a fresh bearer token (a JWT from your backend). Called before every attempt. */
     getToken: () => string | Promise<string>;
     /** Allowed transports, best first (default all three). */

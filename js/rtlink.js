@@ -117,11 +117,12 @@ export class RealtimeClient {
     if (typeof options !== "object" || options === null) {
       throw invalid("options must be an object with `url` and `getToken`");
     }
-    if (typeof options.url !== "string") throw invalid("`url` must be a string");
-    const url = options.url.replace(/\/+$/, "");
-    if (!/^https?:\/\//.test(url)) {
-      throw invalid("`url` must start with http:// or https:// (the server's base URL)");
+    // Several URLs: the nodes to fail over between, preferred first (src/core/endpoints.rs).
+    const urls = [].concat(options.url).map((u) => typeof u === "string" && u.replace(/\/+$/, ""));
+    if (!urls.length || !urls.every((u) => /^https?:\/\/[^ ]+$/.test(u))) {
+      throw invalid("`url` must be the server's base URL (http:// or https://) or a non-empty array of them");
     }
+    const url = urls.join(" ");
     if (typeof options.getToken !== "function") {
       throw invalid("`getToken` must be a function returning a token or a promise of one");
     }

@@ -90,6 +90,9 @@ pub fn server(var: &str) -> String {
         "ladder" => option_env!("RTLINK_LADDER_SERVER"),
         "ladder-proxy" => option_env!("RTLINK_LADDER_PROXY"),
         "ladder-control" => option_env!("RTLINK_LADDER_CONTROL"),
+        // Two nodes of one cluster (one Redis, one secret); node A can be stopped for good.
+        "node-a" => option_env!("RTLINK_NODE_A"),
+        "node-b" => option_env!("RTLINK_NODE_B"),
         _ => None,
     };
     url.expect("run the browser tests with `make test-browser` (it starts the servers)").to_string()
