@@ -56,7 +56,7 @@ BROWSER_TEST_ENV := CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test
 test-browser: setup package
 	cd tests/js && npx tsc -p tsconfig.json
 	$(BROWSER_TEST_ENV) scripts/with-servers cargo test --target wasm32-unknown-unknown --features std \
-	  --test browser --test browser_ladder --test browser_failover -- --nocapture
+	  --test browser --test browser_ladder --test browser_failover --test browser_scopes -- --nocapture
 
 package: setup
 	scripts/package

@@ -89,13 +89,13 @@ function lifecycle(client) {
   const listeners = [
     [g, "online", () => input(ONLINE)],
     [g, "offline", () => input(OFFLINE)],
-    // A page entering the back/forward cache must not hold a connection; `persisted` tells
-    // whether it may come back.
-    [g, "pagehide", (e) => e.persisted && input(FROZEN)],
-    [g, "pageshow", (e) => e.persisted && input(RESUMED)],
   ];
   if (doc) {
     listeners.push(
+      // A page entering the back/forward cache must not hold a connection; `persisted` tells
+      // whether it may come back.
+      [g, "pagehide", (e) => e.persisted && input(FROZEN)],
+      [g, "pageshow", (e) => e.persisted && input(RESUMED)],
       [doc, "visibilitychange", () => input(doc.hidden ? HIDDEN : VISIBLE)],
       // Page Lifecycle API (Chromium): frozen tabs run no timers or network.
       [doc, "freeze", () => input(FROZEN)],
