@@ -387,7 +387,7 @@ pub struct Config {
     pub publish_bytes_per_sec: u32,
 
     /// Burst of the per-user publish budget, in payload bytes (at least `--max-frame-bytes`).
-    #[arg(long, env = "RTLINK_PUBLISH_BYTES_BURST", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "RTLINK_PUBLISH_BYTES_BURST", default_value_t = 2 * 1024 * 1024)]
     pub publish_bytes_burst: u32,
 
     /// Age after which history is trimmed.
