@@ -349,16 +349,13 @@ impl Client {
     }
 
     /// What the end of an attempt says about its endpoint (see [`super::endpoints`]): only the
-    /// ticket step judges it, and a drain means the node is going away.
+    /// ticket step judges it (a drain is handled in `retry_after_drain`).
     fn judge_endpoint(&mut self, end: &End) {
         match end {
             End::TicketFailed(OpenError::Network | OpenError::Unreachable) => {
                 self.endpoints.on_unreachable(self.now, &mut self.rng);
             }
             End::TicketFailed(_) => self.endpoints.on_answer(),
-            End::Closed { code: Some(code), .. } if code.action() == CloseAction::RetryAfterServerDelay => {
-                self.endpoints.on_draining(self.now, &mut self.rng)
-            }
             _ => {}
         }
     }
@@ -397,8 +394,10 @@ impl Client {
     }
 
     /// 4008: the server is draining. Its `reconnect_after` window replaces the backoff delay,
-    /// and a drain is not our failure, so the attempt count stays.
+    /// and a drain is not our failure, so the attempt count stays. The node is going away: with
+    /// several endpoints, the next attempt goes to another.
     fn retry_after_drain(&mut self) {
+        self.endpoints.on_draining(self.now, &mut self.rng);
         if !self.backoff.has_drain_window() {
             return self.retry_later(None);
         }

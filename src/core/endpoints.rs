@@ -46,8 +46,8 @@ struct Health {
     misses: u32,
     /// Consecutive down periods (reset by a `welcome`).
     downs: u32,
-    /// Down until then.
-    down_until: Option<Instant>,
+    /// Down until then (the origin: never down).
+    down_until: Instant,
 }
 
 #[derive(Clone, Debug)]
@@ -75,17 +75,18 @@ impl Endpoints {
         self.current
     }
 
-    /// Whether endpoint `i` is in a down period at `now`.
-    pub fn is_down(&self, i: usize, now: Instant) -> bool {
-        self.health.get(i).and_then(|h| h.down_until).is_some_and(|t| t > now)
-    }
-
-    /// Picks the endpoint for the next primary attempt (see the module docs).
-    pub fn choose(&mut self, now: Instant) -> usize {
-        let up = (0..self.health.len()).find(|&i| !self.is_down(i, now));
-        let soonest = || (0..self.health.len()).min_by_key(|&i| self.health[i].down_until).unwrap_or(0);
-        self.current = up.unwrap_or_else(soonest);
-        self.current
+    /// Picks the endpoint for the next primary attempt (see the module docs): the first one not
+    /// down, else the one back soonest.
+    pub fn choose(&mut self, now: Instant) {
+        // 0 (not down) orders first; a strict `<` keeps the first of equals.
+        let down_until = |h: &Health| if h.down_until > now { h.down_until.as_millis() } else { 0 };
+        let mut pick = 0;
+        for (i, h) in self.health.iter().enumerate() {
+            if down_until(h) < down_until(&self.health[pick]) {
+                pick = i;
+            }
+        }
+        self.current = pick;
     }
 
     /// The ticket step got an HTTP answer (a ticket, or any refusal but a 5xx): the node is there.
@@ -123,9 +124,9 @@ impl Endpoints {
     fn put_down(&mut self, now: Instant, rng: &mut Rng) {
         let h = &mut self.health[self.current];
         h.misses = 0;
-        h.downs = h.downs.saturating_add(1);
-        let exp = (h.downs - 1).min(32);
-        let envelope = self.down_ms.saturating_mul(1u64 << exp).min(self.down_cap_ms);
-        h.down_until = Some(now.plus(rng.between(envelope / 2, envelope)));
+        // Doubling stops long before the shift could overflow a delay in milliseconds.
+        let envelope = (self.down_ms << h.downs.min(20)).min(self.down_cap_ms);
+        h.downs += 1;
+        h.down_until = now.plus(rng.between(envelope / 2, envelope));
     }
 }
