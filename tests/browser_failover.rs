@@ -93,3 +93,21 @@ async fn the_preferred_node_killed_mid_stream_clients_fail_over_losing_nothing()
     }
     sender.close();
 }
+
+#[wasm_bindgen_test]
+async fn a_bad_url_list_is_refused_with_invalid_options() {
+    ready().await;
+    let bad: [JsValue; 5] = [
+        Array::new().into(),
+        Array::of2(&"http://127.0.0.1:1".into(), &5.into()).into(),
+        Array::of1(&"http://a b".into()).into(),
+        Array::of2(&"http://127.0.0.1:1".into(), &"ws://127.0.0.1:2".into()).into(),
+        5.into(),
+    ];
+    for url in bad {
+        let opts = options("http://127.0.0.1:1", "nobody", None);
+        Reflect::set(&opts, &"url".into(), &url).unwrap();
+        let err = RealtimeClient::new(opts).err().expect("refused");
+        assert_eq!(get(&err, "code").as_string().as_deref(), Some("invalid_options"), "{url:?}");
+    }
+}

@@ -23,6 +23,8 @@ export async function main(): Promise<void> {
     backoff: { baseMs: 500, capMs: 30_000, maxAttempts: null },
     heartbeat: { graceMs: 10_000 },
   });
+  // Several nodes of one cluster, preferred first.
+  new RealtimeClient({ url: ["https://rt-a.example.com", "https://rt-b.example.com"], getToken: () => "t" }).close();
   const off: Unsubscribe = client.on("state", (s: ConnectionState) => {
     const retry: number | null = s.retryInMs;
     const t: TransportName | null = s.transport;
@@ -73,6 +75,8 @@ export function misuse(client: RealtimeClient): void {
   new RealtimeClient({ url: "x", getToken: () => "t", transports: ["carrier-pigeon"] });
   // @ts-expect-error getToken is required
   new RealtimeClient({ url: "x" });
+  // @ts-expect-error url is a string or a list of strings
+  new RealtimeClient({ url: [1, 2], getToken: () => "t" });
   // @ts-expect-error payloads must be JSON values
   void client.room("r").publish(() => 1);
   // @ts-expect-error history is a count of messages
