@@ -64,7 +64,7 @@ const [rtPort, sioPort] = [await freePort(), await freePort()];
 start(join(ROOT, "target/server/rtlink-server"), [
   "--listen", `127.0.0.1:${rtPort}`, "--auth-secret", SECRET, "--demo-auth", "--static-dir", site,
   "--rate-per-sec", "1000000", "--rate-burst", "1000000",
-  "--publish-bytes-per-sec", "4000000000", "--publish-bytes-burst", "4000000000", "--outbox-frames", "1000000", "--outbox-bytes", "1000000000",
+  "--publish-bytes-per-sec", "4000000000", "--publish-bytes-burst", "4000000000", "--outbox-max-frames", "1000000", "--outbox-max-bytes", "1000000000",
 ]);
 start("node", [join(ROOT, "bench/peers/socketio-server.mjs"), String(sioPort)]);
 await listening(rtPort);
