@@ -25,44 +25,88 @@ pub enum DecodeError {
     Malformed(&'static str),
 }
 
-type Field<T> = Result<T, DecodeError>;
+/// Reads the fields of a frame. A missing or mistyped field reads as empty (`""`, 0, false, an
+/// empty object) and the first such field is remembered: decoding is then straight-line code with
+/// one check at the end, instead of an early return (and the drops it needs) after every field.
+/// The first field in reading order is the one reported, as with early returns.
+struct Fields {
+    missing: Option<&'static str>,
+}
 
-fn string(v: &Json, key: &'static str) -> Field<String> {
-    v.get(key).and_then(Json::as_str).map(String::from).ok_or(DecodeError::Malformed(key))
+/// What a missing object reads as.
+static EMPTY: Json = Json::Null;
+
+impl Fields {
+    fn miss(&mut self, key: &'static str) {
+        self.missing.get_or_insert(key);
+    }
+
+    fn string(&mut self, v: &Json, key: &'static str) -> String {
+        match v.get(key).and_then(Json::as_str) {
+            Some(s) => s.into(),
+            None => {
+                self.miss(key);
+                String::new()
+            }
+        }
+    }
+
+    fn number(&mut self, v: &Json, key: &'static str) -> u64 {
+        v.get(key).and_then(Json::as_u64).unwrap_or_else(|| {
+            self.miss(key);
+            0
+        })
+    }
+
+    /// A `u32` field; larger numbers saturate (limits the client only compares against).
+    fn number32(&mut self, v: &Json, key: &'static str) -> u32 {
+        self.number(v, key).min(u32::MAX.into()) as u32
+    }
+
+    fn boolean(&mut self, v: &Json, key: &'static str) -> bool {
+        v.get(key).and_then(Json::as_bool).unwrap_or_else(|| {
+            self.miss(key);
+            false
+        })
+    }
+
+    fn object<'a>(&mut self, v: &'a Json, key: &'static str) -> &'a Json {
+        match v.get(key) {
+            Some(o @ Json::Obj(_)) => o,
+            _ => {
+                self.miss(key);
+                &EMPTY
+            }
+        }
+    }
+
+    /// The elements of an array field; a present non-array reads as none.
+    fn items<'a>(&mut self, v: &'a Json, key: &'static str) -> &'a [Json] {
+        match v.get(key) {
+            Some(a) => a.items(),
+            None => {
+                self.miss(key);
+                &[]
+            }
+        }
+    }
+
+    fn conn(&mut self, v: &Json) -> PresenceConn {
+        PresenceConn {
+            session: self.string(v, "session"),
+            user: self.string(v, "user"),
+            name: self.string(v, "name"),
+            meta: opt_string(v, "meta").unwrap_or_default(),
+        }
+    }
+
+    fn conns(&mut self, v: &Json, key: &'static str) -> Vec<PresenceConn> {
+        self.items(v, key).iter().map(|c| self.conn(c)).collect()
+    }
 }
 
 fn opt_string(v: &Json, key: &str) -> Option<String> {
     v.get(key).and_then(Json::as_str).map(String::from)
-}
-
-fn number(v: &Json, key: &'static str) -> Field<u64> {
-    v.get(key).and_then(Json::as_u64).ok_or(DecodeError::Malformed(key))
-}
-
-/// A `u32` field; larger numbers saturate (limits the client only compares against).
-fn number32(v: &Json, key: &'static str) -> Field<u32> {
-    number(v, key).map(|n| n.min(u32::MAX.into()) as u32)
-}
-
-fn boolean(v: &Json, key: &'static str) -> Field<bool> {
-    v.get(key).and_then(Json::as_bool).ok_or(DecodeError::Malformed(key))
-}
-
-fn object<'a>(v: &'a Json, key: &'static str) -> Field<&'a Json> {
-    v.get(key).filter(|o| matches!(o, Json::Obj(_))).ok_or(DecodeError::Malformed(key))
-}
-
-fn conn(v: &Json) -> Field<PresenceConn> {
-    Ok(PresenceConn {
-        session: string(v, "session")?,
-        user: string(v, "user")?,
-        name: string(v, "name")?,
-        meta: opt_string(v, "meta").unwrap_or_default(),
-    })
-}
-
-fn conns(v: &Json, key: &'static str) -> Field<Vec<PresenceConn>> {
-    v.get(key).ok_or(DecodeError::Malformed(key))?.items().iter().map(conn).collect()
 }
 
 /// A server frame from its JSON text.
@@ -76,88 +120,98 @@ pub fn decode_value(f: &Json) -> Result<ServerFrame, DecodeError> {
     if !matches!(f, Json::Obj(_)) {
         return Err(DecodeError::Malformed(""));
     }
-    let t = string(f, "t")?;
-    let room = || string(f, "room");
-    Ok(match t.as_str() {
+    let mut r = Fields { missing: None };
+    let t = r.string(f, "t");
+    let frame = match t.as_str() {
         "welcome" => {
-            let v = number(f, "v")?;
-            if v != u64::from(PROTOCOL_VERSION) {
+            let v = r.number(f, "v");
+            if r.missing.is_none() && v != u64::from(PROTOCOL_VERSION) {
                 return Err(DecodeError::UnsupportedVersion);
             }
-            let user = object(f, "user")?;
-            let limits = object(f, "limits")?;
+            let user = r.object(f, "user");
+            let limits = r.object(f, "limits");
             ServerFrame::Welcome {
                 v: PROTOCOL_VERSION,
-                session: string(f, "session")?,
-                resume_token: string(f, "resume_token")?,
-                resumed: boolean(f, "resumed")?,
-                ping_interval_ms: number(f, "ping_interval_ms")?,
-                user: UserInfo { id: string(user, "id")?, name: string(user, "name")? },
+                session: r.string(f, "session"),
+                resume_token: r.string(f, "resume_token"),
+                resumed: r.boolean(f, "resumed"),
+                ping_interval_ms: r.number(f, "ping_interval_ms"),
+                user: UserInfo { id: r.string(user, "id"), name: r.string(user, "name") },
                 limits: Limits {
-                    max_frame_bytes: number(limits, "max_frame_bytes")?,
-                    rate_per_sec: number32(limits, "rate_per_sec")?,
-                    burst: number32(limits, "burst")?,
-                    max_rooms: number32(limits, "max_rooms")?,
-                    resume_window_ms: number(limits, "resume_window_ms")?,
-                    dedupe_window_ms: number(limits, "dedupe_window_ms").unwrap_or(0),
-                    max_batch_bytes: number(limits, "max_batch_bytes").unwrap_or(0),
+                    max_frame_bytes: r.number(limits, "max_frame_bytes"),
+                    rate_per_sec: r.number32(limits, "rate_per_sec"),
+                    burst: r.number32(limits, "burst"),
+                    max_rooms: r.number32(limits, "max_rooms"),
+                    resume_window_ms: r.number(limits, "resume_window_ms"),
+                    dedupe_window_ms: limits.get("dedupe_window_ms").and_then(Json::as_u64).unwrap_or(0),
+                    max_batch_bytes: limits.get("max_batch_bytes").and_then(Json::as_u64).unwrap_or(0),
                 },
             }
         }
         "ping" => ServerFrame::Ping,
         "pong" => ServerFrame::Pong,
         "subscribed" => ServerFrame::Subscribed {
-            room: room()?,
-            head: number(f, "head")?,
-            recovered: boolean(f, "recovered")?,
+            room: r.string(f, "room"),
+            head: r.number(f, "head"),
+            recovered: r.boolean(f, "recovered"),
             epoch: opt_string(f, "epoch").unwrap_or_default(),
         },
-        "unsubscribed" => ServerFrame::Unsubscribed { room: room()? },
+        "unsubscribed" => ServerFrame::Unsubscribed { room: r.string(f, "room") },
         "message" => ServerFrame::Message {
-            room: room()?,
-            offset: number(f, "offset")?,
-            sender: string(f, "sender")?,
+            room: r.string(f, "room"),
+            offset: r.number(f, "offset"),
+            sender: r.string(f, "sender"),
             name: opt_string(f, "name"),
-            payload: string(f, "payload")?,
+            payload: r.string(f, "payload"),
         },
-        "ack" => ServerFrame::Ack { id: string(f, "id")?, room: room()?, offset: number(f, "offset")? },
+        "ack" => ServerFrame::Ack { id: r.string(f, "id"), room: r.string(f, "room"), offset: r.number(f, "offset") },
         "nack" => ServerFrame::Nack {
-            id: string(f, "id")?,
-            code: ErrorCode::from_name(&string(f, "code")?),
+            id: r.string(f, "id"),
+            code: ErrorCode::from_name(&r.string(f, "code")),
             reason: opt_string(f, "reason").unwrap_or_default(),
         },
-        "presence_snapshot" => ServerFrame::PresenceSnapshot { room: room()?, conns: conns(f, "conns")? },
-        "presence_join" => ServerFrame::PresenceJoin { room: room()?, conn: conn(object(f, "conn")?)? },
-        "presence_update" => ServerFrame::PresenceUpdate { room: room()?, conn: conn(object(f, "conn")?)? },
+        "presence_snapshot" => ServerFrame::PresenceSnapshot { room: r.string(f, "room"), conns: r.conns(f, "conns") },
+        "presence_join" | "presence_update" => {
+            let room = r.string(f, "room");
+            let conn = r.object(f, "conn");
+            let conn = r.conn(conn);
+            if t == "presence_join" {
+                ServerFrame::PresenceJoin { room, conn }
+            } else {
+                ServerFrame::PresenceUpdate { room, conn }
+            }
+        }
         "presence_leave" => ServerFrame::PresenceLeave {
-            room: room()?,
-            session: string(f, "session")?,
-            user: string(f, "user")?,
+            room: r.string(f, "room"),
+            session: r.string(f, "session"),
+            user: r.string(f, "user"),
         },
         "presence_diff" => ServerFrame::PresenceDiff {
-            room: room()?,
-            joins: conns(f, "joins")?,
-            leaves: f
-                .get("leaves")
-                .ok_or(DecodeError::Malformed("leaves"))?
-                .items()
+            room: r.string(f, "room"),
+            joins: r.conns(f, "joins"),
+            leaves: r
+                .items(f, "leaves")
                 .iter()
-                .map(|l| Ok(PresenceLeft { session: string(l, "session")?, user: string(l, "user")? }))
-                .collect::<Field<_>>()?,
+                .map(|l| PresenceLeft { session: r.string(l, "session"), user: r.string(l, "user") })
+                .collect(),
         },
         "typing" => ServerFrame::Typing {
-            room: room()?,
-            user: string(f, "user")?,
-            name: string(f, "name")?,
-            active: boolean(f, "active")?,
+            room: r.string(f, "room"),
+            user: r.string(f, "user"),
+            name: r.string(f, "name"),
+            active: r.boolean(f, "active"),
         },
-        "reconnect_after" => ServerFrame::ReconnectAfter { min_ms: number(f, "min_ms")?, max_ms: number(f, "max_ms")? },
+        "reconnect_after" => ServerFrame::ReconnectAfter { min_ms: r.number(f, "min_ms"), max_ms: r.number(f, "max_ms") },
         "close" => ServerFrame::Close {
-            code: CloseCode(number(f, "code")?.min(u16::MAX.into()) as u16),
+            code: CloseCode(r.number(f, "code").min(u16::MAX.into()) as u16),
             reason: opt_string(f, "reason").unwrap_or_default(),
         },
         _ => ServerFrame::Unknown,
-    })
+    };
+    match r.missing {
+        Some(key) => Err(DecodeError::Malformed(key)),
+        None => Ok(frame),
+    }
 }
 
 /// Builds `{"t":…,…}` one member at a time, in the order the server's serde codec writes them.
