@@ -53,7 +53,7 @@ impl Client {
     }
 
     pub(super) fn connect(&mut self) {
-        if self.phase != Phase::Idle {
+        if !matches!(self.phase, Phase::Idle) {
             return;
         }
         if self.suspended() {
@@ -176,7 +176,7 @@ impl Client {
 
     pub(super) fn on_ticket_issued(&mut self, id: TransportId, ticket: String) {
         match self.role(id) {
-            Role::Primary if self.phase == (Phase::AwaitingTicket { id }) => {
+            Role::Primary if matches!(self.phase, Phase::AwaitingTicket { id: primary } if primary == id) => {
                 // The server admits: a strike held from the last attempt counts now, and may
                 // move this attempt one rung down.
                 self.endpoints.on_answer();
@@ -443,7 +443,7 @@ impl Client {
 
     /// Online or resumed: reconnect at once if nothing else holds us back.
     pub(super) fn resume_if_possible(&mut self) {
-        if self.phase == Phase::Offline && !self.suspended() {
+        if matches!(self.phase, Phase::Offline) && !self.suspended() {
             self.start_attempt();
         }
     }
