@@ -13,6 +13,7 @@ mod process;
 mod redis_server;
 
 mod admission;
+mod bursts;
 mod connections;
 mod fail_closed;
 mod history;
