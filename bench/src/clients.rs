@@ -452,7 +452,7 @@ impl Publisher {
 
     pub async fn close(self) {
         drop(self.tx);
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+        let _ = tokio::time::timeout(Duration::from_secs(35), self.task).await;
     }
 }
 
@@ -498,7 +498,27 @@ async fn publish_loop(mut ws: Ws, peer: Peer, room: String, json: bool, mut rx: 
             }
         }
     }
+    // Closing with answers still unread makes the kernel reset the connection, and the server
+    // then drops the publishes it had not read yet (never acked). rtlink answers in order, so
+    // the last publish's ack or nack means that every publish was handled.
+    if peer == Peer::Rtlink && id > 0 {
+        let last = format!("\"id\":\"p{id}\"");
+        let answered = |t: &str| (t.contains("\"t\":\"ack\"") || t.contains("\"t\":\"nack\"")) && t.contains(&last);
+        let _ = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(Ok(m)) = ws.next().await {
+                let Message::Text(t) = m else { continue };
+                if let Some(reply) = keepalive_reply(peer, &t) {
+                    let _ = ws.send(Message::text(reply)).await;
+                } else if answered(&t) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
     let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+    // Read up to the server's close, so the socket ends without a reset.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async { while let Some(Ok(_)) = ws.next().await {} }).await;
 }
 
 // ---------------------------------------------------------------------------------------------
