@@ -21,24 +21,7 @@ const TCP_CAP_PER_IP: &str = "4";
 const BURST: usize = 3000;
 
 /// The `rtlink_connections{transport="websocket"}` gauge.
-async fn websockets(client: &Server) -> u64 {
-    let text = client
-        .http
-        .get(client.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix("rtlink_connections{transport=\"websocket\"} ")?
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no websocket gauge in {text}"))
-}
+const WEBSOCKETS: &str = "rtlink_connections{transport=\"websocket\"}";
 
 /// Opens a WebSocket with a 4 KiB receive buffer (so the server's writes to it block soon),
 /// says `hello`, subscribes to `room` (so every publish also sends it its own copy), pipelines
@@ -108,7 +91,7 @@ async fn abuse_a_burst_then_reset_releases_the_connection_at_once() {
                 &format!("round {round}: the reset WebSocket and its TCP slot are released"),
                 Duration::from_secs(10),
                 || async {
-                    websockets(&client).await == 1
+                    metric(&client, WEBSOCKETS).await == 1
                         && metric(&client, "rtlink_tcp_connections").await <= tcp_baseline
                 },
             )
