@@ -5,7 +5,7 @@
 //! the number of connections and the metadata most recently set by any of them. A user with two
 //! tabs is one member with `connections: 2`; closing one tab is an update, not a leave.
 
-use alloc::{string::String, vec::Vec, borrow::ToOwned};
+use alloc::{string::String, vec::Vec};
 
 use super::small_map::SmallMap;
 
@@ -16,14 +16,14 @@ use super::event::Member;
 #[derive(Clone, Debug, Default)]
 struct RoomPresence {
     /// session → (connection, sequence number of its last change).
-    conns: SmallMap<String, (PresenceConn, u64)>,
+    conns: SmallMap<(PresenceConn, u64)>,
     /// What the app was last told.
     members: Vec<Member>,
 }
 
 #[derive(Clone, Debug, Default)]
 pub struct Presence {
-    rooms: SmallMap<String, RoomPresence>,
+    rooms: SmallMap<RoomPresence>,
     /// Orders changes, to pick a user's latest metadata across connections.
     seq: u64,
 }
@@ -36,7 +36,7 @@ impl Presence {
             self.seq += 1;
             map.insert(conn.session.clone(), (conn, self.seq));
         }
-        let r = self.rooms.get_or_insert_with(room.to_owned(), Default::default);
+        let r = self.rooms.get_or_insert_with(room, Default::default);
         r.conns = map;
         recompute(r)
     }
@@ -44,7 +44,7 @@ impl Presence {
     /// A connection joined or changed its metadata.
     pub fn upsert(&mut self, room: &str, conn: PresenceConn) -> Option<Vec<Member>> {
         self.seq += 1;
-        let r = self.rooms.get_or_insert_with(room.to_owned(), Default::default);
+        let r = self.rooms.get_or_insert_with(room, Default::default);
         r.conns.insert(conn.session.clone(), (conn, self.seq));
         recompute(r)
     }
@@ -52,7 +52,7 @@ impl Presence {
     /// Several changes at once (a coalesced `presence_diff`): one recomputation, not one per
     /// change, so a large room's join wave costs the app one event per batch.
     pub fn apply_diff(&mut self, room: &str, joins: Vec<PresenceConn>, leaves: &[String]) -> Option<Vec<Member>> {
-        let r = self.rooms.get_or_insert_with(room.to_owned(), Default::default);
+        let r = self.rooms.get_or_insert_with(room, Default::default);
         for session in leaves {
             r.conns.remove(session);
         }
@@ -85,21 +85,29 @@ impl Presence {
 }
 
 fn recompute(r: &mut RoomPresence) -> Option<Vec<Member>> {
-    // user → (member, seq of the connection whose meta it shows)
-    let mut by_user: SmallMap<&str, (Member, u64)> = SmallMap::new();
+    // Members sorted by user, and beside each the sequence number of the connection whose name
+    // and metadata it shows (two vectors: no map instantiation for this one use).
+    let mut members: Vec<Member> = Vec::new();
+    let mut latest: Vec<u64> = Vec::new();
     for (conn, seq) in r.conns.values() {
-        let entry = by_user.get_or_insert_with(conn.user.as_str(), || {
-            let member = Member { user: conn.user.clone(), name: conn.name.clone(), meta: conn.meta.clone(), connections: 0 };
-            (member, *seq)
-        });
-        entry.0.connections += 1;
-        if *seq > entry.1 {
-            entry.0.name = conn.name.clone();
-            entry.0.meta = conn.meta.clone();
-            entry.1 = *seq;
+        let seq = *seq;
+        match members.binary_search_by(|m| m.user.as_str().cmp(&conn.user)) {
+            Ok(i) => {
+                let (Some(m), Some(at)) = (members.get_mut(i), latest.get_mut(i)) else { continue };
+                m.connections += 1;
+                if seq > *at {
+                    m.name = conn.name.clone();
+                    m.meta = conn.meta.clone();
+                    *at = seq;
+                }
+            }
+            Err(i) => {
+                let member = Member { user: conn.user.clone(), name: conn.name.clone(), meta: conn.meta.clone(), connections: 1 };
+                members.insert(i, member);
+                latest.insert(i, seq);
+            }
         }
     }
-    let members: Vec<Member> = by_user.into_values().map(|(m, _)| m).collect();
     if members == r.members {
         return None;
     }

@@ -60,7 +60,7 @@ pub struct Subscribed {
 
 #[derive(Clone, Debug, Default)]
 pub struct Rooms {
-    map: SmallMap<String, Room>,
+    map: SmallMap<Room>,
 }
 
 impl Rooms {

@@ -1,123 +1,129 @@
-//! A sorted-`Vec` map for the core's small keyed collections (rooms of a client, connections in
-//! a room, typists).
+//! A sorted map from `String` keys for the core's small keyed collections (rooms of a client,
+//! connections in a room, typists).
 //!
 //! Why not `BTreeMap`: every `BTreeMap<K, V>` instantiation pulls several kilobytes of node code
 //! into the wasm module, and the core has a handful of them; these collections hold tens of
-//! entries, where a binary search over a `Vec` is as fast and costs a fraction of the bytes.
-//! Iteration is in key order, like `BTreeMap`, so behaviour does not change.
+//! entries, where a binary search is as fast and costs a fraction of the bytes.
+//!
+//! Why keys and values in two vectors: the key search, and inserting and removing keys, is then
+//! one non-generic body shared by every map, whatever its values; a value type only adds its own
+//! `Vec<V>` insert and remove. Iteration is in key order, like `BTreeMap`.
 
+use alloc::string::String;
 use alloc::vec::Vec;
 
-use core::borrow::Borrow;
-
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SmallMap<K, V> {
-    entries: Vec<(K, V)>,
+pub struct SmallMap<V> {
+    /// Sorted, unique.
+    keys: Vec<String>,
+    /// `values[i]` belongs to `keys[i]`.
+    values: Vec<V>,
 }
 
-impl<K, V> Default for SmallMap<K, V> {
+impl<V> Default for SmallMap<V> {
     fn default() -> Self {
-        Self { entries: Vec::new() }
+        Self { keys: Vec::new(), values: Vec::new() }
     }
 }
 
-impl<K: Ord, V> SmallMap<K, V> {
+/// Where `key` is in the sorted `keys` (`Err`: where it would go).
+#[inline(never)]
+fn search(keys: &[String], key: &str) -> Result<usize, usize> {
+    keys.binary_search_by(|k| k.as_str().cmp(key))
+}
+
+impl<V> SmallMap<V> {
     pub fn new() -> Self {
         Self::default()
     }
 
-    fn find<Q: Ord + ?Sized>(&self, key: &Q) -> Result<usize, usize>
-    where
-        K: Borrow<Q>,
-    {
-        self.entries.binary_search_by(|(k, _)| k.borrow().cmp(key))
+    fn find(&self, key: &str) -> Option<usize> {
+        search(&self.keys, key).ok()
     }
 
-    pub fn get<Q: Ord + ?Sized>(&self, key: &Q) -> Option<&V>
-    where
-        K: Borrow<Q>,
-    {
-        self.find(key).ok().map(|i| &self.entries[i].1)
+    pub fn get(&self, key: &str) -> Option<&V> {
+        self.values.get(self.find(key)?)
     }
 
-    pub fn get_mut<Q: Ord + ?Sized>(&mut self, key: &Q) -> Option<&mut V>
-    where
-        K: Borrow<Q>,
-    {
-        self.find(key).ok().map(|i| &mut self.entries[i].1)
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut V> {
+        let i = self.find(key)?;
+        self.values.get_mut(i)
     }
 
-    pub fn contains_key<Q: Ord + ?Sized>(&self, key: &Q) -> bool
-    where
-        K: Borrow<Q>,
-    {
-        self.find(key).is_ok()
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.find(key).is_some()
     }
 
     /// Inserts or replaces; returns the previous value.
-    pub fn insert(&mut self, key: K, value: V) -> Option<V> {
-        match self.find(&key) {
-            Ok(i) => Some(core::mem::replace(&mut self.entries[i].1, value)),
+    pub fn insert(&mut self, key: String, value: V) -> Option<V> {
+        match search(&self.keys, &key) {
+            Ok(i) => self.values.get_mut(i).map(|v| core::mem::replace(v, value)),
             Err(i) => {
-                self.entries.insert(i, (key, value));
+                self.keys.insert(i, key);
+                self.values.insert(i, value);
                 None
             }
         }
     }
 
-    pub fn remove<Q: Ord + ?Sized>(&mut self, key: &Q) -> Option<V>
-    where
-        K: Borrow<Q>,
-    {
-        self.find(key).ok().map(|i| self.entries.remove(i).1)
+    pub fn remove(&mut self, key: &str) -> Option<V> {
+        let i = self.find(key)?;
+        self.keys.remove(i);
+        Some(self.values.remove(i))
     }
 
     /// The value for `key`, inserting `make()` first if absent (`BTreeMap::entry().or_insert_with`).
-    pub fn get_or_insert_with(&mut self, key: K, make: impl FnOnce() -> V) -> &mut V {
-        let i = match self.find(&key) {
+    pub fn get_or_insert_with(&mut self, key: &str, make: impl FnOnce() -> V) -> &mut V {
+        let i = match search(&self.keys, key) {
             Ok(i) => i,
             Err(i) => {
-                self.entries.insert(i, (key, make()));
+                self.keys.insert(i, key.into());
+                self.values.insert(i, make());
                 i
             }
         };
-        &mut self.entries[i].1
+        &mut self.values[i]
     }
 
-    pub fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) {
-        self.entries.retain_mut(|(k, v)| keep(k, v));
+    pub fn retain(&mut self, mut keep: impl FnMut(&String, &mut V) -> bool) {
+        let mut i = 0;
+        while let (Some(k), Some(v)) = (self.keys.get(i), self.values.get_mut(i)) {
+            if keep(k, v) {
+                i += 1;
+            } else {
+                self.keys.remove(i);
+                self.values.remove(i);
+            }
+        }
     }
 
     pub fn clear(&mut self) {
-        self.entries.clear();
+        self.keys.clear();
+        self.values.clear();
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.keys.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.keys.is_empty()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
-        self.entries.iter().map(|(k, v)| (k, v))
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &V)> {
+        self.keys.iter().zip(&self.values)
     }
 
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&K, &mut V)> {
-        self.entries.iter_mut().map(|(k, v)| (&*k, v))
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&String, &mut V)> {
+        self.keys.iter().zip(&mut self.values)
     }
 
     pub fn values(&self) -> impl Iterator<Item = &V> {
-        self.entries.iter().map(|(_, v)| v)
+        self.values.iter()
     }
 
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
-        self.entries.iter_mut().map(|(_, v)| v)
-    }
-
-    pub fn into_values(self) -> impl Iterator<Item = V> {
-        self.entries.into_iter().map(|(_, v)| v)
+        self.values.iter_mut()
     }
 }
 
@@ -135,13 +141,15 @@ mod tests {
         assert_eq!(m.iter().map(|(k, v)| (k.as_str(), *v)).collect::<Vec<_>>(), [("a", 1), ("b", 20), ("c", 3)]);
         assert_eq!(m.get("b"), Some(&20));
         assert!(m.contains_key("c"));
-        *m.get_or_insert_with("d".into(), || 0) += 4;
-        *m.get_or_insert_with("d".into(), || 100) += 1;
+        *m.get_or_insert_with("d", || 0) += 4;
+        *m.get_or_insert_with("d", || 100) += 1;
         assert_eq!(m.get("d"), Some(&5));
         assert_eq!(m.remove("a"), Some(1));
         assert_eq!(m.remove("a"), None);
         m.retain(|_, v| *v > 4);
         assert_eq!(m.len(), 2);
-        assert_eq!(m.into_values().collect::<Vec<_>>(), [20, 5]);
+        assert_eq!(m.iter().map(|(k, v)| (k.as_str(), *v)).collect::<Vec<_>>(), [("b", 20), ("d", 5)]);
+        m.retain(|k, _| k != "b");
+        assert_eq!(m.values().copied().collect::<Vec<_>>(), [5]);
     }
 }

@@ -26,9 +26,9 @@ pub struct Typing {
     throttle_ms: u64,
     idle_ms: u64,
     expiry_ms: u64,
-    own: SmallMap<String, Own>,
+    own: SmallMap<Own>,
     /// room → user → (name, expiry)
-    others: SmallMap<String, SmallMap<String, (String, Instant)>>,
+    others: SmallMap<SmallMap<(String, Instant)>>,
 }
 
 /// Work found by [`Typing::expire`].
@@ -76,7 +76,7 @@ impl Typing {
 
     /// Someone else's typing frame. Returns the room's new list if it changed.
     pub fn on_remote(&mut self, now: Instant, room: &str, user: &str, name: &str, active: bool) -> Option<Vec<TypingUser>> {
-        let users = self.others.get_or_insert_with(room.to_owned(), Default::default);
+        let users = self.others.get_or_insert_with(room, Default::default);
         let changed = if active {
             let prev = users.insert(user.to_owned(), (name.to_owned(), now.plus(self.expiry_ms)));
             match prev {
@@ -127,6 +127,6 @@ impl Typing {
     }
 }
 
-fn list(users: &SmallMap<String, (String, Instant)>) -> Vec<TypingUser> {
+fn list(users: &SmallMap<(String, Instant)>) -> Vec<TypingUser> {
     users.iter().map(|(user, (name, _))| TypingUser { user: user.clone(), name: name.clone() }).collect()
 }
