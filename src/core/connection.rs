@@ -103,11 +103,11 @@ impl Client {
             _ => (None, None),
         };
         if let Some(id) = primary {
-            self.out.push(Output::CloseTransport { id, code });
+            self.push_out(Output::CloseTransport { id, code });
         }
         if let Some(id) = probe {
             self.timers.stop(Timer::ProbeFirstFrame);
-            self.out.push(Output::CloseTransport { id, code: None });
+            self.push_out(Output::CloseTransport { id, code: None });
         }
     }
 
@@ -142,7 +142,7 @@ impl Client {
         self.timers.stop(Timer::Reconnect);
         self.endpoints.choose(self.now);
         self.set_phase(Phase::AwaitingToken);
-        self.out.push(Output::RequestToken);
+        self.push_out(Output::RequestToken);
     }
 
     pub(super) fn on_token_ready(&mut self, token: String) {
@@ -151,7 +151,7 @@ impl Client {
                 let id = self.mint_transport_id();
                 let resume = self.resume_token();
                 let endpoint = self.endpoints.current();
-                self.out.push(Output::FetchTicket { id, endpoint, token, resume, probe: false });
+                self.push_out(Output::FetchTicket { id, endpoint, token, resume, probe: false });
                 // The ticket step has the same deadline as a transport: a server that does not
                 // answer in time is unreachable.
                 self.timers.set(Timer::FirstFrame, self.now.plus(self.cfg.first_frame_timeout_ms));
@@ -185,7 +185,7 @@ impl Client {
                 }
                 let kind = self.ladder.current();
                 let endpoint = self.endpoints.current();
-                self.out.push(Output::OpenTransport { id, endpoint, kind, ticket });
+                self.push_out(Output::OpenTransport { id, endpoint, kind, ticket });
                 self.timers.set(Timer::FirstFrame, self.now.plus(self.cfg.first_frame_timeout_ms));
                 self.set_phase(Phase::AwaitingWelcome { slot: Slot::new(id, kind) });
             }
@@ -210,7 +210,7 @@ impl Client {
         // SSE and long polling resume the session their ticket names; a WebSocket says hello.
         if slot.kind == TransportKind::WebSocket {
             let frame = ClientFrame::Hello { v: PROTOCOL_VERSION, resume };
-            self.out.push(Output::Send { id, frame });
+            self.push_out(Output::Send { id, frame });
         }
     }
 
@@ -242,7 +242,7 @@ impl Client {
     pub(super) fn on_first_frame_timeout(&mut self) {
         match self.phase {
             Phase::AwaitingTicket { id } => {
-                self.out.push(Output::CloseTransport { id, code: None });
+                self.push_out(Output::CloseTransport { id, code: None });
                 self.on_primary_end(End::TicketFailed(OpenError::Unreachable));
             }
             Phase::AwaitingWelcome { .. } => self.on_primary_end(End::NoWelcome),
@@ -285,10 +285,10 @@ impl Client {
         let reported = matches!(end, End::TicketFailed(_) | End::OpenFailed(_) | End::Closed { reported: true, .. });
         if let (false, Some(slot)) = (reported, slot) {
             let code = (end == End::HeartbeatDead).then_some(CloseCode::HEARTBEAT_TIMEOUT);
-            self.out.push(Output::CloseTransport { id: slot.id, code });
+            self.push_out(Output::CloseTransport { id: slot.id, code });
         }
         if let Some(id) = probe.and_then(|p| p.id()) {
-            self.out.push(Output::CloseTransport { id, code: None });
+            self.push_out(Output::CloseTransport { id, code: None });
         }
         self.lose_transport();
         self.phase = Phase::Idle; // placeholder: every path below sets the real phase

@@ -358,15 +358,22 @@ impl Client {
         !self.online || self.frozen
     }
 
+    /// Queues an output. One out-of-line body: inlined, the `Vec` growth check and the move of
+    /// an `Output` would be repeated at each of the few dozen places that queue one.
+    #[inline(never)]
+    fn push_out(&mut self, out: Output) {
+        self.out.push(out);
+    }
+
     fn emit(&mut self, event: Event) {
-        self.out.push(Output::Event(event));
+        self.push_out(Output::Event(event));
     }
 
     /// Sends on the primary transport, if a session is open on it.
     fn send(&mut self, frame: ClientFrame) {
         if let Phase::Open { slot, .. } = &self.phase {
             let id = slot.id;
-            self.out.push(Output::Send { id, frame });
+            self.push_out(Output::Send { id, frame });
         }
     }
 

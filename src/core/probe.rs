@@ -41,7 +41,7 @@ impl Client {
         if let Phase::Open { probe, .. } = &mut self.phase {
             *probe = Some(Probe::AwaitingToken { kind });
         }
-        self.out.push(Output::RequestToken);
+        self.push_out(Output::RequestToken);
     }
 
     /// The token for the probe arrived: ask for a probe ticket of the session.
@@ -53,7 +53,7 @@ impl Client {
         let id = self.mint_transport_id();
         // The probe is of this session, so it goes to the session's endpoint.
         let endpoint = self.endpoints.current();
-        self.out.push(Output::FetchTicket { id, endpoint, token, resume: Some(resume), probe: true });
+        self.push_out(Output::FetchTicket { id, endpoint, token, resume: Some(resume), probe: true });
         self.timers.set(Timer::ProbeFirstFrame, self.now.plus(self.cfg.first_frame_timeout_ms));
         if let Phase::Open { probe, .. } = &mut self.phase {
             *probe = Some(Probe::AwaitingTicket { id, kind });
@@ -67,7 +67,7 @@ impl Client {
             return;
         }
         let endpoint = self.endpoints.current();
-        self.out.push(Output::OpenTransport { id, endpoint, kind, ticket });
+        self.push_out(Output::OpenTransport { id, endpoint, kind, ticket });
         self.timers.set(Timer::ProbeFirstFrame, self.now.plus(self.cfg.first_frame_timeout_ms));
         if let Phase::Open { probe, .. } = &mut self.phase {
             *probe = Some(Probe::Opening { slot: Slot::new(id, kind) });
@@ -78,11 +78,11 @@ impl Client {
     /// probe's slot, now the transport awaiting the session's resync.
     pub(super) fn commit_probe(&mut self) -> Option<Slot> {
         let Phase::Open { slot: old, probe: Some(Probe::Opening { slot: probe }) } = self.phase else { return None };
-        self.out.push(Output::Send { id: probe.id, frame: ClientFrame::Switch });
+        self.push_out(Output::Send { id: probe.id, frame: ClientFrame::Switch });
         // Close the old transport in the same step, so there is never a moment with two
         // primaries. Anything it still delivers is from a stale id, and the re-subscribe after
         // the switch replays it by offset.
-        self.out.push(Output::CloseTransport { id: old.id, code: Some(CloseCode::SUPERSEDED) });
+        self.push_out(Output::CloseTransport { id: old.id, code: Some(CloseCode::SUPERSEDED) });
         self.heartbeat.stop();
         self.timers.stop(Timer::ProbeFirstFrame);
         self.sends.pause();
@@ -107,7 +107,7 @@ impl Client {
         let Some(old) = probe.take() else { return };
         self.timers.stop(Timer::ProbeFirstFrame);
         if let (true, Some(id)) = (close, old.id()) {
-            self.out.push(Output::CloseTransport { id, code: None });
+            self.push_out(Output::CloseTransport { id, code: None });
         }
     }
 }

@@ -75,7 +75,7 @@ impl Client {
                     self.on_welcome(welcome);
                 }
             }
-            ServerFrame::Ping => self.out.push(Output::Send { id, frame: ClientFrame::Pong }),
+            ServerFrame::Ping => self.push_out(Output::Send { id, frame: ClientFrame::Pong }),
             ServerFrame::Close { code, reason } => {
                 self.on_primary_end(End::Closed { code: Some(code), reason, reported: false })
             }
@@ -94,7 +94,7 @@ impl Client {
                     self.on_welcome(welcome);
                 }
             }
-            ServerFrame::Ping => self.out.push(Output::Send { id: probe.id, frame: ClientFrame::Pong }),
+            ServerFrame::Ping => self.push_out(Output::Send { id: probe.id, frame: ClientFrame::Pong }),
             ServerFrame::Close { .. } => {
                 self.drop_probe(true);
                 self.schedule_probe();

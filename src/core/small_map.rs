@@ -5,10 +5,13 @@
 //! into the wasm module, and the core has a handful of them; these collections hold tens of
 //! entries, where a binary search is as fast and costs a fraction of the bytes.
 //!
-//! Why keys and values in two vectors: the key search, and inserting and removing keys, is then
-//! one non-generic body shared by every map, whatever its values; a value type only adds its own
-//! `Vec<V>` insert and remove. Iteration is in key order, like `BTreeMap`.
+//! Why keys and values in two vectors, and values boxed: the key search, and inserting and
+//! removing keys, is then one non-generic body shared by every map, and moving values around is
+//! moving pointers, so `Vec<Box<V>>`'s insert and remove compile to the same code for every `V`
+//! and wasm-opt keeps one copy (unboxed, each value type brought its own). Iteration is in key
+//! order, like `BTreeMap`.
 
+use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -17,7 +20,7 @@ pub struct SmallMap<V> {
     /// Sorted, unique.
     keys: Vec<String>,
     /// `values[i]` belongs to `keys[i]`.
-    values: Vec<V>,
+    values: Vec<Box<V>>,
 }
 
 impl<V> Default for SmallMap<V> {
@@ -42,12 +45,12 @@ impl<V> SmallMap<V> {
     }
 
     pub fn get(&self, key: &str) -> Option<&V> {
-        self.values.get(self.find(key)?)
+        self.values.get(self.find(key)?).map(|v| &**v)
     }
 
     pub fn get_mut(&mut self, key: &str) -> Option<&mut V> {
         let i = self.find(key)?;
-        self.values.get_mut(i)
+        self.values.get_mut(i).map(|v| &mut **v)
     }
 
     pub fn contains_key(&self, key: &str) -> bool {
@@ -57,10 +60,10 @@ impl<V> SmallMap<V> {
     /// Inserts or replaces; returns the previous value.
     pub fn insert(&mut self, key: String, value: V) -> Option<V> {
         match search(&self.keys, &key) {
-            Ok(i) => self.values.get_mut(i).map(|v| core::mem::replace(v, value)),
+            Ok(i) => self.values.get_mut(i).map(|v| core::mem::replace(&mut **v, value)),
             Err(i) => {
                 self.keys.insert(i, key);
-                self.values.insert(i, value);
+                self.values.insert(i, Box::new(value));
                 None
             }
         }
@@ -69,7 +72,7 @@ impl<V> SmallMap<V> {
     pub fn remove(&mut self, key: &str) -> Option<V> {
         let i = self.find(key)?;
         self.keys.remove(i);
-        Some(self.values.remove(i))
+        Some(*self.values.remove(i))
     }
 
     /// The value for `key`, inserting `make()` first if absent (`BTreeMap::entry().or_insert_with`).
@@ -78,7 +81,7 @@ impl<V> SmallMap<V> {
             Ok(i) => i,
             Err(i) => {
                 self.keys.insert(i, key.into());
-                self.values.insert(i, make());
+                self.values.insert(i, Box::new(make()));
                 i
             }
         };
@@ -111,19 +114,19 @@ impl<V> SmallMap<V> {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&String, &V)> {
-        self.keys.iter().zip(&self.values)
+        self.keys.iter().zip(self.values.iter().map(|v| &**v))
     }
 
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (&String, &mut V)> {
-        self.keys.iter().zip(&mut self.values)
+        self.keys.iter().zip(self.values.iter_mut().map(|v| &mut **v))
     }
 
     pub fn values(&self) -> impl Iterator<Item = &V> {
-        self.values.iter()
+        self.values.iter().map(|v| &**v)
     }
 
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
-        self.values.iter_mut()
+        self.values.iter_mut().map(|v| &mut **v)
     }
 }
 
