@@ -2,7 +2,7 @@
 //! closes and what each close means, and the browser's online/offline/freeze lifecycle. The
 //! background probe up the ladder is in `probe.rs`.
 
-use alloc::{string::String, borrow::ToOwned};
+use alloc::string::String;
 
 use rtlink_protocol::{ClientFrame, CloseAction, CloseCode, PROTOCOL_VERSION};
 
@@ -84,13 +84,8 @@ impl Client {
     fn shut_down(&mut self, why: &str) {
         self.lose_transport();
         self.timers.stop_all();
-        for removed in self.sends.drain() {
-            self.emit(Event::PublishFailed {
-                send_id: removed.send_id,
-                code: rtlink_protocol::ErrorCode::Closed,
-                reason: why.to_owned(),
-            });
-        }
+        let failed = self.sends.drain();
+        self.fail_sends(failed, why);
     }
 
     /// Asks the glue to close every transport of the current phase (a pending ticket fetch

@@ -5,11 +5,11 @@
 //! the number of connections and the metadata most recently set by any of them. A user with two
 //! tabs is one member with `connections: 2`; closing one tab is an update, not a leave.
 
-use alloc::{string::String, vec::Vec};
+use alloc::vec::Vec;
 
 use super::small_map::SmallMap;
 
-use rtlink_protocol::PresenceConn;
+use rtlink_protocol::{PresenceConn, PresenceLeft};
 
 use super::event::Member;
 
@@ -51,10 +51,10 @@ impl Presence {
 
     /// Several changes at once (a coalesced `presence_diff`): one recomputation, not one per
     /// change, so a large room's join wave costs the app one event per batch.
-    pub fn apply_diff(&mut self, room: &str, joins: Vec<PresenceConn>, leaves: &[String]) -> Option<Vec<Member>> {
+    pub fn apply_diff(&mut self, room: &str, joins: Vec<PresenceConn>, leaves: &[PresenceLeft]) -> Option<Vec<Member>> {
         let r = self.rooms.get_or_insert_with(room, Default::default);
-        for session in leaves {
-            r.conns.remove(session);
+        for left in leaves {
+            r.conns.remove(&left.session);
         }
         for conn in joins {
             self.seq += 1;
@@ -123,6 +123,10 @@ mod tests {
         PresenceConn { session: session.into(), user: user.into(), name: user.to_uppercase(), meta: meta.into() }
     }
 
+    fn left(session: &str) -> PresenceLeft {
+        PresenceLeft { session: session.into(), user: String::new() }
+    }
+
     #[test]
     fn a_diff_is_the_same_as_its_changes_one_by_one() {
         let start = vec![conn("s1", "ana", ""), conn("s2", "bob", ""), conn("s3", "bob", "")];
@@ -134,7 +138,7 @@ mod tests {
         one_by_one.upsert("r", conn("s4", "cy", ""));
         one_by_one.upsert("r", conn("s1", "ana", "{\"away\":true}"));
         one_by_one.leave("r", "s9");
-        let members = batched.apply_diff("r", vec![conn("s4", "cy", ""), conn("s1", "ana", "{\"away\":true}")], &["s2".into(), "s9".into()]);
+        let members = batched.apply_diff("r", vec![conn("s4", "cy", ""), conn("s1", "ana", "{\"away\":true}")], &[left("s2"), left("s9")]);
         assert_eq!(members, Some(one_by_one.members("r")));
         assert_eq!(batched.members("r").iter().map(|m| (m.user.as_str(), m.connections)).collect::<Vec<_>>(), [("ana", 1), ("bob", 1), ("cy", 1)]);
         assert!(!batched.is_present("r", "dan"));

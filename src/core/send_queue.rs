@@ -49,12 +49,8 @@ pub struct SendQueue {
     next: u64,
 }
 
-/// A publish that left the queue without an ack.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Removed {
-    pub send_id: SendId,
-    pub room: String,
-}
+/// Publishes that left the queue without an ack, each with why.
+pub type Failed = Vec<(SendId, ErrorCode)>;
 
 /// What the server announced in its last `welcome` about publishes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -111,46 +107,49 @@ impl SendQueue {
 
     /// Marks one entry transmitted at `now` and returns its frame.
     pub fn transmit(&mut self, send_id: SendId, now: Instant) -> Option<ClientFrame> {
-        let timeout = self.ack_timeout_ms;
-        let item = self.items.iter_mut().find(|p| p.send_id == send_id)?;
-        item.deadline = Some(now.plus(timeout));
-        item.first_sent.get_or_insert(now);
-        Some(frame_of(item))
+        let i = self.items.iter().position(|p| p.send_id == send_id)?;
+        self.transmit_at(i, now)
     }
 
     /// After a `welcome`: removes what must not be sent under `limits` (see the module docs),
     /// with the code it fails with.
-    pub fn take_unsendable(&mut self, now: Instant, limits: SendLimits) -> Vec<(Removed, ErrorCode)> {
-        let mut gone = Vec::new();
-        self.items.retain(|p| {
+    pub fn take_unsendable(&mut self, now: Instant, limits: SendLimits) -> Failed {
+        self.remove_where(&mut |p| {
             let too_large = limits.max_frame_bytes > 0
                 && publish_frame_len(&p.room, &p.msg_id, &p.payload) > limits.max_frame_bytes;
             let expired = limits.dedupe_window_ms > 0
                 && p.first_sent.is_some_and(|t| now.millis_since(t) >= resend_horizon_ms(limits.dedupe_window_ms));
-            let code = if too_large {
-                ErrorCode::TooLarge
+            if too_large {
+                Some(ErrorCode::TooLarge)
             } else if expired {
-                ErrorCode::Expired
+                Some(ErrorCode::Expired)
             } else {
-                return true;
-            };
-            gone.push((Removed { send_id: p.send_id, room: p.room.clone() }, code));
-            false
-        });
+                None
+            }
+        })
+    }
+
+    /// Removes the entries `why` names a failure for, in queue order. One non-generic body for
+    /// every way a publish fails inside the queue (`retain` would be compiled once per closure).
+    #[inline(never)]
+    fn remove_where(&mut self, why: &mut dyn FnMut(&Pending) -> Option<ErrorCode>) -> Failed {
+        let mut gone = Vec::new();
+        for p in core::mem::take(&mut self.items) {
+            match why(&p) {
+                Some(code) => gone.push((p.send_id, code)),
+                None => self.items.push(p),
+            }
+        }
         gone
     }
 
-    /// After a `welcome`: every unacknowledged publish, oldest first, marked transmitted.
-    pub fn transmit_all(&mut self, now: Instant) -> Vec<ClientFrame> {
+    /// Transmits entry `i` (in queue order), if there is one: its ack deadline starts now.
+    pub fn transmit_at(&mut self, i: usize, now: Instant) -> Option<ClientFrame> {
         let timeout = self.ack_timeout_ms;
-        self.items
-            .iter_mut()
-            .map(|item| {
-                item.deadline = Some(now.plus(timeout));
-                item.first_sent.get_or_insert(now);
-                frame_of(item)
-            })
-            .collect()
+        let item = self.items.get_mut(i)?;
+        item.deadline = Some(now.plus(timeout));
+        item.first_sent.get_or_insert(now);
+        Some(frame_of(item))
     }
 
     /// The transport went away: stop the ack clocks until the resend.
@@ -161,24 +160,14 @@ impl SendQueue {
     }
 
     /// Removes the entry with this wire id (for an ack or a nack).
-    pub fn take(&mut self, msg_id: &str) -> Option<Removed> {
+    pub fn take(&mut self, msg_id: &str) -> Option<SendId> {
         let at = self.items.iter().position(|p| p.msg_id == msg_id)?;
-        let item = self.items.remove(at);
-        Some(Removed { send_id: item.send_id, room: item.room })
+        Some(self.items.remove(at).send_id)
     }
 
     /// Removes and returns entries whose ack deadline has passed.
-    pub fn expire(&mut self, now: Instant) -> Vec<Removed> {
-        let mut gone = Vec::new();
-        self.items.retain(|p| {
-            if p.deadline.is_some_and(|d| d <= now) {
-                gone.push(Removed { send_id: p.send_id, room: p.room.clone() });
-                false
-            } else {
-                true
-            }
-        });
-        gone
+    pub fn expire(&mut self, now: Instant) -> Failed {
+        self.remove_where(&mut |p| p.deadline.is_some_and(|d| d <= now).then_some(ErrorCode::Timeout))
     }
 
     /// Moves every deadline that has passed to `until` (see [`super::Client`]'s late-timer rule).
@@ -191,8 +180,8 @@ impl SendQueue {
     }
 
     /// Empties the queue (the client closed).
-    pub fn drain(&mut self) -> Vec<Removed> {
-        self.items.drain(..).map(|p| Removed { send_id: p.send_id, room: p.room }).collect()
+    pub fn drain(&mut self) -> Failed {
+        self.remove_where(&mut |_| Some(ErrorCode::Closed))
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {

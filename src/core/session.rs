@@ -1,7 +1,7 @@
 //! What happens on an open session: the `welcome` and the resync after it, frames from the
 //! server, and the app's room commands.
 
-use alloc::{string::String, vec::Vec, borrow::ToOwned};
+use alloc::{borrow::ToOwned, string::String};
 
 use rtlink_protocol::{ClientFrame, ErrorCode, ServerFrame};
 
@@ -129,15 +129,12 @@ impl Client {
         for frame in self.rooms.resync_frames(w.resumed) {
             self.send(frame);
         }
-        for (removed, code) in self.sends.take_unsendable(self.now, self.send_limits) {
-            let reason = match code {
-                ErrorCode::TooLarge => "the encoded frame is larger than the server's max_frame_bytes",
-                _ => "first sent longer ago than the server's dedupe window allows a safe resend",
-            };
-            self.emit(Event::PublishFailed { send_id: removed.send_id, code, reason: reason.to_owned() });
-        }
-        for frame in self.sends.transmit_all(self.now) {
+        let failed = self.sends.take_unsendable(self.now, self.send_limits);
+        self.fail_sends(failed, "");
+        let mut i = 0;
+        while let Some(frame) = self.sends.transmit_at(i, self.now) {
             self.send(frame);
+            i += 1;
         }
     }
 
@@ -161,13 +158,13 @@ impl Client {
                 super::rooms::Delivery::Duplicate | super::rooms::Delivery::Drop => {}
             },
             ServerFrame::Ack { id, offset, .. } => {
-                if let Some(removed) = self.sends.take(&id) {
-                    self.emit(Event::PublishAcked { send_id: removed.send_id, offset });
+                if let Some(send_id) = self.sends.take(&id) {
+                    self.emit(Event::PublishAcked { send_id, offset });
                 }
             }
             ServerFrame::Nack { id, code, reason } => {
-                if let Some(removed) = self.sends.take(&id) {
-                    self.emit(Event::PublishFailed { send_id: removed.send_id, code, reason });
+                if let Some(send_id) = self.sends.take(&id) {
+                    self.emit(Event::PublishFailed { send_id, code, reason });
                 } else if self.rooms.subscribe_pending(&id) {
                     self.forget_room(&id);
                     self.emit(Event::SubscribeFailed { room: id, code, reason });
@@ -186,13 +183,14 @@ impl Client {
                 }
             }
             ServerFrame::PresenceDiff { room, joins, leaves } if self.rooms.contains(&room) => {
-                let sessions: Vec<String> = leaves.iter().map(|l| l.session.clone()).collect();
-                if let Some(members) = self.presence.apply_diff(&room, joins, &sessions) {
+                if let Some(members) = self.presence.apply_diff(&room, joins, &leaves) {
                     self.emit(Event::PresenceChanged { room: room.clone(), members });
                 }
-                let gone: Vec<&str> = leaves.iter().map(|l| l.user.as_str()).filter(|u| !self.presence.is_present(&room, u)).collect();
-                for user in gone {
-                    if let Some(users) = self.typing.remove_user(&room, user) {
+                for left in &leaves {
+                    if self.presence.is_present(&room, &left.user) {
+                        continue;
+                    }
+                    if let Some(users) = self.typing.remove_user(&room, &left.user) {
                         self.emit(Event::TypingChanged { room: room.clone(), users });
                     }
                 }
@@ -294,9 +292,23 @@ impl Client {
             self.sends.defer_overdue(self.now, until);
             return;
         }
-        for removed in self.sends.expire(self.now) {
+        let failed = self.sends.expire(self.now);
+        if !failed.is_empty() {
             let reason = super::text::concat(&["no ack within ", &super::text::dec(self.cfg.ack_timeout_ms), " ms"]);
-            self.emit(Event::PublishFailed { send_id: removed.send_id, code: ErrorCode::Timeout, reason });
+            self.fail_sends(failed, &reason);
+        }
+    }
+
+    /// Reports publishes that left the queue without an ack: `reason` says why, except for the
+    /// two failures a `welcome`'s limits cause, which say it themselves.
+    pub(super) fn fail_sends(&mut self, failed: super::send_queue::Failed, reason: &str) {
+        for (send_id, code) in failed {
+            let reason = match code {
+                ErrorCode::TooLarge => "the encoded frame is larger than the server's max_frame_bytes",
+                ErrorCode::Expired => "first sent longer ago than the server's dedupe window allows a safe resend",
+                _ => reason,
+            };
+            self.emit(Event::PublishFailed { send_id, code, reason: reason.to_owned() });
         }
     }
 
