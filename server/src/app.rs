@@ -97,6 +97,7 @@ impl AppState {
         let opts = RedisOptions {
             history_max_messages: config.history_max_messages,
             history_max_age: config.history_max_age,
+            history_max_bytes: config.history_max_bytes,
             dedupe_window: config.dedupe_window,
             key_prefix: config.redis_key_prefix.clone(),
             node_ttl: config.redis_node_ttl,

@@ -505,3 +505,138 @@ async fn stats_count_rooms_members_and_messages() {
     })
     .await;
 }
+
+/// A raw connection to the test's Redis, and an integer key (0 when absent).
+async fn redis_int(server: &RedisServer, cmd: &str, key: &str) -> u64 {
+    let client = redis::Client::open(server.url()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let v: Option<u64> = redis::cmd(cmd)
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .expect(cmd);
+    v.unwrap_or(0)
+}
+
+/// The cluster's history byte count is exact: what count trimming removes is uncounted, the
+/// budget evicts the oldest message of any room first (a replay from before it is incomplete),
+/// and once everything has aged out (or a stream vanished without a script) the count, the
+/// eviction log and the per-room tally are back to nothing: no drift.
+#[tokio::test]
+async fn history_byte_budget_counts_exactly_evicts_oldest_first_and_never_drifts() {
+    bounded(async {
+        let server = RedisServer::start();
+        let o = RedisOptions {
+            history_max_messages: 10,
+            history_max_age: Duration::from_millis(1500),
+            history_max_bytes: 10_000,
+            budget_interval: Duration::from_millis(100),
+            ..opts()
+        };
+        let prefix = o.key_prefix.clone();
+        let (bytes_key, log_key, rooms_key) = (
+            format!("{prefix}:hist-budget:bytes"),
+            format!("{prefix}:hist-budget:log"),
+            format!("{prefix}:hist-budget:rooms"),
+        );
+        let (a, b) = two_nodes(&server, o).await;
+        // What the budget counts: an entry's field names and values plus 64, a log record 64
+        // plus its room name. The stamp has 13 digits until the year 2286.
+        let entry = |sender: &str, payload: &str| {
+            64 + 2 + sender.len() + payload.len() + 13 + 2 + format!("{sender} name").len()
+        };
+        let record = |room: &str| 64 + room.len();
+        let p = "y".repeat(500);
+        for _ in 0..12 {
+            a.publish(req("count", "u", &p, None))
+                .await
+                .expect("publish");
+        }
+        let expected = 10 * entry("u", &p) + 12 * record("count");
+        assert_eq!(
+            redis_int(&server, "GET", &bytes_key).await,
+            expected as u64,
+            "count trim"
+        );
+
+        // Over the budget, the oldest messages of any room go first.
+        for i in 0..20 {
+            let node = if i % 2 == 0 { &a } else { &b };
+            let room = format!("r{}", i % 4);
+            node.publish(req(&room, "u", &p, None))
+                .await
+                .expect("publish");
+            let counted = redis_int(&server, "GET", &bytes_key).await;
+            assert!(counted <= 10_000, "counted {counted}");
+        }
+        let old = a.history("count", 0, 100).await.expect("history");
+        assert!(
+            old.messages.is_empty() && !old.complete,
+            "the oldest room was evicted first: {:?}",
+            (
+                old.head,
+                old.complete,
+                old.messages.iter().map(|m| m.offset).collect::<Vec<_>>()
+            )
+        );
+        let newest = b.history("r3", 0, 100).await.expect("history");
+        assert_eq!(newest.head, 5);
+        assert!(!newest.messages.is_empty());
+        assert!(
+            b.history("r3", newest.messages[0].offset - 1, 100)
+                .await
+                .expect("history")
+                .complete
+        );
+        // Reported to /metrics by every node, within a trim interval or so.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while b.stats().history_bytes == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never reported to /metrics"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        // A stream that vanishes without a script (as on expiry) is uncounted too.
+        let client = redis::Client::open(server.url()).expect("client");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        let _: () = redis::cmd("DEL")
+            .arg(format!("{prefix}:hist:r3"))
+            .query_async(&mut conn)
+            .await
+            .expect("DEL");
+        a.publish(req("r3", "u", "after", None))
+            .await
+            .expect("publish");
+
+        // Everything ages out; the trim pops the log; the count returns to zero.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let counted = redis_int(&server, "GET", &bytes_key).await;
+            let log = redis_int(&server, "XLEN", &log_key).await;
+            let rooms = redis_int(&server, "HLEN", &rooms_key).await;
+            if (counted, log, rooms) == (0, 0, 0) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "after everything aged out: counted {counted}, {log} log records, {rooms} rooms"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let lease: Option<String> = redis::cmd("GET")
+            .arg(format!("{prefix}:hist-budget:lease"))
+            .query_async(&mut conn)
+            .await
+            .expect("GET");
+        assert!(lease.is_some(), "one node holds the trim lease");
+    })
+    .await;
+}

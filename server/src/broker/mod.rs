@@ -29,9 +29,9 @@
 //! - **History**: [`Broker::history`] returns the stored messages with offset `> since`, oldest
 //!   first, and the room's head (newest offset, 0 for an empty room). `complete` is false when
 //!   messages after `since` existed but were trimmed (count or age bound), i.e. the caller
-//!   cannot replay without a gap. The local broker also evicts history, oldest message first
-//!   across all rooms, beyond its byte budget (`--history-max-bytes`); an evicted message is
-//!   "trimmed" like any other.
+//!   cannot replay without a gap. Both brokers also evict history, oldest message first
+//!   across all rooms, beyond the byte budget (`--history-max-bytes`; for Redis, of the whole
+//!   cluster); an evicted message is "trimmed" like any other.
 //! - **Race-free subscribe**: the hub registers for live events *before* reading history, then
 //!   forwards live messages with an offset above the last replayed one. So `history` must
 //!   include every message whose event was sent before the call returned.
@@ -284,7 +284,8 @@ pub struct BrokerStats {
     pub presence_members: u64,
     /// Messages held in history across all rooms.
     pub history_messages: u64,
-    /// Bytes those messages hold (0 where the broker does not count them: Redis).
+    /// Bytes those messages hold, as the history byte budget counts them (Redis: the whole
+    /// cluster's count, which also includes the eviction log's records).
     pub history_bytes: u64,
 }
 

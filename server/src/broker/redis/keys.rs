@@ -71,6 +71,29 @@ impl Keys {
         format!("{}:idx:pres-rooms", self.prefix)
     }
 
+    /// String counter: the bytes the history byte budget counts, over every room of the
+    /// cluster (stream entries plus the eviction log's own records), see `budget.rs`.
+    pub(super) fn budget_bytes(&self) -> String {
+        format!("{}:hist-budget:bytes", self.prefix)
+    }
+
+    /// Hash room -> bytes of that room's stream entries counted in [`Keys::budget_bytes`]; lets
+    /// the count be corrected when a room's stream expires as a whole.
+    pub(super) fn budget_rooms(&self) -> String {
+        format!("{}:hist-budget:rooms", self.prefix)
+    }
+
+    /// Stream of every stored message in publish order across rooms (room, offset, stamp,
+    /// bytes): the eviction order of the byte budget.
+    pub(super) fn budget_log(&self) -> String {
+        format!("{}:hist-budget:log", self.prefix)
+    }
+
+    /// Which node runs the background trim of the byte budget (one per cluster), with a TTL.
+    pub(super) fn budget_lease(&self) -> String {
+        format!("{}:hist-budget:lease", self.prefix)
+    }
+
     /// Hash of the cluster's numbers for `/metrics` (`rooms`, `members`, `messages`), written by
     /// the node that holds [`Keys::stats_lease`] at the end of each pass.
     pub(super) fn stats(&self) -> String {

@@ -5,6 +5,10 @@
 //!   and read, stamped with Redis's clock). One Lua script per publish assigns the offset,
 //!   appends, trims, remembers the dedupe key and `PUBLISH`es the event, so offsets, stream
 //!   order and Pub/Sub order are the same order even with many nodes publishing at once.
+//! - **History byte budget**: a counter of the bytes every room's history holds, kept by the
+//!   same scripts that add and remove entries, and a cluster-wide log of messages in publish
+//!   order; over `--history-max-bytes` the oldest message of any room is evicted first, as in
+//!   the in-process broker (`budget.rs`).
 //! - **Fan-out**: one Pub/Sub channel per room. [`Broker::watch`] subscribes this node's
 //!   Pub/Sub connection and a reader task turns each channel message into a [`RoomEvent`]
 //!   (encoded once) on the node's broadcast channel (`subscriber.rs`).
@@ -22,6 +26,7 @@
 //! presence changes it missed as a diff against its mirror of each watched room's presence.
 //! What it cannot recover is messages trimmed from history during the outage and typing.
 
+mod budget;
 mod keys;
 mod scripts;
 mod subscriber;
@@ -62,6 +67,12 @@ pub struct RedisOptions {
     pub history_max_messages: usize,
     /// Messages older than this are trimmed.
     pub history_max_age: Duration,
+    /// Bytes of history kept across every room of the cluster (see `budget.rs` for what an
+    /// entry counts); beyond it the oldest message of any room is evicted first.
+    pub history_max_bytes: usize,
+    /// How often the holder of the trim lease evicts what publishes left over the budget and
+    /// forgets the eviction log's records of messages that aged out.
+    pub budget_interval: Duration,
     /// How long a publish id is remembered.
     pub dedupe_window: Duration,
     /// Lifetime of a node's liveness key, refreshed every third of it. The presence of a node
@@ -95,6 +106,8 @@ impl RedisOptions {
             key_prefix: String::from("rtlink"),
             history_max_messages: cfg.history_max_messages,
             history_max_age: cfg.history_max_age,
+            history_max_bytes: cfg.history_max_bytes,
+            budget_interval: Duration::from_secs(1),
             dedupe_window: cfg.dedupe_window,
             node_ttl: Duration::from_secs(10),
             stats_interval: Duration::from_secs(5),
@@ -112,6 +125,7 @@ struct StatsCache {
     rooms: AtomicU64,
     presence_members: AtomicU64,
     history_messages: AtomicU64,
+    history_bytes: AtomicU64,
 }
 
 /// Everything the broker and its background tasks share.
@@ -207,6 +221,7 @@ impl RedisBroker {
         let tasks = vec![
             tokio::spawn(subscriber::run(shared.clone(), stream)),
             tokio::spawn(upkeep::run(shared.clone())),
+            tokio::spawn(budget::run(shared.clone())),
         ];
         tracing::info!(node = %shared.node_id, "redis broker connected");
         Ok(Arc::new(Self { shared, tasks }))
@@ -286,11 +301,14 @@ impl Shared {
             .key(self.keys.head(room))
             .key(self.keys.history(room))
             .key(self.keys.epoch(room))
+            .key(self.keys.budget_bytes())
+            .key(self.keys.budget_rooms())
             .arg(since.min(MAX_OFFSET))
             .arg(limit.min(u32::MAX as usize))
             .arg(millis(self.opts.history_max_age))
             .arg(crate::auth::random_token(8))
             .arg(millis(self.room_key_ttl()))
+            .arg(room)
             .invoke_async(&mut self.conn())
             .await
             .map_err(redis_err)?;
@@ -388,7 +406,10 @@ impl Broker for RedisBroker {
         call.key(s.keys.head(&req.room))
             .key(s.keys.history(&req.room))
             .key(s.keys.history_rooms())
-            .key(s.keys.epoch(&req.room));
+            .key(s.keys.epoch(&req.room))
+            .key(s.keys.budget_bytes())
+            .key(s.keys.budget_rooms())
+            .key(s.keys.budget_log());
         if let Some(d) = &req.dedupe {
             call.key(s.keys.dedupe(&d.user, &d.id));
         }
@@ -401,7 +422,10 @@ impl Broker for RedisBroker {
             .arg(&req.payload)
             .arg(message_tail(&req.sender, req.name.as_deref(), &req.payload))
             .arg(crate::auth::random_token(8))
-            .arg(millis(s.room_key_ttl()));
+            .arg(millis(s.room_key_ttl()))
+            .arg(s.opts.history_max_bytes)
+            .arg(budget::EVICT_PER_PUBLISH)
+            .arg(s.keys.history_prefix());
         if let Some(name) = &req.name {
             call.arg(name);
         }
@@ -543,7 +567,7 @@ impl Broker for RedisBroker {
             rooms: c.rooms.load(Ordering::Relaxed),
             presence_members: c.presence_members.load(Ordering::Relaxed),
             history_messages: c.history_messages.load(Ordering::Relaxed),
-            history_bytes: 0,
+            history_bytes: c.history_bytes.load(Ordering::Relaxed),
         }
     }
 }

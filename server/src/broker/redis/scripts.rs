@@ -31,29 +31,114 @@ local function stored_at(entry)
   return 0
 end
 
+-- The history byte budget (see `budget.rs`). `budget` is {bytes = counter key, rooms = hash
+-- room -> counted bytes of its stream, log = eviction log stream}. A stream entry counts its
+-- field names and values plus ENTRY_OVERHEAD, a record of the eviction log LOG_OVERHEAD plus
+-- its room name. Every script that adds or removes an entry counts it here, in the same atomic
+-- step; what leaves without a script (a stream expiring as a whole) is corrected by
+-- `forget_gone_room`.
+local ENTRY_OVERHEAD = 64
+local LOG_OVERHEAD = 64
+
+local function entry_bytes(entry)
+  local n = ENTRY_OVERHEAD
+  local f = entry[2]
+  for i = 1, #f do n = n + #f[i] end
+  return n
+end
+
+local function add_bytes(budget, n)
+  if redis.call('INCRBY', budget.bytes, n) < 0 then redis.call('SET', budget.bytes, 0) end
+end
+
+-- Adds (n > 0) or removes (n < 0) bytes of `room`'s stream entries.
+local function count_room(budget, room, n)
+  if n == 0 then return end
+  if redis.call('HINCRBY', budget.rooms, room, n) <= 0 then redis.call('HDEL', budget.rooms, room) end
+  add_bytes(budget, n)
+end
+
+-- If the room's stream is gone as a whole (it expired), so are the bytes counted for it.
+local function forget_gone_room(budget, stream, room)
+  if redis.call('EXISTS', stream) == 1 then return end
+  local stale = tonumber(redis.call('HGET', budget.rooms, room) or '0')
+  if stale ~= 0 then count_room(budget, room, -stale) end
+end
+
 -- Drops entries stored before `cutoff`. Stamps never decrease along the stream (one clock,
 -- scripts run one at a time), so what is kept is a suffix; `PEXPIRE` on every publish bounds
 -- how many old entries one call can meet.
-local function trim_by_age(stream, cutoff)
+local function trim_by_age(stream, cutoff, budget, room)
   while true do
     local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
     if #first == 0 or stored_at(first[1]) >= cutoff then return end
     redis.call('XTRIM', stream, 'MINID', fmt(id_offset(first[1][1]) + 1) .. '-0')
+    count_room(budget, room, -entry_bytes(first[1]))
   end
+end
+
+-- Pops at most `limit` records from the head of the eviction log: while the count is over
+-- `max_bytes` (oldest message of any room first), and records older than `cutoff` (their
+-- message aged out). The entry a record names is deleted if it is still there and is the same
+-- message (the stamp tells: a room whose head expired counts offsets from 1 again). It is
+-- always its room's oldest entry, since a room's records come in offset order, so what a room
+-- keeps stays a suffix and a `since` before it reads as incomplete (resync).
+-- Returns how many records were popped.
+local function evict(budget, hist_prefix, max_bytes, cutoff, limit)
+  local records = redis.call('XRANGE', budget.log, '-', '+', 'COUNT', limit)
+  local last = nil
+  local popped = 0
+  for _, rec in ipairs(records) do
+    local f = rec[2]
+    local room, offset, t = '', nil, 0
+    for i = 1, #f, 2 do
+      if f[i] == 'r' then room = f[i + 1]
+      elseif f[i] == 'o' then offset = f[i + 1]
+      elseif f[i] == 't' then t = tonumber(f[i + 1]) or 0 end
+    end
+    local over = tonumber(redis.call('GET', budget.bytes) or '0') > max_bytes
+    if not over and t >= cutoff then break end
+    last = rec[1]
+    popped = popped + 1
+    add_bytes(budget, -(LOG_OVERHEAD + #room))
+    local stream = hist_prefix .. room
+    if redis.call('EXISTS', stream) == 0 then
+      forget_gone_room(budget, stream, room)
+    elseif offset then
+      local id = offset .. '-0'
+      local entry = redis.call('XRANGE', stream, id, id)
+      if #entry == 1 and stored_at(entry[1]) == t then
+        redis.call('XDEL', stream, id)
+        count_room(budget, room, -entry_bytes(entry[1]))
+      end
+    end
+  end
+  if last then
+    local ms, seq = string.match(last, '^(%d+)-(%d+)$')
+    redis.call('XTRIM', budget.log, 'MINID', ms .. '-' .. fmt(tonumber(seq) + 1))
+  end
+  return popped
 end
 "#;
 
-/// KEYS: head, history, history-rooms index, epoch, [dedupe key].
+/// KEYS: head, history, history-rooms index, epoch, budget counter, budget rooms hash, budget
+/// log, [dedupe key].
 /// ARGV: room, channel, max messages, max age ms, dedupe window ms, sender, payload,
-/// wire tail (the event JSON after `"at":N,"e":"…",`), epoch candidate, room key ttl ms, [name].
+/// wire tail (the event JSON after `"at":N,"e":"…",`), epoch candidate, room key ttl ms,
+/// budget max bytes, budget records to evict at most, history key prefix, [name].
 /// The head and epoch live `room key ttl` (longer than the history) after the room's last
 /// publish or read, so fresh room names do not leave permanent keys.
 /// Returns `{1, offset, stored_at_ms, epoch}` or `{0, "room offset"}` for a duplicate.
 /// The epoch is fixed here too (like on a history read), so the first message after Redis
 /// lost its data already carries the new epoch on the live fan-out.
+/// Every entry the count bound, the age bound and the byte budget remove is uncounted here;
+/// the byte budget evicts the oldest messages of any room while the cluster is over it (at most
+/// the given number of log records per publish; the background trim does the rest).
 const PUBLISH: &str = r#"
-if KEYS[5] then
-  local seen = redis.call('GET', KEYS[5])
+local budget = {bytes = KEYS[5], rooms = KEYS[6], log = KEYS[7]}
+local room = ARGV[1]
+if KEYS[8] then
+  local seen = redis.call('GET', KEYS[8])
   if seen then return {0, seen} end
 end
 redis.call('SET', KEYS[4], ARGV[9], 'NX')
@@ -63,24 +148,40 @@ local offset = redis.call('INCR', KEYS[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[10])
 redis.call('PEXPIRE', KEYS[4], ARGV[10])
 local id = fmt(offset) .. '-0'
-if ARGV[11] then
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], id,
-    's', ARGV[6], 'p', ARGV[7], 't', fmt(now), 'n', ARGV[11])
-else
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], id, 's', ARGV[6], 'p', ARGV[7], 't', fmt(now))
+forget_gone_room(budget, KEYS[2], room)
+local max = tonumber(ARGV[3])
+local len = redis.call('XLEN', KEYS[2])
+if len >= max and len > 0 then
+  local freed = 0
+  for _, e in ipairs(redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', len - max + 1)) do
+    freed = freed + entry_bytes(e)
+  end
+  count_room(budget, room, -freed)
 end
-trim_by_age(KEYS[2], now - tonumber(ARGV[4]))
+local stamp = fmt(now)
+local fields = {'s', ARGV[6], 'p', ARGV[7], 't', stamp}
+if ARGV[14] then
+  fields[7] = 'n'
+  fields[8] = ARGV[14]
+end
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], id, unpack(fields))
+if max > 0 then count_room(budget, room, entry_bytes({id, fields})) end
+trim_by_age(KEYS[2], now - tonumber(ARGV[4]), budget, room)
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
-redis.call('SADD', KEYS[3], ARGV[1])
-if KEYS[5] then
-  redis.call('SET', KEYS[5], ARGV[1] .. ' ' .. fmt(offset), 'PX', ARGV[5])
+redis.call('SADD', KEYS[3], room)
+redis.call('XADD', budget.log, '*', 'r', room, 'o', fmt(offset), 't', stamp)
+add_bytes(budget, LOG_OVERHEAD + #room)
+evict(budget, ARGV[13], tonumber(ARGV[11]), now - tonumber(ARGV[4]), tonumber(ARGV[12]))
+if KEYS[8] then
+  redis.call('SET', KEYS[8], room .. ' ' .. fmt(offset), 'PX', ARGV[5])
 end
 redis.call('PUBLISH', ARGV[2],
-  '{"t":"m","o":' .. fmt(offset) .. ',"at":' .. fmt(now) .. ',"e":"' .. epoch .. '",' .. ARGV[8])
+  '{"t":"m","o":' .. fmt(offset) .. ',"at":' .. stamp .. ',"e":"' .. epoch .. '",' .. ARGV[8])
 return {1, offset, now, epoch}
 "#;
 
-/// KEYS: head, history, epoch. ARGV: since, limit, max age ms, epoch candidate, room key ttl ms.
+/// KEYS: head, history, epoch, budget counter, budget rooms hash.
+/// ARGV: since, limit, max age ms, epoch candidate, room key ttl ms, room.
 /// Returns `{head, complete (0/1), XRANGE entries, epoch}`. The epoch key is created (with the
 /// candidate) on first read; it and the head expire `room key ttl` after the room's last
 /// publish or read (always after its history: the stream expires `max age` after the last
@@ -93,7 +194,7 @@ redis.call('PEXPIRE', KEYS[1], ARGV[5])
 local epoch = redis.call('GET', KEYS[3])
 local since = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
-trim_by_age(KEYS[2], now_ms() - tonumber(ARGV[3]))
+trim_by_age(KEYS[2], now_ms() - tonumber(ARGV[3]), {bytes = KEYS[4], rooms = KEYS[5]}, ARGV[6])
 local head = tonumber(redis.call('GET', KEYS[1]) or '0')
 local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
 local oldest = head + 1
@@ -200,19 +301,43 @@ end
 return {r[1], rooms, n}
 "#;
 
+/// Takes or keeps a lease (one node per cluster does a job: the stats walk, the budget trim).
+const LEASE_FN: &str = r#"
+local function take_lease(key, node, ttl_ms)
+  local holder = redis.call('GET', key)
+  if holder == false then
+    redis.call('SET', key, node, 'PX', ttl_ms)
+    return true
+  end
+  if holder == node then
+    redis.call('PEXPIRE', key, ttl_ms)
+    return true
+  end
+  return false
+end
+"#;
+
 /// Takes or keeps the stats lease: one node per cluster walks the indexes.
 /// KEYS: lease. ARGV: node id, ttl ms. Returns 1 if this node holds the lease.
 const STATS_LEASE: &str = r#"
-local holder = redis.call('GET', KEYS[1])
-if holder == false then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-if holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
+if take_lease(KEYS[1], ARGV[1], ARGV[2]) then return 1 end
 return 0
+"#;
+
+/// One bounded step of the background trim of the byte budget (see `budget.rs`), by the
+/// holder of the trim lease only: evicts while the cluster is over its budget, and pops the
+/// log records of messages that aged out.
+/// KEYS: lease, budget counter, budget rooms hash, budget log.
+/// ARGV: node id, lease ttl ms, max bytes, max age ms, records at most, history key prefix.
+/// Returns `{1 if this node holds the lease, records popped, bytes counted after the step}`.
+const BUDGET_TRIM: &str = r#"
+local budget = {bytes = KEYS[2], rooms = KEYS[3], log = KEYS[4]}
+local held, popped = 0, 0
+if take_lease(KEYS[1], ARGV[1], ARGV[2]) then
+  held = 1
+  popped = evict(budget, ARGV[6], tonumber(ARGV[3]), now_ms() - tonumber(ARGV[4]), tonumber(ARGV[5]))
+end
+return {held, popped, tonumber(redis.call('GET', KEYS[2]) or '0')}
 "#;
 
 /// KEYS: ticket hash, the owner's ticket set. ARGV: ticket, payload, ttl ms, per-user cap.
@@ -255,6 +380,7 @@ pub(super) struct Scripts {
     pub reap_room: Script,
     pub stats_step: Script,
     pub stats_lease: Script,
+    pub budget_trim: Script,
     pub issue_ticket: Script,
     pub redeem_ticket: Script,
 }
@@ -271,7 +397,8 @@ impl Scripts {
             presence_marked_snapshot: Script::new(PRESENCE_MARKED_SNAPSHOT),
             reap_room: Script::new(REAP_ROOM),
             stats_step: Script::new(STATS_STEP),
-            stats_lease: Script::new(STATS_LEASE),
+            stats_lease: Script::new(&format!("{LEASE_FN}\n{STATS_LEASE}")),
+            budget_trim: Script::new(&format!("{PRELUDE}\n{LEASE_FN}\n{BUDGET_TRIM}")),
             issue_ticket: Script::new(ISSUE_TICKET),
             redeem_ticket: Script::new(REDEEM_TICKET),
         }
