@@ -73,7 +73,10 @@ impl Shared {
             return Err(BrokerError(String::from("redis: pub/sub is reconnecting")));
         };
         // Registered before SUBSCRIBE so the reader tracks the room's first events.
-        self.subs.watched.lock().insert(room.to_owned(), Watch::default());
+        self.subs
+            .watched
+            .lock()
+            .insert(room.to_owned(), Watch::default());
         let subscribed = tokio::time::timeout(
             self.opts.response_timeout,
             sink.subscribe(self.keys.channel(room)),
@@ -102,7 +105,8 @@ impl Shared {
         if let Some(w) = watched.get_mut(room) {
             w.seeded = page.head;
             // A message that arrived meanwhile already told the epoch.
-            w.epoch.get_or_insert_with(|| Arc::from(page.epoch.as_str()));
+            w.epoch
+                .get_or_insert_with(|| Arc::from(page.epoch.as_str()));
             for conn in conns {
                 w.presence.entry(conn.session.clone()).or_insert(conn);
             }
@@ -116,16 +120,23 @@ impl Shared {
             return Ok(());
         }
         // While reconnecting there is nothing to undo: only watched rooms are re-subscribed.
-        let Some(sink) = guard.as_mut() else { return Ok(()) };
-        tokio::time::timeout(self.opts.response_timeout, sink.unsubscribe(self.keys.channel(room)))
-            .await
-            .map_err(|_| timed_out("unsubscribe"))?
-            .map_err(redis_err)
+        let Some(sink) = guard.as_mut() else {
+            return Ok(());
+        };
+        tokio::time::timeout(
+            self.opts.response_timeout,
+            sink.unsubscribe(self.keys.channel(room)),
+        )
+        .await
+        .map_err(|_| timed_out("unsubscribe"))?
+        .map_err(redis_err)
     }
 
     /// One message from the Pub/Sub connection.
     fn deliver(&self, msg: &Msg) {
-        let Some(room) = self.keys.room_of_channel(msg.get_channel_name()) else { return };
+        let Some(room) = self.keys.room_of_channel(msg.get_channel_name()) else {
+            return;
+        };
         let wire = match serde_json::from_slice::<Wire>(msg.get_payload_bytes()) {
             Ok(wire) => wire,
             Err(e) => return tracing::warn!(room, error = %e, "redis broker: undecodable event"),
@@ -148,8 +159,10 @@ impl Shared {
     /// sent, a `live` presence event from before the fill's marker.
     fn emit(&self, room: &str, kind: RoomEventKind, live: bool) {
         if let Some(w) = self.subs.watched.lock().get_mut(room) {
-            let presence =
-                !matches!(kind, RoomEventKind::Message(_) | RoomEventKind::Typing { .. });
+            let presence = !matches!(
+                kind,
+                RoomEventKind::Message(_) | RoomEventKind::Typing { .. }
+            );
             if live && presence && w.pending_marker.is_some() {
                 return;
             }
@@ -192,8 +205,13 @@ impl Shared {
         let (mut sink, stream) = pubsub.split();
         {
             let mut guard = self.subs.sink.lock().await;
-            let channels: Vec<String> =
-                self.subs.watched.lock().keys().map(|r| self.keys.channel(r)).collect();
+            let channels: Vec<String> = self
+                .subs
+                .watched
+                .lock()
+                .keys()
+                .map(|r| self.keys.channel(r))
+                .collect();
             if !channels.is_empty() {
                 tokio::time::timeout(self.opts.response_timeout, sink.subscribe(channels))
                     .await
@@ -227,7 +245,9 @@ impl Shared {
                 let page = self.history_page(&room, since, RESYNC_PAGE).await?;
                 // Redis lost the room's offsets during the outage: send the new epoch from
                 // its start (the messages carry it; the hub resyncs its subscribers).
-                let restarted = epoch.as_deref().is_some_and(|e| !e.is_empty() && e != page.epoch);
+                let restarted = epoch
+                    .as_deref()
+                    .is_some_and(|e| !e.is_empty() && e != page.epoch);
                 if std::mem::take(&mut first) && restarted && since > 0 {
                     since = 0;
                     continue;
@@ -235,7 +255,9 @@ impl Shared {
                 if !page.complete {
                     tracing::warn!(room, since, "redis broker: messages trimmed during a pub/sub outage are lost to live subscribers");
                 }
-                let Some(last) = page.messages.last().map(|m| m.offset) else { break };
+                let Some(last) = page.messages.last().map(|m| m.offset) else {
+                    break;
+                };
                 messages += page.messages.len();
                 for m in page.messages {
                     self.emit(&room, RoomEventKind::Message(m), false);
@@ -249,7 +271,9 @@ impl Shared {
             let now = self.marked_snapshot(&room, &marker).await?;
             let changes = {
                 let mut watched = self.subs.watched.lock();
-                let Some(w) = watched.get_mut(&room) else { continue };
+                let Some(w) = watched.get_mut(&room) else {
+                    continue;
+                };
                 w.pending_marker = Some(marker);
                 presence_diff(&w.presence, now)
             };
@@ -270,8 +294,10 @@ impl Shared {
 impl Shared {
     /// The room's presence, read atomically with publishing `marker` on its channel.
     async fn marked_snapshot(&self, room: &str, marker: &str) -> BrokerResult<Vec<PresenceConn>> {
-        let json = serde_json::to_string(&Wire::Marker { k: marker.to_owned() })
-            .map_err(|e| BrokerError(format!("encode marker: {e}")))?;
+        let json = serde_json::to_string(&Wire::Marker {
+            k: marker.to_owned(),
+        })
+        .map_err(|e| BrokerError(format!("encode marker: {e}")))?;
         let entries: Vec<(String, String)> = self
             .scripts
             .presence_marked_snapshot
@@ -281,7 +307,10 @@ impl Shared {
             .invoke_async(&mut self.conn())
             .await
             .map_err(redis_err)?;
-        Ok(entries.into_iter().filter_map(|(_, v)| StoredConn::decode(&v)).collect())
+        Ok(entries
+            .into_iter()
+            .filter_map(|(_, v)| StoredConn::decode(&v))
+            .collect())
     }
 }
 
@@ -394,8 +423,10 @@ mod tests {
                 .into_iter()
                 .map(|c| (c.session.clone(), c))
                 .collect();
-        let changes =
-            presence_diff(&before, vec![conn("same", ""), conn("changed", "2"), conn("new", "")]);
+        let changes = presence_diff(
+            &before,
+            vec![conn("same", ""), conn("changed", "2"), conn("new", "")],
+        );
         let mut summary: Vec<String> = changes
             .iter()
             .map(|k| match k {
