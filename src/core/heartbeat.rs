@@ -60,10 +60,7 @@ impl Heartbeat {
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
-        match (self.deadline, self.probe_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        Instant::earliest(self.deadline, self.probe_deadline)
     }
 
     pub fn on_timeout(&mut self, now: Instant) -> Verdict {

@@ -269,16 +269,9 @@ impl Client {
         if self.is_closed() {
             return None;
         }
-        let open = matches!(self.phase, Phase::Open { .. });
-        [
-            self.timers.next(),
-            if open { self.heartbeat.next_deadline() } else { None },
-            self.sends.next_deadline(),
-            self.typing.next_deadline(),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        let heartbeat = if self.is_open() { self.heartbeat.next_deadline() } else { None };
+        let next = Instant::earliest(self.timers.next(), heartbeat);
+        Instant::earliest(Instant::earliest(next, self.sends.next_deadline()), self.typing.next_deadline())
     }
 
     /// The current state (as last reported in [`Event::StateChanged`]).

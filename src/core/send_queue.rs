@@ -185,7 +185,11 @@ impl SendQueue {
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.items.iter().filter_map(|p| p.deadline).min()
+        let mut next = None;
+        for p in &self.items {
+            next = Instant::earliest(next, p.deadline);
+        }
+        next
     }
 }
 

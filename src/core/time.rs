@@ -37,6 +37,15 @@ impl Instant {
         Self(self.0.saturating_add(ms))
     }
 
+    /// The earlier of two optional deadlines (`None`: not armed). Plain code instead of
+    /// `Iterator::min` over chains of adapters, each of which is compiled separately.
+    pub fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+        match (a, b) {
+            (Some(a), Some(b)) => Some(if b < a { b } else { a }),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Milliseconds from `earlier` to `self`, zero if `earlier` is later.
     pub const fn millis_since(self, earlier: Instant) -> u64 {
         self.0.saturating_sub(earlier.0)

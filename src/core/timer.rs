@@ -52,16 +52,26 @@ impl TimerTable {
 
     /// The earliest armed deadline.
     pub fn next(&self) -> Option<Instant> {
-        self.deadlines.iter().flatten().min().copied()
+        let mut next = None;
+        for &at in &self.deadlines {
+            next = Instant::earliest(next, at);
+        }
+        next
     }
 
     /// Disarms and returns the earliest timer whose deadline is at or before `now`.
     pub fn pop_expired(&mut self, now: Instant) -> Option<Timer> {
-        let timer = ALL
-            .iter()
-            .filter_map(|&t| self.get(t).filter(|&at| at <= now).map(|at| (at, t)))
-            .min_by_key(|&(at, _)| at)
-            .map(|(_, t)| t)?;
+        // The first of the earliest, as `min_by_key` picks.
+        let mut found: Option<(Instant, Timer)> = None;
+        for t in ALL {
+            if let Some(at) = self.get(t).filter(|&at| at <= now) {
+                match found {
+                    Some((best, _)) if best <= at => {}
+                    _ => found = Some((at, t)),
+                }
+            }
+        }
+        let (_, timer) = found?;
         self.stop(timer);
         Some(timer)
     }

@@ -121,9 +121,16 @@ impl Typing {
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
-        let own = self.own.values().map(|o| o.idle_deadline);
-        let others = self.others.values().flat_map(|u| u.values().map(|(_, e)| *e));
-        own.chain(others).min()
+        let mut next = None;
+        for own in self.own.values() {
+            next = Instant::earliest(next, Some(own.idle_deadline));
+        }
+        for users in self.others.values() {
+            for (_, expiry) in users.values() {
+                next = Instant::earliest(next, Some(*expiry));
+            }
+        }
+        next
     }
 }
 
