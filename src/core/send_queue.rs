@@ -114,28 +114,17 @@ impl SendQueue {
     /// After a `welcome`: removes what must not be sent under `limits` (see the module docs),
     /// with the code it fails with.
     pub fn take_unsendable(&mut self, now: Instant, limits: SendLimits) -> Failed {
-        self.remove_where(&mut |p| {
-            let too_large = limits.max_frame_bytes > 0
-                && publish_frame_len(&p.room, &p.msg_id, &p.payload) > limits.max_frame_bytes;
-            let expired = limits.dedupe_window_ms > 0
-                && p.first_sent.is_some_and(|t| now.millis_since(t) >= resend_horizon_ms(limits.dedupe_window_ms));
-            if too_large {
-                Some(ErrorCode::TooLarge)
-            } else if expired {
-                Some(ErrorCode::Expired)
-            } else {
-                None
-            }
-        })
+        self.remove_where(Sweep::Unsendable { now, limits })
     }
 
-    /// Removes the entries `why` names a failure for, in queue order. One non-generic body for
-    /// every way a publish fails inside the queue (`retain` would be compiled once per closure).
-    #[inline(never)]
-    fn remove_where(&mut self, why: &mut dyn FnMut(&Pending) -> Option<ErrorCode>) -> Failed {
+    /// Removes the entries `sweep` fails, in queue order. One body for every way a publish fails
+    /// inside the queue: a closure per way would compile `retain` once each, and a `dyn FnMut`
+    /// call would have the signature of the formatting functions, which keeps their bodies in
+    /// the module (wasm-opt drops those only while nothing can call them indirectly).
+    fn remove_where(&mut self, sweep: Sweep) -> Failed {
         let mut gone = Vec::new();
         for p in core::mem::take(&mut self.items) {
-            match why(&p) {
+            match sweep.failure(&p) {
                 Some(code) => gone.push((p.send_id, code)),
                 None => self.items.push(p),
             }
@@ -167,7 +156,7 @@ impl SendQueue {
 
     /// Removes and returns entries whose ack deadline has passed.
     pub fn expire(&mut self, now: Instant) -> Failed {
-        self.remove_where(&mut |p| p.deadline.is_some_and(|d| d <= now).then_some(ErrorCode::Timeout))
+        self.remove_where(Sweep::Expired { now })
     }
 
     /// Moves every deadline that has passed to `until` (see [`super::Client`]'s late-timer rule).
@@ -181,7 +170,7 @@ impl SendQueue {
 
     /// Empties the queue (the client closed).
     pub fn drain(&mut self) -> Failed {
-        self.remove_where(&mut |_| Some(ErrorCode::Closed))
+        self.remove_where(Sweep::All)
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
@@ -190,6 +179,38 @@ impl SendQueue {
             next = Instant::earliest(next, p.deadline);
         }
         next
+    }
+}
+
+/// Which publishes [`SendQueue::remove_where`] fails, and with which code.
+enum Sweep {
+    /// Those a `welcome`'s limits rule out (see the module docs).
+    Unsendable { now: Instant, limits: SendLimits },
+    /// Those whose ack deadline has passed.
+    Expired { now: Instant },
+    /// All (the client closed).
+    All,
+}
+
+impl Sweep {
+    fn failure(&self, p: &Pending) -> Option<ErrorCode> {
+        match *self {
+            Sweep::Unsendable { now, limits } => {
+                let too_large = limits.max_frame_bytes > 0
+                    && publish_frame_len(&p.room, &p.msg_id, &p.payload) > limits.max_frame_bytes;
+                let expired = limits.dedupe_window_ms > 0
+                    && p.first_sent.is_some_and(|t| now.millis_since(t) >= resend_horizon_ms(limits.dedupe_window_ms));
+                if too_large {
+                    Some(ErrorCode::TooLarge)
+                } else if expired {
+                    Some(ErrorCode::Expired)
+                } else {
+                    None
+                }
+            }
+            Sweep::Expired { now } => p.deadline.is_some_and(|d| d <= now).then_some(ErrorCode::Timeout),
+            Sweep::All => Some(ErrorCode::Closed),
+        }
     }
 }
 

@@ -76,7 +76,7 @@ impl Typing {
 
     /// Someone else's typing frame. Returns the room's new list if it changed.
     pub fn on_remote(&mut self, now: Instant, room: &str, user: &str, name: &str, active: bool) -> Option<Vec<TypingUser>> {
-        let users = self.others.get_or_insert_with(room, Default::default);
+        let users = self.others.get_or_insert_with(room, Default::default)?;
         let changed = if active {
             let prev = users.insert(user.to_owned(), (name.to_owned(), now.plus(self.expiry_ms)));
             match prev {
