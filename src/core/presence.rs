@@ -5,7 +5,7 @@
 //! the number of connections and the metadata most recently set by any of them. A user with two
 //! tabs is one member with `connections: 2`; closing one tab is an update, not a leave.
 
-use alloc::vec::Vec;
+use alloc::{string::String, vec::Vec};
 
 use super::small_map::SmallMap;
 
@@ -31,28 +31,32 @@ pub struct Presence {
 impl Presence {
     /// Replaces the room's view. Returns the member list if it changed.
     pub fn snapshot(&mut self, room: &str, conns: Vec<PresenceConn>) -> Option<Vec<Member>> {
-        let mut map = SmallMap::new();
-        for conn in conns {
-            self.seq += 1;
-            map.insert(conn.session.clone(), (conn, self.seq));
-        }
-        let r = self.rooms.get_or_insert_with(room, Default::default)?;
-        r.conns = map;
-        recompute(r)
+        self.apply(room, true, conns, &[])
     }
 
     /// A connection joined or changed its metadata.
     pub fn upsert(&mut self, room: &str, conn: PresenceConn) -> Option<Vec<Member>> {
-        self.seq += 1;
-        let r = self.rooms.get_or_insert_with(room, Default::default)?;
-        r.conns.insert(conn.session.clone(), (conn, self.seq));
-        recompute(r)
+        self.apply(room, false, alloc::vec![conn], &[])
     }
 
     /// Several changes at once (a coalesced `presence_diff`): one recomputation, not one per
     /// change, so a large room's join wave costs the app one event per batch.
     pub fn apply_diff(&mut self, room: &str, joins: Vec<PresenceConn>, leaves: &[PresenceLeft]) -> Option<Vec<Member>> {
+        self.apply(room, false, joins, leaves)
+    }
+
+    pub fn leave(&mut self, room: &str, session: &str) -> Option<Vec<Member>> {
+        self.apply(room, false, Vec::new(), &[PresenceLeft { session: session.into(), user: String::new() }])
+    }
+
+    /// Every presence frame in one body: forget everything first (`reset`, a snapshot), then
+    /// the connections that left, then those that joined or changed. Returns the member list
+    /// if it changed.
+    pub fn apply(&mut self, room: &str, reset: bool, joins: Vec<PresenceConn>, leaves: &[PresenceLeft]) -> Option<Vec<Member>> {
         let r = self.rooms.get_or_insert_with(room, Default::default)?;
+        if reset {
+            r.conns.clear();
+        }
         for left in leaves {
             r.conns.remove(&left.session);
         }
@@ -60,12 +64,6 @@ impl Presence {
             self.seq += 1;
             r.conns.insert(conn.session.clone(), (conn, self.seq));
         }
-        recompute(r)
-    }
-
-    pub fn leave(&mut self, room: &str, session: &str) -> Option<Vec<Member>> {
-        let r = self.rooms.get_mut(room)?;
-        r.conns.remove(session)?;
         recompute(r)
     }
 

@@ -1,9 +1,9 @@
 //! What happens on an open session: the `welcome` and the resync after it, frames from the
 //! server, and the app's room commands.
 
-use alloc::{borrow::ToOwned, string::String};
+use alloc::{borrow::ToOwned, string::String, vec::Vec};
 
-use rtlink_protocol::{ClientFrame, ErrorCode, ServerFrame};
+use rtlink_protocol::{ClientFrame, ErrorCode, PresenceConn, PresenceLeft, ServerFrame};
 
 use super::connection::{End, Role};
 use super::event::{Event, Output, SendError, SendId};
@@ -170,40 +170,13 @@ impl Client {
                     self.emit(Event::SubscribeFailed { room: id, code, reason });
                 }
             }
-            ServerFrame::PresenceSnapshot { room, conns } if self.rooms.contains(&room) => {
-                if let Some(members) = self.presence.snapshot(&room, conns) {
-                    self.emit(Event::PresenceChanged { room, members });
-                }
+            ServerFrame::PresenceSnapshot { room, conns } => self.on_presence(room, true, conns, Vec::new()),
+            ServerFrame::PresenceJoin { room, conn } | ServerFrame::PresenceUpdate { room, conn } => {
+                self.on_presence(room, false, alloc::vec![conn], Vec::new())
             }
-            ServerFrame::PresenceJoin { room, conn } | ServerFrame::PresenceUpdate { room, conn }
-                if self.rooms.contains(&room) =>
-            {
-                if let Some(members) = self.presence.upsert(&room, conn) {
-                    self.emit(Event::PresenceChanged { room, members });
-                }
-            }
-            ServerFrame::PresenceDiff { room, joins, leaves } if self.rooms.contains(&room) => {
-                if let Some(members) = self.presence.apply_diff(&room, joins, &leaves) {
-                    self.emit(Event::PresenceChanged { room: room.clone(), members });
-                }
-                for left in &leaves {
-                    if self.presence.is_present(&room, &left.user) {
-                        continue;
-                    }
-                    if let Some(users) = self.typing.remove_user(&room, &left.user) {
-                        self.emit(Event::TypingChanged { room: room.clone(), users });
-                    }
-                }
-            }
+            ServerFrame::PresenceDiff { room, joins, leaves } => self.on_presence(room, false, joins, leaves),
             ServerFrame::PresenceLeave { room, session, user } => {
-                if let Some(members) = self.presence.leave(&room, &session) {
-                    self.emit(Event::PresenceChanged { room: room.clone(), members });
-                }
-                if !self.presence.is_present(&room, &user) {
-                    if let Some(users) = self.typing.remove_user(&room, &user) {
-                        self.emit(Event::TypingChanged { room, users });
-                    }
-                }
+                self.on_presence(room, false, Vec::new(), alloc::vec![PresenceLeft { session, user }])
             }
             ServerFrame::Typing { room, user, name, active } if self.rooms.contains(&room) => {
                 if self.session.as_ref().is_some_and(|s| s.user_id == user) {
@@ -214,6 +187,25 @@ impl Client {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Every presence frame of a subscribed room (see [`super::presence::Presence::apply`]); a
+    /// user none of whose connections is left stops typing there.
+    fn on_presence(&mut self, room: String, reset: bool, joins: Vec<PresenceConn>, leaves: Vec<PresenceLeft>) {
+        if !self.rooms.contains(&room) {
+            return;
+        }
+        if let Some(members) = self.presence.apply(&room, reset, joins, &leaves) {
+            self.emit(Event::PresenceChanged { room: room.clone(), members });
+        }
+        for left in &leaves {
+            if self.presence.is_present(&room, &left.user) {
+                continue;
+            }
+            if let Some(users) = self.typing.remove_user(&room, &left.user) {
+                self.emit(Event::TypingChanged { room: room.clone(), users });
+            }
         }
     }
 
