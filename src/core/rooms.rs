@@ -78,7 +78,7 @@ impl Rooms {
     }
 
     pub fn remove(&mut self, room: &str) -> bool {
-        self.map.remove(room).is_some()
+        self.map.remove(room)
     }
 
     pub fn last_offset(&self, room: &str) -> Option<u64> {

@@ -55,18 +55,29 @@ impl<V> SmallMap<V> {
 
     /// Inserts or replaces; returns the previous value.
     pub fn insert(&mut self, key: String, value: V) -> Option<V> {
+        self.insert_boxed(key, Box::new(value)).map(|old| *old)
+    }
+
+    /// Inserts or replaces a boxed value: pointer moves only, so one body serves every `V`.
+    fn insert_boxed(&mut self, key: String, value: Box<V>) -> Option<Box<V>> {
         match self.search(&key) {
-            Ok(i) => self.entries.get_mut(i).map(|(_, v)| core::mem::replace(&mut **v, value)),
+            Ok(i) => self.entries.get_mut(i).map(|(_, v)| core::mem::replace(v, value)),
             Err(i) => {
-                self.entries.insert(i, (key, Box::new(value)));
+                self.entries.insert(i, (key, value));
                 None
             }
         }
     }
 
-    pub fn remove(&mut self, key: &str) -> Option<V> {
+    /// Removes `key`'s entry; whether there was one.
+    pub fn remove(&mut self, key: &str) -> bool {
+        self.remove_entry(key).is_some()
+    }
+
+    /// Pointer moves only, like [`SmallMap::insert_boxed`].
+    fn remove_entry(&mut self, key: &str) -> Option<(String, Box<V>)> {
         let i = self.search(key).ok()?;
-        Some(*self.entries.remove(i).1)
+        Some(self.entries.remove(i))
     }
 
     /// The value for `key`, inserting `make()` first if absent (`BTreeMap::entry().or_insert_with`).
@@ -132,8 +143,8 @@ mod tests {
         *m.get_or_insert_with("d", || 0).unwrap() += 4;
         *m.get_or_insert_with("d", || 100).unwrap() += 1;
         assert_eq!(m.get("d"), Some(&5));
-        assert_eq!(m.remove("a"), Some(1));
-        assert_eq!(m.remove("a"), None);
+        assert!(m.remove("a"));
+        assert!(!m.remove("a"));
         m.retain(|_, v| *v > 4);
         assert_eq!(m.len(), 2);
         assert_eq!(m.iter().map(|(k, v)| (k.as_str(), *v)).collect::<Vec<_>>(), [("b", 20), ("d", 5)]);

@@ -66,7 +66,7 @@ impl Typing {
 
     /// Explicit stop, publish, or unsubscribe. Returns true if `typing{active: false}` is due.
     pub fn stop(&mut self, room: &str) -> bool {
-        self.own.remove(room).is_some()
+        self.own.remove(room)
     }
 
     /// The transport dropped: own typing is forgotten (the server times it out).
@@ -84,7 +84,7 @@ impl Typing {
                 None => true,
             }
         } else {
-            users.remove(user).is_some()
+            users.remove(user)
         };
         changed.then(|| list(users))
     }
@@ -92,7 +92,9 @@ impl Typing {
     /// Forgets a user in a room (their last connection left). Returns the new list if changed.
     pub fn remove_user(&mut self, room: &str, user: &str) -> Option<Vec<TypingUser>> {
         let users = self.others.get_mut(room)?;
-        users.remove(user)?;
+        if !users.remove(user) {
+            return None;
+        }
         Some(list(users))
     }
 
