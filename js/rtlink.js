@@ -1,12 +1,14 @@
-// rtlink's public API: a thin façade over the wasm module (the Rust state machine in src/core,
-// its transports and timer in src/wasm). This file owns what JS does best and costs least here:
-// the API objects, option checks, the app's listeners, the event objects, the calls to
-// `getToken`, `sessionStorage` and the page's lifecycle events. The module is driven through
-// one method, `driver.input(op, room, text, n)`, and reports through one callback,
-// `sink.r(code, a, b, c, d, x, y)`; both tables are documented in src/wasm/driver.rs.
+// rtlink's public API: a thin façade over the wasm module (the Rust state machine in src/core
+// behind the boundary in src/wasm). This file owns what JS does best and costs least here: the
+// API objects, option checks, the app's listeners, the event objects, the calls to `getToken`,
+// `sessionStorage` and the page's lifecycle events, and the I/O the module asks for (js/io.js:
+// the transports and the one timer). The module is driven through one export,
+// `rt_input(driver, op, a, b, n, m, now)`, and reports through one import,
+// `r(code, a, b, c, d, x, y)`; both tables are documented in src/wasm/driver.rs.
 //
 // Nothing here assumes a `window`: globals are read from `globalThis` (a page or a worker).
-import init, { Driver, initSync, live } from "./rtlink_wasm.js";
+import init, { exports, initSync, input } from "./wasm.js";
+import { live, open, ticket } from "./io.js";
 
 export { init as default, initSync };
 
@@ -19,27 +21,28 @@ export class RtlinkError extends Error {
   }
 }
 
-// driver.input() operations (src/wasm/driver.rs `op`).
+// rt_input() operations (src/wasm/driver.rs `op`).
 const CONNECT = 0, CLOSE = 1, SUBSCRIBE = 2, UNSUBSCRIBE = 3, SET_PRESENCE = 4, KEYSTROKE = 5,
   TYPING_STOP = 6, PUBLISH = 7, TOKEN = 8, ONLINE = 9, OFFLINE = 10, HIDDEN = 11, VISIBLE = 12,
-  FROZEN = 13, RESUMED = 14;
+  FROZEN = 13, RESUMED = 14, TIMEOUT = 15;
 
 const TRANSPORTS = ["websocket", "sse", "long-polling"];
 const STATES = ["idle", "connecting", "open", "backing-off", "offline", "closed"];
 // PUBLISH refusals (returned negated), by number.
 const REFUSALS = [, ["queue_full", "the send queue is full; nothing was dropped"],
   ["not_subscribed", "leave() was called on this room"], ["too_large", "payload is larger than the server allows"],
-  ["closed", "the client is closed"], ["internal", "publish called from inside an rtlink callback"]];
+  ["closed", "the client is closed"]];
 
 const g = globalThis;
 // Connected clients: a connected client stays alive like an open WebSocket does, even when the
-// app keeps no reference to it (the module only holds a weak one).
+// app keeps no reference to it.
 const connected = new Set();
-let pageListeners = 0;
+// A client the app dropped (never connected, or closed) frees its driver in the module.
+const drivers = new FinalizationRegistry((driver) => exports().rt_free(driver));
 
-/** Live DOM listeners and owned callbacks of every client (for leak checks). */
+/** Live DOM listeners and timers of every client (for leak checks). */
 export function liveListeners() {
-  return live() + pageListeners;
+  return live.n;
 }
 
 const invalid = (message) => new RtlinkError("invalid_options", message);
@@ -104,10 +107,10 @@ function lifecycle(client) {
   }
   const added = listeners.filter(([target]) => target && target.addEventListener);
   for (const [target, kind, f] of added) target.addEventListener(kind, f);
-  pageListeners += added.length;
+  live.n += added.length;
   return () => {
     for (const [target, kind, f] of added) target.removeEventListener(kind, f);
-    pageListeners -= added.length;
+    live.n -= added.length;
   };
 }
 
@@ -177,15 +180,33 @@ export class RealtimeClient {
     this._list = [];
     this._state = { state: "idle", transport: null, attempt: 0, retryInMs: null, reason: null };
     this._closed = false;
-    // The module holds the sink, the sink only a weak reference to the client: a client nobody
-    // references and that is not connected is collected, and its driver freed with it.
-    const self = new WeakRef(this);
-    const sink = { r: (...record) => self.deref()?._record(...record) };
-    this._driver = new Driver(sink, url, ladder, start, base, cap, attempts, grace, probe, seed[0], seed[1]);
+    this._urls = urls;
+    // Transports (and ticket requests) by id, the timer, and the records of the module not yet
+    // handled (see `_input`).
+    this._io = new Map();
+    this._timer = 0;
+    this._queue = [];
+    this._push = (...record) => this._queue.push(record);
+    this._busy = false;
+    this._driver = exports().rt_new(ladder, start, base, cap, attempts, grace, probe, urls.length, seed[0], seed[1], performance.now());
+    drivers.register(this, this._driver, this);
   }
 
-  _input(op, room = "", text = "", n = 0) {
-    return this._driver ? this._driver.input(op, room, text, n) : -4;
+  // One operation of the module (src/wasm/driver.rs `op`). Its records are queued while it runs
+  // and handled after it returned, in order: app listeners and transports may call in again
+  // (their records join the queue; the outermost call handles them).
+  _input(op, a = "", b = "", n = 0, m = 0) {
+    if (!this._driver) return -4;
+    const result = input(this._push, this._driver, op, a, b, n, m);
+    if (!this._busy) {
+      this._busy = true;
+      try {
+        while (this._queue.length) this._record(...this._queue.shift());
+      } finally {
+        this._busy = false;
+      }
+    }
+    return result;
   }
 
   _on(scope, event, listener) {
@@ -212,9 +233,11 @@ export class RealtimeClient {
 
   // One record from the module (src/wasm/driver.rs `record`).
   _record(code, a, b, c, d, x, y) {
-    const extra = code >> 4;
-    switch (code & 15) {
+    const extra = code >> 5;
+    switch (code & 31) {
       case 0: // STATE
+        // Closed for good: whatever transport is left goes too.
+        if (extra >> 2 === 5) for (const id of this._io.keys()) this._stop(id);
         this._state = {
           state: STATES[extra >> 2],
           transport: TRANSPORTS[(extra & 3) - 1] ?? null,
@@ -243,7 +266,7 @@ export class RealtimeClient {
       case 10: { // TYPING
         const list = this._list;
         this._list = [];
-        const presence = (code & 15) === 8;
+        const presence = (code & 31) === 8;
         (presence ? this._presence : this._typing).set(a, list);
         return this._emit(a, presence ? "presence" : "typing", list.slice());
       }
@@ -256,10 +279,64 @@ export class RealtimeClient {
         this._emit("", "error", new RtlinkError(a, b));
         return this._shutdown();
       case 13: // TOKEN: asked in a microtask, so app code never runs inside the module's call.
-        Promise.resolve()
+        return void Promise.resolve()
           .then(() => (0, this._getToken)())
           .then((token) => (typeof token === "string" ? token : ""), () => "")
-          .then((token) => this._input(TOKEN, "", token));
+          .then((token) => this._input(TOKEN, token));
+      case 14: // FETCH_TICKET
+        return this._start(x, (t) => ticket(t, this._urls[extra >> 1], a, b, extra & 1));
+      case 15: // OPEN
+        return this._start(x, (t) => open(t, extra & 3, this._urls[extra >> 2], a));
+      case 16: // SEND
+        return this._io.get(x)?.send(a);
+      case 17: // CLOSE
+        return this._stop(x, y, a);
+      case 18: // TIMER
+        if (this._timer) {
+          clearTimeout(this._timer);
+          live.n--;
+          this._timer = 0;
+        }
+        if (x >= 0) {
+          live.n++;
+          this._timer = setTimeout(() => {
+            this._timer = 0;
+            live.n--;
+            this._input(TIMEOUT);
+          }, x);
+        }
+        return;
+      case 19: // SESSION
+        return this._io.get(x)?.session?.(a, y);
+    }
+  }
+
+  // Starts transport `id` (or its ticket request): `make(t)` gets what it reports through and
+  // returns `{ send, session, stop }`. `t.report(op, text, m)` feeds the module (nothing once
+  // stopped); `t.finish(op, text, m)` reports its end once and stops it.
+  _start(id, make) {
+    this._stop(id);
+    const t = {
+      done: false,
+      report: (op, text = "", m = 0) => t.done || this._input(op, text, "", id, m),
+      finish: (op, text, m) => {
+        if (!t.done) {
+          this._stop(id);
+          this._input(op, text, "", id, m);
+        }
+      },
+    };
+    this._io.set(id, t);
+    Object.assign(t, make(t));
+  }
+
+  // Stops transport `id`: closes its connection, aborts its requests, removes its listeners.
+  _stop(id, code, reason) {
+    const t = this._io.get(id);
+    if (t) {
+      this._io.delete(id);
+      t.done = true;
+      t.stop(code, reason);
     }
   }
 
@@ -325,8 +402,11 @@ export class RealtimeClient {
   /** Closes the client and frees its module memory now rather than when it is collected. */
   free() {
     this.close();
-    this._driver?.free();
-    this._driver = null;
+    if (this._driver) {
+      drivers.unregister(this);
+      exports().rt_free(this._driver);
+      this._driver = null;
+    }
   }
 }
 

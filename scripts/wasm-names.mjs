@@ -79,25 +79,63 @@ export function functionSizes(bytes) {
   }
   const functions = bodies.map(({ size, trap }, i) => {
     const index = importedFunctions + i;
-    return { index, name: names.get(index) ?? `func[${index}]`, size, trap };
+    return { index, name: demangle(names.get(index) ?? `func[${index}]`), size, trap };
   });
   return { functions, dataBytes, importedFunctions };
 }
 
+const ESCAPES = { SP: "@", BP: "*", RF: "&", LT: "<", GT: ">", LP: "(", RP: ")", C: "," };
+
+/** A Rust symbol as a path, `a::b::c`, without its hash: legacy mangling (`_ZN…E`) in full,
+ * v0 (`_R…`, the prebuilt core and alloc) as its identifiers only; any other name as it is. */
+export function demangle(name) {
+  if (name.startsWith("_R")) {
+    const idents = [];
+    const rest = name.replace(/C[sa-z][0-9A-Za-z]*_/g, "C").replace(/B[0-9A-Za-z]*_/g, "");
+    for (let pos = 2; pos < rest.length; ) {
+      const digits = /^\d+/.exec(rest.slice(pos));
+      if (!digits) {
+        pos++;
+        continue;
+      }
+      pos += digits[0].length;
+      idents.push(rest.slice(pos, pos + Number(digits[0])));
+      pos += Number(digits[0]);
+    }
+    return idents.length ? idents.join("::") : name;
+  }
+  if (!name.startsWith("_ZN")) return name;
+  const parts = [];
+  let pos = 3;
+  while (pos < name.length && name[pos] !== "E") {
+    const digits = /^\d+/.exec(name.slice(pos));
+    if (!digits) return name;
+    pos += digits[0].length;
+    parts.push(name.slice(pos, pos + Number(digits[0])));
+    pos += Number(digits[0]);
+  }
+  if (/^h[0-9a-f]{16}$/.test(parts.at(-1))) parts.pop();
+  return parts
+    .map((p) => p.replace(/^_\$/, "$").replace(/\$([A-Z]+|u[0-9a-f]+)\$/g, (m, e) =>
+      ESCAPES[e] ?? (e[0] === "u" ? String.fromCodePoint(parseInt(e.slice(1), 16)) : m)).replace(/\.\./g, "::"))
+    .join("::");
+}
+
 /** The area a function belongs to, from its (demangled) name. */
 export function areaOf(name) {
-  if (/rtlink::wasm::transports/.test(name)) return "transports";
-  if (/rtlink::wasm/.test(name)) return "glue";
+  if (/rtlink::wasm|^rt_(new|buf|input|free)$/.test(name)) return "glue";
   if (/rtlink::core|rtlink_protocol/.test(name)) return "core";
-  if (/wasm_bindgen|js_sys|web_sys|gloo_timers|__wbg|__wbindgen|__externref|^closure|externref/.test(name)) return "bindgen";
   return "runtime";
 }
 
 /** Functions of `core::fmt` (the formatting machinery) with code in them. A name alone does not
  * count: a formatting function whose callers were all optimized away keeps its slot in the
- * function table with a body of `unreachable`. */
+ * function table with a body of `unreachable`. `core::panicking::panic_fmt` is not formatting:
+ * it hands its arguments, unformatted, to the module's panic handler, which traps
+ * (src/wasm/panic.rs); the library's own panic paths (a failed allocation, an index out of
+ * range) call it. */
 export function fmtFunctions(functions) {
-  return functions.filter((f) => !f.trap && /core::fmt|::fmt::|as core::fmt|core::panicking::panic_fmt/.test(f.name));
+  return functions.filter((f) => !f.trap && /core::fmt|::fmt::|as core::fmt/.test(f.name));
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {

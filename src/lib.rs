@@ -6,13 +6,14 @@
 //!
 //! The wasm build is `no_std` (with `alloc`): no formatting machinery and no panic messages in
 //! the module a browser downloads (see `wasm::panic`). Native builds keep std for the tests and
-//! native drivers of the core.
-#![cfg_attr(all(target_arch = "wasm32", not(test)), no_std)]
+//! native drivers of the core, and so do the browser test binaries (feature `std`).
+#![cfg_attr(all(target_arch = "wasm32", not(test), not(feature = "std")), no_std)]
 
 extern crate alloc;
 
 pub mod core;
 
-/// The browser glue and the JS API (wasm32 only).
-#[cfg(target_arch = "wasm32")]
+/// The wasm module's boundary to the JS façade (wasm32 only; not in the browser test binaries,
+/// which link std and drive the built package).
+#[cfg(all(target_arch = "wasm32", not(feature = "std")))]
 pub mod wasm;

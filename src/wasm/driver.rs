@@ -1,44 +1,34 @@
-//! The driver: one per client. It owns the core, the transports the core asked for and exactly
-//! one timer (re-armed from the core's next deadline), feeds every browser event and façade
-//! command in with `now`, and reports what the core says to the façade as records.
-//!
-//! Re-entrancy rule: the driver is borrowed only inside [`step`], and records are reported after
-//! the borrow is released (a listener may call back in). Transports report only from browser
-//! callbacks, never synchronously from their own methods.
+//! The driver: one per client. It owns the core, feeds it every façade operation with `now`, and
+//! reports what the core says as records: API events for the app, and the I/O the façade does for
+//! it (the ticket request, a transport to open, a frame to send, a transport to close, the one
+//! timer, re-armed from the core's next deadline).
 
-use alloc::boxed::Box;
-use alloc::rc::{Rc, Weak};
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::cell::RefCell;
 
-use wasm_bindgen::prelude::*;
-
-use super::timer::Timeout;
-use super::transports::ticket::TicketFetch;
-use super::transports::{EventSink, OpenFailure, OpenParams, Transport, TransportEvent};
-use super::{performance_now, Sink};
+use super::record as r;
 use crate::core::text::{concat, dec};
 use crate::core::wire::{self, DecodeError};
 use crate::core::{
     BackoffConfig, Client, CloseCode, CloseReason, Config, Event, Input, Instant, OpenError, Output, SendError,
-    State, TransportId, TransportKind,
+    ServerFrame, State, TransportId, TransportKind,
 };
 
-/// The façade's commands: `driver.input(op, room, text, n)` (js/rtlink.js has the same table).
+/// The façade's operations: `rt_input(driver, op, a, b, n, m, now)` (js/rtlink.js has the same
+/// table). `a`, `b`: strings; `n`, `m`: numbers. Unused ones are empty or 0.
 pub mod op {
     pub const CONNECT: u32 = 0;
     pub const CLOSE: u32 = 1;
-    /// `n`: recent messages to deliver first.
+    /// `a` room, `n`: recent messages to deliver first.
     pub const SUBSCRIBE: u32 = 2;
     pub const UNSUBSCRIBE: u32 = 3;
-    /// `text`: the metadata's JSON text.
+    /// `a` room, `b`: the metadata's JSON text.
     pub const SET_PRESENCE: u32 = 4;
     pub const KEYSTROKE: u32 = 5;
     pub const TYPING_STOP: u32 = 6;
-    /// `text`: the payload's JSON text. Returns the send id, or minus a [`super::PublishRefused`].
+    /// `a` room, `b`: the payload's JSON text. Returns the send id, or minus a [`PublishRefused`].
     pub const PUBLISH: u32 = 7;
-    /// `text`: the token (empty: `getToken` failed).
+    /// `a`: the token (empty: `getToken` failed).
     pub const TOKEN: u32 = 8;
     pub const ONLINE: u32 = 9;
     pub const OFFLINE: u32 = 10;
@@ -46,16 +36,30 @@ pub mod op {
     pub const VISIBLE: u32 = 12;
     pub const FROZEN: u32 = 13;
     pub const RESUMED: u32 = 14;
+    /// The timer fired.
+    pub const TIMEOUT: u32 = 15;
+    /// Transport `n`'s ticket request answered with ticket `a`.
+    pub const TICKET: u32 = 16;
+    /// Transport `n` is up.
+    pub const OPENED: u32 = 17;
+    /// Transport `n` received the frame text `a`.
+    pub const FRAME: u32 = 18;
+    /// Transport `n` ended after it opened: close code `m` (0: none), reason `a`.
+    pub const CLOSED: u32 = 19;
+    /// Transport `n` (its ticket request or its connection) could not open: `FAILED` plus the
+    /// reason's index: 0 unauthorized, 1 forbidden, 2 unknown session, 3 overloaded (`m`: retry
+    /// after ms, negative: not said), 4 unreachable (ticket step), 5 network (the connection).
+    pub const FAILED: u32 = 20;
 }
 
-/// What the façade receives, one `sink.r(code, a, b, c, d, x, y)` per record. The low 4 bits
-/// of `code` say what it is; the bits above carry a small number (js/rtlink.js has the same
-/// table). Unused strings are empty, unused numbers 0.
+/// What the façade receives, one `r(code, a, b, c, d, x, y)` per record. The low 5 bits of
+/// `code` say what it is; the bits above carry a small number (js/rtlink.js has the same table).
+/// Unused strings are empty, unused numbers 0.
 pub mod record {
-    /// `code >> 4` = state index × 4 + transport (0 none, 1 websocket, 2 sse, 3 long polling);
+    /// `code >> 5` = state index × 4 + transport (0 none, 1 websocket, 2 sse, 3 long polling);
     /// `x` attempt, `y` retry in ms (−1: none), `a` why it closed.
     pub const STATE: u32 = 0;
-    /// `code >> 4` = 1 if the sender's name is known; `a` room, `b` sender, `c` name, `d`
+    /// `code >> 5` = 1 if the sender's name is known; `a` room, `b` sender, `c` name, `d`
     /// payload (JSON text), `x` offset.
     pub const MESSAGE: u32 = 1;
     /// `x` send id, `y` offset.
@@ -77,12 +81,27 @@ pub mod record {
     pub const TYPIST: u32 = 9;
     /// `a` room: its typists are the `TYPIST` records since the last list.
     pub const TYPING: u32 = 10;
-    /// `code >> 4` = the transport that worked (1 websocket, 2 sse, 3 long polling).
+    /// `code >> 5` = the transport that worked (1 websocket, 2 sse, 3 long polling).
     pub const TRANSPORT: u32 = 11;
     /// The client stopped for good: `a` error code, `b` message.
     pub const ERROR: u32 = 12;
     /// Call `getToken()` and answer with [`super::op::TOKEN`].
     pub const TOKEN: u32 = 13;
+    /// Request a ticket for transport `x`: `code >> 5` = endpoint × 2 + 1 if it is a probe; `a`
+    /// the bearer token, `b` the session to resume (empty: none). Answer with `TICKET` or `FAILED`.
+    pub const FETCH_TICKET: u32 = 14;
+    /// Open transport `x` with ticket `a`: `code >> 5` = endpoint × 4 + kind (1 websocket, 2
+    /// sse, 3 long polling). It answers with `OPENED`, `FRAME`, `CLOSED` or `FAILED`.
+    pub const OPEN: u32 = 15;
+    /// Send the frame text `a` on transport `x` (in order; SSE and long polling POST it).
+    pub const SEND: u32 = 16;
+    /// Close transport `x` (WebSocket: with code `y` and reason `a`) and report nothing more of it.
+    pub const CLOSE: u32 = 17;
+    /// Arm the timer to fire in `x` ms (negative: disarm); it replaces the previous one.
+    pub const TIMER: u32 = 18;
+    /// Transport `x`'s session: `a` the resume token that authenticates `POST /v1/send` and
+    /// long polls, `y` the largest upstream body the server accepts.
+    pub const SESSION: u32 = 19;
 }
 
 /// Why `PUBLISH` refused (returned negated).
@@ -93,32 +112,15 @@ pub enum PublishRefused {
     NotSubscribed = 2,
     TooLarge = 3,
     Closed = 4,
-    /// Called from inside a step (cannot happen through the façade).
-    Busy = 5,
-}
-
-struct Shared {
-    sink: Sink,
-    driver: RefCell<Inner>,
-}
-
-struct Inner {
-    core: Client,
-    /// The server base URLs, preferred first, separated by spaces (the core's endpoints).
-    url: String,
-    transports: Vec<(TransportId, Transport)>,
-    /// The one timer and the deadline it is armed for.
-    timer: Option<(Instant, Timeout)>,
 }
 
 /// One client's connection machinery, owned by the façade's `RealtimeClient`.
-#[wasm_bindgen]
 pub struct Driver {
-    shared: Rc<Shared>,
-}
-
-fn now() -> Instant {
-    Instant::from_f64_millis(performance_now())
+    core: Client,
+    /// Where the façade writes the next input's strings (`rt_buf`, `rt_input`).
+    pub(super) buf: Vec<u8>,
+    /// The deadline the façade's timer is armed for.
+    timer: Option<Instant>,
 }
 
 fn kind_index(kind: TransportKind) -> u32 {
@@ -143,17 +145,13 @@ fn ms(v: f64) -> Option<u64> {
     (v >= 0.0).then_some(v as u64)
 }
 
-#[wasm_bindgen]
 impl Driver {
     /// `ladder`: the allowed transports, best first, one base-4 digit each (1 websocket, 2 sse,
     /// 3 long polling; 0: all three). `start`: the rung to start from (0: the top). Negative
-    /// numbers keep the default; `url`: one or more base URLs separated by spaces. The façade
+    /// numbers keep the default; `endpoints`: how many base URLs the façade has. The façade
     /// validated everything.
-    #[wasm_bindgen(constructor)]
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        sink: Sink,
-        url: String,
         ladder: u32,
         start: u32,
         base_ms: f64,
@@ -161,8 +159,10 @@ impl Driver {
         max_attempts: f64,
         grace_ms: f64,
         probe_ms: f64,
+        endpoints: u32,
         seed_hi: u32,
         seed_lo: u32,
+        now: f64,
     ) -> Driver {
         let mut transports = Vec::new();
         let mut rest = ladder;
@@ -183,153 +183,139 @@ impl Driver {
             backoff,
             heartbeat_grace_ms: ms(grace_ms).unwrap_or(defaults.heartbeat_grace_ms),
             probe_interval_ms: ms(probe_ms).unwrap_or(defaults.probe_interval_ms),
-            endpoints: 1 + url.bytes().filter(|&b| b == b' ').count(),
+            endpoints: endpoints.max(1) as usize,
             ..defaults
         };
-        let core = Client::new(config, now(), u64::from(seed_hi) << 32 | u64::from(seed_lo));
-        let driver = Inner { core, url, transports: Vec::new(), timer: None };
-        Driver { shared: Rc::new(Shared { sink, driver: RefCell::new(driver) }) }
+        let now = Instant::from_f64_millis(now);
+        let core = Client::new(config, now, u64::from(seed_hi) << 32 | u64::from(seed_lo));
+        Driver { core, buf: Vec::new(), timer: None }
     }
 
-    /// One command of the façade (see [`op`]). Returns the send id for `PUBLISH`, else 0.
-    pub fn input(&self, op: u32, room: &str, text: &str, n: f64) -> f64 {
-        let room = String::from(room);
+    /// One operation (see [`op`]); then does what the core asks and re-arms the timer.
+    pub fn input(&mut self, op: u32, a: &str, b: &str, n: f64, m: f64, now: f64) -> f64 {
+        let now = Instant::from_f64_millis(now);
+        let result = self.apply(op, a, b, n, m, now);
+        self.drain(now);
+        result
+    }
+
+    fn apply(&mut self, op: u32, a: &str, b: &str, n: f64, m: f64, now: Instant) -> f64 {
+        let room = String::from(a);
+        let id = TransportId(n as u64);
         let input = match op {
             op::CONNECT => Input::Connect,
             op::CLOSE => Input::Close,
             op::SUBSCRIBE => Input::Subscribe { room, history: n as u32 },
             op::UNSUBSCRIBE => Input::Unsubscribe { room },
-            op::SET_PRESENCE => Input::SetPresence { room, meta: text.into() },
+            op::SET_PRESENCE => Input::SetPresence { room, meta: b.into() },
             op::KEYSTROKE => Input::Keystroke { room },
             op::TYPING_STOP => Input::TypingStop { room },
             op::PUBLISH => {
-                let sent = step(&self.shared, |d, now| d.core.publish(now, &room, text.into()));
-                return match sent {
-                    Some(Ok(id)) => id.0 as f64,
-                    Some(Err(SendError::QueueFull)) => -(PublishRefused::QueueFull as i32 as f64),
-                    Some(Err(SendError::NotSubscribed)) => -(PublishRefused::NotSubscribed as i32 as f64),
-                    Some(Err(SendError::TooLarge)) => -(PublishRefused::TooLarge as i32 as f64),
-                    Some(Err(SendError::Closed)) => -(PublishRefused::Closed as i32 as f64),
-                    None => -(PublishRefused::Busy as i32 as f64),
+                let refused = match self.core.publish(now, &room, b.into()) {
+                    Ok(id) => return id.0 as f64,
+                    Err(SendError::QueueFull) => PublishRefused::QueueFull,
+                    Err(SendError::NotSubscribed) => PublishRefused::NotSubscribed,
+                    Err(SendError::TooLarge) => PublishRefused::TooLarge,
+                    Err(SendError::Closed) => PublishRefused::Closed,
                 };
+                return -(refused as u32 as f64);
             }
-            op::TOKEN if text.is_empty() => Input::TokenFailed { terminal: false },
-            op::TOKEN => Input::TokenReady(text.into()),
+            op::TOKEN if a.is_empty() => Input::TokenFailed { terminal: false },
+            op::TOKEN => Input::TokenReady(room),
             op::ONLINE => Input::Online,
             op::OFFLINE => Input::Offline,
             op::HIDDEN => Input::Hidden,
             op::VISIBLE => Input::Visible,
             op::FROZEN => Input::Frozen,
             op::RESUMED => Input::Resumed,
+            op::TIMEOUT => {
+                self.timer = None;
+                self.core.handle_timeout(now);
+                return 0.0;
+            }
+            op::TICKET => Input::TicketIssued { id, ticket: room },
+            op::OPENED => Input::TransportOpened { id },
+            op::FRAME => frame(id, a, n),
+            op::CLOSED => Input::TransportClosed { id, code: (m > 0.0).then_some(CloseCode(m as u16)), reason: room },
+            op::FAILED..=25 => {
+                let error = match op - op::FAILED {
+                    0 => OpenError::Unauthorized,
+                    1 => OpenError::Forbidden,
+                    2 => OpenError::SessionUnknown,
+                    3 => OpenError::Overloaded { retry_after_ms: ms(m) },
+                    4 => OpenError::Unreachable,
+                    _ => OpenError::Network,
+                };
+                Input::OpenFailed { id, error }
+            }
             _ => return 0.0,
         };
-        feed(&self.shared, input);
+        self.core.handle_input(now, input);
         0.0
     }
-}
 
-fn feed(shared: &Rc<Shared>, input: Input) {
-    step(shared, |d, now| d.core.handle_input(now, input));
-}
-
-/// Runs `f` on the driver, drains the core, re-arms the timer, then reports the records.
-/// `None` only if the driver was already borrowed: a nested call, which the design rules out
-/// (see the module docs); the input is dropped rather than panicking.
-fn step<R>(shared: &Rc<Shared>, f: impl FnOnce(&mut Inner, Instant) -> R) -> Option<R> {
-    // A thin generic shell around one non-generic body: `step` has several callers, and a
-    // generic body would be copied into each of them.
-    let mut f = Some(f);
-    let mut result = None;
-    run_step(shared, &mut |d, now| {
-        if let Some(f) = f.take() {
-            result = Some(f(d, now));
-        }
-    });
-    result
-}
-
-#[inline(never)]
-fn run_step(shared: &Rc<Shared>, f: &mut dyn FnMut(&mut Inner, Instant)) {
-    let reports = {
-        let Ok(mut d) = shared.driver.try_borrow_mut() else { return };
-        let now = now();
-        f(&mut d, now);
-        d.drain(shared, now)
-    };
-    for out in reports {
-        report(&shared.sink, out);
-    }
-}
-
-impl Inner {
-    /// Does what the core asks of the glue; returns what is for the façade.
-    fn drain(&mut self, shared: &Rc<Shared>, now: Instant) -> Vec<Output> {
-        let mut reports = Vec::new();
+    /// Does what the core asks: I/O records for the façade, events for the app; then re-arms
+    /// the timer.
+    fn drain(&mut self, now: Instant) {
         while let Some(out) = self.core.poll_output() {
             match out {
+                Output::RequestToken => r(record::TOKEN, "", "", "", "", 0.0, 0.0),
                 Output::FetchTicket { id, endpoint, token, resume, probe } => {
-                    let fetch = TicketFetch::start(self.endpoint(endpoint), &token, resume.as_deref(), probe, ticket_done(shared, id));
-                    self.transports.push((id, Transport::Ticket(fetch)));
+                    let extra = endpoint as u32 * 2 + u32::from(probe);
+                    r(
+                        record::FETCH_TICKET | extra << 5,
+                        &token,
+                        resume.as_deref().unwrap_or(""),
+                        "",
+                        "",
+                        id.0 as f64,
+                        0.0,
+                    )
                 }
                 Output::OpenTransport { id, endpoint, kind, ticket } => {
-                    // The ticket step of this id is over: its entry is replaced by the transport.
-                    self.transports.retain(|(tid, _)| *tid != id);
-                    let params = OpenParams { base_url: self.endpoint(endpoint), ticket: &ticket };
-                    let t = Transport::open(kind, params, transport_sink(shared, id));
-                    self.transports.push((id, t));
+                    let extra = endpoint as u32 * 4 + kind_index(kind);
+                    r(record::OPEN | extra << 5, &ticket, "", "", "", id.0 as f64, 0.0)
                 }
-                Output::Send { id, frame } => {
-                    if let Some((_, t)) = self.transports.iter().find(|(tid, _)| *tid == id) {
-                        t.send(wire::encode(&frame));
-                    }
-                }
-                Output::CloseTransport { id, .. } => self.transports.retain(|(tid, _)| *tid != id),
-                out => reports.push(out),
+                Output::Send { id, frame } => r(record::SEND, &wire::encode(&frame), "", "", "", id.0 as f64, 0.0),
+                Output::CloseTransport { id, .. } => r(record::CLOSE, "client closed", "", "", "", id.0 as f64, 1000.0),
+                Output::Event(event) => report(event),
             }
         }
-        if matches!(self.core.state(), State::Closed { .. }) {
-            // Closed for good: whatever is left (transports whose end was reported) goes too.
-            self.transports.clear();
+        let at = self.core.poll_timeout();
+        if at != self.timer {
+            self.timer = at;
+            let delay = at.map_or(-1.0, |at| at.millis_since(now).min(i32::MAX as u64) as f64);
+            r(record::TIMER, "", "", "", "", delay, 0.0);
         }
-        self.arm_timer(shared, now);
-        reports
     }
+}
 
-    /// The base URL of endpoint `i` (a byte scan: `str::split` costs a kilobyte of wasm).
-    fn endpoint(&self, i: usize) -> &str {
-        let (mut start, mut n) = (0, 0);
-        for (at, b) in self.url.bytes().enumerate() {
-            if b == b' ' {
-                if n == i {
-                    return self.url.get(start..at).unwrap_or_default();
-                }
-                n += 1;
-                start = at + 1;
+/// The input for a frame text from transport `id`. A `welcome` also tells the façade the
+/// session (its upstream needs it); a text that is no frame closes the transport.
+fn frame(id: TransportId, text: &str, n: f64) -> Input {
+    let (code, reason) = match wire::decode(text) {
+        Ok(frame) => {
+            if let ServerFrame::Welcome { resume_token, limits, .. } = &frame {
+                // A server that does not announce its body limit accepts at least one frame's worth.
+                let max = [limits.max_batch_bytes, limits.max_frame_bytes, 65_536].into_iter().find(|n| *n >= 1);
+                r(record::SESSION, resume_token, "", "", "", n, max.unwrap_or(65_536) as f64);
             }
+            return Input::Frame { id, frame };
         }
-        self.url.get(start..).unwrap_or_default()
-    }
-
-    fn arm_timer(&mut self, shared: &Rc<Shared>, now: Instant) {
-        let Some(at) = self.core.poll_timeout() else {
-            self.timer = None;
-            return;
-        };
-        if self.timer.as_ref().is_some_and(|(t, _)| *t == at) {
-            return;
+        Err(DecodeError::UnsupportedVersion) => {
+            (CloseCode::UNSUPPORTED_VERSION, String::from("the server speaks another protocol version"))
         }
-        let delay = at.millis_since(now).min(i32::MAX as u64) as u32;
-        let weak = Rc::downgrade(shared);
-        let timeout = Timeout::new(delay, move || {
-            if let Some(shared) = weak.upgrade() {
-                step(&shared, |d, now| {
-                    d.timer = None;
-                    d.core.handle_timeout(now);
-                });
-            }
-        });
-        self.timer = Some((at, timeout));
-    }
+        Err(DecodeError::Malformed(field)) => (
+            CloseCode::MALFORMED_FRAME,
+            if field.is_empty() {
+                "malformed frame from server".into()
+            } else {
+                concat(&["malformed frame from server: missing or invalid field ", field])
+            },
+        ),
+    };
+    r(record::CLOSE, "malformed frame from server", "", "", "", n, 4000.0);
+    Input::TransportClosed { id, code: Some(code), reason }
 }
 
 fn state_index(state: &State) -> u32 {
@@ -357,13 +343,8 @@ fn close_reason(reason: &CloseReason) -> String {
     }
 }
 
-/// Reports one output of the core to the façade as records (see [`record`]).
-fn report(sink: &Sink, out: Output) {
-    let r = |code: u32, a: &str, b: &str, c: &str, d: &str, x: f64, y: f64| sink.record(code, a, b, c, d, x, y);
-    let Output::Event(event) = out else {
-        // `RequestToken`: the only other output `drain` hands over.
-        return r(record::TOKEN, "", "", "", "", 0.0, 0.0);
-    };
+/// Reports one event of the core to the façade as records (see [`record`]).
+fn report(event: Event) {
     match event {
         Event::StateChanged { state, transport, attempt, retry_in_ms } => {
             let reason = match &state {
@@ -372,10 +353,10 @@ fn report(sink: &Sink, out: Output) {
             };
             let extra = state_index(&state) * 4 + transport.map_or(0, kind_index);
             let retry = retry_in_ms.map_or(-1.0, |ms| ms as f64);
-            r(record::STATE | extra << 4, &reason, "", "", "", attempt.into(), retry);
+            r(record::STATE | extra << 5, &reason, "", "", "", attempt.into(), retry);
         }
         Event::Message { room, offset, sender, name, payload } => {
-            let code = record::MESSAGE | u32::from(name.is_some()) << 4;
+            let code = record::MESSAGE | u32::from(name.is_some()) << 5;
             r(code, &room, &sender, name.as_deref().unwrap_or(""), &payload, offset as f64, 0.0);
         }
         Event::PublishAcked { send_id, offset } => r(record::ACKED, "", "", "", "", send_id.0 as f64, offset as f64),
@@ -384,7 +365,9 @@ fn report(sink: &Sink, out: Output) {
         }
         Event::Subscribed { room } => r(record::SUBSCRIBED, &room, "", "", "", 0.0, 0.0),
         Event::ResyncNeeded { room } => r(record::RESYNC, &room, "", "", "", 0.0, 0.0),
-        Event::SubscribeFailed { room, code, reason } => r(record::REFUSED, &room, code.as_str(), &reason, "", 0.0, 0.0),
+        Event::SubscribeFailed { room, code, reason } => {
+            r(record::REFUSED, &room, code.as_str(), &reason, "", 0.0, 0.0)
+        }
         Event::PresenceChanged { room, members } => {
             for m in &members {
                 r(record::MEMBER, &m.user, &m.name, &m.meta, "", m.connections.into(), 0.0);
@@ -397,63 +380,8 @@ fn report(sink: &Sink, out: Output) {
             }
             r(record::TYPING, &room, "", "", "", 0.0, 0.0);
         }
-        Event::TransportRemembered(kind) => r(record::TRANSPORT | kind_index(kind) << 4, "", "", "", "", 0.0, 0.0),
+        Event::TransportRemembered(kind) => r(record::TRANSPORT | kind_index(kind) << 5, "", "", "", "", 0.0, 0.0),
         Event::Fallback(_) => {}
         Event::Error { reason } => r(record::ERROR, reason.error_code(), &close_reason(&reason), "", "", 0.0, 0.0),
     }
-}
-
-/// Where the ticket step of transport `id` reports: `TicketIssued`, or why not. At this step no
-/// answer (or a 5xx) means the server is unreachable, whatever the transport.
-fn ticket_done(shared: &Rc<Shared>, id: TransportId) -> Box<dyn FnOnce(Result<String, OpenFailure>)> {
-    let weak: Weak<Shared> = Rc::downgrade(shared);
-    Box::new(move |result| {
-        let Some(shared) = weak.upgrade() else { return };
-        let input = match result {
-            Ok(ticket) => Input::TicketIssued { id, ticket },
-            Err(f) => Input::OpenFailed { id, error: open_error(f, OpenError::Unreachable) },
-        };
-        feed(&shared, input);
-    })
-}
-
-/// The core's reading of an HTTP failure; `other` for network errors and statuses that say
-/// nothing more.
-fn open_error(f: OpenFailure, other: OpenError) -> OpenError {
-    match f {
-        OpenFailure::Unauthorized => OpenError::Unauthorized,
-        OpenFailure::Forbidden => OpenError::Forbidden,
-        OpenFailure::SessionUnknown => OpenError::SessionUnknown,
-        OpenFailure::Overloaded { retry_after_ms } => OpenError::Overloaded { retry_after_ms },
-        OpenFailure::TooLarge | OpenFailure::Network(_) => other,
-    }
-}
-
-/// The callback a transport reports through, bound to its id.
-fn transport_sink(shared: &Rc<Shared>, id: TransportId) -> EventSink {
-    let weak: Weak<Shared> = Rc::downgrade(shared);
-    Rc::new(move |event: TransportEvent| {
-        let Some(shared) = weak.upgrade() else { return };
-        let input = match event {
-            TransportEvent::Opened => Input::TransportOpened { id },
-            TransportEvent::Frame(Ok(frame)) => Input::Frame { id, frame },
-            TransportEvent::Frame(Err(DecodeError::UnsupportedVersion)) => Input::TransportClosed {
-                id,
-                code: Some(CloseCode::UNSUPPORTED_VERSION),
-                reason: "the server speaks another protocol version".into(),
-            },
-            TransportEvent::Frame(Err(DecodeError::Malformed(field))) => Input::TransportClosed {
-                id,
-                code: Some(CloseCode::MALFORMED_FRAME),
-                reason: if field.is_empty() {
-                    "malformed frame from server".into()
-                } else {
-                    concat(&["malformed frame from server: missing or invalid field ", field])
-                },
-            },
-            TransportEvent::Closed { code, reason } => Input::TransportClosed { id, code: code.map(CloseCode), reason },
-            TransportEvent::OpenFailed(f) => Input::OpenFailed { id, error: open_error(f, OpenError::Network) },
-        };
-        feed(&shared, input);
-    })
 }

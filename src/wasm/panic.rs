@@ -4,18 +4,13 @@
 //! `unreachable` (a `RuntimeError` in JS). Formatting its message would pull `core::fmt` into
 //! every download: several kilobytes for a message nobody reads. `scripts/size-report` fails the
 //! build if `core::fmt` code reappears.
-//!
-//! Test binaries link std (wasm-bindgen-test needs it), which brings its own handler: the
-//! crate's `std` feature, which they enable, leaves this one out.
 
 /// The wasm allocator: lol_alloc's free list is a few hundred bytes of code where the default
-/// (dlmalloc) is about 8 KB. The spin lock is uncontended (wasm32 here is single-threaded) and
-/// keeps the crate free of `unsafe`.
+/// (dlmalloc) is about 8 KB. The spin lock is uncontended (wasm32 here is single-threaded).
 #[global_allocator]
 static ALLOCATOR: lol_alloc::LockedAllocator<lol_alloc::FreeListAllocator> =
     lol_alloc::LockedAllocator::new(lol_alloc::FreeListAllocator::new());
 
-#[cfg(not(feature = "std"))]
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo) -> ! {
     core::arch::wasm32::unreachable()

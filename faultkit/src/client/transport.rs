@@ -1,5 +1,5 @@
 //! The ticket step and the three transports for the native driver, doing what the browser glue
-//! (`src/wasm/transports/`) does: trade the token for a ticket (the body names the session to
+//! (`js/io.js`) does: trade the token for a ticket (the body names the session to
 //! resume or probe), open with the ticket, report what happens.
 //!
 //! Like a browser, the driver cannot see why a WebSocket upgrade or an EventSource was refused
@@ -88,7 +88,7 @@ pub(crate) async fn ticket_step(step: TicketStep) {
     let _ = step.reports.send((step.id, report));
 }
 
-/// How the browser glue reads a refused `fetch` (`src/wasm/transports/http.rs`, `failure`).
+/// How the browser glue reads a refused `fetch` (`js/io.js`, `failure`).
 async fn failure(resp: reqwest::Response) -> OpenError {
     let status = resp.status().as_u16();
     let header = resp
@@ -223,7 +223,7 @@ fn close(code: Option<CloseCode>) -> Message {
     Message::Close(Some(CloseFrame { code: WsCloseCode::from(code), reason: "".into() }))
 }
 
-/// Ordered upstream POSTs (`src/wasm/transports/upstream.rs`): one in flight, frames queued
+/// Ordered upstream POSTs (`js/io.js`, `upstream`): one in flight, frames queued
 /// meanwhile go in the next bodies, each within the server's `max_batch_bytes`; nothing is sent
 /// before the session's token is known.
 async fn upstream(

@@ -1,0 +1,267 @@
+// The I/O the module asks for (src/wasm/driver.rs `record`): the ticket request and the three
+// transports, each reporting through `t` (js/rtlink.js `_start`): `t.report(op, text, m)` while
+// it runs, `t.finish(op, text, m)` once at its end. Every outcome is reported from a browser
+// callback, never from inside the function that started it. `stop()` (called by the client when
+// the module closes the transport, or by `finish`) closes the connection, aborts every request
+// and removes every listener: nothing outlives its transport.
+//
+// Opening takes two steps: `ticket` trades the bearer token for a single-use ticket (`POST
+// /v1/ticket`: browsers cannot set headers on WebSocket or EventSource; the body names the
+// session to resume), then `open` connects with it. Frames are JSON text both ways; the module
+// reads and writes them.
+import { encoder } from "./wasm.js";
+
+// rt_input() operations of a transport (src/wasm/driver.rs `op`).
+const TICKET = 16, OPENED = 17, FRAME = 18, CLOSED = 19, FAILED = 20;
+// Why a request failed (`failure`), the first four as the module's `FAILED + reason`.
+const UNAUTHORIZED = 0, SESSION_UNKNOWN = 2, TOO_LARGE = 4, NETWORK = 5;
+// The module's reasons 4 and 5: no usable answer at the ticket step means the server is
+// unreachable; at the connection it is a strike against the transport.
+const UNREACHABLE = 4;
+const WHY = ["unauthorized", "forbidden", "unknown session", "server overloaded", "body too large"];
+
+/** Live DOM listeners and timers of every client (for `liveListeners()`). */
+export const live = { n: 0 };
+
+/** Adds `listeners` (`{ event: f }`) to `target`; returns what removes them. */
+function listen(target, listeners) {
+  const entries = Object.entries(listeners);
+  for (const [kind, f] of entries) target.addEventListener(kind, f);
+  live.n += entries.length;
+  return () => {
+    for (const [kind, f] of entries) target.removeEventListener(kind, f);
+    live.n -= entries.length;
+  };
+}
+
+const message = (e) => (typeof e === "string" ? e : typeof e?.message === "string" ? e.message : "network error");
+
+/** What a refusing HTTP answer means: `{ k, ms, why }`, `k` a reason above, `ms` the
+ * `retry_after_ms` of its JSON body, else its `Retry-After` seconds, else -1. */
+function failure(status, body, retryAfter) {
+  let parsed;
+  try {
+    parsed = JSON.parse(body);
+  } catch {}
+  const code = typeof parsed?.error === "string" ? parsed.error : "";
+  let ms = parsed?.retry_after_ms;
+  if (!(Number.isInteger(ms) && ms >= 0)) {
+    const secs = retryAfter?.trim();
+    ms = /^\+?\d+$/.test(secs) ? secs * 1000 : -1;
+  }
+  const k = status === 401 ? UNAUTHORIZED : status === 403 ? 1 : status === 404 && code === "unknown_session" ? SESSION_UNKNOWN
+    : status === 429 || status === 503 ? 3 : status === 413 ? TOO_LARGE : NETWORK;
+  return { k, ms, why: WHY[k] ?? `HTTP ${status} ${code}` };
+}
+
+/** `fetch`, then the body as text; rejects with a `failure` unless the answer is 2xx. */
+async function request(url, init) {
+  let response, body;
+  try {
+    response = await fetch(url, init);
+  } catch (e) {
+    throw { k: NETWORK, why: message(e) };
+  }
+  try {
+    body = await response.text();
+  } catch (e) {
+    // An error answer whose body cannot be read is still that error.
+    if (response.ok) throw { k: NETWORK, why: message(e) };
+    body = "";
+  }
+  if (response.ok) return body;
+  throw failure(response.status, body, response.headers.get("retry-after"));
+}
+
+const post = (body, signal, headers = { "content-type": "text/plain" }) => ({ method: "POST", headers, body, signal });
+const enc = encodeURIComponent;
+
+/** Transport `t`'s ticket step: `POST {base}/v1/ticket`. `resume` and `probe` go in the JSON
+ * body (a resume token is a secret: it never appears in a URL). */
+export function ticket(t, base, token, resume, probe) {
+  const abort = new AbortController();
+  const body = JSON.stringify(resume ? (probe ? { resume, probe: true } : { resume }) : {});
+  request(`${base}/v1/ticket`, post(body, abort.signal, { authorization: `Bearer ${token}` }))
+    .then((text) => {
+      const ticket = JSON.parse(text).ticket;
+      if (typeof ticket !== "string") throw {};
+      t.finish(TICKET, ticket);
+    })
+    .catch((f) => t.finish(FAILED + (f.k < TOO_LARGE ? f.k : UNREACHABLE), "", f.ms));
+  return { stop: () => abort.abort() };
+}
+
+/** Opens transport `t` of `kind` (1 websocket, 2 sse, 3 long polling) with its ticket. */
+export function open(t, kind, base, ticket) {
+  return (kind === 1 ? webSocket : kind === 2 ? eventSource : longPoll)(t, base, ticket);
+}
+
+// A constructor that refuses the URL: reported from a callback like every other outcome.
+function refused(t) {
+  queueMicrotask(() => t.finish(FAILED + NETWORK));
+  return { stop() {} };
+}
+
+/** WebSocket: one JSON frame per text message. The module sends `hello` after `OPENED`. */
+function webSocket(t, base, ticket) {
+  let ws;
+  try {
+    ws = new WebSocket(`${base.replace(/^http/, "ws")}/v1/ws?ticket=${enc(ticket)}`);
+  } catch {
+    return refused(t);
+  }
+  let pending = [];
+  const off = listen(ws, {
+    open() {
+      for (const text of pending) ws.send(text);
+      pending = null;
+      t.report(OPENED);
+    },
+    message(e) {
+      if (typeof e.data === "string") t.report(FRAME, e.data);
+    },
+    // Close codes are 1000-4999; 0 is a field-less synthetic event.
+    close(e) {
+      if (pending) t.finish(FAILED + NETWORK);
+      else t.finish(CLOSED, e.code ? e.reason : "", e.code || 1006);
+    },
+  });
+  return {
+    send: (text) => (pending ? pending.push(text) : ws.send(text)),
+    stop(code = 1000, reason = "client closed") {
+      off();
+      ws.close(code, reason);
+    },
+  };
+}
+
+/** Server-Sent Events: an EventSource down, ordered POSTs up. The EventSource's own reconnect
+ * is never used: on the first error it is closed and the module decides (resume, backoff, or
+ * step down the ladder), so one policy governs every transport. */
+function eventSource(t, base, ticket) {
+  let es;
+  try {
+    es = new EventSource(`${base}/v1/sse?v=1&ticket=${enc(ticket)}`);
+  } catch {
+    return refused(t);
+  }
+  let opened = false;
+  const up = upstream(t, base);
+  const off = listen(es, {
+    open() {
+      if (!opened) t.report(OPENED);
+      opened = true;
+    },
+    message: (e) => t.report(FRAME, e.data),
+    error() {
+      if (opened) t.finish(CLOSED, "event stream ended");
+      else t.finish(FAILED + NETWORK);
+    },
+  });
+  return {
+    ...up,
+    stop() {
+      up.stop();
+      off();
+      es.close();
+    },
+  };
+}
+
+/** Long polling: one `GET /v1/poll?ticket` that opens the session, then a loop of held `POST
+ * /v1/poll` requests down (their `text/plain` JSON body carries the resume token: it never
+ * appears in a URL, and a simple request needs no CORS preflight), ordered POSTs up. Each answer
+ * carries a cursor; the next request sends it back, so the server resends what a lost answer
+ * carried. */
+function longPoll(t, base, ticket) {
+  const abort = new AbortController(), up = upstream(t, base);
+  let session;
+  // One poll: `[cursor, frames]`.
+  const poll = (url, body) =>
+    request(url, body ? post(body, abort.signal) : { signal: abort.signal }).then((text) => {
+      let batch;
+      try {
+        batch = JSON.parse(text);
+      } catch {}
+      if (typeof batch !== "object" || !batch || Array.isArray(batch)) throw { k: NETWORK, why: "poll: malformed batch" };
+      const cursor = Number.isInteger(batch.cursor) && batch.cursor >= 0 ? batch.cursor : 0;
+      return [cursor, Array.isArray(batch.frames) ? batch.frames : []];
+    });
+  // Delivers a batch; false once the transport is finished.
+  const deliver = (frames) => {
+    for (const frame of frames) t.report(FRAME, JSON.stringify(frame));
+    return !t.done;
+  };
+  const next = (cursor) =>
+    poll(`${base}/v1/poll`, `{"session":${JSON.stringify(session)},"cursor":${cursor}}`).then(
+      ([cursor, frames]) => deliver(frames) && next(cursor),
+      (f) => t.finish(CLOSED, `poll failed: ${f.why}`, f.k === SESSION_UNKNOWN ? 4007 : 0),
+    );
+  poll(`${base}/v1/poll?v=1&ticket=${enc(ticket)}`).then(
+    ([cursor, frames]) => {
+      t.report(OPENED);
+      // The batch carries `welcome`, which gives the session (`session` below).
+      if (!deliver(frames)) return;
+      if (session === undefined) t.finish(CLOSED, "poll opened without welcome", 4012);
+      else next(cursor);
+    },
+    (f) => t.finish(FAILED + (f.k < TOO_LARGE ? f.k : NETWORK), "", f.ms),
+  );
+  return {
+    send: up.send,
+    session(token, max) {
+      session = token;
+      up.session(token, max);
+    },
+    stop() {
+      abort.abort();
+      up.stop();
+    },
+  };
+}
+
+/** Client → server frames for SSE and long polling: ordered `POST /v1/send` batches. At most one
+ * POST is in flight, so frames reach the server in order; frames queued meanwhile go in the next
+ * bodies, each holding as many frames as fit the server's body limit (`max` bytes, from
+ * `welcome`; a first frame too large for any body goes alone, and the server refuses it). Frames
+ * sent before the session is known (before `welcome`) wait for it. */
+function upstream(t, base) {
+  const abort = new AbortController(), queue = [];
+  let session, max, busy = false;
+  const bytes = (s) => encoder.encode(s).length;
+  const pump = () => {
+    if (busy || session === undefined || !queue.length || t.done) return;
+    let body = `{"session":${JSON.stringify(session)},"frames":[`;
+    // The body's length with `n` frames: so far, the frames, their commas and the closing `]}`.
+    let len = bytes(body) + 2, n = 0;
+    for (const frame of queue) {
+      const extra = bytes(frame) + (n > 0);
+      if (n && len + extra > max) break;
+      len += extra;
+      n++;
+    }
+    body += `${queue.splice(0, n).join()}]}`;
+    busy = true;
+    request(`${base}/v1/send`, post(body, abort.signal)).then(
+      () => {
+        busy = false;
+        pump();
+      },
+      // A lost upstream makes the transport unusable; the module reconnects and resends what
+      // was not acknowledged.
+      (f) => t.finish(CLOSED, `upstream failed: ${f.why}`, f.k === SESSION_UNKNOWN ? 4007 : f.k === TOO_LARGE ? 4001 : 0),
+    );
+  };
+  return {
+    send(frame) {
+      queue.push(frame);
+      pump();
+    },
+    session(token, limit) {
+      session = token;
+      max = limit;
+      pump();
+    },
+    stop: () => abort.abort(),
+  };
+}
