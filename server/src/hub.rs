@@ -575,7 +575,9 @@ impl Hub {
                 .clone()
         };
         for s in subs.iter() {
-            if s.update(|st, m| st.deliver(ev, &s.claims.sub, m)) {
+            // Written straight to an idle WebSocket's socket when it can be, else queued and
+            // its transport woken (Session::deliver).
+            if s.deliver(ev) {
                 tracing::info!(room = %ev.room, session = %s.id, "the room's offsets restarted under a new epoch: resyncing the subscription");
                 self.resync(s, &ev.room);
             }

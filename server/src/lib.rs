@@ -27,6 +27,7 @@ pub mod supervisor;
 pub mod tls;
 pub mod transport;
 pub mod typing;
+pub mod ws_wire;
 
 pub use app::{app, serve, AppState};
 pub use config::Config;

@@ -43,6 +43,7 @@ use crate::config::Config;
 use crate::http;
 use crate::metrics::{DropReason, Metrics};
 use crate::proxy::TrustedProxies;
+use crate::ws_wire::{DirectSocket, SharedTcp};
 
 /// The connection-level limits (see the module docs).
 #[derive(Clone, Debug)]
@@ -292,12 +293,18 @@ pub async fn serve_with(
                 let slot = TcpSlot(Arc::new(slot));
                 tokio::spawn(async move {
                     match acceptor {
-                        None => serve_connection(tcp, addr, slot, shared, watcher).await,
+                        None => {
+                            // Shared with the WebSocket writer, which writes to it directly
+                            // after an upgrade (crate::ws_wire).
+                            let tcp = Arc::new(tcp);
+                            let direct = Some(DirectSocket(tcp.clone()));
+                            serve_connection(SharedTcp(tcp), addr, slot, direct, shared, watcher).await
+                        }
                         Some(acceptor) => {
                             let handshake = acceptor.accept(tcp);
                             let limit = shared.limits.header_read_timeout;
                             if let Ok(Ok(stream)) = tokio::time::timeout(limit, handshake).await {
-                                serve_connection(stream, addr, slot, shared, watcher).await;
+                                serve_connection(stream, addr, slot, None, shared, watcher).await;
                             }
                         }
                     }
@@ -329,6 +336,7 @@ async fn serve_connection<I>(
     io: I,
     addr: SocketAddr,
     slot: TcpSlot,
+    direct: Option<DirectSocket>,
     shared: Arc<Shared>,
     watcher: hyper_util::server::graceful::Watcher,
 ) where
@@ -345,6 +353,9 @@ async fn serve_connection<I>(
         hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             let (shared, activity, kill) = (shared.clone(), activity.clone(), kill.clone());
             req.extensions_mut().insert(slot.clone());
+            if let Some(direct) = &direct {
+                req.extensions_mut().insert(direct.clone());
+            }
             async move { Ok::<_, Infallible>(handle(req, addr, &shared, activity, kill).await) }
         })
     };

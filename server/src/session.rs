@@ -34,6 +34,7 @@ use crate::config::TransportKind;
 use crate::limits::{ConnGuard, Strikes, TokenBucket};
 use crate::metrics::{DropReason, Metrics};
 use crate::replay::Replay;
+use crate::ws_wire::{wire_len, DirectSocket};
 
 /// One queued frame.
 #[derive(Clone, Debug)]
@@ -127,6 +128,47 @@ struct ProbeAttachment {
     guard: ConnGuard,
 }
 
+/// The write side of a WebSocket transport of this session, as routing sees it
+/// (transport::websocket, crate::ws_wire).
+#[derive(Debug)]
+struct WsWire {
+    /// The transport's generation: direct writes only while it is the attached one.
+    gen: u64,
+    /// Plain TCP: a frame pushed while the outbox is empty and the writer idle is written to the
+    /// socket at once, from the task that pushed it (no wake-up of the writer).
+    direct: Option<DirectSocket>,
+    /// The writer took frames (or control bytes) and has not come back for more with nothing
+    /// left: nothing may be written around it. Cleared by its first empty take.
+    busy: bool,
+    /// A frame a direct write put on the wire only in part (the socket took no more), and how
+    /// many of its bytes (header included) went: the writer finishes it before anything else,
+    /// a close frame included. Like frames the writer took, it is no longer in the outbox.
+    partial: Option<(Frame, usize)>,
+    /// Control frames tungstenite's reader wants sent (pong, the close reply), already framed.
+    control: Vec<u8>,
+}
+
+/// What became of a pushed frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pushed {
+    /// In the outbox: the transport must be woken.
+    Queued,
+    /// Written to the socket directly: nothing for the transport to do.
+    Written,
+    /// Dropped (a close is queued, a duplicate offset, your own typing, or buffered for a running
+    /// replay, which takes it itself).
+    Dropped,
+}
+
+/// What [`SessionState::deliver`] did with a room event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    Pushed(Pushed),
+    /// A message of another epoch arrived: the subscription must be resynchronised (nothing
+    /// was delivered).
+    Resync,
+}
+
 /// What an attached transport holds.
 pub struct Attached {
     pub gen: u64,
@@ -199,6 +241,8 @@ pub struct SessionState {
     waiters: Waiters,
     /// A replay waits for the outbox to drain ([`Session::drained`]).
     replay_blocked: bool,
+    /// The WebSocket write side, while a WebSocket transport (or probe) runs.
+    ws: Option<Box<WsWire>>,
 }
 
 /// The claims a session acts with. The user (`sub`) is fixed for the session's life; the rest
@@ -275,20 +319,74 @@ impl std::fmt::Debug for Session {
 
 impl SessionState {
     /// Queues a frame. On overflow the outbox is emptied and a close 4004 is queued instead.
-    pub fn push(&mut self, frame: Frame, metrics: &Metrics) {
+    ///
+    /// With nothing queued and the WebSocket writer idle, the frame is written to a plain-TCP
+    /// socket at once instead (order holds: nothing else is pending or being written).
+    pub fn push(&mut self, frame: Frame, metrics: &Metrics) -> Pushed {
         let ob = &mut self.outbox;
         if ob.closing {
-            return;
+            return Pushed::Dropped;
+        }
+        if ob.frames.is_empty() {
+            let attached = self.attachment.as_ref().map(|a| a.gen);
+            if let Some(w) = self
+                .ws
+                .as_deref_mut()
+                .filter(|w| !w.busy && w.partial.is_none() && attached == Some(w.gen))
+            {
+                if let Some(direct) = &w.direct {
+                    match direct.try_write_frame(&frame) {
+                        Ok(n) if n >= wire_len(&frame) => {
+                            metrics.frames_out(1);
+                            return Pushed::Written;
+                        }
+                        Ok(n) => {
+                            // The rest goes out through the writer, before anything else.
+                            w.partial = Some((frame, n));
+                            return Pushed::Queued;
+                        }
+                        // The socket is full (or failed): the writer takes it from here.
+                        Err(_) => {}
+                    }
+                }
+            }
         }
         if ob.frames.len() >= ob.limits.max_frames || ob.bytes + frame.len() > ob.limits.max_bytes {
             self.push_overflow(metrics);
-            return;
+            return Pushed::Queued;
         }
         ob.enqueue(frame, None);
+        Pushed::Queued
     }
 
     pub fn push_frame(&mut self, frame: &ServerFrame, metrics: &Metrics) {
         self.push(encode_frame(frame), metrics);
+    }
+
+    /// Starts the write side of WebSocket transport `gen` (attached or a probe): control frames
+    /// can be queued for it, and with `direct`, frames can be written straight to its socket.
+    /// The write side of the attached WebSocket is never replaced by another one's (a probe
+    /// beside it then has none: its pongs are dropped).
+    pub fn set_ws_wire(&mut self, gen: u64, direct: Option<DirectSocket>) {
+        let attached = self.attached_gen();
+        if self.ws.as_ref().is_some_and(|w| attached == Some(w.gen)) {
+            return;
+        }
+        self.ws = Some(Box::new(WsWire {
+            gen,
+            direct,
+            busy: false,
+            partial: None,
+            control: Vec::new(),
+        }));
+    }
+
+    /// Forgets the write side of WebSocket transport `gen` (it ended), closing its socket's
+    /// last shared handle.
+    pub fn clear_ws_wire(&mut self, gen: u64) {
+        if self.ws.as_ref().is_some_and(|w| w.gen == gen) {
+            self.ws = None;
+        }
     }
 
     /// Queues the transport's last frame; frames pushed after it are dropped.
@@ -340,9 +438,10 @@ impl SessionState {
     /// epoch arrived (the room's offsets restarted, e.g. Redis lost its data), so the offsets
     /// the client holds mean nothing and the message is not delivered here.
     #[must_use]
-    pub fn deliver(&mut self, ev: &RoomEvent, own_user: &str, metrics: &Metrics) -> bool {
+    pub fn deliver(&mut self, ev: &RoomEvent, own_user: &str, metrics: &Metrics) -> Delivery {
+        const DROPPED: Delivery = Delivery::Pushed(Pushed::Dropped);
         let Some(sub) = self.rooms.get_mut(&*ev.room) else {
-            return false;
+            return DROPPED;
         };
         if let Some(replay) = &mut sub.replay {
             let limits = self.outbox.limits;
@@ -351,29 +450,28 @@ impl SessionState {
             {
                 replay.buffered_bytes += ev.frame.len();
                 replay.buffered.push_back(ev.clone());
-                return false;
+                return DROPPED;
             }
             // A replay that cannot keep up is a slow consumer too.
             sub.replay = None;
             self.push_overflow(metrics);
-            return false;
+            return Delivery::Pushed(Pushed::Queued);
         }
         match &ev.kind {
             RoomEventKind::Message(m) => {
                 if sub.epoch.as_ref().is_some_and(|e| other_epoch(e, &m.epoch)) {
-                    return true;
+                    return Delivery::Resync;
                 }
                 if m.offset <= sub.last_offset {
-                    return false;
+                    return DROPPED;
                 }
                 sub.last_offset = m.offset;
             }
             // Your own typing is not news to you.
-            RoomEventKind::Typing { user, .. } if user == own_user => return false,
+            RoomEventKind::Typing { user, .. } if user == own_user => return DROPPED,
             _ => {}
         }
-        self.push(ev.frame.clone(), metrics);
-        false
+        Delivery::Pushed(self.push(ev.frame.clone(), metrics))
     }
 
     /// True if a replay may queue a frame of `len` bytes now: replays use at most half the
@@ -437,6 +535,7 @@ impl Session {
                 waiters: Waiters::default(),
                 replay_blocked: false,
                 replay_gen: 0,
+                ws: None,
             }),
             drained: Notify::new(),
             inbound: tokio::sync::Mutex::new(()),
@@ -466,6 +565,96 @@ impl Session {
 
     pub fn wake(&self) {
         self.update(|_, _| ());
+    }
+
+    /// Routes a room event to this session ([`SessionState::deliver`]), waking the transport
+    /// only if a frame was queued for it. True if the subscription must be resynchronised.
+    pub fn deliver(&self, ev: &RoomEvent) -> bool {
+        let (delivery, waiters) = {
+            let mut st = self.state.lock();
+            let delivery = st.deliver(ev, &self.claims.sub, &self.metrics);
+            let waiters = (delivery == Delivery::Pushed(Pushed::Queued)).then(|| st.changed());
+            (delivery, waiters)
+        };
+        if let Some(w) = waiters {
+            w.wake_all();
+        }
+        delivery == Delivery::Resync
+    }
+
+    /// Queues already framed WebSocket control bytes for transport `gen` and wakes its writer.
+    /// Dropped if `gen` is no longer the write side's transport.
+    pub fn queue_ws_control(&self, gen: u64, bytes: &[u8]) {
+        self.update(|st, _| {
+            if let Some(w) = st.ws.as_deref_mut().filter(|w| w.gen == gen) {
+                w.control.extend_from_slice(bytes);
+            }
+        });
+    }
+
+    /// For the WebSocket writer of `gen`: moves every queued frame into `frames` and the pending
+    /// control bytes into `control`, and hands over a frame a direct write left unfinished
+    /// (write its rest first); None once `gen` is neither attached nor the probe. Taking
+    /// nothing marks the writer idle (direct writes may go ahead); taking something marks it
+    /// busy until then.
+    pub fn take_ws_batch(
+        &self,
+        gen: u64,
+        frames: &mut VecDeque<OutFrame>,
+        control: &mut Vec<u8>,
+    ) -> Option<Option<(Frame, usize)>> {
+        let (partial, replay_blocked) = {
+            let mut guard = self.state.lock();
+            let st = &mut *guard;
+            let blocked = if let Some(probe) = st.probe.as_mut().filter(|p| p.gen == gen) {
+                frames.extend(probe.frames.drain(..));
+                false
+            } else if st.attached_gen() == Some(gen) {
+                st.outbox.bytes = 0;
+                if frames.is_empty() {
+                    // The outbox's buffer goes to the writer, which frees it after writing: an
+                    // idle session keeps no queue capacity.
+                    *frames = std::mem::take(&mut st.outbox.frames);
+                } else {
+                    frames.extend(st.outbox.frames.drain(..));
+                }
+                !frames.is_empty() && std::mem::take(&mut st.replay_blocked)
+            } else {
+                return None;
+            };
+            let mut partial = None;
+            if let Some(w) = st.ws.as_deref_mut().filter(|w| w.gen == gen) {
+                std::mem::swap(control, &mut w.control);
+                partial = w.partial.take();
+                w.busy = partial.is_some() || !frames.is_empty() || !control.is_empty();
+            }
+            (partial, blocked)
+        };
+        if replay_blocked {
+            self.drained.notify_waiters();
+        }
+        Some(partial)
+    }
+
+    /// For the WebSocket writer of `gen` about to send a close frame after its transport was
+    /// detached: the frame a direct write left unfinished, to finish first.
+    pub fn take_ws_unfinished(&self, gen: u64) -> Option<(Frame, usize)> {
+        let mut st = self.state.lock();
+        st.ws
+            .as_deref_mut()
+            .filter(|w| w.gen == gen)?
+            .partial
+            .take()
+    }
+
+    /// Starts the write side of WebSocket transport `gen` (see [`SessionState::set_ws_wire`]).
+    pub fn set_ws_wire(&self, gen: u64, direct: Option<DirectSocket>) {
+        self.state.lock().set_ws_wire(gen, direct);
+    }
+
+    /// Ends the write side of WebSocket transport `gen` (see [`SessionState::clear_ws_wire`]).
+    pub fn clear_ws_wire(&self, gen: u64) {
+        self.state.lock().clear_ws_wire(gen);
     }
 
     /// The change version now: pass it to [`Session::changed`].

@@ -1,29 +1,47 @@
 //! WebSocket transport: `GET /v1/ws?ticket=T`.
 //!
 //! The Origin, limits and ticket are checked before the upgrade (a refusal is a plain HTTP
-//! error, never `101`); the ticket is consumed last, after the upgrade headers. After the upgrade the first frame must be `hello`; then a reader task feeds client
-//! frames to the hub and a writer task drains the session's outbox, joined by `select!`.
+//! error, never `101`); the ticket is consumed last, after the upgrade headers. After the
+//! upgrade the first frame must be `hello`. Then the upgrade's one task runs a reader, which
+//! feeds client frames to the hub, beside a writer, which drains the session's outbox.
+//!
+//! Reading is tungstenite's (masks, fragments, control frames, the frame size limit) over a
+//! read-only view of the socket: what tungstenite writes (a pong, the close reply) is queued on
+//! the session and goes out through the writer. Writing is ours ([`crate::ws_wire`]): a frame is
+//! a header in front of the encoded bytes every subscriber shares, several frames per `writev`,
+//! and on plain TCP routing writes an event straight to the socket while the writer is idle.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, IoSlice};
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::FromRequestParts;
+use axum::body::Body;
 use axum::extract::{Query, Request, State};
+use axum::http::{header, request::Parts, HeaderMap, Method, StatusCode, Version};
 use axum::response::Response;
-use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
+use hyper_util::rt::TokioIo;
 use rtlink_protocol::codec::decode_client;
 use rtlink_protocol::{ClientFrame, CloseCode};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use ws::tungstenite::handshake::derive_accept_key;
+use ws::tungstenite::protocol::{Role, WebSocketConfig};
+use ws::tungstenite::{Error as WsError, Message};
+use ws::WebSocketStream;
 
 use crate::app::AppState;
+use crate::broker::Frame;
 use crate::config::TransportKind;
 use crate::http::{self, precheck, Admission};
 use crate::hub::{Hub, SessionRefusal};
 use crate::listener::TcpSlot;
 use crate::metrics::{DropReason, Metrics};
-use crate::session::{Attached, Session};
+use crate::session::{Attached, OutFrame, Session};
+use crate::ws_wire::{close_frame_bytes, DirectSocket, Header, SharedTcp};
 
 pub async fn handler(State(state): State<AppState>, req: Request) -> Response {
     let ip = http::client_ip(&state, &req);
@@ -35,9 +53,12 @@ pub async fn handler(State(state): State<AppState>, req: Request) -> Response {
         Ok(p) => p,
         Err(resp) => return resp,
     };
-    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
-        Ok(u) => u,
-        Err(_) => return http::bad_request("expected a WebSocket upgrade"),
+    let upgrade = accept_key(&parts).and_then(|key| {
+        let on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()?;
+        Some((key, on_upgrade))
+    });
+    let Some((accept, on_upgrade)) = upgrade else {
+        return http::bad_request("expected a WebSocket upgrade");
     };
     // Last: a request refused above leaves its ticket usable.
     let admission = match prechecked
@@ -47,29 +68,68 @@ pub async fn handler(State(state): State<AppState>, req: Request) -> Response {
         Ok(a) => a,
         Err(resp) => return resp,
     };
-    let max = state.config.max_frame_bytes;
     let tcp_slot = parts.extensions.get::<TcpSlot>().cloned();
-    upgrade
-        // The protocol's limit, so tungstenite refuses an oversized frame from its header
-        // (close 4001) instead of first reading up to 16 MiB of it.
-        .max_frame_size(max)
-        .max_message_size(max)
-        // tungstenite's default read buffer (128 KiB) is zero-filled up to its capacity before
-        // every read, so each idle connection kept 128 KiB resident. Client frames are small;
-        // a larger frame grows the buffer as needed. Writes are batched per outbox drain (see
-        // `write_loop`); 8 KiB bounds one batch's buffer, which a Vec keeps after a burst.
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .on_upgrade(move |socket| async move {
-            // Hyper let go of the connection; it stays counted under the TCP caps.
-            let _tcp = tcp_slot;
-            run(socket, state, admission, ip).await
-        })
+    let direct = parts.extensions.get::<DirectSocket>().cloned();
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        // Hyper let go of the connection; it stays counted under the TCP caps.
+        let _tcp = tcp_slot;
+        run(TokioIo::new(upgraded), direct, state, admission, ip).await
+    });
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("upgrade"),
+    );
+    headers.insert(
+        header::UPGRADE,
+        header::HeaderValue::from_static("websocket"),
+    );
+    if let Ok(accept) = header::HeaderValue::from_str(&accept) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    resp
 }
 
-/// Per-connection WebSocket buffers (docs/BENCHMARKS.md, idle memory).
+/// `Sec-WebSocket-Accept` for an HTTP/1.1 WebSocket upgrade request (RFC 6455 §4.2.1), or None
+/// if it is not one.
+fn accept_key(parts: &Parts) -> Option<String> {
+    let h = &parts.headers;
+    let upgrade = parts.version <= Version::HTTP_11
+        && parts.method == Method::GET
+        && header_has_token(h, header::CONNECTION, "upgrade")
+        && header_is(h, header::UPGRADE, "websocket")
+        && header_is(h, header::SEC_WEBSOCKET_VERSION, "13");
+    let key = h.get(header::SEC_WEBSOCKET_KEY).filter(|_| upgrade)?;
+    Some(derive_accept_key(key.as_bytes()))
+}
+
+fn header_is(headers: &HeaderMap, name: header::HeaderName, value: &str) -> bool {
+    headers
+        .get(name)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(value.as_bytes()))
+}
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+/// Per-connection buffers (docs/BENCHMARKS.md, idle memory): tungstenite's read buffer is
+/// zero-filled up to its capacity before every read, so it is kept small (client frames are
+/// small; a larger one grows it as needed). Tungstenite writes only control frames here, each
+/// at once.
 const READ_BUFFER: usize = 1024;
-const WRITE_BUFFER: usize = 8 * 1024;
+
+/// At most this many slices per `writev` (Linux allows 1,024).
+const MAX_IOV: usize = 64;
 
 /// RFC 6455's "try again later": no session could be opened (sessions full).
 const TRY_AGAIN_LATER: CloseCode = CloseCode(1013);
@@ -82,40 +142,224 @@ enum ReadEnd {
     Closing,
 }
 
-fn close_message(code: CloseCode, reason: &str) -> Message {
-    Message::Close(Some(CloseFrame {
-        code: code.0,
-        reason: reason.into(),
-    }))
+/// The upgraded connection, read by tungstenite. It cannot write: its pongs and close replies go
+/// to the session's control queue (once there is a session), which the writer sends.
+struct ReadSide<R> {
+    inner: R,
+    control: Option<(Arc<Session>, u64)>,
 }
 
-async fn run(socket: WebSocket, state: AppState, admission: Admission, ip: Option<IpAddr>) {
+impl<R: AsyncRead + Unpin> AsyncRead for ReadSide<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<R: Unpin> AsyncWrite for ReadSide<R> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if let Some((session, gen)) = &self.control {
+            session.queue_ws_control(*gen, buf);
+        }
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Where the writer writes: the shared plain-TCP socket, or the upgraded connection's write
+/// half (TLS).
+enum Out<W> {
+    Tcp(SharedTcp),
+    Io(W),
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Out<W> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Out::Tcp(t) => Pin::new(t).poll_write(cx, buf),
+            Out::Io(w) => Pin::new(w).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Out::Tcp(t) => Pin::new(t).poll_write_vectored(cx, bufs),
+            Out::Io(w) => Pin::new(w).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Out::Tcp(t) => t.is_write_vectored(),
+            Out::Io(w) => w.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Out::Tcp(t) => Pin::new(t).poll_flush(cx),
+            Out::Io(w) => Pin::new(w).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Out::Tcp(t) => Pin::new(t).poll_shutdown(cx),
+            Out::Io(w) => Pin::new(w).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Writes every byte of `chunks`, in order, a `writev` of up to [`MAX_IOV`] of them at a time
+/// (one copied buffer if `out` cannot write vectors, e.g. TLS), then flushes.
+async fn write_chunks<W: AsyncWrite + Unpin>(out: &mut W, chunks: &[&[u8]]) -> io::Result<()> {
+    if !out.is_write_vectored() {
+        out.write_all(&chunks.concat()).await?;
+        return out.flush().await;
+    }
+    let (mut i, mut off) = (0, 0);
+    while i < chunks.len() {
+        if off == chunks[i].len() {
+            (i, off) = (i + 1, 0);
+            continue;
+        }
+        let mut iov = [IoSlice::new(&[]); MAX_IOV];
+        iov[0] = IoSlice::new(&chunks[i][off..]);
+        let mut used = 1;
+        for c in chunks[i + 1..].iter().filter(|c| !c.is_empty()) {
+            if used == MAX_IOV {
+                break;
+            }
+            iov[used] = IoSlice::new(c);
+            used += 1;
+        }
+        let mut n = out.write_vectored(&iov[..used]).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 && i < chunks.len() {
+            let left = chunks[i].len() - off;
+            if n >= left {
+                n -= left;
+                (i, off) = (i + 1, 0);
+            } else {
+                off += n;
+                n = 0;
+            }
+        }
+    }
+    out.flush().await
+}
+
+/// Finishes a frame a direct write left unfinished, then sends a close frame with `code`, within
+/// `limit`.
+async fn send_close<W: AsyncWrite + Unpin>(
+    out: &mut W,
+    unfinished: Option<(Frame, usize)>,
+    code: CloseCode,
+    reason: &str,
+    limit: Duration,
+) {
+    let close = close_frame_bytes(code.0, reason);
+    let head = unfinished.as_ref().map(|(f, _)| Header::text(f.len()));
+    let mut chunks: Vec<&[u8]> = Vec::with_capacity(3);
+    if let (Some((frame, written)), Some(head)) = (&unfinished, &head) {
+        push_frame_rest(&mut chunks, head.as_bytes(), frame.as_bytes(), *written);
+    }
+    chunks.push(&close);
+    let _ = tokio::time::timeout(limit, write_chunks(out, &chunks)).await;
+}
+
+/// The part of a frame (`header` + `payload`) after its first `written` bytes.
+fn push_frame_rest<'a>(
+    chunks: &mut Vec<&'a [u8]>,
+    header: &'a [u8],
+    payload: &'a [u8],
+    written: usize,
+) {
+    if written < header.len() {
+        chunks.push(&header[written..]);
+        chunks.push(payload);
+    } else {
+        chunks.push(&payload[(written - header.len()).min(payload.len())..]);
+    }
+}
+
+async fn run<Io>(
+    io: Io,
+    direct: Option<DirectSocket>,
+    state: AppState,
+    admission: Admission,
+    ip: Option<IpAddr>,
+) where
+    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let Admission {
         claims,
         guard,
         resume: ticket_resume,
         probe,
     } = admission;
-    let (mut sink, mut stream) = socket.split();
+    let (read_half, write_half) = tokio::io::split(io);
+    let mut out = match &direct {
+        Some(d) => Out::Tcp(SharedTcp(d.0.clone())),
+        None => Out::Io(write_half),
+    };
     let max = state.config.max_frame_bytes;
+    let config = WebSocketConfig::default()
+        // The protocol's limit, so tungstenite refuses an oversized frame from its header
+        // (close 4001) instead of first reading up to 16 MiB of it.
+        .max_frame_size(Some(max))
+        .max_message_size(Some(max))
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0);
+    let read_side = ReadSide {
+        inner: read_half,
+        control: None,
+    };
+    let mut stream = WebSocketStream::from_raw_socket(read_side, Role::Server, Some(config)).await;
     let hello_timeout = state.config.ping_interval + state.config.heartbeat_grace;
+    let refuse = Duration::from_secs(1);
     let first = tokio::time::timeout(hello_timeout, stream.next()).await;
     let hello = match first {
         Ok(Some(Ok(Message::Text(t)))) => decode_client(t.as_bytes(), max),
         Ok(Some(Ok(_))) => {
-            let _ = sink
-                .send(close_message(
-                    CloseCode::PROTOCOL_VIOLATION,
-                    "expected hello",
-                ))
-                .await;
+            let code = CloseCode::PROTOCOL_VIOLATION;
+            send_close(&mut out, None, code, "expected hello", refuse).await;
             return;
         }
         Ok(_) => return,
         Err(_) => {
-            let _ = sink
-                .send(close_message(CloseCode::HEARTBEAT_TIMEOUT, "no hello"))
-                .await;
+            send_close(
+                &mut out,
+                None,
+                CloseCode::HEARTBEAT_TIMEOUT,
+                "no hello",
+                refuse,
+            )
+            .await;
             return;
         }
     };
@@ -123,18 +367,13 @@ async fn run(socket: WebSocket, state: AppState, admission: Admission, ip: Optio
     let resume = match hello {
         Ok(ClientFrame::Hello { resume, .. }) => resume.or(ticket_resume),
         Ok(_) => {
-            let _ = sink
-                .send(close_message(
-                    CloseCode::PROTOCOL_VIOLATION,
-                    "expected hello",
-                ))
-                .await;
+            let code = CloseCode::PROTOCOL_VIOLATION;
+            send_close(&mut out, None, code, "expected hello", refuse).await;
             return;
         }
         Err(e) => {
-            let _ = sink
-                .send(close_message(e.close_code(), e.close_code().name()))
-                .await;
+            let code = e.close_code();
+            send_close(&mut out, None, code, code.name(), refuse).await;
             return;
         }
     };
@@ -144,7 +383,7 @@ async fn run(socket: WebSocket, state: AppState, admission: Admission, ip: Optio
             match hub.open_probe(claims, &resume, TransportKind::WebSocket, guard) {
                 Ok(opened) => opened,
                 Err(code) => {
-                    let _ = sink.send(close_message(code, code.name())).await;
+                    send_close(&mut out, None, code, code.name(), refuse).await;
                     return;
                 }
             }
@@ -160,7 +399,7 @@ async fn run(socket: WebSocket, state: AppState, admission: Admission, ip: Optio
                             SessionRefusal::PerIp => "too many sessions from this address",
                             SessionRefusal::PerUser => "too many connected sessions for this user",
                         };
-                        let _ = sink.send(close_message(TRY_AGAIN_LATER, reason)).await;
+                        send_close(&mut out, None, TRY_AGAIN_LATER, reason, refuse).await;
                         return;
                     }
                 };
@@ -169,29 +408,27 @@ async fn run(socket: WebSocket, state: AppState, admission: Admission, ip: Optio
         }
     };
     let gen = attached.gen;
+    session.set_ws_wire(gen, direct);
+    stream.get_mut().control = Some((session.clone(), gen));
     let stall = state.config.ping_interval + state.config.heartbeat_grace;
-    // The writer runs in this task (the upgrade's own), the reader in a second one: one task
-    // fewer per connection than spawning both. Dropping the writer anywhere is safe; the reader
-    // is only stopped between frames.
-    let writer = write_loop(sink, session.clone(), attached, hub.metrics.clone(), stall);
-    tokio::pin!(writer);
-    let mut reader = tokio::spawn({
-        let (hub, session) = (hub.clone(), session.clone());
-        async move {
-            let end = read_loop(&mut stream, hub, session, max).await;
-            (end, stream)
-        }
-    });
+    // Reader and writer run in this task (the upgrade's own), one task per connection.
+    let writer = write_loop(out, session.clone(), attached, hub.metrics.clone(), stall);
+    let reader = read_loop(stream, hub.clone(), session.clone(), max);
+    tokio::pin!(writer, reader);
     tokio::select! {
         _ = &mut writer => {
             // The reader may be in the middle of a frame (e.g. a `close` whose presence leaves
             // still await the broker): let it finish, then stop it between frames.
-            let _between_frames =
-                tokio::time::timeout(Duration::from_secs(2), session.inbound.lock()).await;
-            reader.abort();
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                tokio::select! {
+                    _ = &mut reader => {}
+                    _between_frames = session.inbound.lock() => {}
+                }
+            })
+            .await;
         }
-        ended = &mut reader => {
-            if let Ok((ReadEnd::Closing, mut stream)) = ended {
+        (end, mut stream) = &mut reader => {
+            if let ReadEnd::Closing = end {
                 // Our close is queued: let the writer send it, then read (and discard) what the
                 // peer still sends until its close, so unread data does not turn into a reset
                 // that could swallow the close code.
@@ -207,34 +444,52 @@ async fn run(socket: WebSocket, state: AppState, admission: Admission, ip: Optio
             }
         }
     }
+    session.clear_ws_wire(gen);
     hub.detached(&session, gen);
 }
 
-/// Feeds client frames to the hub. Generic over the stream so it can be driven without a socket.
-async fn read_loop<R>(stream: &mut R, hub: Arc<Hub>, session: Arc<Session>, max: usize) -> ReadEnd
+/// Feeds client frames to the hub; hands the stream back when it stops. Generic over the stream
+/// so it can be driven without a socket.
+async fn read_loop<R>(
+    mut stream: R,
+    hub: Arc<Hub>,
+    session: Arc<Session>,
+    max: usize,
+) -> (ReadEnd, R)
 where
-    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+    R: Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    let end = read_frames(&mut stream, &hub, &session, max).await;
+    (end, stream)
+}
+
+async fn read_frames<R>(
+    stream: &mut R,
+    hub: &Arc<Hub>,
+    session: &Arc<Session>,
+    max: usize,
+) -> ReadEnd
+where
+    R: Stream<Item = Result<Message, WsError>> + Unpin,
 {
     while let Some(msg) = stream.next().await {
-        let bytes = match msg {
-            Ok(Message::Text(t)) => axum::body::Bytes::from(t),
+        let text = match msg {
+            Ok(Message::Text(t)) => t,
             Ok(Message::Binary(_)) => {
                 hub.metrics.count_drop(DropReason::Malformed);
                 session.close_transport(CloseCode::MALFORMED_FRAME, "frames are text");
                 return ReadEnd::Closing;
             }
-            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => continue,
             Ok(Message::Close(_)) => return ReadEnd::PeerGone,
-            Err(e) => {
-                if e.to_string().contains("Space limit exceeded") {
-                    hub.metrics.count_drop(DropReason::TooLarge);
-                    session.close_transport(CloseCode::FRAME_TOO_LARGE, "frame too large");
-                    return ReadEnd::Closing;
-                }
-                return ReadEnd::PeerGone;
+            Err(WsError::Capacity(_)) => {
+                hub.metrics.count_drop(DropReason::TooLarge);
+                session.close_transport(CloseCode::FRAME_TOO_LARGE, "frame too large");
+                return ReadEnd::Closing;
             }
+            Err(_) => return ReadEnd::PeerGone,
         };
-        let frame = match decode_client(&bytes, max) {
+        let frame = match decode_client(text.as_bytes(), max) {
             Ok(f) => f,
             Err(e) => {
                 let code = e.close_code();
@@ -251,7 +506,7 @@ where
         };
         {
             let _serial = session.inbound.lock().await;
-            if hub.handle_frame(&session, frame).await.is_err() {
+            if hub.handle_frame(session, frame).await.is_err() {
                 return ReadEnd::Closing;
             }
         }
@@ -261,76 +516,88 @@ where
     ReadEnd::PeerGone
 }
 
-/// Drains the session's outbox into the socket until the transport closes. Generic over the
-/// sink so it can be driven without a socket.
-async fn write_loop<S>(
-    mut sink: S,
+/// Drains the session's outbox into the socket until the transport closes: everything queued
+/// (and a frame a direct write left unfinished, and control frames) goes out in one `writev`
+/// or a few, not one write per frame: with `TCP_NODELAY` a write is a packet, and a burst to a
+/// subscriber should not become hundreds of them. Generic over the output so it can be driven
+/// without a socket.
+async fn write_loop<W>(
+    mut out: W,
     session: Arc<Session>,
     mut att: Attached,
     metrics: Arc<Metrics>,
     stall: Duration,
 ) where
-    S: Sink<Message> + Unpin,
+    W: AsyncWrite + Unpin,
 {
+    // Taken from the outbox and freed after each batch: an idle connection keeps no buffer.
+    let mut frames: VecDeque<OutFrame> = VecDeque::new();
+    let mut control: Vec<u8> = Vec::new();
     loop {
-        let Some(frames) = session.take_frames(att.gen) else {
+        let Some(unfinished) = session.take_ws_batch(att.gen, &mut frames, &mut control) else {
             break;
         };
-        // Everything queued so far goes out in one flush (a few writes at most), not one
-        // write per frame: with TCP_NODELAY a write is a packet, and a burst to a subscriber
-        // should not become hundreds of them. A write stalled this long is a consumer that
-        // stopped reading.
-        let count = frames.len() as u64;
-        let mut close = None;
-        // Most batches go out at once (the socket has room): the stall timer is armed only for
-        // one that does not, rather than a timer entry per batch.
-        let written = {
-            let batch = async {
-                for f in frames {
-                    if let Some(code) = f.close {
-                        close = Some(code);
-                        break;
+        if unfinished.is_none() && frames.is_empty() && control.is_empty() {
+            tokio::select! {
+                code = &mut att.force_close => {
+                    if let Ok(code) = code {
+                        let rest = session.take_ws_unfinished(att.gen);
+                        let limit = Duration::from_secs(1);
+                        Box::pin(send_close(&mut out, rest, code, code.name(), limit)).await;
                     }
-                    sink.feed(Message::Text(f.frame)).await?;
+                    return;
                 }
-                sink.flush().await
-            };
+                () = session.changed(&mut att.seen) => {}
+            }
+            continue;
+        }
+        let close_at = frames.iter().position(|f| f.close.is_some());
+        let data = frames.range(..close_at.unwrap_or(frames.len()));
+        let count = data.len();
+        let headers: Vec<Header> = data.clone().map(|f| Header::text(f.frame.len())).collect();
+        let unfinished_head = unfinished.as_ref().map(|(f, _)| Header::text(f.len()));
+        let mut chunks: Vec<&[u8]> = Vec::with_capacity(2 + 2 * count);
+        if let (Some((frame, written)), Some(head)) = (&unfinished, &unfinished_head) {
+            push_frame_rest(&mut chunks, head.as_bytes(), frame.as_bytes(), *written);
+        }
+        chunks.push(&control);
+        for (f, h) in data.zip(&headers) {
+            chunks.push(h.as_bytes());
+            chunks.push(f.frame.as_bytes());
+        }
+        // Most batches go out at once (the socket has room): the stall timer is armed only for
+        // one that does not, rather than a timer entry per batch. A write stalled this long is
+        // a consumer that stopped reading.
+        let written = {
+            let batch = write_chunks(&mut out, &chunks);
             tokio::pin!(batch);
             match batch.as_mut().now_or_never() {
                 Some(r) => Ok(r),
-                None => tokio::time::timeout(stall, batch).await,
+                // Boxed: the timer lives only as long as a stalled batch, not in every idle
+                // connection's task.
+                None => Box::pin(tokio::time::timeout(stall, batch)).await,
             }
         };
+        drop(chunks);
         match written {
-            Ok(Ok(())) => metrics.frames_out(count - u64::from(close.is_some())),
+            Ok(Ok(())) => metrics.frames_out((count + usize::from(unfinished.is_some())) as u64),
             Ok(Err(_)) => return,
             Err(_) => {
                 metrics.count_drop(DropReason::SlowConsumer);
                 return;
             }
         }
-        if let Some(code) = close {
-            let reason = code.name();
-            let _ = tokio::time::timeout(stall, sink.send(close_message(code, reason))).await;
+        if let Some(code) = close_at.and_then(|i| frames[i].close) {
+            Box::pin(send_close(&mut out, None, code, code.name(), stall)).await;
             return;
         }
-        tokio::select! {
-            code = &mut att.force_close => {
-                if let Ok(code) = code {
-                    let send = sink.send(close_message(code, code.name()));
-                    let _ = tokio::time::timeout(Duration::from_secs(1), send).await;
-                }
-                return;
-            }
-            () = session.changed(&mut att.seen) => {}
-        }
+        frames = VecDeque::new();
+        control.clear();
     }
-    // Detached without a force signal: the force sender was dropped; just end.
+    // Detached: say why if we were told.
     if let Ok(code) = att.force_close.try_recv() {
-        let _ = tokio::time::timeout(
-            Duration::from_secs(1),
-            sink.send(close_message(code, code.name())),
-        )
-        .await;
+        let rest = session.take_ws_unfinished(att.gen);
+        let limit = Duration::from_secs(1);
+        Box::pin(send_close(&mut out, rest, code, code.name(), limit)).await;
     }
 }
