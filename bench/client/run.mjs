@@ -19,7 +19,6 @@ const { chromium } = require("playwright-core");
 const COUNT = Number(process.env.BENCH_CLIENT_MESSAGES ?? 20000);
 const RATE = Number(process.env.BENCH_CLIENT_RATE ?? 50000);
 const ROUNDS = 3;
-const SECRET = "rtlink-bench-secret-0123456789abcdef0123";
 
 const children = [];
 process.on("exit", () => children.forEach((c) => { try { c.kill("SIGKILL"); } catch {} }));
@@ -61,10 +60,11 @@ cpSync(join(ROOT, "bench/peers/node_modules/socket.io-client/dist/socket.io.min.
 cpSync(join(HERE, "page.html"), join(site, "index.html"));
 
 const [rtPort, sioPort] = [await freePort(), await freePort()];
+// The flags every benchmark starts rtlink-server with (bench/src/procs.rs), then this page's own.
+const RTLINK_FLAGS = execFileSync(join(ROOT, "target/server/rtlink-bench"), ["rtlink-flags"]).toString().trim().split("\n");
 start(join(ROOT, "target/server/rtlink-server"), [
-  "--listen", `127.0.0.1:${rtPort}`, "--auth-secret", SECRET, "--demo-auth", "--static-dir", site,
-  "--rate-per-sec", "1000000", "--rate-burst", "1000000",
-  "--publish-bytes-per-sec", "4000000000", "--publish-bytes-burst", "4000000000", "--outbox-max-frames", "1000000", "--outbox-max-bytes", "1000000000",
+  "--listen", `127.0.0.1:${rtPort}`, ...RTLINK_FLAGS, "--static-dir", site,
+  "--outbox-max-frames", "1000000", "--outbox-max-bytes", "1000000000",
 ]);
 start("node", [join(ROOT, "bench/peers/socketio-server.mjs"), String(sioPort)]);
 await listening(rtPort);

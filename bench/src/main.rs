@@ -111,6 +111,14 @@ enum Cmd {
         #[arg(long, default_value = "5s", value_parser = parse_secs)]
         hold: Duration,
     },
+    /// Prints the flags every benchmark starts rtlink-server with (one per line): the limits a
+    /// benchmark would otherwise measure instead of the server, lifted. `bench/callgrind` and
+    /// `bench/client/run.mjs` start the server with these too, so the list lives in one place.
+    RtlinkFlags {
+        /// Keep the total accept-rate budget (the reconnect storm measures it).
+        #[arg(long)]
+        keep_accept_budget: bool,
+    },
     /// The raw WebSocket broadcast peer.
     RawServer {
         #[arg(long)]
@@ -128,6 +136,12 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.cmd {
         Cmd::RawServer { listen } => rt.block_on(raw_server::run(listen)),
+        Cmd::RtlinkFlags { keep_accept_budget } => {
+            for flag in procs::rtlink_bench_flags(keep_accept_budget) {
+                println!("{flag}");
+            }
+            Ok(())
+        }
         Cmd::Publish { peer, port, room, count, rate } => rt.block_on(publish(&peer, port, &room, count, rate)),
         Cmd::Quick { root } => rt.block_on(quick(root)),
         Cmd::Hold { peer, port, connections, room_each, hold } => rt.block_on(async move {
@@ -144,6 +158,10 @@ fn main() -> anyhow::Result<()> {
             let plan = Plan { subscribers, loads, step_time: step, readers: 1, hooks };
             let out = fanout::drive(peer, port, pid, Transport::WebSocket, &plan).await;
             println!("{}", report::fanout_table(&out.steps));
+            // For scripts (bench/callgrind divides instruction counts by it).
+            for s in &out.steps {
+                println!("step offered_per_sec={:.0} deliveries={}", s.offered_per_sec, s.delivered);
+            }
             match out.failure {
                 Some(f) => anyhow::bail!("{f}"),
                 None => Ok(()),
@@ -167,6 +185,36 @@ pub fn cpu_ratio(rtlink: &[fanout::Step], peer: &[fanout::Step]) -> Option<(f64,
                 .map(|p| (r.offered_per_sec, p.cpu_ms_per_1000 / r.cpu_ms_per_1000))
         })
         .next()
+}
+
+/// p99 latency, rtlink ÷ `peer`, at every offered load both kept up with (delivered in full and
+/// at ≥ 90 % of the offered rate): `(offered, rtlink p99 µs, peer p99 µs)`. Above those loads one
+/// of them lags and its latency is its backlog, not a comparable figure.
+pub fn p99_pairs(rtlink: &[fanout::Step], peer: &[fanout::Step]) -> Vec<(f64, u64, u64)> {
+    rtlink
+        .iter()
+        .filter(|r| !r.saturated())
+        .filter_map(|r| {
+            peer.iter()
+                .find(|p| p.offered_per_sec == r.offered_per_sec && !p.saturated())
+                .map(|p| (r.offered_per_sec, r.p99_us, p.p99_us))
+        })
+        .collect()
+}
+
+/// One line on [`p99_pairs`]: each load's ratio against the ⅓ target, and how many were met.
+pub fn p99_summary(pairs: &[(f64, u64, u64)]) -> String {
+    if pairs.is_empty() {
+        return "no offered load that both kept up with".to_owned();
+    }
+    let met = pairs.iter().filter(|(_, r, p)| (*r as f64) <= *p as f64 / 3.0).count();
+    let each: Vec<String> = pairs
+        .iter()
+        .map(|(load, r, p)| {
+            format!("{load:.0}/s: {:.2} ({} vs {})", *r as f64 / (*p).max(1) as f64, report::fmt_us(*r), report::fmt_us(*p))
+        })
+        .collect();
+    format!("{}; target ≤ 0.33 met at {met} of {} loads", each.join(", "), pairs.len())
 }
 
 fn parse_peer(name: &str) -> anyhow::Result<Peer> {
@@ -242,6 +290,7 @@ async fn quick(root: PathBuf) -> anyhow::Result<()> {
     if let Some((load, r)) = raw {
         println!("server CPU per delivery, raw / rtlink: {r:.2} (at {load:.0} deliveries/s offered)");
     }
+    println!("p99 latency, rtlink / Socket.IO at equal offered load: {}", p99_summary(&p99_pairs(&rt, &steps(Peer::SocketIo))));
     println!(
         "idle rtlink WebSocket: {:.1} KB per connection ({} connections)",
         idle.bytes_per_conn() / 1024.0,
