@@ -202,6 +202,8 @@ fn welcome() -> ServerFrame {
             resume_window_ms: 120_000,
             dedupe_window_ms: 120_000,
             max_batch_bytes: 0,
+            publish_bytes_per_sec: 0,
+            publish_bytes_burst: 0,
         },
     }
 }

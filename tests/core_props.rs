@@ -132,7 +132,7 @@ fn welcome(resumed: bool) -> ServerFrame {
         resumed,
         ping_interval_ms: 20_000,
         user: UserInfo { id: "u0".into(), name: "U0".into() },
-        limits: Limits { max_frame_bytes: 65_536, rate_per_sec: 10, burst: 10, max_rooms: 10, resume_window_ms: 120_000, dedupe_window_ms: 120_000, max_batch_bytes: 0 },
+        limits: Limits { max_frame_bytes: 65_536, rate_per_sec: 10, burst: 10, max_rooms: 10, resume_window_ms: 120_000, dedupe_window_ms: 120_000, max_batch_bytes: 0, publish_bytes_per_sec: 0, publish_bytes_burst: 0 },
     }
 }
 

@@ -32,8 +32,8 @@ fn conn() -> impl Strategy<Value = PresenceConn> {
 }
 
 fn server_frame() -> impl Strategy<Value = ServerFrame> {
-    let limits = (num(), any::<u32>(), any::<u32>(), any::<u32>(), num(), num(), num()).prop_map(
-        |(max_frame_bytes, rate_per_sec, burst, max_rooms, resume_window_ms, dedupe_window_ms, max_batch_bytes)| Limits {
+    let limits = (num(), any::<u32>(), any::<u32>(), any::<u32>(), num(), num(), num(), num(), num()).prop_map(
+        |(
             max_frame_bytes,
             rate_per_sec,
             burst,
@@ -41,6 +41,18 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
             resume_window_ms,
             dedupe_window_ms,
             max_batch_bytes,
+            publish_bytes_per_sec,
+            publish_bytes_burst,
+        )| Limits {
+            max_frame_bytes,
+            rate_per_sec,
+            burst,
+            max_rooms,
+            resume_window_ms,
+            dedupe_window_ms,
+            max_batch_bytes,
+            publish_bytes_per_sec,
+            publish_bytes_burst,
         },
     );
     prop_oneof![

@@ -189,6 +189,8 @@ mod tests {
                     resume_window_ms: 120_000,
                     dedupe_window_ms: 120_000,
                     max_batch_bytes: 69_632,
+                    publish_bytes_per_sec: 131_072,
+                    publish_bytes_burst: 2_097_152,
                 },
             },
             ServerFrame::Ping,

@@ -157,6 +157,13 @@ pub struct Limits {
     /// Largest `POST /v1/send` body. 0: not announced (then `max_frame_bytes`).
     #[serde(default)]
     pub max_batch_bytes: u64,
+    /// Payload bytes per second one user may publish on a node, over all their sessions
+    /// (beyond it and its burst: `nack rate_limited`). 0: not announced.
+    #[serde(default)]
+    pub publish_bytes_per_sec: u64,
+    /// Burst of that budget, in payload bytes. 0: not announced.
+    #[serde(default)]
+    pub publish_bytes_burst: u64,
 }
 
 /// One connection in a room's presence. A user with two tabs is two connections with one `user`.

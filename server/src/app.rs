@@ -153,7 +153,12 @@ impl AppState {
             let base = secret.unwrap_or_else(|| random_token(32).into_bytes());
             auth = auth.with_demo_secret(demo_key(&base));
         }
-        let api_keys = ApiKeys::load(&config.api_keys, config.api_key_file.as_deref())?;
+        let api_keys = ApiKeys::load(&config.api_keys, config.api_key_file.as_deref())?
+            .with_publish_budget(
+                config.api_publish_bytes_per_sec,
+                config.api_publish_bytes_burst,
+                api::MAX_BODY_BYTES as u32,
+            );
         if !api_keys.is_empty() {
             tracing::info!(keys = api_keys.len(), "server API for backends is on");
         }
@@ -218,6 +223,7 @@ async fn sweep(state: std::sync::Weak<Inner>) {
         let Some(state) = state.upgrade() else { return };
         state.accept.sweep();
         state.hub.publish_budget.sweep(std::time::Instant::now());
+        state.api_keys.sweep(std::time::Instant::now());
         if let Some(b) = &state.local_broker {
             b.sweep();
         }

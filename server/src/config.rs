@@ -139,6 +139,17 @@ pub struct Config {
     #[arg(long, env = "RTLINK_API_KEY_FILE")]
     pub api_key_file: Option<PathBuf>,
 
+    /// Publish budget of one API key on this node: payload bytes per second of
+    /// `POST /v1/publish`. Beyond it (and its burst) the request is refused `429 rate_limited`
+    /// with a `Retry-After`, and nothing of it is stored.
+    #[arg(long, env = "RTLINK_API_PUBLISH_BYTES_PER_SEC", default_value_t = 1024 * 1024)]
+    pub api_publish_bytes_per_sec: u32,
+
+    /// Burst of the API key's publish budget, in payload bytes (at least the largest request
+    /// body, 8 MiB, so any valid request can pass once the budget refilled).
+    #[arg(long, env = "RTLINK_API_PUBLISH_BYTES_BURST", default_value_t = 8 * 1024 * 1024)]
+    pub api_publish_bytes_burst: u32,
+
     /// Allowed `Origin` (repeatable or comma separated). With none, any origin is allowed.
     #[arg(
         long = "allowed-origin",
@@ -464,6 +475,8 @@ impl Config {
             auth_default_rooms: Vec::new(),
             api_keys: Vec::new(),
             api_key_file: None,
+            api_publish_bytes_per_sec: 1024 * 1024,
+            api_publish_bytes_burst: 8 * 1024 * 1024,
             allowed_origins: Vec::new(),
             allow_localhost_origins: false,
             trusted_proxies: Vec::new(),

@@ -328,6 +328,8 @@ impl Hub {
                 resume_window_ms: c.resume_window.as_millis() as u64,
                 dedupe_window_ms: c.dedupe_window.as_millis() as u64,
                 max_batch_bytes: max_batch_bytes(c.max_frame_bytes) as u64,
+                publish_bytes_per_sec: u64::from(c.publish_bytes_per_sec),
+                publish_bytes_burst: u64::from(self.publish_budget.burst()),
             },
         }
     }

@@ -64,6 +64,18 @@ impl TokenBucket {
         }
     }
 
+    /// Takes `n` tokens if there are that many; otherwise takes nothing and says how long until
+    /// there will be (`None`: never, `n` is over the burst or the rate is zero).
+    pub fn take_n_or_wait(&mut self, now: Instant, n: f64) -> Result<(), Option<Duration>> {
+        if self.try_take_n(now, n) {
+            return Ok(());
+        }
+        if n > self.burst || self.rate <= 0.0 {
+            return Err(None);
+        }
+        Err(Some(Duration::from_secs_f64((n - self.tokens) / self.rate)))
+    }
+
     /// True once the bucket is full again (it remembers nothing a new one would not).
     fn is_full(&mut self, now: Instant) -> bool {
         self.refill(now);
@@ -109,8 +121,24 @@ impl PublishBudget {
         }
     }
 
+    /// The burst in payload bytes (what `welcome.limits.publish_bytes_burst` announces).
+    pub fn burst(&self) -> u32 {
+        self.burst
+    }
+
     /// Charges `bytes` to `user`; false (nothing charged) when over the budget.
     pub fn charge(&self, user: &str, bytes: usize, now: Instant) -> bool {
+        self.charge_or_wait(user, bytes, now).is_ok()
+    }
+
+    /// Charges `bytes` to `user`, or says how long until the budget holds that many (nothing
+    /// is charged then; `None`: never, `bytes` is over the burst).
+    pub fn charge_or_wait(
+        &self,
+        user: &str,
+        bytes: usize,
+        now: Instant,
+    ) -> Result<(), Option<Duration>> {
         let mut users = self.users.lock();
         let bucket = match users.get_mut(user) {
             Some(b) => b,
@@ -118,7 +146,7 @@ impl PublishBudget {
                 .entry(user.to_owned())
                 .or_insert_with(|| TokenBucket::new(self.rate, self.burst, now)),
         };
-        bucket.try_take_n(now, bytes as f64)
+        bucket.take_n_or_wait(now, bytes as f64)
     }
 
     /// Forgets users whose bucket is full again (periodic sweep): the table holds only users
@@ -329,6 +357,30 @@ mod tests {
         assert_eq!(budget.users.lock().len(), 2, "both still refilling");
         budget.sweep(t0 + Duration::from_secs(3));
         assert!(budget.users.lock().is_empty());
+    }
+
+    #[test]
+    fn a_refused_charge_says_when_it_would_pass() {
+        let t0 = Instant::now();
+        let budget = PublishBudget::new(1000, 2000);
+        assert_eq!(budget.charge_or_wait("k", 1500, t0), Ok(()));
+        let wait = budget
+            .charge_or_wait("k", 1000, t0)
+            .expect_err("over the budget");
+        assert_eq!(
+            wait,
+            Some(Duration::from_millis(500)),
+            "500 bytes short at 1000/s"
+        );
+        assert_eq!(
+            budget.charge_or_wait("k", 1000, t0 + Duration::from_millis(500)),
+            Ok(())
+        );
+        assert_eq!(
+            budget.charge_or_wait("k", 2001, t0),
+            Err(None),
+            "over the burst: never"
+        );
     }
 
     #[test]

@@ -145,6 +145,8 @@ pub fn decode_value(f: &Json) -> Result<ServerFrame, DecodeError> {
                     resume_window_ms: r.number(limits, "resume_window_ms"),
                     dedupe_window_ms: limits.get("dedupe_window_ms").and_then(Json::as_u64).unwrap_or(0),
                     max_batch_bytes: limits.get("max_batch_bytes").and_then(Json::as_u64).unwrap_or(0),
+                    publish_bytes_per_sec: limits.get("publish_bytes_per_sec").and_then(Json::as_u64).unwrap_or(0),
+                    publish_bytes_burst: limits.get("publish_bytes_burst").and_then(Json::as_u64).unwrap_or(0),
                 },
             }
         }

@@ -344,6 +344,8 @@ impl Sim {
                 resume_window_ms: self.server.resume_window_ms,
                 dedupe_window_ms: self.server.dedupe_window_ms.unwrap_or(0),
                 max_batch_bytes: 0,
+                publish_bytes_per_sec: 0,
+                publish_bytes_burst: 0,
             },
         }
     }

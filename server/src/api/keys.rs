@@ -8,7 +8,9 @@ use std::str::FromStr;
 
 use anyhow::Context;
 use sha2::{Digest, Sha256};
-use subtle::{Choice, ConstantTimeEq};
+use subtle::{ConditionallySelectable, ConstantTimeEq};
+
+use crate::limits::PublishBudget;
 
 /// Shortest key accepted: a guessable key would open publishing to every room.
 pub const MIN_KEY_LEN: usize = 16;
@@ -37,10 +39,19 @@ impl FromStr for ApiKey {
     }
 }
 
-/// The configured keys, as digests.
-#[derive(Default)]
+/// The configured keys, as digests, and each key's publish budget (keyed by the key's index).
 pub struct ApiKeys {
     digests: Vec<[u8; 32]>,
+    budget: PublishBudget,
+}
+
+impl Default for ApiKeys {
+    fn default() -> Self {
+        Self {
+            digests: Vec::new(),
+            budget: PublishBudget::new(0, 0),
+        }
+    }
 }
 
 impl ApiKeys {
@@ -63,7 +74,32 @@ impl ApiKeys {
         }
         Ok(Self {
             digests: all.iter().map(|k| digest(&k.0)).collect(),
+            ..Self::default()
         })
+    }
+
+    /// Sets the publish budget of every key: `bytes_per_sec` payload bytes per second on this
+    /// node, with a burst of `burst` (raised to `min_burst`, the largest request body, so any
+    /// valid request can pass).
+    pub fn with_publish_budget(mut self, bytes_per_sec: u32, burst: u32, min_burst: u32) -> Self {
+        self.budget = PublishBudget::new(bytes_per_sec, burst.max(min_burst));
+        self
+    }
+
+    /// Charges `bytes` of payload to key `key` (an index from [`ApiKeys::find`]); over its
+    /// budget, nothing is charged and the answer is how long until it would pass.
+    pub fn charge(
+        &self,
+        key: usize,
+        bytes: usize,
+        now: std::time::Instant,
+    ) -> Result<(), Option<std::time::Duration>> {
+        self.budget.charge_or_wait(&key.to_string(), bytes, now)
+    }
+
+    /// Forgets the budgets of keys that have not published for a while (periodic sweep).
+    pub fn sweep(&self, now: std::time::Instant) {
+        self.budget.sweep(now);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -74,14 +110,20 @@ impl ApiKeys {
         self.digests.len()
     }
 
-    /// True if `presented` is one of the keys. Looks at every key whatever matches.
+    /// True if `presented` is one of the keys.
     pub fn check(&self, presented: &str) -> bool {
+        self.find(presented).is_some()
+    }
+
+    /// Which key `presented` is (its index), if any. Looks at every key whatever matches.
+    pub fn find(&self, presented: &str) -> Option<usize> {
         let d = digest(presented);
-        let mut found = Choice::from(0);
-        for key in &self.digests {
-            found |= key.ct_eq(&d);
+        // 0: none; i + 1: key i.
+        let mut found = 0u64;
+        for (i, key) in self.digests.iter().enumerate() {
+            found = u64::conditional_select(&found, &(i as u64 + 1), key.ct_eq(&d));
         }
-        found.into()
+        usize::try_from(found).ok()?.checked_sub(1)
     }
 }
 
@@ -116,6 +158,8 @@ mod tests {
         let keys = ApiKeys::load(&[], Some(&path)).expect("valid file");
         assert_eq!(keys.len(), 2);
         assert!(keys.check("key-one-0123456789") && keys.check("key-two-0123456789"));
+        assert_eq!(keys.find("key-two-0123456789"), Some(1));
+        assert_eq!(keys.find("key-three-0123456789"), None);
         std::fs::write(&path, "tooshort\n").expect("temp file");
         assert!(ApiKeys::load(&[], Some(&path)).is_err());
         let _ = std::fs::remove_file(&path);

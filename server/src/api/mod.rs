@@ -32,7 +32,7 @@ pub const HISTORY: &str = "/v1/rooms/{room}/history";
 pub const USER_SESSIONS: &str = "/v1/users/{user}/sessions";
 
 /// Largest request body of the server API (a batch of publishes).
-const MAX_BODY_BYTES: usize = 8 << 20;
+pub const MAX_BODY_BYTES: usize = 8 << 20;
 
 /// The routes of the server API.
 pub fn router() -> Router<AppState> {
@@ -45,7 +45,10 @@ pub fn router() -> Router<AppState> {
 
 /// Proof that the request carried a valid API key. Handlers take it as an extractor, so no
 /// endpoint can forget the check.
-pub struct Backend;
+pub struct Backend {
+    /// Which key (its index): budgets are per key.
+    key: usize,
+}
 
 impl FromRequestParts<AppState> for Backend {
     type Rejection = Response;
@@ -66,8 +69,10 @@ impl FromRequestParts<AppState> for Backend {
             })
             .map(str::trim);
         match presented {
-            Some(key) if state.api_keys.check(key) => Ok(Backend),
-            Some(_) => Err(refuse("invalid API key")),
+            Some(key) => match state.api_keys.find(key) {
+                Some(key) => Ok(Backend { key }),
+                None => Err(refuse("invalid API key")),
+            },
             None => Err(refuse("missing `Authorization: Bearer <api key>`")),
         }
     }

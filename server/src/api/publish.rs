@@ -54,7 +54,7 @@ struct Checked {
 }
 
 /// Publishes one message or a batch.
-pub async fn handler(_: Backend, State(state): State<AppState>, body: Body) -> Response {
+pub async fn handler(backend: Backend, State(state): State<AppState>, body: Body) -> Response {
     let body: Value = match json_body(body).await {
         Ok(v) => v,
         Err(resp) => return resp,
@@ -82,6 +82,14 @@ pub async fn handler(_: Backend, State(state): State<AppState>, body: Body) -> R
             Err(refusal) => return refusal.respond(batch.then_some(i)),
         }
     }
+    // The whole request draws from the key's budget before anything is stored.
+    let bytes = checked.iter().map(|c| c.request.payload.len()).sum();
+    if let Err(wait) = state
+        .api_keys
+        .charge(backend.key, bytes, std::time::Instant::now())
+    {
+        return over_budget(wait);
+    }
     let mut results = Vec::with_capacity(checked.len());
     for c in checked {
         match state.hub.broker.publish(c.request).await {
@@ -105,6 +113,21 @@ pub async fn handler(_: Backend, State(state): State<AppState>, body: Body) -> R
     } else {
         ok(results.pop().unwrap_or_default())
     }
+}
+
+/// `429 rate_limited` with the time until the key's budget holds the request, spread like
+/// every `Retry-After` (a request over the burst cannot happen: the burst is at least the
+/// largest body).
+fn over_budget(wait: Option<std::time::Duration>) -> Response {
+    let wait = wait
+        .unwrap_or(std::time::Duration::from_secs(60))
+        .max(std::time::Duration::from_millis(1));
+    http::error(
+        StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::RateLimited,
+        "publish byte budget of this API key exceeded; nothing was stored",
+        Some(http::spread(wait)),
+    )
 }
 
 /// Why a message was refused.

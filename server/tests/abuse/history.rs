@@ -136,6 +136,14 @@ async fn abuse_one_user_is_held_to_the_publish_byte_budget() {
         let mut attackers = Vec::new();
         for _ in 0..2 {
             let mut ws = connect_ws(&client, &client.token("mallory")).await;
+            // The budget is announced (default 128 KiB/s, 2 MiB burst).
+            match &ws.welcome {
+                Some(ServerFrame::Welcome { limits, .. }) => assert_eq!(
+                    (limits.publish_bytes_per_sec, limits.publish_bytes_burst),
+                    (128 * 1024, 2 * 1024 * 1024)
+                ),
+                other => panic!("{other:?}"),
+            }
             ws.subscribe("chat:lobby", None).await;
             attackers.push(Attacker::spawn(ws));
         }

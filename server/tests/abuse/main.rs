@@ -13,10 +13,12 @@ mod process;
 mod redis_server;
 
 mod admission;
+mod api;
 mod bursts;
 mod connections;
 mod fail_closed;
 mod history;
+mod http2;
 mod redis_keys;
 mod replay;
 mod rooms;
