@@ -640,3 +640,65 @@ async fn history_byte_budget_counts_exactly_evicts_oldest_first_and_never_drifts
     })
     .await;
 }
+
+/// The reaper's walk is bounded per tick: presence rooms of a node that died while no other
+/// node ran are cleaned over several ticks, resting in between (never all at once), every one
+/// of them in the end, and the dead node is forgotten only when the walk is over.
+#[tokio::test]
+async fn the_reaper_walks_many_rooms_over_several_ticks() {
+    bounded(async {
+        const ROOMS: usize = 1_000;
+        let server = RedisServer::start();
+        // A tick every second, 200 rooms per tick: five ticks.
+        let o = RedisOptions {
+            node_ttl: Duration::from_secs(3),
+            reap_rooms_per_tick: 200,
+            ..opts()
+        };
+        let prefix = o.key_prefix.clone();
+        let client = redis::Client::open(server.url()).expect("client");
+        let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
+        let index = format!("{prefix}:idx:pres-rooms");
+        let mut pipe = redis::pipe();
+        for i in 0..ROOMS {
+            let entry = format!(r#"{{"session":"s{i}","user":"u","name":"U","meta":"","node":"gone"}}"#);
+            pipe.cmd("HSET").arg(format!("{prefix}:pres:room{i}")).arg(format!("s{i}")).arg(entry).ignore();
+            pipe.cmd("SADD").arg(&index).arg(format!("room{i}")).ignore();
+        }
+        pipe.cmd("SADD").arg(format!("{prefix}:idx:nodes")).arg("gone").ignore();
+        let () = pipe.query_async(&mut conn).await.expect("seed");
+
+        let _node = RedisBroker::connect(&server.url(), o).await.expect("node");
+        // (count of rooms left, how long it stayed so)
+        let mut seen: Vec<(usize, Duration)> = Vec::new();
+        let mut since = tokio::time::Instant::now();
+        let deadline = since + Duration::from_secs(30);
+        loop {
+            let left: usize = redis::cmd("SCARD").arg(&index).query_async(&mut conn).await.expect("SCARD");
+            let now = tokio::time::Instant::now();
+            match seen.last_mut() {
+                Some((n, held)) if *n == left => *held = now - since,
+                _ => {
+                    seen.push((left, Duration::ZERO));
+                    since = now;
+                }
+            }
+            let forgotten = !redis::cmd("SISMEMBER")
+                .arg(format!("{prefix}:idx:nodes"))
+                .arg("gone")
+                .query_async::<bool>(&mut conn)
+                .await
+                .expect("SISMEMBER");
+            if left == 0 && forgotten {
+                break;
+            }
+            assert!(!forgotten, "the dead node was forgotten with {left} rooms left");
+            assert!(now < deadline, "rooms left: {seen:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The walk rested between ticks at least twice with rooms left.
+        let rests = seen.iter().filter(|(n, held)| *n > 0 && *n < ROOMS && *held >= Duration::from_millis(300)).count();
+        assert!(rests >= 2, "rooms left over time: {seen:?}");
+    })
+    .await;
+}

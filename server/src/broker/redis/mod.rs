@@ -82,6 +82,9 @@ pub struct RedisOptions {
     /// the cluster's numbers (O(1)); the node holding the stats lease also advances its walk of
     /// the room indexes by a bounded number of rooms.
     pub stats_interval: Duration,
+    /// Presence rooms the reaper of dead nodes' presence looks at per upkeep tick, at most: a
+    /// walk over more rooms goes on over the next ticks.
+    pub reap_rooms_per_tick: usize,
     /// How long a room's head and epoch keys live after its last publish or read (at least the
     /// history age plus an hour: a room idle that long starts a new epoch).
     pub room_key_ttl: Duration,
@@ -111,6 +114,7 @@ impl RedisOptions {
             dedupe_window: cfg.dedupe_window,
             node_ttl: Duration::from_secs(10),
             stats_interval: Duration::from_secs(5),
+            reap_rooms_per_tick: upkeep::REAP_ROOMS_PER_TICK,
             room_key_ttl: cfg.history_max_age + ROOM_KEY_GRACE,
             event_capacity: cfg.event_capacity,
             connect_timeout: Duration::from_secs(3),

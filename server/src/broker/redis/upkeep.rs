@@ -5,8 +5,11 @@
 //! looks at the announced nodes; when one's key is gone it walks every room's presence and a
 //! script removes (and announces the leave of) each entry whose node is not alive — checked
 //! inside the script, so two reapers never announce the same leave and a node that came back
-//! in between keeps its entries. The first tick sweeps every room once, for nodes that died
-//! while no other node was running.
+//! in between keeps its entries. The first tick starts a sweep of every room, for nodes that
+//! died while no other node was running. A walk looks at most `reap_rooms_per_tick` (default
+//! [`REAP_ROOMS_PER_TICK`]) rooms per tick (`SSCAN`) and goes on over the next ticks, so Redis and the node never do O(rooms) work
+//! at once; with many presence rooms the leaves of a dead node's users arrive over
+//! `rooms / REAP_ROOMS_PER_TICK` ticks.
 //!
 //! Stats: every `stats_interval` each node reads the cluster's numbers from one hash (O(1)).
 //! One node at a time (the holder of a lease with a TTL) computes them by walking the room
@@ -58,9 +61,8 @@ impl Shared {
         Ok(())
     }
 
-    /// Removes the presence of dead nodes; `all_rooms` sweeps even if no announced node is
-    /// dead. Returns how many entries were removed.
-    async fn reap(&self, all_rooms: bool) -> BrokerResult<u64> {
+    /// The announced nodes other than this one whose liveness key is gone.
+    async fn dead_nodes(&self) -> BrokerResult<Vec<String>> {
         let mut conn = self.conn();
         let nodes: Vec<String> = redis::cmd("SMEMBERS")
             .arg(self.keys.nodes())
@@ -68,61 +70,90 @@ impl Shared {
             .await
             .map_err(redis_err)?;
         let others: Vec<String> = nodes.into_iter().filter(|n| *n != self.node_id).collect();
+        if others.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut pipe = redis::pipe();
         for node in &others {
             pipe.cmd("EXISTS").arg(self.keys.node(node));
         }
-        let alive: Vec<bool> = if others.is_empty() {
-            Vec::new()
-        } else {
-            pipe.query_async(&mut conn).await.map_err(redis_err)?
-        };
-        let dead: Vec<&String> = others
-            .iter()
+        let alive: Vec<bool> = pipe.query_async(&mut conn).await.map_err(redis_err)?;
+        Ok(others
+            .into_iter()
             .zip(alive)
             .filter(|(_, alive)| !alive)
             .map(|(n, _)| n)
-            .collect();
-        if dead.is_empty() && !all_rooms {
-            return Ok(0);
+            .collect())
+    }
+
+    /// Removes the presence of dead nodes, at most `reap_rooms_per_tick` rooms per call: a
+    /// pass starts when a node is found dead (or on the first tick, `sweep_anyway`, for nodes
+    /// that died while none ran) and walks the presence rooms with `SSCAN` over as many ticks
+    /// as it needs. The dead nodes are forgotten when the pass ends.
+    async fn reap(&self, pass: &mut ReapPass, sweep_anyway: bool) -> BrokerResult<()> {
+        if !pass.active {
+            let dead = self.dead_nodes().await?;
+            if dead.is_empty() && !sweep_anyway {
+                return Ok(());
+            }
+            *pass = ReapPass {
+                active: true,
+                dead,
+                ..ReapPass::default()
+            };
         }
-        let rooms: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(self.keys.presence_rooms())
-            .query_async(&mut conn)
-            .await
-            .map_err(redis_err)?;
-        let mut removed = 0;
-        for room in rooms {
-            let n: u64 = self
-                .scripts
-                .reap_room
-                .key(self.keys.presence(&room))
-                .key(self.keys.presence_rooms())
-                .arg(&room)
-                .arg(self.keys.channel(&room))
-                .arg(self.keys.node_prefix())
-                .invoke_async(&mut conn)
+        let mut conn = self.conn();
+        let mut budget = self.opts.reap_rooms_per_tick.max(1);
+        loop {
+            let (next, rooms): (String, Vec<String>) = redis::cmd("SSCAN")
+                .arg(self.keys.presence_rooms())
+                .arg(&pass.cursor)
+                .arg("COUNT")
+                .arg(REAP_BATCH.min(budget))
+                .query_async(&mut conn)
                 .await
                 .map_err(redis_err)?;
-            removed += n;
+            for room in &rooms {
+                let n: u64 = self
+                    .scripts
+                    .reap_room
+                    .key(self.keys.presence(room))
+                    .key(self.keys.presence_rooms())
+                    .arg(room)
+                    .arg(self.keys.channel(room))
+                    .arg(self.keys.node_prefix())
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(redis_err)?;
+                pass.removed += n;
+            }
+            pass.cursor = next;
+            if pass.cursor == "0" {
+                break;
+            }
+            budget = budget.saturating_sub(rooms.len().max(1));
+            if budget == 0 {
+                return Ok(());
+            }
         }
-        if !dead.is_empty() {
+        if !pass.dead.is_empty() {
             // A node that comes back announces itself again on its next heartbeat.
             let _: () = redis::cmd("SREM")
                 .arg(self.keys.nodes())
-                .arg(&dead)
+                .arg(&pass.dead)
                 .query_async(&mut conn)
                 .await
                 .map_err(redis_err)?;
         }
-        if removed > 0 {
+        if pass.removed > 0 {
             tracing::info!(
-                removed,
-                dead_nodes = dead.len(),
+                removed = pass.removed,
+                dead_nodes = pass.dead.len(),
                 "redis broker: reaped presence of dead nodes"
             );
         }
-        Ok(removed)
+        *pass = ReapPass::default();
+        Ok(())
     }
 
     /// Advances the stats pass if this node holds the lease, then reads the cluster's numbers.
@@ -222,6 +253,32 @@ impl Shared {
     }
 }
 
+/// Presence rooms one `SSCAN` step of the reaper asks for (a hint).
+const REAP_BATCH: usize = 200;
+/// Presence rooms the reaper looks at per tick by default, at most (give or take a batch).
+pub(super) const REAP_ROOMS_PER_TICK: usize = 2_000;
+
+/// Where a pass of the reaper is.
+#[derive(Debug)]
+pub(super) struct ReapPass {
+    active: bool,
+    cursor: String,
+    /// The dead nodes that started the pass, forgotten when it ends.
+    dead: Vec<String>,
+    removed: u64,
+}
+
+impl Default for ReapPass {
+    fn default() -> Self {
+        Self {
+            active: false,
+            cursor: String::from("0"),
+            dead: Vec::new(),
+            removed: 0,
+        }
+    }
+}
+
 /// Rooms one `SSCAN` step of the stats pass looks at (a hint: Redis may return a few more).
 const STATS_BATCH: usize = 500;
 /// Rooms the stats pass looks at per interval, at most (give or take a batch).
@@ -255,7 +312,8 @@ pub(super) async fn run(shared: Arc<Shared>) {
     let period = (shared.opts.node_ttl / 3).max(Duration::from_millis(20));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut swept_all = false;
+    let mut swept_once = false;
+    let mut reap = ReapPass::default();
     let mut stats_due = Instant::now();
     let mut pass = StatsPass::default();
     loop {
@@ -272,8 +330,8 @@ pub(super) async fn run(shared: Arc<Shared>) {
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "redis broker: liveness refresh failed"),
         }
-        match shared.reap(!swept_all).await {
-            Ok(_) => swept_all = true,
+        match shared.reap(&mut reap, !swept_once).await {
+            Ok(()) => swept_once = true,
             Err(e) => tracing::warn!(error = %e, "redis broker: reaper failed"),
         }
         if Instant::now() >= stats_due {
