@@ -110,7 +110,7 @@ impl Reader<'_> {
 
     fn literal(&mut self, word: &str, value: Json) -> Option<Json> {
         let end = self.pos + word.len();
-        (self.text.get(self.pos..end) == Some(word)).then(|| {
+        (self.text.as_bytes().get(self.pos..end) == Some(word.as_bytes())).then(|| {
             self.pos = end;
             value
         })
@@ -267,7 +267,13 @@ impl Reader<'_> {
     fn hex4(&mut self) -> Option<u32> {
         let mut v = 0;
         for _ in 0..4 {
-            v = v * 16 + char::from(self.next()?).to_digit(16)?;
+            let d = match self.next()? {
+                b @ b'0'..=b'9' => b - b'0',
+                b @ b'a'..=b'f' => b - b'a' + 10,
+                b @ b'A'..=b'F' => b - b'A' + 10,
+                _ => return None,
+            };
+            v = v * 16 + u32::from(d);
         }
         Some(v)
     }

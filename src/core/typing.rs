@@ -21,14 +21,21 @@ struct Own {
     idle_deadline: Instant,
 }
 
+/// Typing in one room, both directions (one map of rooms for both: a map per direction would
+/// be a second instantiation of the map's code and a second lookup).
+#[derive(Clone, Debug, Default)]
+struct RoomTyping {
+    own: Option<Own>,
+    /// user → (name, expiry)
+    others: SmallMap<(String, Instant)>,
+}
+
 #[derive(Clone, Debug)]
 pub struct Typing {
     throttle_ms: u64,
     idle_ms: u64,
     expiry_ms: u64,
-    own: SmallMap<Own>,
-    /// room → user → (name, expiry)
-    others: SmallMap<SmallMap<(String, Instant)>>,
+    rooms: SmallMap<RoomTyping>,
 }
 
 /// Work found by [`Typing::expire`].
@@ -42,23 +49,25 @@ pub struct Expired {
 
 impl Typing {
     pub fn new(throttle_ms: u64, idle_ms: u64, expiry_ms: u64) -> Self {
-        Self { throttle_ms, idle_ms, expiry_ms, own: SmallMap::new(), others: SmallMap::new() }
+        Self { throttle_ms, idle_ms, expiry_ms, rooms: SmallMap::new() }
     }
 
     /// A keystroke in `room`. Returns true if `typing{active: true}` should be sent now.
     pub fn keystroke(&mut self, now: Instant, room: &str) -> bool {
         let idle_deadline = now.plus(self.idle_ms);
-        match self.own.get_mut(room) {
+        let throttle_ms = self.throttle_ms;
+        let Some(r) = self.rooms.get_or_insert_with(room, Default::default) else { return false };
+        match &mut r.own {
             Some(own) => {
                 own.idle_deadline = idle_deadline;
-                if now.millis_since(own.last_start_sent) >= self.throttle_ms {
+                if now.millis_since(own.last_start_sent) >= throttle_ms {
                     own.last_start_sent = now;
                     return true;
                 }
                 false
             }
             None => {
-                self.own.insert(room.to_owned(), Own { last_start_sent: now, idle_deadline });
+                r.own = Some(Own { last_start_sent: now, idle_deadline });
                 true
             }
         }
@@ -66,17 +75,19 @@ impl Typing {
 
     /// Explicit stop, publish, or unsubscribe. Returns true if `typing{active: false}` is due.
     pub fn stop(&mut self, room: &str) -> bool {
-        self.own.remove(room)
+        self.rooms.get_mut(room).and_then(|r| r.own.take()).is_some()
     }
 
     /// The transport dropped: own typing is forgotten (the server times it out).
     pub fn reset_own(&mut self) {
-        self.own.clear();
+        for r in self.rooms.values_mut() {
+            r.own = None;
+        }
     }
 
     /// Someone else's typing frame. Returns the room's new list if it changed.
     pub fn on_remote(&mut self, now: Instant, room: &str, user: &str, name: &str, active: bool) -> Option<Vec<TypingUser>> {
-        let users = self.others.get_or_insert_with(room, Default::default)?;
+        let users = &mut self.rooms.get_or_insert_with(room, Default::default)?.others;
         let changed = if active {
             let prev = users.insert(user.to_owned(), (name.to_owned(), now.plus(self.expiry_ms)));
             match prev {
@@ -91,7 +102,7 @@ impl Typing {
 
     /// Forgets a user in a room (their last connection left). Returns the new list if changed.
     pub fn remove_user(&mut self, room: &str, user: &str) -> Option<Vec<TypingUser>> {
-        let users = self.others.get_mut(room)?;
+        let users = &mut self.rooms.get_mut(room)?.others;
         if !users.remove(user) {
             return None;
         }
@@ -99,24 +110,20 @@ impl Typing {
     }
 
     pub fn remove_room(&mut self, room: &str) {
-        self.own.remove(room);
-        self.others.remove(room);
+        self.rooms.remove(room);
     }
 
     pub fn expire(&mut self, now: Instant) -> Expired {
         let mut out = Expired::default();
-        self.own.retain(|room, own| {
-            let keep = own.idle_deadline > now;
-            if !keep {
+        for (room, r) in self.rooms.iter_mut() {
+            if r.own.as_ref().is_some_and(|own| own.idle_deadline <= now) {
+                r.own = None;
                 out.own_stopped.push(room.clone());
             }
-            keep
-        });
-        for (room, users) in self.others.iter_mut() {
-            let before = users.len();
-            users.retain(|_, (_, expiry)| *expiry > now);
-            if users.len() != before {
-                out.changed.push((room.clone(), list(users)));
+            let before = r.others.len();
+            r.others.retain(|_, (_, expiry)| *expiry > now);
+            if r.others.len() != before {
+                out.changed.push((room.clone(), list(&r.others)));
             }
         }
         out
@@ -124,11 +131,9 @@ impl Typing {
 
     pub fn next_deadline(&self) -> Option<Instant> {
         let mut next = None;
-        for own in self.own.values() {
-            next = Instant::earliest(next, Some(own.idle_deadline));
-        }
-        for users in self.others.values() {
-            for (_, expiry) in users.values() {
+        for r in self.rooms.values() {
+            next = Instant::earliest(next, r.own.as_ref().map(|own| own.idle_deadline));
+            for (_, expiry) in r.others.values() {
                 next = Instant::earliest(next, Some(*expiry));
             }
         }
