@@ -142,5 +142,10 @@ impl Typing {
 }
 
 fn list(users: &SmallMap<(String, Instant)>) -> Vec<TypingUser> {
-    users.iter().map(|(user, (name, _))| TypingUser { user: user.clone(), name: name.clone() }).collect()
+    // A push loop: `map(..).collect()` compiles the collecting machinery once per closure.
+    let mut list = Vec::new();
+    for (user, (name, _)) in users.iter() {
+        list.push(TypingUser { user: user.clone(), name: name.clone() });
+    }
+    list
 }

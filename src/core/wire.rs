@@ -101,7 +101,11 @@ impl Fields {
     }
 
     fn conns(&mut self, v: &Json, key: &'static str) -> Vec<PresenceConn> {
-        self.items(v, key).iter().map(|c| self.conn(c)).collect()
+        let mut conns = Vec::new();
+        for c in self.items(v, key) {
+            conns.push(self.conn(c));
+        }
+        conns
     }
 }
 
@@ -191,11 +195,13 @@ pub fn decode_value(f: &Json) -> Result<ServerFrame, DecodeError> {
         "presence_diff" => ServerFrame::PresenceDiff {
             room: r.string(f, "room"),
             joins: r.conns(f, "joins"),
-            leaves: r
-                .items(f, "leaves")
-                .iter()
-                .map(|l| PresenceLeft { session: r.string(l, "session"), user: r.string(l, "user") })
-                .collect(),
+            leaves: {
+                let mut leaves = Vec::new();
+                for l in r.items(f, "leaves") {
+                    leaves.push(PresenceLeft { session: r.string(l, "session"), user: r.string(l, "user") });
+                }
+                leaves
+            },
         },
         "typing" => ServerFrame::Typing {
             room: r.string(f, "room"),
