@@ -119,6 +119,25 @@ enum Cmd {
         #[arg(long)]
         keep_accept_budget: bool,
     },
+    /// The large-rooms scenario alone (N members join one room with presence), each mode
+    /// against its own server; prints the table.
+    Rooms {
+        #[arg(long, default_value = ".")]
+        root: PathBuf,
+        #[arg(long, default_value_t = 5000)]
+        members: usize,
+        /// Modes to run (one-by-one, coalesced, opt-out); all by default.
+        #[arg(long, value_delimiter = ',')]
+        modes: Vec<String>,
+    },
+    /// Idle memory of rtlink alone, without and with one room per connection (each against its
+    /// own server); prints the table.
+    Idle {
+        #[arg(long, default_value = ".")]
+        root: PathBuf,
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+    },
     /// The raw WebSocket broadcast peer.
     RawServer {
         #[arg(long)]
@@ -168,6 +187,28 @@ fn main() -> anyhow::Result<()> {
             }
         }),
         Cmd::Full { root, report, only } => rt.block_on(full(root, report, only)),
+        Cmd::Rooms { root, members, modes } => rt.block_on(async move {
+            let paths = Paths::new(&std::fs::canonicalize(&root)?)?;
+            let mut r = Vec::new();
+            for mode in [rooms::Mode::OneByOne, rooms::Mode::Coalesced, rooms::Mode::OptOut] {
+                if modes.is_empty() || modes.iter().any(|m| m == mode.flag_name()) {
+                    r.push(rooms::run_mode(&paths, mode, members).await);
+                }
+            }
+            println!("{}", report::machine_line());
+            println!("{}", report::rooms_table(&r));
+            Ok(())
+        }),
+        Cmd::Idle { root, connections } => rt.block_on(async move {
+            let paths = Paths::new(&std::fs::canonicalize(&root)?)?;
+            let mut r = Vec::new();
+            for with_room in [false, true] {
+                r.push(idle::run(&paths, Peer::Rtlink, connections, with_room, &RtlinkOptions::default()).await);
+            }
+            println!("{}", report::machine_line());
+            println!("{}", report::idle_table(&r));
+            Ok(())
+        }),
     }
 }
 

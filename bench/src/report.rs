@@ -191,23 +191,18 @@ impl Report {
             let _ = writeln!(md, "## Idle memory\n\n100 warm-up connections are opened and kept, then N more; `(RSS after − RSS before) ÷ N` \
                 from `/proc/PID/status` is the cost of one idle connection (WebSocket for all three; \"one room each\": each connection \
                 in a room of its own). Target for rtlink: ≤ 8 KB.\n");
-            let _ = writeln!(md, "| server | rooms | connections | RSS before | RSS after | per connection | note |\n|---|---|---:|---:|---:|---:|---|");
-            for i in &self.idle {
-                let _ = writeln!(md, "| {} | {} | {} | {:.1} MB | {:.1} MB | **{:.1} KB** | {} |", i.peer.name(), if i.with_room { "one room each" } else { "none" }, i.connections,
-                    i.rss_before as f64 / 1e6, i.rss_after as f64 / 1e6, i.bytes_per_conn() / 1024.0, i.failure.as_deref().unwrap_or(""));
-            }
+            md.push_str(&idle_table(&self.idle));
             let _ = writeln!(md);
         }
 
         if !self.rooms.is_empty() {
-            let _ = writeln!(md, "## Large rooms\n\nN members join one room with presence, 32 at a time (tickets fetched beforehand). Each member tracks the set of \
-                sessions present from snapshots, joins, leaves and diffs. \"Consistent\" is when every member's list holds all N (for the opted-out room: \
-                every member subscribed). Frames and bytes are what the members received.\n");
-            let _ = writeln!(md, "| server | members | consistent after | frames received | bytes received | server CPU | note |\n|---|---:|---:|---:|---:|---:|---|");
-            for r in &self.rooms {
-                let _ = writeln!(md, "| {} | {} | {} | {} | {:.1} MB | {:.1} s | {} |", r.mode.name(), r.members,
-                    r.consistent_s.map_or("—".into(), |s| format!("{s:.1} s")), r.frames, r.bytes as f64 / 1e6, r.server_cpu_s, r.failure.as_deref().unwrap_or(""));
-            }
+            let _ = writeln!(md, "## Large rooms\n\nN members join one room with presence. They are set up first (ticket, WebSocket, `hello`); \
+                then the clock starts and they subscribe, at most 32 subscribes in flight at a time. Each member tracks the set of \
+                sessions present from snapshots, joins, leaves and diffs (read like the fan-out subscribers: a few epoll threads, frames \
+                parsed in place). \"Consistent\" is when every member's list holds all N (for the opted-out room: every member \
+                subscribed). Frames and bytes are what the members received; server CPU is from the first subscribe until the server \
+                is idle again.\n");
+            md.push_str(&rooms_table(&self.rooms));
             let _ = writeln!(md);
         }
 
@@ -245,4 +240,26 @@ impl Report {
         std::fs::write(path, md)?;
         Ok(())
     }
+}
+
+/// The idle-memory table.
+pub fn idle_table(idle: &[Idle]) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "| server | rooms | connections | RSS before | RSS after | per connection | note |\n|---|---|---:|---:|---:|---:|---|");
+    for i in idle {
+        let _ = writeln!(md, "| {} | {} | {} | {:.1} MB | {:.1} MB | **{:.1} KB** | {} |", i.peer.name(), if i.with_room { "one room each" } else { "none" }, i.connections,
+            i.rss_before as f64 / 1e6, i.rss_after as f64 / 1e6, i.bytes_per_conn() / 1024.0, i.failure.as_deref().unwrap_or(""));
+    }
+    md
+}
+
+/// The large-rooms table.
+pub fn rooms_table(rooms: &[LargeRoom]) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "| server | members | consistent after | frames received | bytes received | server CPU | note |\n|---|---:|---:|---:|---:|---:|---|");
+    for r in rooms {
+        let _ = writeln!(md, "| {} | {} | {} | {} | {:.1} MB | {:.1} s | {} |", r.mode.name(), r.members,
+            r.consistent_s.map_or("—".into(), |s| format!("{s:.1} s")), r.frames, r.bytes as f64 / 1e6, r.server_cpu_s, r.failure.as_deref().unwrap_or(""));
+    }
+    md
 }

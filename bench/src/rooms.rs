@@ -1,27 +1,47 @@
-//! Large rooms: N members join one room with presence, one after another (32 at a time). Each
-//! member tracks the set of sessions it knows to be present (snapshot, joins, coalesced diffs,
-//! leaves). Measured: time from the first join until every member's list holds all N, frames
-//! and bytes the members received, server CPU.
+//! Large rooms: N members join one room with presence. Each member tracks the set of sessions it
+//! knows to be present (snapshot, joins, diffs, leaves). Measured: time from the first
+//! `subscribe` until every member's list holds all N, frames and bytes the members received,
+//! server CPU.
 //!
 //! Three servers side by side: presence diffs sent one by one (`--presence-batch 0ms`, the old
 //! behaviour), coalesced per interval (the default), and a room that opts out of presence
 //! (`--presence-off`), where "consistent" means every member is subscribed.
+//!
+//! The members are set up first (ticket, WebSocket, `hello`, `welcome`: the session ids go into
+//! a directory that no one writes to afterwards), then the clock starts and they join, at most
+//! [`WINDOW`] subscribes in flight at a time (a `subscribe` is in flight until its
+//! `subscribed`). One by one, the server sends about N²/2 presence frames; a tokio-tungstenite
+//! task per member (an allocation, a wake-up and a directory lookup under a lock per frame) got
+//! through a fifth of them in 150 s on this machine, so the load generator measured itself. The
+//! members are now read like the fan-out subscribers ([`crate::readers`]): a few threads, each
+//! polling its share of the sockets with epoll, parsing frames in place out of one read buffer,
+//! and looking session ids up in the read-only directory; a member's list is a bitset.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::hash::BuildHasherDefault;
+use std::io::{ErrorKind, Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use parking_lot::RwLock;
-use tokio::sync::{watch, Semaphore};
+use memchr::memmem;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use rustc_hash::FxHasher;
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tokio_tungstenite::tungstenite::Message;
 
-use crate::clients::{rtlink_ticket, rtlink_ws_with_ticket, Target};
+use crate::clients::{rtlink_ticket, Target};
 use crate::procs::{Paths, Peer, RtlinkOptions, Server};
+use crate::wire::{self, WsConn, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT};
 
 const ROOM: &str = "big";
+/// Subscribes in flight at once (sent, `subscribed` not yet received).
+const WINDOW: i64 = 32;
+/// Reader threads for the members.
+const THREADS: usize = 2;
+/// How long the members may take to agree.
+const BOUND: Duration = Duration::from_secs(150);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -39,6 +59,15 @@ impl Mode {
         }
     }
 
+    /// The name `rtlink-bench rooms --modes` knows it by.
+    pub fn flag_name(self) -> &'static str {
+        match self {
+            Self::OneByOne => "one-by-one",
+            Self::Coalesced => "coalesced",
+            Self::OptOut => "opt-out",
+        }
+    }
+
     fn flags(self) -> Vec<String> {
         match self {
             Self::OneByOne => vec!["--presence-batch".into(), "0ms".into()],
@@ -52,7 +81,7 @@ impl Mode {
 pub struct LargeRoom {
     pub mode: Mode,
     pub members: usize,
-    /// From the first join until every member's list was complete (or all subscribed).
+    /// From the first subscribe until every member's list was complete (or all subscribed).
     pub consistent_s: Option<f64>,
     pub frames: u64,
     pub bytes: u64,
@@ -63,34 +92,66 @@ pub struct LargeRoom {
 pub async fn run_all(paths: &Paths, members: usize) -> Vec<LargeRoom> {
     let mut out = Vec::new();
     for mode in [Mode::OneByOne, Mode::Coalesced, Mode::OptOut] {
-        eprintln!("large room: {} with {members} members", mode.name());
-        let r = run(paths, mode, members).await;
-        eprintln!(
-            "  consistent after {:?} s, {} frames, {:.1} MB, server CPU {:.1} s{}",
-            r.consistent_s,
-            r.frames,
-            r.bytes as f64 / 1e6,
-            r.server_cpu_s,
-            r.failure.as_deref().map(|f| format!(" FAILED: {f}")).unwrap_or_default()
-        );
-        out.push(r);
+        out.push(run_mode(paths, mode, members).await);
     }
     out
 }
 
-/// Session id → member index, filled in as members get their `welcome`.
-type Directory = Arc<RwLock<HashMap<String, usize>>>;
+/// One mode, logged as it ends.
+pub async fn run_mode(paths: &Paths, mode: Mode, members: usize) -> LargeRoom {
+    eprintln!("large room: {} with {members} members", mode.name());
+    let r = run(paths, mode, members).await;
+    eprintln!(
+        "  consistent after {:?} s, {} frames, {:.1} MB, server CPU {:.1} s{}",
+        r.consistent_s,
+        r.frames,
+        r.bytes as f64 / 1e6,
+        r.server_cpu_s,
+        r.failure
+            .as_deref()
+            .map(|f| format!(" FAILED: {f}"))
+            .unwrap_or_default()
+    );
+    r
+}
 
-struct Counters {
+type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+/// What every member thread shares. The directory is written before the threads start.
+struct Shared {
+    mode: Mode,
+    n: usize,
+    /// Session id → member index.
+    directory: FxMap<Box<[u8]>, u32>,
+    /// Subscribes that may still be sent now.
+    window: AtomicI64,
     frames: AtomicU64,
     bytes: AtomicU64,
-    /// Members whose list is complete.
+    /// Members whose list is complete (or, opted out, who are subscribed).
     complete: AtomicUsize,
+    /// When the last member completed, in µs after the start.
+    last_complete_us: AtomicU64,
+    /// Session ids no member was set up with, and connections that ended.
+    unknown_ids: AtomicU64,
+    closed: AtomicU64,
+    stop: AtomicBool,
+    started: Instant,
 }
 
 async fn run(paths: &Paths, mode: Mode, n: usize) -> LargeRoom {
-    let mut out = LargeRoom { mode, members: n, consistent_s: None, frames: 0, bytes: 0, server_cpu_s: 0.0, failure: None };
-    let opts = RtlinkOptions { extra: mode.flags(), ..RtlinkOptions::default() };
+    let mut out = LargeRoom {
+        mode,
+        members: n,
+        consistent_s: None,
+        frames: 0,
+        bytes: 0,
+        server_cpu_s: 0.0,
+        failure: None,
+    };
+    let opts = RtlinkOptions {
+        extra: mode.flags(),
+        ..RtlinkOptions::default()
+    };
     let server = match Server::start(paths, Peer::Rtlink, &opts) {
         Ok(s) => s,
         Err(e) => {
@@ -99,155 +160,432 @@ async fn run(paths: &Paths, mode: Mode, n: usize) -> LargeRoom {
         }
     };
     let target = Target::new(Peer::Rtlink, server.port);
-    // Tickets first (not part of the join), so the clock covers joining only.
-    let mut tickets = Vec::with_capacity(n);
+    let members = match connect_all(&target, n).await {
+        Ok(m) => m,
+        Err(e) => {
+            out.failure = Some(format!("setup: {e:#}"));
+            return out;
+        }
+    };
+    let mut directory = FxMap::default();
+    for (i, m) in members.iter().enumerate() {
+        directory.insert(m.session.clone().into_bytes().into_boxed_slice(), i as u32);
+    }
+    if directory.len() != n {
+        out.failure = Some("two members got the same session id".into());
+        return out;
+    }
+    quiesce_server(&server).await;
+    let cpu0 = server.cpu();
+    let shared = Arc::new(Shared {
+        mode,
+        n,
+        directory,
+        window: AtomicI64::new(WINDOW),
+        frames: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+        complete: AtomicUsize::new(0),
+        last_complete_us: AtomicU64::new(0),
+        unknown_ids: AtomicU64::new(0),
+        closed: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+        started: Instant::now(),
+    });
+    let mut shares: Vec<Vec<(usize, Setup)>> = (0..THREADS).map(|_| Vec::new()).collect();
+    for (i, m) in members.into_iter().enumerate() {
+        shares[i % THREADS].push((i, m));
+    }
+    let threads: Vec<_> = shares
+        .into_iter()
+        .enumerate()
+        .map(|(t, share)| {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("member-reader-{t}"))
+                .spawn(move || member_thread(share, &shared))
+        })
+        .collect();
+    let deadline = shared.started + BOUND;
+    while shared.complete.load(Ordering::Relaxed) < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let complete = shared.complete.load(Ordering::Relaxed);
+    if complete >= n {
+        out.consistent_s = Some(shared.last_complete_us.load(Ordering::Relaxed) as f64 / 1e6);
+    } else {
+        out.failure = Some(format!(
+            "{complete} of {n} members consistent after {} s",
+            BOUND.as_secs()
+        ));
+    }
+    quiesce_server(&server).await;
+    out.server_cpu_s = server.cpu().saturating_sub(cpu0).as_secs_f64();
+    out.frames = shared.frames.load(Ordering::Relaxed);
+    out.bytes = shared.bytes.load(Ordering::Relaxed);
+    shared.stop.store(true, Ordering::Relaxed);
+    for t in threads.into_iter().flatten() {
+        let _ = t.join();
+    }
+    let (unknown, closed) = (
+        shared.unknown_ids.load(Ordering::Relaxed),
+        shared.closed.load(Ordering::Relaxed),
+    );
+    if unknown > 0 || closed > 0 {
+        let note = format!("{unknown} unknown session ids, {closed} connections ended");
+        out.failure = Some(match out.failure.take() {
+            Some(f) => format!("{f}; {note}"),
+            None => note,
+        });
+    }
+    out
+}
+
+/// Waits until the server's CPU use settles (its setup work done), at most a few seconds.
+async fn quiesce_server(server: &Server) {
+    crate::fanout::quiesce(server).await;
+}
+
+/// A member after setup: its session id, socket and what arrived after `welcome`.
+struct Setup {
+    session: String,
+    stream: std::net::TcpStream,
+    buffered: Vec<u8>,
+}
+
+/// Tickets, then WebSockets with `hello` / `welcome`, 32 at a time.
+async fn connect_all(target: &Target, n: usize) -> anyhow::Result<Vec<Setup>> {
     let gate = Arc::new(Semaphore::new(32));
     let mut set = JoinSet::new();
     for i in 0..n {
         let (target, gate) = (target.clone(), gate.clone());
         set.spawn(async move {
             let _p = gate.acquire_owned().await;
-            (i, rtlink_ticket(&target, &format!("m{i}")).await)
+            (i, connect(&target, &format!("m{i}")).await)
         });
     }
+    let mut members: Vec<Option<Setup>> = (0..n).map(|_| None).collect();
     while let Some(r) = set.join_next().await {
-        match r {
-            Ok((i, Ok(t))) => tickets.push((i, t)),
-            Ok((_, Err(e))) => {
-                out.failure.get_or_insert(format!("ticket: {e:#}"));
-            }
-            Err(e) => {
-                out.failure.get_or_insert(format!("{e}"));
-            }
-        }
+        let (i, m) = r?;
+        members[i] = Some(m?);
     }
-    if out.failure.is_some() {
-        return out;
-    }
-    let dir: Directory = Arc::default();
-    let counters = Arc::new(Counters { frames: AtomicU64::new(0), bytes: AtomicU64::new(0), complete: AtomicUsize::new(0) });
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let cpu0 = server.cpu();
-    let t0 = Instant::now();
-    let mut members = JoinSet::new();
-    for (i, ticket) in tickets {
-        let (target, gate, dir, counters, stop) = (target.clone(), gate.clone(), dir.clone(), counters.clone(), stop_rx.clone());
-        members.spawn(async move { member(i, n, mode, target, ticket, gate, dir, counters, stop).await });
-    }
-    let deadline = t0 + Duration::from_secs(150);
-    while counters.complete.load(Ordering::Relaxed) < n && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let complete = counters.complete.load(Ordering::Relaxed);
-    if complete >= n {
-        out.consistent_s = Some(t0.elapsed().as_secs_f64());
-    } else {
-        out.failure = Some(format!("{complete} of {n} members consistent after 150 s"));
-    }
-    crate::fanout::quiesce(&server).await;
-    out.server_cpu_s = server.cpu().saturating_sub(cpu0).as_secs_f64();
-    out.frames = counters.frames.load(Ordering::Relaxed);
-    out.bytes = counters.bytes.load(Ordering::Relaxed);
-    let _ = stop_tx.send(true);
-    while tokio::time::timeout(Duration::from_secs(5), members.join_next()).await.ok().flatten().is_some() {}
-    out
+    Ok(members.into_iter().flatten().collect())
 }
 
-/// Session ids named in a presence frame, after `"session":"`.
-fn sessions(text: &str) -> impl Iterator<Item = &str> {
-    text.split("\"session\":\"").skip(1).filter_map(|s| s.split('"').next())
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn member(
-    i: usize,
-    n: usize,
-    mode: Mode,
-    target: Target,
-    ticket: String,
-    gate: Arc<Semaphore>,
-    dir: Directory,
-    counters: Arc<Counters>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut ws = {
-        let _p = gate.acquire().await;
-        match rtlink_ws_with_ticket(&target, &ticket, None, None).await {
-            Ok((ws, welcome)) => {
-                if let Some(id) = sessions(&welcome).next() {
-                    dir.write().insert(id.to_owned(), i);
-                }
-                ws
-            }
-            Err(_) => return,
+async fn connect(target: &Target, name: &str) -> anyhow::Result<Setup> {
+    let ticket = rtlink_ticket(target, name).await?;
+    let mut ws = WsConn::connect(target.port, &format!("/v1/ws?ticket={ticket}")).await?;
+    ws.send_text("{\"t\":\"hello\",\"v\":1}").await?;
+    let welcome = loop {
+        let t = ws.next_text().await?;
+        if t.contains("\"t\":\"welcome\"") {
+            break t;
         }
     };
-    let _ = ws.send(Message::text(format!("{{\"t\":\"subscribe\",\"room\":\"{ROOM}\"}}"))).await;
-    let mut known = vec![false; n];
-    let mut count = 0usize;
-    let mut done = false;
-    let mut pending: Vec<String> = Vec::new();
-    loop {
-        let m = tokio::select! {
-            _ = stop.changed() => break,
-            m = ws.next() => m,
+    let session = session_ids(welcome.as_bytes())
+        .next()
+        .map(|id| String::from_utf8_lossy(id).into_owned())
+        .ok_or_else(|| anyhow::anyhow!("no session id in {welcome}"))?;
+    let (stream, buffered) = ws.into_parts()?;
+    Ok(Setup {
+        session,
+        stream,
+        buffered,
+    })
+}
+
+/// Session ids in a frame, after each `"session":"`.
+fn session_ids(text: &[u8]) -> impl Iterator<Item = &[u8]> {
+    const KEY: &[u8] = b"\"session\":\"";
+    memmem::find_iter(text, KEY).filter_map(move |at| {
+        let rest = &text[at + KEY.len()..];
+        memchr::memchr(b'"', rest).map(|end| &rest[..end])
+    })
+}
+
+/// One member, as its reader thread holds it.
+struct Member {
+    stream: TcpStream,
+    partial: Vec<u8>,
+    message: Vec<u8>,
+    out: Vec<u8>,
+    writable_interest: bool,
+    subscribe_sent: bool,
+    subscribed: bool,
+    done: bool,
+    /// Bit `j`: member `j` is in this member's list.
+    known: Vec<u64>,
+    count: usize,
+}
+
+fn member_thread(share: Vec<(usize, Setup)>, shared: &Shared) {
+    let Ok(mut poll) = Poll::new() else {
+        shared
+            .closed
+            .fetch_add(share.len() as u64, Ordering::Relaxed);
+        return;
+    };
+    let words = shared.n.div_ceil(64);
+    let mut members: Vec<Option<Member>> = Vec::with_capacity(share.len());
+    let mut to_subscribe: Vec<usize> = Vec::with_capacity(share.len());
+    let mut scratch = vec![0u8; 256 * 1024];
+    for (slot, (_, setup)) in share.into_iter().enumerate() {
+        let mut m = Member {
+            stream: TcpStream::from_std(setup.stream),
+            partial: Vec::new(),
+            message: Vec::new(),
+            out: Vec::new(),
+            writable_interest: false,
+            subscribe_sent: false,
+            subscribed: false,
+            done: false,
+            known: vec![0; words],
+            count: 0,
         };
-        let t = match m {
-            Some(Ok(Message::Text(t))) => t,
-            Some(Ok(_)) => continue,
-            _ => break,
-        };
-        counters.frames.fetch_add(1, Ordering::Relaxed);
-        counters.bytes.fetch_add(t.len() as u64, Ordering::Relaxed);
-        let s = t.as_str();
-        if s.len() < 32 && s.contains("\"t\":\"ping\"") {
-            let _ = ws.send(Message::text("{\"t\":\"pong\"}")).await;
+        let registered = poll
+            .registry()
+            .register(&mut m.stream, Token(slot), Interest::READABLE)
+            .is_ok();
+        if !registered || m.consume(&setup.buffered, shared).is_err() {
+            shared.closed.fetch_add(1, Ordering::Relaxed);
+            members.push(None);
             continue;
         }
-        if mode == Mode::OptOut {
-            if !done && s.contains("\"t\":\"subscribed\"") {
-                done = true;
-                counters.complete.fetch_add(1, Ordering::Relaxed);
+        members.push(Some(m));
+        to_subscribe.push(slot);
+    }
+    // Subscribes go out in the order the members were set up.
+    to_subscribe.reverse();
+    let mut events = Events::with_capacity(1024);
+    let subscribe = {
+        let mut frame = Vec::new();
+        wire::encode_frame(
+            OP_TEXT,
+            format!("{{\"t\":\"subscribe\",\"room\":\"{ROOM}\"}}").as_bytes(),
+            &mut frame,
+        );
+        frame
+    };
+    while !shared.stop.load(Ordering::Relaxed) {
+        while !to_subscribe.is_empty() && take_permit(&shared.window) {
+            let Some(slot) = to_subscribe.pop() else {
+                break;
+            };
+            let Some(m) = members[slot].as_mut() else {
+                shared.window.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            m.out.extend_from_slice(&subscribe);
+            m.subscribe_sent = true;
+            if m.flush_out(poll.registry(), Token(slot)).is_err() {
+                members[slot] = None;
+                shared.closed.fetch_add(1, Ordering::Relaxed);
+                shared.window.fetch_add(1, Ordering::Relaxed);
             }
-            continue;
         }
-        let leave = s.starts_with("{\"t\":\"presence_leave\"");
-        if !(s.starts_with("{\"t\":\"presence_") || leave) {
-            continue;
+        if let Err(e) = poll.poll(&mut events, Some(Duration::from_millis(5))) {
+            if e.kind() == ErrorKind::Interrupted {
+                continue;
+            }
+            return;
         }
-        if s.starts_with("{\"t\":\"presence_snapshot\"") {
-            known.iter_mut().for_each(|k| *k = false);
-            count = 0;
-        }
-        let (joins, leaves) = match s.find("\"leaves\":") {
-            Some(pos) if s.starts_with("{\"t\":\"presence_diff\"") => (&s[..pos], &s[pos..]),
-            _ if leave => ("", s),
-            _ => (s, ""),
-        };
-        // Ids not in the directory yet (their welcome is still on its way) are retried later.
-        let d = dir.read();
-        for id in sessions(joins).map(str::to_owned).chain(pending.drain(..)).collect::<Vec<_>>() {
-            match d.get(&id) {
-                Some(&j) if !known[j] => {
-                    known[j] = true;
-                    count += 1;
+        for ev in events.iter() {
+            let slot = ev.token().0;
+            let Some(m) = members.get_mut(slot).and_then(Option::as_mut) else {
+                continue;
+            };
+            let mut alive = true;
+            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                alive = m.read_ready(&mut scratch, shared).is_ok();
+            }
+            if alive && (ev.is_writable() || !m.out.is_empty()) {
+                alive = m.flush_out(poll.registry(), Token(slot)).is_ok();
+            }
+            if !alive {
+                if let Some(mut m) = members[slot].take() {
+                    let _ = poll.registry().deregister(&mut m.stream);
+                    if m.subscribe_sent && !m.subscribed {
+                        shared.window.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
-                Some(_) => {}
-                None => pending.push(id),
+                shared.closed.fetch_add(1, Ordering::Relaxed);
             }
         }
-        for id in sessions(leaves) {
-            if let Some(&j) = d.get(id) {
-                if known[j] {
-                    known[j] = false;
-                    count -= 1;
+    }
+}
+
+fn take_permit(window: &AtomicI64) -> bool {
+    window
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+            (w > 0).then(|| w - 1)
+        })
+        .is_ok()
+}
+
+impl Member {
+    /// Reads until the socket is empty (mio is edge-triggered).
+    fn read_ready(&mut self, scratch: &mut [u8], shared: &Shared) -> anyhow::Result<()> {
+        loop {
+            match self.stream.read(scratch) {
+                Ok(0) => anyhow::bail!("connection ended"),
+                Ok(n) => self.consume(&scratch[..n], shared)?,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Parses the frames in `data` (after what is left of the previous read).
+    fn consume(&mut self, data: &[u8], shared: &Shared) -> anyhow::Result<()> {
+        if self.partial.is_empty() {
+            let used = self.parse(data, shared)?;
+            self.partial.extend_from_slice(&data[used..]);
+        } else {
+            let mut buf = std::mem::take(&mut self.partial);
+            buf.extend_from_slice(data);
+            let used = self.parse(&buf, shared)?;
+            buf.drain(..used);
+            self.partial = buf;
+        }
+        Ok(())
+    }
+
+    /// Handles every complete frame at the start of `buf`; returns the bytes used.
+    fn parse(&mut self, buf: &[u8], shared: &Shared) -> anyhow::Result<usize> {
+        let (mut at, mut frames, mut bytes) = (0, 0u64, 0u64);
+        while let Some(f) = wire::parse_frame(&buf[at..])? {
+            let payload = &buf[at + f.payload.start..at + f.payload.end];
+            at += f.len;
+            match f.opcode {
+                OP_TEXT | OP_BINARY | OP_CONTINUATION if f.fin && self.message.is_empty() => {
+                    frames += 1;
+                    bytes += payload.len() as u64;
+                    self.on_message(payload, shared);
                 }
+                OP_TEXT | OP_BINARY | OP_CONTINUATION => {
+                    self.message.extend_from_slice(payload);
+                    if f.fin {
+                        let message = std::mem::take(&mut self.message);
+                        frames += 1;
+                        bytes += message.len() as u64;
+                        self.on_message(&message, shared);
+                    }
+                }
+                OP_PING => wire::encode_frame(OP_PONG, payload, &mut self.out),
+                OP_CLOSE => anyhow::bail!("closed by the server"),
+                _ => {}
             }
         }
-        drop(d);
-        if !done && count == n {
-            done = true;
-            counters.complete.fetch_add(1, Ordering::Relaxed);
+        if frames > 0 {
+            shared.frames.fetch_add(frames, Ordering::Relaxed);
+            shared.bytes.fetch_add(bytes, Ordering::Relaxed);
         }
+        Ok(at)
+    }
+
+    fn on_message(&mut self, text: &[u8], shared: &Shared) {
+        if let Some(reply) = crate::readers::keepalive_reply(Peer::Rtlink, text) {
+            wire::encode_frame(OP_TEXT, reply, &mut self.out);
+            return;
+        }
+        const SUBSCRIBED: &[u8] = b"{\"t\":\"subscribed\"";
+        const SNAPSHOT: &[u8] = b"{\"t\":\"presence_snapshot\"";
+        const DIFF: &[u8] = b"{\"t\":\"presence_diff\"";
+        const JOIN: &[u8] = b"{\"t\":\"presence_join\"";
+        const UPDATE: &[u8] = b"{\"t\":\"presence_update\"";
+        const LEAVE: &[u8] = b"{\"t\":\"presence_leave\"";
+        if text.starts_with(SUBSCRIBED) {
+            if !self.subscribed {
+                self.subscribed = true;
+                shared.window.fetch_add(1, Ordering::Relaxed);
+            }
+        } else if text.starts_with(SNAPSHOT) {
+            self.known.iter_mut().for_each(|w| *w = 0);
+            self.count = 0;
+            self.mark(text, true, shared);
+        } else if text.starts_with(JOIN) || text.starts_with(UPDATE) {
+            self.mark(text, true, shared);
+        } else if text.starts_with(LEAVE) {
+            self.mark(text, false, shared);
+        } else if text.starts_with(DIFF) {
+            match memmem::find(text, b"\"leaves\":") {
+                Some(at) => {
+                    self.mark(&text[..at], true, shared);
+                    self.mark(&text[at..], false, shared);
+                }
+                None => self.mark(text, true, shared),
+            }
+        } else {
+            return;
+        }
+        let complete = match shared.mode {
+            Mode::OptOut => self.subscribed,
+            _ => self.subscribed && self.count == shared.n,
+        };
+        if complete && !self.done {
+            self.done = true;
+            let at = shared.started.elapsed().as_micros() as u64;
+            shared.last_complete_us.fetch_max(at, Ordering::Relaxed);
+            shared.complete.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds (or removes) the sessions named in `text` to this member's list.
+    fn mark(&mut self, text: &[u8], present: bool, shared: &Shared) {
+        for id in session_ids(text) {
+            let Some(&j) = shared.directory.get(id) else {
+                shared.unknown_ids.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let (word, bit) = (j as usize / 64, 1u64 << (j % 64));
+            let was = self.known[word] & bit != 0;
+            if present && !was {
+                self.known[word] |= bit;
+                self.count += 1;
+            } else if !present && was {
+                self.known[word] &= !bit;
+                self.count -= 1;
+            }
+        }
+    }
+
+    /// Writes pending frames; asks for writability while some remain.
+    fn flush_out(&mut self, registry: &mio::Registry, token: Token) -> std::io::Result<()> {
+        while !self.out.is_empty() {
+            match self.stream.write(&self.out) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.out.drain(..n);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let want = !self.out.is_empty();
+        if want != self.writable_interest {
+            let interest = if want {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            registry.reregister(&mut self.stream, token, interest)?;
+            self.writable_interest = want;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_ids_are_found_in_every_presence_frame() {
+        let diff = br#"{"t":"presence_diff","room":"big","joins":[{"session":"a1","user":"u","name":"m1","meta":""},{"session":"b2","user":"v","name":"m2","meta":"{\"session\":\"x\"}"}],"leaves":[{"session":"c3","user":"w"}]}"#;
+        let ids: Vec<&[u8]> = session_ids(diff).collect();
+        assert_eq!(ids, [&b"a1"[..], b"b2", b"c3"]);
+        let welcome = br#"{"t":"welcome","v":1,"session":"abc","resume_token":"t"}"#;
+        assert_eq!(session_ids(welcome).next(), Some(&b"abc"[..]));
     }
 }
