@@ -188,6 +188,55 @@ impl Publisher {
     }
 }
 
+/// Subscribes every client to `room` and waits (each within `within`) until each is in.
+pub async fn subscribe_all(clients: &[&TestClient], room: &str, within: Duration) -> Result<(), String> {
+    for c in clients {
+        c.subscribe(room);
+        c.wait(within, "subscribed", |o| o.subscribed.iter().any(|r| r == room)).await?;
+    }
+    Ok(())
+}
+
+/// The node-death scenario's middle: `publisher` publishes into `room` every 50 ms; after 20
+/// messages node `node` of `stack` is killed (SIGKILL); after 80 the publisher stops and every
+/// publish is settled. Returns when the node was killed and the acknowledged payloads.
+pub async fn kill_node_while_publishing(
+    stack: &mut Stack,
+    node: usize,
+    publisher: Arc<TestClient>,
+    room: &str,
+    within: Duration,
+) -> Result<(Instant, Vec<String>), String> {
+    let publisher = Publisher::start(publisher, room, Duration::from_millis(50), "m");
+    if !crate::wait_until(within, || publisher.sent() >= 20).await {
+        return Err(String::from("the publisher never reached 20 messages"));
+    }
+    let killed_at = Instant::now();
+    stack.nodes[node].kill().await;
+    if !crate::wait_until(within, || publisher.sent() >= 80).await {
+        return Err(String::from("the publisher never reached 80 messages after the kill"));
+    }
+    publisher.stop().await;
+    publisher.settle(within).await?;
+    Ok((killed_at, publisher.acked()))
+}
+
+/// The printed figures of a client that lost its node at `killed_at`: detection held to
+/// [`DETECTION_DEADLINE`], recovery the first session open after the kill.
+pub fn failover_figures(
+    scenario: &str,
+    client: &TestClient,
+    room: &str,
+    acked: &[String],
+    killed_at: Instant,
+) -> Figures {
+    let reopened = client.observed(|o| o.opens.iter().find(|(t, _)| *t >= killed_at).map(|(t, _)| *t - killed_at));
+    Figures::of(scenario, client, room, acked)
+        .detected_since(client, killed_at, DETECTION_DEADLINE)
+        .recovered_in(reopened)
+        .print()
+}
+
 /// Waits until `client` has every payload of `expected` in `room` (or `within` passes).
 pub async fn wait_delivered(
     client: &TestClient,

@@ -45,14 +45,7 @@ fn roaming(url: &str, user: &str, ladder: &[TransportKind]) -> TestClient {
 }
 
 async fn subscribed(clients: &[&TestClient]) {
-    for c in clients {
-        c.subscribe(ROOM);
-        c.wait(WAIT, "subscribed", |o| {
-            o.subscribed.iter().any(|r| r == ROOM)
-        })
-        .await
-        .unwrap();
-    }
+    scenario::subscribe_all(clients, ROOM, WAIT).await.unwrap();
 }
 
 /// Defect #8.1. Three nodes share Redis behind a round-robin balancer and every request opens
@@ -312,33 +305,21 @@ async fn fault_node_killed_clients_move_to_the_survivor() {
         ));
         let all: Vec<&TestClient> = subscribers.iter().chain([&*publisher]).collect();
         subscribed(&all).await;
-        let publisher = Publisher::start(publisher, ROOM, Duration::from_millis(50), "m");
-        assert!(faultkit::wait_until(WAIT, || publisher.sent() >= 20).await);
-        let killed_at = Instant::now();
-        stack.nodes[0].kill().await;
-        assert!(faultkit::wait_until(WAIT, || publisher.sent() >= 80).await);
-        publisher.stop().await;
-        publisher.settle(WAIT).await.unwrap();
-        let acked = publisher.acked();
+        let (killed_at, acked) =
+            scenario::kill_node_while_publishing(&mut stack, 0, publisher, ROOM, WAIT)
+                .await
+                .unwrap();
         for c in &subscribers {
             wait_delivered(c, ROOM, &acked, WAIT).await.unwrap();
         }
         for c in &subscribers {
-            let reopened = c.observed(|o| {
-                o.opens
-                    .iter()
-                    .find(|(t, _)| *t >= killed_at)
-                    .map(|(t, _)| *t - killed_at)
-            });
-            let f = Figures::of(
+            let f = scenario::failover_figures(
                 "node SIGKILLed, clients move to the survivor",
                 c,
                 ROOM,
                 &acked,
-            )
-            .detected_since(c, killed_at, scenario::DETECTION_DEADLINE)
-            .recovered_in(reopened)
-            .print();
+                killed_at,
+            );
             assert!(f.tally.is_clean() && f.tally.lost_with_resync == 0, "{f}");
             assert_eq!(f.fallbacks, 0, "{f}");
             assert!(

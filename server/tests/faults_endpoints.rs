@@ -40,14 +40,7 @@ fn client(urls: &[String], user: &str, ladder: &[TransportKind]) -> TestClient {
 }
 
 async fn subscribed(clients: &[&TestClient]) {
-    for c in clients {
-        c.subscribe(ROOM);
-        c.wait(WAIT, "subscribed", |o| {
-            o.subscribed.iter().any(|r| r == ROOM)
-        })
-        .await
-        .unwrap();
-    }
+    scenario::subscribe_all(clients, ROOM, WAIT).await.unwrap();
 }
 
 /// The preferred node dies (SIGKILL) under clients that know both nodes' URLs, with no balancer
@@ -75,33 +68,21 @@ async fn fault_endpoints_preferred_node_killed_clients_fail_over_to_the_next_url
         for c in &subscribers {
             assert_eq!(c.observed(|o| o.open_endpoints.clone()), vec![0]);
         }
-        let publisher = Publisher::start(publisher, ROOM, Duration::from_millis(50), "m");
-        assert!(faultkit::wait_until(WAIT, || publisher.sent() >= 20).await);
-        let killed_at = Instant::now();
-        stack.nodes[0].kill().await;
-        assert!(faultkit::wait_until(WAIT, || publisher.sent() >= 80).await);
-        publisher.stop().await;
-        publisher.settle(WAIT).await.unwrap();
-        let acked = publisher.acked();
+        let (killed_at, acked) =
+            scenario::kill_node_while_publishing(&mut stack, 0, publisher, ROOM, WAIT)
+                .await
+                .unwrap();
         for c in &subscribers {
             wait_delivered(c, ROOM, &acked, WAIT).await.unwrap();
         }
         for c in &subscribers {
-            let reopened = c.observed(|o| {
-                o.opens
-                    .iter()
-                    .find(|(t, _)| *t >= killed_at)
-                    .map(|(t, _)| *t - killed_at)
-            });
-            let f = Figures::of(
+            let f = scenario::failover_figures(
                 "preferred node SIGKILLed, client fails over to its second URL",
                 c,
                 ROOM,
                 &acked,
-            )
-            .detected_since(c, killed_at, scenario::DETECTION_DEADLINE)
-            .recovered_in(reopened)
-            .print();
+                killed_at,
+            );
             assert!(f.tally.is_clean() && f.tally.lost_with_resync == 0, "{f}");
             assert_eq!(f.tally.delivered, acked.len(), "{f}");
             assert_eq!(f.fallbacks, 0, "{f}");
