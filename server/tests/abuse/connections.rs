@@ -10,7 +10,10 @@ use tokio::net::{TcpSocket, TcpStream};
 
 use crate::common::{Poll, Server, Sse, Ws};
 use crate::process::ServerProcess;
-use crate::{bounded, Bystander};
+use crate::{bounded, metric, Bystander};
+
+/// The `/metrics` series of open SSE connections.
+const SSE_CONNECTIONS: &str = r#"rtlink_connections{transport="sse"}"#;
 
 /// Opens refused for a reason other than the ticket (wrong protocol version, not an upgrade)
 /// leave the ticket usable: it is consumed last.
@@ -147,16 +150,7 @@ async fn abuse_per_address_limits_see_through_trusted_proxies_only() {
         assert_eq!(held.len(), 3, "four per address, the bystander holds one");
         drop(held);
         crate::process::eventually("the slots are released", crate::WAIT, || async {
-            let m = client
-                .http
-                .get(client.url("/metrics"))
-                .send()
-                .await
-                .unwrap();
-            m.text()
-                .await
-                .unwrap()
-                .contains("rtlink_connections{transport=\"sse\"} 0")
+            metric(&client, SSE_CONNECTIONS).await == 0
         })
         .await;
         bystander.assert_unaffected(&client).await;
@@ -409,7 +403,6 @@ async fn abuse_an_sse_client_that_stops_reading_is_cut() {
         publisher.subscribe("chat:busy", None).await;
         let publisher = crate::Peer::spawn(publisher);
         let started = Instant::now();
-        let sse_open = |body: String| body.contains("rtlink_connections{transport=\"sse\"} 1");
         let mut i = 0;
         loop {
             // Keep the room busy with large messages the stalled client cannot take.
@@ -421,13 +414,7 @@ async fn abuse_an_sse_client_that_stops_reading_is_cut() {
                     payload: "x".repeat(30_000),
                 });
             }
-            let metrics = client
-                .http
-                .get(client.url("/metrics"))
-                .send()
-                .await
-                .unwrap();
-            if !sse_open(metrics.text().await.unwrap()) {
+            if metric(&client, SSE_CONNECTIONS).await == 0 {
                 break;
             }
             assert!(

@@ -39,7 +39,8 @@ use common::{Server, Ws};
 /// Generous: the attacks load a shared 2-core machine.
 pub const WAIT: Duration = Duration::from_secs(20);
 
-/// The value of a `/metrics` gauge without labels.
+/// The value of a `/metrics` series: a name, with its labels if it has any (exactly as the
+/// exposition writes them, e.g. `rtlink_connections{transport="sse"}`).
 pub async fn metric(client: &common::Server, name: &str) -> u64 {
     let text = client
         .http

@@ -4,7 +4,7 @@
 use rtlink_protocol::{ClientFrame, ServerFrame};
 
 use crate::process::{eventually, ServerProcess};
-use crate::{bounded, Attacker, Bystander, WAIT};
+use crate::{bounded, metric, Attacker, Bystander, WAIT};
 
 /// The debug build's test hook makes the dispatcher panic on the first event of `chat:boom`
 /// (the hook is compiled out of release builds). Afterwards the room that triggered it gets its
@@ -55,19 +55,7 @@ async fn abuse_a_panicking_dispatcher_is_restarted_and_nothing_is_lost() {
             })
             .await;
         assert_eq!(listener.closed(), None);
-        let metrics = client
-            .http
-            .get(client.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        assert!(
-            metrics.contains("rtlink_task_restarts_total 1"),
-            "{metrics}"
-        );
+        assert_eq!(metric(&client, "rtlink_task_restarts_total").await, 1);
     })
     .await;
 }
