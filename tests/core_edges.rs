@@ -189,6 +189,8 @@ fn the_terminal_error_carries_the_real_cause() {
 }
 
 proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config { failure_persistence: None, ..Default::default() })]
+
     #[test]
     fn the_size_check_matches_the_encoder(room in "[a-z:]{1,20}", payload in "\\PC{0,40}|[\\x00-\\x1f\"\\\\]{0,20}") {
         let id = "0123456789abcdef-17";

@@ -261,7 +261,7 @@ fn run(seed: u64, ops: Vec<Op>) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1_000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1_000, failure_persistence: None, ..ProptestConfig::default() })]
     #[test]
     fn random_inputs_keep_the_invariants(seed in any::<u64>(), ops in proptest::collection::vec(op(), 0..120)) {
         run(seed, ops);

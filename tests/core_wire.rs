@@ -111,7 +111,7 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn every_server_frame_decodes_as_the_server_wrote_it(frame in server_frame()) {
@@ -198,6 +198,8 @@ fn what_the_reader_refuses_and_accepts() {
 const LENIENT: &[&str] = &["reason", "meta", "epoch", "name", "dedupe_window_ms", "max_batch_bytes"];
 
 proptest! {
+    #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
     /// A frame missing one member (nested members included) is refused naming the first field
     /// missing in the order the decoder reads them, or still decodes if that member is optional
     /// (as the server's codec does, or more leniently for the [`LENIENT`] fields).
