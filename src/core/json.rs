@@ -108,12 +108,14 @@ impl Reader<'_> {
         found
     }
 
-    fn literal(&mut self, word: &str, value: Json) -> Option<Json> {
+    /// Reads `word` (`true`, `false`, `null`) if it is next.
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
         let end = self.pos + word.len();
-        (self.text.as_bytes().get(self.pos..end) == Some(word.as_bytes())).then(|| {
-            self.pos = end;
-            value
-        })
+        if self.text.as_bytes().get(self.pos..end) != Some(word) {
+            return None;
+        }
+        self.pos = end;
+        Some(())
     }
 
     fn value(&mut self, depth: u32) -> Option<Json> {
@@ -166,9 +168,9 @@ impl Reader<'_> {
                 self.pos += 1;
                 self.string().map(Json::Str)
             }
-            b't' => self.literal("true", Json::Bool(true)),
-            b'f' => self.literal("false", Json::Bool(false)),
-            b'n' => self.literal("null", Json::Null),
+            b't' => self.literal(b"true").map(|()| Json::Bool(true)),
+            b'f' => self.literal(b"false").map(|()| Json::Bool(false)),
+            b'n' => self.literal(b"null").map(|()| Json::Null),
             _ => self.number(),
         }
     }
@@ -267,13 +269,7 @@ impl Reader<'_> {
     fn hex4(&mut self) -> Option<u32> {
         let mut v = 0;
         for _ in 0..4 {
-            let d = match self.next()? {
-                b @ b'0'..=b'9' => b - b'0',
-                b @ b'a'..=b'f' => b - b'a' + 10,
-                b @ b'A'..=b'F' => b - b'A' + 10,
-                _ => return None,
-            };
-            v = v * 16 + u32::from(d);
+            v = v * 16 + char::from(self.next()?).to_digit(16)?;
         }
         Some(v)
     }
