@@ -386,9 +386,9 @@ pub struct Config {
     #[arg(long, env = "RTLINK_HISTORY_MESSAGES", default_value_t = 1000)]
     pub history_max_messages: usize,
 
-    /// Bytes of history kept across all rooms (in-process broker); beyond it the oldest message
-    /// of any room is evicted first. A resume from an evicted offset gets
-    /// `subscribed{recovered: false}`.
+    /// Bytes of history kept across all rooms (with `--redis`: across all rooms of the cluster,
+    /// counted in Redis); beyond it the oldest message of any room is evicted first. A resume
+    /// from an evicted offset gets `subscribed{recovered: false}`.
     #[arg(long, env = "RTLINK_HISTORY_MAX_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub history_max_bytes: usize,
 
