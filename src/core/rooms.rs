@@ -14,7 +14,7 @@
 //! After every `welcome` each room is re-subscribed with `since = last`, which is also how a
 //! resumed session catches up on whatever the dropped transport did not deliver.
 
-use alloc::{string::String, vec::Vec, borrow::ToOwned};
+use alloc::{borrow::ToOwned, string::String};
 
 use super::small_map::SmallMap;
 
@@ -92,21 +92,21 @@ impl Rooms {
         Some(subscribe(room, r))
     }
 
-    /// After a `welcome`: a subscribe for every room, each followed by own presence when the
-    /// session is new (`resumed == false`) or the metadata changed while disconnected.
-    pub fn resync_frames(&mut self, resumed: bool) -> Vec<ClientFrame> {
-        let mut frames = Vec::new();
-        for (name, r) in self.map.iter_mut() {
-            r.outstanding = Some(r.last);
-            frames.push(subscribe(name, r));
-            if let Some(meta) = &r.meta {
-                if !resumed || !r.meta_announced {
-                    frames.push(ClientFrame::Presence { room: name.clone(), meta: meta.clone() });
-                    r.meta_announced = true;
-                }
+    /// After a `welcome`, for the `i`-th room in name order (`None` past the last): its
+    /// subscribe, followed by own presence when the session is new (`resumed == false`) or the
+    /// metadata changed while disconnected. Walked by index, so no list of frames is built.
+    pub fn resync_at(&mut self, i: usize, resumed: bool) -> Option<(ClientFrame, Option<ClientFrame>)> {
+        let (name, r) = self.map.entry_at_mut(i)?;
+        r.outstanding = Some(r.last);
+        let frame = subscribe(name, r);
+        let mut presence = None;
+        if let Some(meta) = &r.meta {
+            if !resumed || !r.meta_announced {
+                presence = Some(ClientFrame::Presence { room: name.clone(), meta: meta.clone() });
+                r.meta_announced = true;
             }
         }
-        frames
+        Some((frame, presence))
     }
 
     /// The transport dropped: nothing is in flight any more.

@@ -126,8 +126,13 @@ impl Client {
         self.timers.set(Timer::Stable, self.now.plus(self.backoff.stable_ms()));
         self.set_phase(Phase::Open { slot, probe: None });
         self.schedule_probe();
-        for frame in self.rooms.resync_frames(w.resumed) {
-            self.send(frame);
+        let mut i = 0;
+        while let Some((subscribe, presence)) = self.rooms.resync_at(i, w.resumed) {
+            self.send(subscribe);
+            if let Some(frame) = presence {
+                self.send(frame);
+            }
+            i += 1;
         }
         let failed = self.sends.take_unsendable(self.now, self.send_limits);
         self.fail_sends(failed, "");

@@ -93,6 +93,11 @@ impl<V> SmallMap<V> {
         self.entries.get_mut(i).map(|(_, v)| &mut **v)
     }
 
+    /// The `i`-th entry in key order.
+    pub fn entry_at_mut(&mut self, i: usize) -> Option<(&String, &mut V)> {
+        self.entries.get_mut(i).map(|(k, v)| (&*k, &mut **v))
+    }
+
     pub fn retain(&mut self, mut keep: impl FnMut(&String, &mut V) -> bool) {
         self.entries.retain_mut(|(k, v)| keep(k, v));
     }
