@@ -564,7 +564,9 @@ impl Hub {
             .map_or(0, |r| r.by_session.len())
     }
 
-    fn route(self: &Arc<Self>, ev: &RoomEvent) {
+    /// Routes `ev` to the room's local subscribers; `direct`: idle WebSockets may be written to
+    /// from here (no event waits behind this one, see [`Session::deliver`]).
+    fn route(self: &Arc<Self>, ev: &RoomEvent, direct: bool) {
         #[cfg(debug_assertions)]
         self.panic_hook.check(&ev.room);
         let subs = {
@@ -579,7 +581,7 @@ impl Hub {
         for s in subs.iter() {
             // Written straight to an idle WebSocket's socket when it can be, else queued and
             // its transport woken (Session::deliver).
-            if s.deliver(ev) {
+            if s.deliver(ev, direct) {
                 tracing::info!(room = %ev.room, session = %s.id, "the room's offsets restarted under a new epoch: resyncing the subscription");
                 self.resync(s, &ev.room);
             }
@@ -661,7 +663,7 @@ async fn dispatch(hub: Weak<Hub>, mut rx: tokio::sync::broadcast::Receiver<RoomE
                 _ = tokio::time::sleep_until(due) => {
                     let Some(hub) = hub.upgrade() else { return };
                     for ev in batcher.flush() {
-                        hub.route(&ev);
+                        hub.route(&ev, false);
                     }
                     continue;
                 }
@@ -672,12 +674,12 @@ async fn dispatch(hub: Weak<Hub>, mut rx: tokio::sync::broadcast::Receiver<RoomE
         match got {
             Ok(ev) => {
                 if !batcher.absorb(&ev, || hub.local_members(&ev.room)) {
-                    hub.route(&ev);
+                    hub.route(&ev, rx.is_empty());
                 }
             }
             Err(RecvError::Lagged(n)) => {
                 for ev in batcher.flush() {
-                    hub.route(&ev);
+                    hub.route(&ev, false);
                 }
                 hub.metrics.broker_lagged_events.fetch_add(n, Relaxed);
                 tracing::warn!(

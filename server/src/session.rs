@@ -323,11 +323,16 @@ impl SessionState {
     /// With nothing queued and the WebSocket writer idle, the frame is written to a plain-TCP
     /// socket at once instead (order holds: nothing else is pending or being written).
     pub fn push(&mut self, frame: Frame, metrics: &Metrics) -> Pushed {
+        self.push_to(frame, metrics, true)
+    }
+
+    /// [`SessionState::push`], writing directly only if `direct` (see [`Session::deliver`]).
+    fn push_to(&mut self, frame: Frame, metrics: &Metrics, direct: bool) -> Pushed {
         let ob = &mut self.outbox;
         if ob.closing {
             return Pushed::Dropped;
         }
-        if ob.frames.is_empty() {
+        if direct && ob.frames.is_empty() {
             let attached = self.attachment.as_ref().map(|a| a.gen);
             if let Some(w) = self
                 .ws
@@ -438,7 +443,13 @@ impl SessionState {
     /// epoch arrived (the room's offsets restarted, e.g. Redis lost its data), so the offsets
     /// the client holds mean nothing and the message is not delivered here.
     #[must_use]
-    pub fn deliver(&mut self, ev: &RoomEvent, own_user: &str, metrics: &Metrics) -> Delivery {
+    pub fn deliver(
+        &mut self,
+        ev: &RoomEvent,
+        own_user: &str,
+        metrics: &Metrics,
+        direct: bool,
+    ) -> Delivery {
         const DROPPED: Delivery = Delivery::Pushed(Pushed::Dropped);
         let Some(sub) = self.rooms.get_mut(&*ev.room) else {
             return DROPPED;
@@ -471,7 +482,7 @@ impl SessionState {
             RoomEventKind::Typing { user, .. } if user == own_user => return DROPPED,
             _ => {}
         }
-        Delivery::Pushed(self.push(ev.frame.clone(), metrics))
+        Delivery::Pushed(self.push_to(ev.frame.clone(), metrics, direct))
     }
 
     /// True if a replay may queue a frame of `len` bytes now: replays use at most half the
@@ -569,10 +580,15 @@ impl Session {
 
     /// Routes a room event to this session ([`SessionState::deliver`]), waking the transport
     /// only if a frame was queued for it. True if the subscription must be resynchronised.
-    pub fn deliver(&self, ev: &RoomEvent) -> bool {
+    ///
+    /// With `direct`, an idle WebSocket gets the frame written at once by the caller. The hub
+    /// passes false while events wait behind this one: one task writing to every subscriber
+    /// one event at a time does a system call per delivery on one core, while queued frames
+    /// go out from each subscriber's writer, on every core, several per `writev`.
+    pub fn deliver(&self, ev: &RoomEvent, direct: bool) -> bool {
         let (delivery, waiters) = {
             let mut st = self.state.lock();
-            let delivery = st.deliver(ev, &self.claims.sub, &self.metrics);
+            let delivery = st.deliver(ev, &self.claims.sub, &self.metrics, direct);
             let waiters = (delivery == Delivery::Pushed(Pushed::Queued)).then(|| st.changed());
             (delivery, waiters)
         };
