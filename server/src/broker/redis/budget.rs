@@ -25,6 +25,11 @@
 //! counted, so the memory Redis uses for history is the budget times a small factor (measured
 //! by the abuse test). Keys evicted by Redis's own `maxmemory` policy are not foreseen: run
 //! Redis with `noeviction` or a `volatile-*` policy (the budget's keys have no TTL).
+//!
+//! A room is never uncounted more than it was counted (the total is always the sum of the
+//! per-room counts plus the log's records). So entries stored before the budget existed (an
+//! upgrade), which were never counted, make the count read low only until their room's
+//! counted entries are gone too (about one history age), never for good.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -51,8 +51,14 @@ local function add_bytes(budget, n)
   if redis.call('INCRBY', budget.bytes, n) < 0 then redis.call('SET', budget.bytes, 0) end
 end
 
--- Adds (n > 0) or removes (n < 0) bytes of `room`'s stream entries.
+-- Adds (n > 0) or removes (n < 0) bytes of `room`'s stream entries. Never removes more than
+-- the room has counted: entries written before the budget existed (an upgrade) were never
+-- counted, and uncounting them would leave the total low for good.
 local function count_room(budget, room, n)
+  if n < 0 then
+    local have = tonumber(redis.call('HGET', budget.rooms, room) or '0')
+    if -n > have then n = -have end
+  end
   if n == 0 then return end
   if redis.call('HINCRBY', budget.rooms, room, n) <= 0 then redis.call('HDEL', budget.rooms, room) end
   add_bytes(budget, n)
