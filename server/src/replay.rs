@@ -5,8 +5,8 @@
 //! bounded by bytes and frames (half the outbox), so a room full of large messages or a large
 //! presence can be joined by any client that reads, and never trips the asking session's
 //! slow-consumer limit (4004). The presence snapshot is one `presence_snapshot` frame of at most
-//! [`SNAPSHOT_PAGE_BYTES`] followed by a `presence_join` frame for each connection that did not
-//! fit, all before any live event of the room.
+//! [`SNAPSHOT_PAGE_BYTES`] followed by `presence_diff` frames (joins only) of the same size for
+//! the connections that did not fit, all before any live event of the room.
 //!
 //! Live events of the room wait in the subscription's replay buffer (bounded like the outbox)
 //! until every replayed frame is queued; a session that cannot keep up with the room while it
@@ -93,27 +93,36 @@ pub enum Progress {
 }
 
 /// The presence of a room as frames: one snapshot of at most about [`SNAPSHOT_PAGE_BYTES`],
-/// then one `presence_join` per connection that did not fit.
-fn presence_frames(room: &str, mut conns: Vec<PresenceConn>) -> Vec<Frame> {
+/// then `presence_diff` pages (joins only) of the same size for the connections that did not
+/// fit. (One `presence_join` per connection that did not fit made joining a room of N members
+/// cost O(N) frames per joiner, O(N²) for the room: docs/BENCHMARKS.md, large rooms.)
+fn presence_frames(room: &str, conns: Vec<PresenceConn>) -> Vec<Frame> {
+    let mut pages: Vec<Vec<PresenceConn>> = vec![Vec::new()];
     let mut size = 0usize;
-    let fit = conns
-        .iter()
-        .position(|c| {
-            // The JSON of the connection (escaping included) and its comma.
-            size += serde_json::to_string(c).map_or(0, |j| j.len()) + 1;
-            size > SNAPSHOT_PAGE_BYTES
-        })
-        .map_or(conns.len(), |i| i.max(1));
-    let rest = conns.split_off(fit);
-    let mut frames = Vec::with_capacity(1 + rest.len());
-    frames.push(encode_frame(&ServerFrame::PresenceSnapshot {
+    for conn in conns {
+        // The JSON of the connection (escaping included) and its comma.
+        let len = serde_json::to_string(&conn).map_or(0, |j| j.len()) + 1;
+        let page_full = pages.last().is_some_and(|p| !p.is_empty());
+        if page_full && size + len > SNAPSHOT_PAGE_BYTES {
+            pages.push(Vec::new());
+            size = 0;
+        }
+        size += len;
+        if let Some(page) = pages.last_mut() {
+            page.push(conn);
+        }
+    }
+    let mut pages = pages.into_iter();
+    let first = pages.next().unwrap_or_default();
+    let mut frames = vec![encode_frame(&ServerFrame::PresenceSnapshot {
         room: room.to_owned(),
-        conns,
-    }));
-    frames.extend(rest.into_iter().map(|conn| {
-        encode_frame(&ServerFrame::PresenceJoin {
+        conns: first,
+    })];
+    frames.extend(pages.map(|joins| {
+        encode_frame(&ServerFrame::PresenceDiff {
             room: room.to_owned(),
-            conn,
+            joins,
+            leaves: Vec::new(),
         })
     }));
     frames
@@ -248,7 +257,7 @@ impl SessionState {
         self.rooms
             .get(&stream.room)?
             .replay
-            .as_ref()
+            .as_deref()
             .filter(|r| r.gen == stream.gen)
     }
 }
@@ -298,12 +307,12 @@ impl Hub {
             let (buffered, buffered_bytes) = prev
                 .map(|r| (r.buffered, r.buffered_bytes))
                 .unwrap_or_default();
-            sub.replay = Some(Replay {
+            sub.replay = Some(Box::new(Replay {
                 gen,
                 buffered,
                 buffered_bytes,
                 send_subscribed: owed,
-            });
+            }));
             Some((gen, from))
         })
     }

@@ -144,3 +144,77 @@ async fn a_room_without_presence_sends_none_and_refuses_presence() {
     a.recv_until(|f| matches!(f, ServerFrame::PresenceJoin { conn, .. } if conn.user == "cy"))
         .await;
 }
+
+/// A presence larger than one snapshot page reaches a joiner as the snapshot and a few
+/// `presence_diff` pages, not as one `presence_join` per member that did not fit: joining a room
+/// of N members costs the joiner O(N / page) frames, and the room O(N² / page) instead of O(N²).
+#[tokio::test]
+async fn a_large_presence_reaches_a_joiner_in_pages() {
+    const MEMBERS: usize = 60;
+    let mut config = fast_config();
+    // Live changes one by one: any `presence_diff` the joiner gets is a snapshot page.
+    config.presence_batch_min_members = 10_000;
+    let s = start(config).await;
+    let mut members = Vec::new();
+    let mut sessions = BTreeSet::new();
+    for i in 0..MEMBERS {
+        let mut ws = s.ws(&format!("m{i}")).await;
+        sessions.insert(session_id(ws.welcome()));
+        ws.subscribe("lobby", None).await;
+        ws.send(&ClientFrame::Presence {
+            room: "lobby".into(),
+            meta: "x".repeat(1000),
+        })
+        .await;
+        // Frames of a session are handled in order: the pong says the metadata is stored.
+        ws.send(&ClientFrame::Ping).await;
+        ws.recv_until(|f| matches!(f, ServerFrame::Pong)).await;
+        members.push(ws);
+    }
+    let mut joiner = s.ws("joiner").await;
+    sessions.insert(session_id(joiner.welcome()));
+    joiner
+        .send(&ClientFrame::Subscribe {
+            room: "lobby".into(),
+            since: None,
+            epoch: None,
+            history: None,
+        })
+        .await;
+    let mut present = BTreeSet::new();
+    let (mut snapshot_size, mut pages, mut joins) = (0, 0, 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while present != sessions {
+        let frame = tokio::time::timeout_at(deadline, joiner.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "presence never complete: {} of {}",
+                    present.len(),
+                    sessions.len()
+                )
+            });
+        match &frame {
+            ServerFrame::PresenceSnapshot { conns, .. } => snapshot_size = conns.len(),
+            ServerFrame::PresenceDiff { joins, leaves, .. } => {
+                assert!(leaves.is_empty(), "a snapshot page with leaves");
+                assert!(!joins.is_empty(), "an empty snapshot page");
+                pages += 1;
+            }
+            ServerFrame::PresenceJoin { conn, .. }
+                if conn.session != session_id(joiner.welcome()) =>
+            {
+                joins += 1
+            }
+            _ => {}
+        }
+        apply(&mut present, &frame);
+    }
+    // About 60 KB of presence: the snapshot holds about 32 KB of it, one or two pages the rest.
+    assert!(
+        snapshot_size > 0 && snapshot_size < MEMBERS,
+        "snapshot of {snapshot_size}"
+    );
+    assert!((1..=2).contains(&pages), "{pages} pages");
+    assert_eq!(joins, 0, "members that did not fit came one frame each");
+}
