@@ -35,13 +35,13 @@ struct Sessions {
     by_token: HashMap<String, Arc<Session>>,
     /// User id → the user's sessions, oldest first (at most `--max-sessions-per-user`).
     per_user: HashMap<String, Vec<Arc<Session>>>,
-    /// Client address → sessions opened from it; and each session's address.
+    /// Client address → sessions opened from it (each session keeps its own address: no map
+    /// from session to address, which cost about 100 bytes per session).
     per_ip: HashMap<IpAddr, usize>,
-    ip_of: HashMap<String, IpAddr>,
 }
 
 impl Sessions {
-    fn insert(&mut self, session: &Arc<Session>, ip: Option<IpAddr>) {
+    fn insert(&mut self, session: &Arc<Session>) {
         self.by_id.insert(session.id.clone(), session.clone());
         self.by_token
             .insert(session.resume_token.clone(), session.clone());
@@ -49,9 +49,8 @@ impl Sessions {
             .entry(session.claims.sub.clone())
             .or_default()
             .push(session.clone());
-        if let Some(ip) = ip {
+        if let Some(ip) = session.ip {
             *self.per_ip.entry(ip).or_default() += 1;
-            self.ip_of.insert(session.id.clone(), ip);
         }
     }
 
@@ -64,7 +63,7 @@ impl Sessions {
                 self.per_user.remove(&session.claims.sub);
             }
         }
-        if let Some(ip) = self.ip_of.remove(&session.id) {
+        if let Some(ip) = session.ip {
             if let Some(n) = self.per_ip.get_mut(&ip) {
                 *n -= 1;
                 if *n == 0 {
@@ -240,9 +239,7 @@ impl Hub {
         }
         if let Some(ip) = ip {
             let from_ip = sessions.per_ip.get(&ip).copied().unwrap_or(0);
-            let freed = evict
-                .as_ref()
-                .is_some_and(|e| sessions.ip_of.get(&e.id) == Some(&ip));
+            let freed = evict.as_ref().is_some_and(|e| e.ip == Some(ip));
             if from_ip >= self.config.max_sessions_per_ip && !freed {
                 return Err(SessionRefusal::PerIp);
             }
@@ -264,6 +261,7 @@ impl Hub {
         };
         let session = Arc::new(Session::new(
             random_token(12),
+            ip,
             resume_token,
             claims,
             OutboxLimits {
@@ -276,7 +274,7 @@ impl Hub {
             TokenBucket::new(self.config.rate_per_sec, self.config.rate_burst, now),
             self.metrics.clone(),
         ));
-        sessions.insert(&session, ip);
+        sessions.insert(&session);
         self.metrics
             .sessions
             .store(sessions.by_id.len() as u64, Relaxed);

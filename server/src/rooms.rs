@@ -39,11 +39,19 @@ pub type Flow = Result<(), CloseCode>;
 
 impl Hub {
     /// Handles one frame from the client. `Err(code)` means the transport must close.
+    ///
+    /// The work is a future of about a kilobyte (subscribe, replay, the broker calls): boxed
+    /// here, it lives on the heap only while a frame is handled, instead of inline in every
+    /// connection's reader, idle or not (docs/BENCHMARKS.md, idle memory).
     pub async fn handle_frame(
         self: &Arc<Self>,
         session: &Arc<Session>,
         frame: ClientFrame,
     ) -> Flow {
+        Box::pin(self.apply_frame(session, frame)).await
+    }
+
+    async fn apply_frame(self: &Arc<Self>, session: &Arc<Session>, frame: ClientFrame) -> Flow {
         use std::sync::atomic::Ordering::Relaxed;
         self.metrics.frames_in.fetch_add(1, Relaxed);
         session.lock().last_inbound = Instant::now();
@@ -283,12 +291,12 @@ impl Hub {
                     room.clone(),
                     RoomSub {
                         last_offset: 0,
-                        replay: Some(Replay {
+                        replay: Some(Box::new(Replay {
                             send_subscribed: true,
                             ..Replay::default()
-                        }),
+                        })),
                         epoch: None,
-                        meta: String::new(),
+                        meta: Box::default(),
                         typing_gen: 0,
                         typing_active: false,
                     },

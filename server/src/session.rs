@@ -19,6 +19,7 @@
 //! fan-out delivery under callgrind; docs/BENCHMARKS.md.)
 
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Instant;
@@ -95,12 +96,14 @@ pub struct RoomSub {
     /// The room epoch `last_offset` counts in: the one the client was told in `subscribed`
     /// (`None` until a replay read it).
     pub epoch: Option<Arc<str>>,
-    /// While a history replay runs, live events wait here (bounded by the outbox limit).
-    pub replay: Option<Replay>,
+    /// While a history replay runs, live events wait here (bounded by the outbox limit). Boxed:
+    /// a subscription is live nearly all its life, and the session's room table holds a slot
+    /// of this size for every room (docs/BENCHMARKS.md, idle memory).
+    pub replay: Option<Box<Replay>>,
     /// This connection's presence metadata in the room.
-    pub meta: String,
-    /// Bumped by every typing change; a TTL timer only fires for its own generation.
-    pub typing_gen: u64,
+    pub meta: Box<str>,
+    /// Bumped (wrapping) by every typing change; a TTL timer only fires for its own generation.
+    pub typing_gen: u32,
     pub typing_active: bool,
 }
 
@@ -215,7 +218,8 @@ pub struct SessionState {
     attach_gen: u64,
     /// The last generation handed out (to an attachment or a probe).
     last_gen: u64,
-    probe: Option<ProbeAttachment>,
+    /// Boxed: probes are rare and short, the session's state is kept for every connection.
+    probe: Option<Box<ProbeAttachment>>,
     /// Looked up once per delivery: a fast hash (Fx) instead of SipHash, which was half of
     /// `deliver`'s cost. Hash flooding is no concern here: a session holds at most
     /// `--max-rooms` subscriptions.
@@ -294,6 +298,8 @@ impl SessionClaims {
 pub struct Session {
     /// Public id; also the presence connection id.
     pub id: String,
+    /// The client address the session was opened from (counted under `--max-sessions-per-ip`).
+    pub ip: Option<IpAddr>,
     /// Secret that resumes the session and authenticates `/v1/send` and polls.
     pub resume_token: String,
     pub claims: SessionClaims,
@@ -509,6 +515,7 @@ impl SessionState {
 impl Session {
     pub fn new(
         id: String,
+        ip: Option<IpAddr>,
         resume_token: String,
         claims: Claims,
         limits: OutboxLimits,
@@ -518,6 +525,7 @@ impl Session {
         let now = Instant::now();
         Self {
             id,
+            ip,
             // On a cluster node the token also names this node (`{node_id}.{secret}`).
             resume_token,
             claims: SessionClaims::new(claims),
@@ -764,7 +772,7 @@ impl Session {
             }
             st.last_gen += 1;
             let frame = encode_frame(welcome);
-            st.probe = Some(ProbeAttachment {
+            st.probe = Some(Box::new(ProbeAttachment {
                 gen: st.last_gen,
                 kind,
                 force: Some(tx),
@@ -775,7 +783,7 @@ impl Session {
                 }],
                 opened: Instant::now(),
                 guard,
-            });
+            }));
             st.last_gen
         });
         Attached {

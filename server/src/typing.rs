@@ -21,7 +21,7 @@ impl Hub {
         }
         let gen = session.update(|st, _| {
             st.rooms.get_mut(&room).map(|sub| {
-                sub.typing_gen += 1;
+                sub.typing_gen = sub.typing_gen.wrapping_add(1);
                 sub.typing_active = active;
                 sub.typing_gen
             })

@@ -4,7 +4,7 @@
 //! channel is the order of the state changes (offsets of a room arrive ascending). The lock is a
 //! `parking_lot::Mutex` held for short, non-async sections only.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use super::{
     now_ms, Broker, BrokerResult, BrokerStats, DedupeKey, HistoryPage, PublishOutcome,
     PublishRequest, RoomEvent, RoomEventKind, StoredMessage,
 };
+use crate::presence::PresenceTable;
 
 /// Bounds of the in-process broker.
 #[derive(Clone, Debug)]
@@ -57,7 +58,9 @@ struct Room {
     epoch: Arc<str>,
     head: u64,
     history: VecDeque<Arc<StoredMessage>>,
-    presence: BTreeMap<String, PresenceConn>,
+    /// Session → connection (small rooms in a vector: see [`PresenceTable`]); snapshots are
+    /// sorted when they are taken.
+    presence: PresenceTable,
     last_active_ms: u64,
 }
 
@@ -315,10 +318,7 @@ impl Broker for LocalBroker {
             room,
         );
         r.last_active_ms = now_ms();
-        let existed = r
-            .presence
-            .insert(conn.session.clone(), conn.clone())
-            .is_some();
+        let existed = r.presence.insert(conn.clone());
         if existed {
             self.emit(room, RoomEventKind::PresenceUpdate(conn));
         } else {
@@ -362,12 +362,17 @@ impl Broker for LocalBroker {
     }
 
     async fn presence_snapshot(&self, room: &str) -> BrokerResult<Vec<PresenceConn>> {
-        let guard = self.state.lock();
-        Ok(guard
-            .rooms
-            .get(room)
-            .map(|r| r.presence.values().cloned().collect())
-            .unwrap_or_default())
+        let mut conns: Vec<PresenceConn> = {
+            let guard = self.state.lock();
+            guard
+                .rooms
+                .get(room)
+                .map(|r| r.presence.to_vec())
+                .unwrap_or_default()
+        };
+        // Sorted by session, as the Redis broker answers (outside the lock).
+        conns.sort_unstable_by(|a, b| a.session.cmp(&b.session));
+        Ok(conns)
     }
 
     async fn typing(&self, room: &str, user: &str, name: &str, active: bool) -> BrokerResult<()> {
