@@ -242,7 +242,7 @@ mod tests {
             x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
             let session = format!("s{}", (x >> 16) % 20);
             let meta = step.to_string();
-            if (x >> 8) % 3 == 0 {
+            if (x >> 8).is_multiple_of(3) {
                 let removed = table.remove(&session).map(|c| c.meta);
                 assert_eq!(removed, model.remove(&session), "step {step}");
             } else {
