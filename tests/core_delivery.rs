@@ -200,6 +200,44 @@ fn restarted_in_memory_server_new_epoch_is_delivered_not_dropped_as_duplicates()
 }
 
 #[test]
+fn an_unasked_resync_then_the_answer_to_a_stale_subscribe_deliver_each_offset_once() {
+    let mut sim = Sim::new(Config::default(), &["ana", "bob"]);
+    sim.connect(0, &["lobby"]);
+    sim.connect(1, &["lobby"]);
+    for p in ["a", "b", "c"] {
+        sim.publish(1, "lobby", p).unwrap();
+    }
+    sim.run_for(200);
+    assert_eq!(sim.tabs[0].delivered["lobby"], [1, 2, 3]);
+    // From here the test plays ana's server, frame by frame (the fake server hears nothing).
+    let t = sim.primary(0).unwrap();
+    sim.blackhole(0);
+    let msg = |o: u64| ServerFrame::Message { room: "lobby".into(), offset: o, sender: "x".into(), name: None, payload: String::new() };
+    let reset = || ServerFrame::Subscribed { room: "lobby".into(), head: 0, recovered: false, epoch: "e2".into() };
+    // A gap: ana asks for a replay after 3 of epoch e1, which the room is about to leave.
+    sim.input(0, Input::Frame { id: t, frame: msg(5) });
+    let asked = ClientFrame::Subscribe { room: "lobby".into(), since: Some(3), epoch: Some("e1".into()), history: None };
+    assert!(sim.tabs[0].sent.iter().any(|(_, f)| *f == asked));
+    let before = sim.tabs[0].events.len();
+    // The room's offsets restart (Redis lost its data): the server resyncs the subscription
+    // unasked, in epoch e2, and replays it from its start ...
+    for frame in [reset(), msg(1), msg(2)] {
+        sim.input(0, Input::Frame { id: t, frame });
+    }
+    // ... then answers the subscribe ana sent with e1 the same way (the real server does, in
+    // this order, when the resync ran while ana was away: faults_cluster's Redis restart).
+    for frame in [reset(), msg(1), msg(2), msg(3)] {
+        sim.input(0, Input::Frame { id: t, frame });
+    }
+    let events = &sim.tabs[0].events[before..];
+    let resyncs = events.iter().filter(|e| matches!(e, Event::ResyncNeeded { .. })).count();
+    let offsets: Vec<u64> =
+        events.iter().filter_map(|e| if let Event::Message { offset, .. } = e { Some(*offset) } else { None }).collect();
+    assert_eq!(resyncs, 1, "one restart of the room's offsets is one resync: {events:?}");
+    assert_eq!(offsets, [1, 2, 3], "each offset of epoch e2 delivered once");
+}
+
+#[test]
 fn a_late_ack_timer_after_a_throttled_sleep_does_not_fail_an_acked_publish() {
     let mut sim = Sim::one(Config::default());
     sim.connect(0, &["lobby"]);

@@ -9,7 +9,9 @@
 //!   server to replay from the gap. At most one subscribe is outstanding per room: while one is
 //!   in flight its replay will cover the gap, so further gaps are just dropped.
 //! - `subscribed{recovered: false}` after a `since` (history no longer reaches back), or a head
-//!   below `last` (the room's history was reset): resync needed, continue from the head.
+//!   below `last` in another epoch (the room's offsets restarted): resync needed, continue from
+//!   the head. A head below `last` in the epoch `last` counts in is no reset: what follows up
+//!   to `last` is dropped as duplicates.
 //!
 //! After every `welcome` each room is re-subscribed with `since = last`, which is also how a
 //! resumed session catches up on whatever the dropped transport did not deliver.
@@ -141,10 +143,17 @@ impl Rooms {
     /// retained message of a new epoch).
     pub fn on_subscribed(&mut self, room: &str, head: u64, recovered: bool, epoch: String) -> Option<Subscribed> {
         let r = self.map.get_mut(room)?;
+        // Offsets number the messages of one epoch: in the epoch `last` already counts in, a
+        // head below it only means the server replays from further back, and those offsets are
+        // dropped as duplicates. (The server resyncs a subscription unasked when the room's
+        // offsets restart, and then also answers a subscribe the client sent before it heard
+        // of the new epoch, with the same `head`: a second reset would deliver everything
+        // since the first one again.)
+        let same_epoch = r.epoch.as_deref().is_some_and(|e| !e.is_empty() && e == epoch);
         r.epoch = Some(epoch);
         let since = r.outstanding.take().flatten();
         let resync = match r.last {
-            Some(last) if head < last => true,
+            Some(last) if head < last => !same_epoch,
             Some(_) => since.is_some() && !recovered,
             None => false,
         };
