@@ -70,14 +70,10 @@ pub async fn handler(State(state): State<AppState>, req: Request) -> Response {
     };
     let tcp_slot = parts.extensions.get::<TcpSlot>().cloned();
     let direct = parts.extensions.get::<DirectSocket>().cloned();
-    tokio::spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else {
-            return;
-        };
-        // Hyper let go of the connection; it stays counted under the TCP caps.
-        let _tcp = tcp_slot;
-        run(TokioIo::new(upgraded), direct, state, admission, ip).await
-    });
+    // Everything until the session is attached runs in a boxed future freed before the
+    // connection idles: see `connection`.
+    let setup = Box::pin(upgraded(on_upgrade, tcp_slot, direct, state, admission, ip));
+    tokio::spawn(connection(setup));
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = resp.headers_mut();
@@ -93,6 +89,30 @@ pub async fn handler(State(state): State<AppState>, req: Request) -> Response {
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
     resp
+}
+
+/// Waits for hyper to hand over the upgraded connection, then reads its `hello` and opens its
+/// session; None if it went away or was refused.
+async fn upgraded(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    tcp_slot: Option<TcpSlot>,
+    direct: Option<DirectSocket>,
+    state: AppState,
+    admission: Admission,
+    ip: Option<IpAddr>,
+) -> Option<Open<TokioIo<hyper::upgrade::Upgraded>>> {
+    let upgraded = on_upgrade.await.ok()?;
+    // Hyper let go of the connection; it stays counted under the TCP caps (the slot is held
+    // until the connection ends).
+    open(
+        TokioIo::new(upgraded),
+        tcp_slot,
+        direct,
+        state,
+        admission,
+        ip,
+    )
+    .await
 }
 
 /// `Sec-WebSocket-Accept` for an HTTP/1.1 WebSocket upgrade request (RFC 6455 §4.2.1), or None
@@ -233,7 +253,9 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for Out<W> {
 }
 
 /// Writes every byte of `chunks`, in order, a `writev` of up to [`MAX_IOV`] of them at a time
-/// (one copied buffer if `out` cannot write vectors, e.g. TLS), then flushes.
+/// (one copied buffer if `out` cannot write vectors, e.g. TLS), then flushes. The slice array is
+/// built on the stack in each poll, not kept in the future: this future is inlined in every
+/// connection's writer.
 async fn write_chunks<W: AsyncWrite + Unpin>(out: &mut W, chunks: &[&[u8]]) -> io::Result<()> {
     if !out.is_write_vectored() {
         out.write_all(&chunks.concat()).await?;
@@ -245,17 +267,20 @@ async fn write_chunks<W: AsyncWrite + Unpin>(out: &mut W, chunks: &[&[u8]]) -> i
             (i, off) = (i + 1, 0);
             continue;
         }
-        let mut iov = [IoSlice::new(&[]); MAX_IOV];
-        iov[0] = IoSlice::new(&chunks[i][off..]);
-        let mut used = 1;
-        for c in chunks[i + 1..].iter().filter(|c| !c.is_empty()) {
-            if used == MAX_IOV {
-                break;
+        let mut n = std::future::poll_fn(|cx| {
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            iov[0] = IoSlice::new(&chunks[i][off..]);
+            let mut used = 1;
+            for c in chunks[i + 1..].iter().filter(|c| !c.is_empty()) {
+                if used == MAX_IOV {
+                    break;
+                }
+                iov[used] = IoSlice::new(c);
+                used += 1;
             }
-            iov[used] = IoSlice::new(c);
-            used += 1;
-        }
-        let mut n = out.write_vectored(&iov[..used]).await?;
+            Pin::new(&mut *out).poll_write_vectored(cx, &iov[..used])
+        })
+        .await?;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
@@ -307,13 +332,49 @@ fn push_frame_rest<'a>(
     }
 }
 
-async fn run<Io>(
+/// A connection past its `hello`, attached to its session.
+struct Open<Io> {
+    _tcp: Option<TcpSlot>,
+    stream: WebSocketStream<ReadSide<tokio::io::ReadHalf<Io>>>,
+    out: Out<tokio::io::WriteHalf<Io>>,
+    direct: Option<DirectSocket>,
+    hub: Arc<Hub>,
+    session: Arc<Session>,
+    attached: Attached,
+    max: usize,
+    stall: Duration,
+}
+
+/// The connection's one task (the upgrade's own). Its future is what every idle connection
+/// keeps in memory (docs/BENCHMARKS.md, idle memory), so what runs once is boxed and freed when
+/// done: the upgrade and the handshake (`setup`: `hello`, refusals) before, the closing
+/// handshake after; reader and writer are boxed once each. What stays inline is a few pointers
+/// and the `select!` over the two.
+// An `async fn` would keep its argument and a copy of it (see `read_loop`).
+#[allow(clippy::manual_async_fn)]
+fn connection<Io, F>(setup: Pin<Box<F>>) -> impl std::future::Future<Output = ()>
+where
+    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: std::future::Future<Output = Option<Open<Io>>> + ?Sized,
+{
+    async move {
+        // The `Open` goes straight into `serve`, and that future straight into the `await`:
+        // neither is a local kept beside what it became.
+        futures_util::future::OptionFuture::from(setup.await.map(serve)).await;
+    }
+}
+
+/// Reads the `hello` and opens or resumes its session; None if the connection was refused (its
+/// close frame sent) or went away.
+async fn open<Io>(
     io: Io,
+    tcp_slot: Option<TcpSlot>,
     direct: Option<DirectSocket>,
     state: AppState,
     admission: Admission,
     ip: Option<IpAddr>,
-) where
+) -> Option<Open<Io>>
+where
     Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Admission {
@@ -348,9 +409,9 @@ async fn run<Io>(
         Ok(Some(Ok(_))) => {
             let code = CloseCode::PROTOCOL_VIOLATION;
             send_close(&mut out, None, code, "expected hello", refuse).await;
-            return;
+            return None;
         }
-        Ok(_) => return,
+        Ok(_) => return None,
         Err(_) => {
             send_close(
                 &mut out,
@@ -360,7 +421,7 @@ async fn run<Io>(
                 refuse,
             )
             .await;
-            return;
+            return None;
         }
     };
     // The session to continue: `hello.resume`, else the one the ticket names.
@@ -369,12 +430,12 @@ async fn run<Io>(
         Ok(_) => {
             let code = CloseCode::PROTOCOL_VIOLATION;
             send_close(&mut out, None, code, "expected hello", refuse).await;
-            return;
+            return None;
         }
         Err(e) => {
             let code = e.close_code();
             send_close(&mut out, None, code, code.name(), refuse).await;
-            return;
+            return None;
         }
     };
     let hub = state.hub.clone();
@@ -384,7 +445,7 @@ async fn run<Io>(
                 Ok(opened) => opened,
                 Err(code) => {
                     send_close(&mut out, None, code, code.name(), refuse).await;
-                    return;
+                    return None;
                 }
             }
         }
@@ -400,67 +461,116 @@ async fn run<Io>(
                             SessionRefusal::PerUser => "too many connected sessions for this user",
                         };
                         send_close(&mut out, None, TRY_AGAIN_LATER, reason, refuse).await;
-                        return;
+                        return None;
                     }
                 };
             let attached = hub.attach(&session, TransportKind::WebSocket, guard, resumed);
             (session, attached)
         }
     };
+    let stall = state.config.ping_interval + state.config.heartbeat_grace;
+    Some(Open {
+        _tcp: tcp_slot,
+        stream,
+        out,
+        direct,
+        hub,
+        session,
+        attached,
+        max,
+        stall,
+    })
+}
+
+/// Runs reader and writer until the connection ends. Not an `async fn`: its future holds only
+/// the two (boxed) and what the teardown needs, not a copy of `open`.
+fn serve<Io>(open: Open<Io>) -> impl std::future::Future<Output = ()>
+where
+    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Open {
+        _tcp: tcp_slot,
+        mut stream,
+        out,
+        direct,
+        hub,
+        session,
+        attached,
+        max,
+        stall,
+    } = open;
     let gen = attached.gen;
     session.set_ws_wire(gen, direct);
     stream.get_mut().control = Some((session.clone(), gen));
-    let stall = state.config.ping_interval + state.config.heartbeat_grace;
-    // Reader and writer run in this task (the upgrade's own), one task per connection.
-    let writer = write_loop(out, session.clone(), attached, hub.metrics.clone(), stall);
-    let reader = read_loop(stream, hub.clone(), session.clone(), max);
-    tokio::pin!(writer, reader);
-    tokio::select! {
-        _ = &mut writer => {
-            // The reader may be in the middle of a frame (e.g. a `close` whose presence leaves
-            // still await the broker): let it finish, then stop it between frames.
-            let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                tokio::select! {
-                    _ = &mut reader => {}
-                    _between_frames = session.inbound.lock() => {}
-                }
-            })
-            .await;
-        }
-        (end, mut stream) = &mut reader => {
-            if let ReadEnd::Closing = end {
-                // Our close is queued: let the writer send it, then read (and discard) what the
-                // peer still sends until its close, so unread data does not turn into a reset
-                // that could swallow the close code.
-                let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
-                let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                    while let Some(Ok(m)) = stream.next().await {
-                        if matches!(m, Message::Close(_)) {
-                            break;
-                        }
+    // Reader and writer run in this task (the upgrade's own), one task per connection, each
+    // boxed once: inline, the task's future would hold room for both beside copies of what they
+    // were built from.
+    let mut writer = Box::pin(write_loop(
+        out,
+        session.clone(),
+        attached,
+        hub.metrics.clone(),
+        stall,
+    ));
+    let mut reader = Box::pin(read_loop(stream, hub.clone(), session.clone(), max));
+    async move {
+        tokio::select! {
+            _ = &mut writer => {
+                // The reader may be in the middle of a frame (e.g. a `close` whose presence leaves
+                // still await the broker): let it finish, then stop it between frames.
+                let _ = Box::pin(tokio::time::timeout(Duration::from_secs(2), async {
+                    tokio::select! {
+                        _ = &mut reader => {}
+                        _between_frames = session.inbound.lock() => {}
                     }
-                })
+                }))
                 .await;
             }
+            (end, mut stream) = &mut reader => {
+                if let ReadEnd::Closing = end {
+                    // Our close is queued: let the writer send it, then read (and discard) what the
+                    // peer still sends until its close, so unread data does not turn into a reset
+                    // that could swallow the close code.
+                    Box::pin(async {
+                        let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
+                        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                            while let Some(Ok(m)) = stream.next().await {
+                                if matches!(m, Message::Close(_)) {
+                                    break;
+                                }
+                            }
+                        })
+                        .await;
+                    })
+                    .await;
+                }
+            }
         }
+        session.clear_ws_wire(gen);
+        hub.detached(&session, gen);
+        drop(tcp_slot);
     }
-    session.clear_ws_wire(gen);
-    hub.detached(&session, gen);
 }
 
-/// Feeds client frames to the hub; hands the stream back when it stops. Generic over the stream
-/// so it can be driven without a socket.
-async fn read_loop<R>(
+/// Feeds client frames to the hub; hands the stream back when it stops (boxed: the task's future
+/// would otherwise keep room for it). Generic over the stream so it can be driven without a
+/// socket.
+#[allow(clippy::manual_async_fn)]
+fn read_loop<R>(
     mut stream: R,
     hub: Arc<Hub>,
     session: Arc<Session>,
     max: usize,
-) -> (ReadEnd, R)
+) -> impl std::future::Future<Output = (ReadEnd, Box<R>)>
 where
     R: Stream<Item = Result<Message, WsError>> + Unpin,
 {
-    let end = read_frames(&mut stream, &hub, &session, max).await;
-    (end, stream)
+    // Not an `async fn`: the block borrows `stream` where it was captured instead of keeping a
+    // second copy of it.
+    async move {
+        let end = read_frames(&mut stream, &hub, &session, max).await;
+        (end, Box::new(stream))
+    }
 }
 
 async fn read_frames<R>(
@@ -504,11 +614,15 @@ where
                 return ReadEnd::Closing;
             }
         };
-        {
+        // Boxed: handling a frame takes a future far larger than the rest of the reader, which
+        // every idle connection would otherwise keep.
+        let handled = Box::pin(async {
             let _serial = session.inbound.lock().await;
-            if hub.handle_frame(session, frame).await.is_err() {
-                return ReadEnd::Closing;
-            }
+            hub.handle_frame(session, frame).await
+        })
+        .await;
+        if handled.is_err() {
+            return ReadEnd::Closing;
         }
         // A client's own burst must not starve its writer (and make it a "slow consumer").
         tokio::task::yield_now().await;
@@ -599,5 +713,37 @@ async fn write_loop<W>(
         let rest = session.take_ws_unfinished(att.gen);
         let limit = Duration::from_secs(1);
         Box::pin(send_close(&mut out, rest, code, code.name(), limit)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Io = TokioIo<hyper::upgrade::Upgraded>;
+    type Ws = WebSocketStream<ReadSide<tokio::io::ReadHalf<Io>>>;
+
+    fn ret_size4<A, B, C, D, R>(_: fn(A, B, C, D) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+    fn ret_size5<A, B, C, D, E, R>(_: fn(A, B, C, D, E) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// What every idle WebSocket keeps (docs/BENCHMARKS.md, idle memory): the task's future,
+    /// the reader's and the writer's (5,904 B in all, inline in the task, before they were
+    /// split up; 1,232 B after). A size, not a time: it fails only if something large becomes
+    /// part of the idle state again (a handshake future, a timer, a buffer, a frame's handling).
+    #[test]
+    fn an_idle_connection_keeps_small_futures() {
+        let setup = Box::pin(std::future::pending::<Option<Open<Io>>>());
+        let task = std::mem::size_of_val(&connection(setup));
+        let reader = ret_size4(read_loop::<Ws>);
+        let writer = ret_size5(write_loop::<Out<tokio::io::WriteHalf<Io>>>);
+        assert!(task <= 256, "task future {task} B");
+        assert!(
+            reader + writer <= 1280,
+            "reader {reader} B + writer {writer} B"
+        );
     }
 }
