@@ -32,7 +32,10 @@ async fn round_trip_on(transport: &str) {
     }
     wait_for("3 messages", 5_000, || messages.values().len() == 3).await;
     assert_eq!(offsets(&messages), vec![1, 2, 3]);
-    assert_eq!(get(&messages.values()[2], "payload").as_string().as_deref(), Some("m2"));
+    assert_eq!(
+        get(&messages.values()[2], "payload").as_string().as_deref(),
+        Some("m2")
+    );
     client.close();
 }
 
@@ -77,31 +80,54 @@ async fn two_clients_see_each_others_presence_and_typing() {
     let ana_room = ana.room(&room_name, JsValue::UNDEFINED).unwrap();
     let bo_room = bo.room(&room_name, JsValue::UNDEFINED).unwrap();
     let ana_presence = Recorder::default();
-    let _ = ana_room.presence().on("change", ana_presence.listener()).unwrap();
+    let _ = ana_room
+        .presence()
+        .on("change", ana_presence.listener())
+        .unwrap();
     let bo_typing = Recorder::default();
     let _ = bo_room.typing().on("change", bo_typing.listener()).unwrap();
-    ana_room.presence().set(JSON::parse(r#"{"status":"here"}"#).unwrap()).unwrap();
-    bo_room.presence().set(JSON::parse(r#"{"status":"busy"}"#).unwrap()).unwrap();
+    ana_room
+        .presence()
+        .set(JSON::parse(r#"{"status":"here"}"#).unwrap())
+        .unwrap();
+    bo_room
+        .presence()
+        .set(JSON::parse(r#"{"status":"busy"}"#).unwrap())
+        .unwrap();
 
     let names = |list: JsValue| -> Vec<String> {
-        js_sys::Array::from(&list).iter().map(|m| get(&m, "name").as_string().unwrap()).collect()
+        js_sys::Array::from(&list)
+            .iter()
+            .map(|m| get(&m, "name").as_string().unwrap())
+            .collect()
     };
-    wait_for("Ana to see Bo", 5_000, || names(ana_room.presence().list()) == ["Ana", "Bo"] || names(ana_room.presence().list()) == ["Bo", "Ana"]).await;
+    wait_for("Ana to see Bo", 5_000, || {
+        names(ana_room.presence().list()) == ["Ana", "Bo"]
+            || names(ana_room.presence().list()) == ["Bo", "Ana"]
+    })
+    .await;
     let bo_entry = js_sys::Array::from(&ana_room.presence().list())
         .iter()
         .find(|m| get(m, "name").as_string().as_deref() == Some("Bo"))
         .unwrap();
     wait_for("Bo's status", 5_000, || {
         let list = js_sys::Array::from(&ana_room.presence().list());
-        list.iter().any(|m| get(&get(&m, "meta"), "status").as_string().as_deref() == Some("busy"))
+        list.iter()
+            .any(|m| get(&get(&m, "meta"), "status").as_string().as_deref() == Some("busy"))
     })
     .await;
     assert_eq!(get(&bo_entry, "connections").as_f64(), Some(1.0));
 
     ana_room.typing().keystroke();
-    wait_for("Bo to see Ana typing", 5_000, || names(bo_room.typing().list()) == ["Ana"]).await;
+    wait_for("Bo to see Ana typing", 5_000, || {
+        names(bo_room.typing().list()) == ["Ana"]
+    })
+    .await;
     ana_room.typing().stop();
-    wait_for("Ana's typing to clear", 5_000, || names(bo_room.typing().list()).is_empty()).await;
+    wait_for("Ana's typing to clear", 5_000, || {
+        names(bo_room.typing().list()).is_empty()
+    })
+    .await;
     assert!(!bo_typing.values().is_empty());
     ana.close();
     bo.close();
@@ -127,21 +153,33 @@ async fn server_restart_mid_stream_loses_and_duplicates_nothing() {
     let _ = rx.on("message", messages.listener()).unwrap();
     let subscribed = Recorder::default();
     let _ = rx.on("subscribed", subscribed.listener()).unwrap();
-    wait_for("receiver subscribed", 5_000, || !subscribed.values().is_empty()).await;
+    wait_for("receiver subscribed", 5_000, || {
+        !subscribed.values().is_empty()
+    })
+    .await;
 
     let mut acks = Vec::new();
     for i in 0..5 {
         acks.push(tx.publish(JsValue::from_str(&format!("before-{i}"))));
     }
-    wait_for("5 messages before the crash", 5_000, || messages.values().len() == 5).await;
+    wait_for("5 messages before the crash", 5_000, || {
+        messages.values().len() == 5
+    })
+    .await;
     crash_main_server(&base).await;
-    wait_for("sender to notice", 10_000, || !state_is(&sender_states, "open")).await;
+    wait_for("sender to notice", 10_000, || {
+        !state_is(&sender_states, "open")
+    })
+    .await;
     // Published while the server is down: queued, sent once after the reconnect.
     for i in 0..5 {
         acks.push(tx.publish(JsValue::from_str(&format!("during-{i}"))));
     }
     wait_for("sender back", 20_000, || state_is(&sender_states, "open")).await;
-    wait_for("receiver back", 20_000, || state_is(&receiver_states, "open")).await;
+    wait_for("receiver back", 20_000, || {
+        state_is(&receiver_states, "open")
+    })
+    .await;
     for i in 0..5 {
         acks.push(tx.publish(JsValue::from_str(&format!("after-{i}"))));
     }
@@ -150,10 +188,24 @@ async fn server_restart_mid_stream_loses_and_duplicates_nothing() {
     }
     wait_for("15 messages", 10_000, || messages.values().len() >= 15).await;
     sleep(300).await;
-    assert_eq!(offsets(&messages), (1..=15).collect::<Vec<u64>>(), "no loss, no duplicate, in order");
-    let payloads: Vec<String> = messages.values().iter().map(|m| get(m, "payload").as_string().unwrap()).collect();
-    assert_eq!(&payloads[..5], ["before-0", "before-1", "before-2", "before-3", "before-4"]);
-    assert_eq!(payloads.iter().filter(|p| p.starts_with("during-")).count(), 5);
+    assert_eq!(
+        offsets(&messages),
+        (1..=15).collect::<Vec<u64>>(),
+        "no loss, no duplicate, in order"
+    );
+    let payloads: Vec<String> = messages
+        .values()
+        .iter()
+        .map(|m| get(m, "payload").as_string().unwrap())
+        .collect();
+    assert_eq!(
+        &payloads[..5],
+        ["before-0", "before-1", "before-2", "before-3", "before-4"]
+    );
+    assert_eq!(
+        payloads.iter().filter(|p| p.starts_with("during-")).count(),
+        5
+    );
     sender.close();
     receiver.close();
 }
@@ -168,14 +220,27 @@ async fn close_leaves_no_timer_or_listener_after_50_reconnects() {
     let during = live_listeners();
     for i in 0..50 {
         // Going offline closes the transport; coming back opens a new one.
-        w.dispatch_event(&web_sys::Event::new("offline").unwrap()).unwrap();
+        w.dispatch_event(&web_sys::Event::new("offline").unwrap())
+            .unwrap();
         wait_for("offline", 2_000, || state_is(&states, "offline")).await;
-        w.dispatch_event(&web_sys::Event::new("online").unwrap()).unwrap();
-        wait_for(&format!("reconnect {i}"), 5_000, || state_is(&states, "open")).await;
+        w.dispatch_event(&web_sys::Event::new("online").unwrap())
+            .unwrap();
+        wait_for(&format!("reconnect {i}"), 5_000, || {
+            state_is(&states, "open")
+        })
+        .await;
     }
-    assert_eq!(live_listeners(), during, "listeners and timers must not grow with reconnects");
+    assert_eq!(
+        live_listeners(),
+        during,
+        "listeners and timers must not grow with reconnects"
+    );
     client.close();
-    assert_eq!(live_listeners(), before, "close() removes every listener and the timer");
+    assert_eq!(
+        live_listeners(),
+        before,
+        "close() removes every listener and the timer"
+    );
 }
 
 #[wasm_bindgen_test]
@@ -183,8 +248,14 @@ async fn starts_on_a_remembered_fallback_and_probes_back_up_without_losing_messa
     let base = server("main");
     // A tab that last worked on long polling starts there (sessionStorage), then probes SSE and
     // WebSocket in the background and switches up with the same session.
-    let storage = web_sys::window().unwrap().session_storage().unwrap().unwrap();
-    storage.set_item(&format!("rtlink:transport:{base}"), "long-polling").unwrap();
+    let storage = web_sys::window()
+        .unwrap()
+        .session_storage()
+        .unwrap()
+        .unwrap();
+    storage
+        .set_item(&format!("rtlink:transport:{base}"), "long-polling")
+        .unwrap();
     ready().await;
     let opts = options(&base, "climber", None);
     Reflect::set(&opts, &"rememberTransport".into(), &true.into()).unwrap();
@@ -194,7 +265,11 @@ async fn starts_on_a_remembered_fallback_and_probes_back_up_without_losing_messa
     let _ = client.on("state", states.listener()).unwrap();
     client.connect();
     wait_for("open", 10_000, || state_is(&states, "open")).await;
-    assert_eq!(transport_of(&client), "long-polling", "started on the remembered rung");
+    assert_eq!(
+        transport_of(&client),
+        "long-polling",
+        "started on the remembered rung"
+    );
 
     let (other, _s) = connected(&base, "publisher", Some(&["websocket"])).await;
     let room_name = unique_room("climb");
@@ -209,7 +284,11 @@ async fn starts_on_a_remembered_fallback_and_probes_back_up_without_losing_messa
     let mut sent = 0u64;
     let mut waited = 0;
     while transport_of(&client) != "websocket" {
-        assert!(waited < 15_000, "still on {} after 15 s", transport_of(&client));
+        assert!(
+            waited < 15_000,
+            "still on {} after 15 s",
+            transport_of(&client)
+        );
         publish(&tx, &format!("m{sent}")).await;
         sent += 1;
         sleep(100).await;
@@ -219,9 +298,16 @@ async fn starts_on_a_remembered_fallback_and_probes_back_up_without_losing_messa
         publish(&tx, &format!("m{sent}")).await;
         sent += 1;
     }
-    wait_for("every message", 10_000, || messages.values().len() as u64 >= sent).await;
+    wait_for("every message", 10_000, || {
+        messages.values().len() as u64 >= sent
+    })
+    .await;
     sleep(300).await;
-    assert_eq!(offsets(&messages), (1..=sent).collect::<Vec<u64>>(), "no loss, no duplicate, in order across both switches");
+    assert_eq!(
+        offsets(&messages),
+        (1..=sent).collect::<Vec<u64>>(),
+        "no loss, no duplicate, in order across both switches"
+    );
     let seen: Vec<String> = states
         .values()
         .iter()
@@ -232,8 +318,17 @@ async fn starts_on_a_remembered_fallback_and_probes_back_up_without_losing_messa
             }
             acc
         });
-    assert!(seen.ends_with(&["long-polling".to_string(), "sse".to_string(), "websocket".to_string()]), "climbed rung by rung: {seen:?}");
-    storage.remove_item(&format!("rtlink:transport:{base}")).unwrap();
+    assert!(
+        seen.ends_with(&[
+            "long-polling".to_string(),
+            "sse".to_string(),
+            "websocket".to_string()
+        ]),
+        "climbed rung by rung: {seen:?}"
+    );
+    storage
+        .remove_item(&format!("rtlink:transport:{base}"))
+        .unwrap();
     client.close();
     other.close();
 }
@@ -259,8 +354,14 @@ async fn joining_with_history_delivers_recent_messages_first() {
     assert_eq!(offsets(&messages), vec![3, 4, 5, 6]);
     let bad = Object::new();
     Reflect::set(&bad, &"history".into(), &"lots".into()).unwrap();
-    let err = reader.room("elsewhere", bad.into()).err().expect("invalid history refused");
-    assert_eq!(get(&err, "code").as_string().as_deref(), Some("invalid_argument"));
+    let err = reader
+        .room("elsewhere", bad.into())
+        .err()
+        .expect("invalid history refused");
+    assert_eq!(
+        get(&err, "code").as_string().as_deref(),
+        Some("invalid_argument")
+    );
     writer.close();
     reader.close();
 }
@@ -269,15 +370,23 @@ async fn joining_with_history_delivers_recent_messages_first() {
 async fn a_refused_token_ends_with_the_unauthorized_code() {
     let base = server("main");
     ready().await;
-    let bad_token = Closure::<dyn FnMut() -> JsValue>::new(|| JsValue::from_str("not-a-jwt")).into_js_value();
+    let bad_token =
+        Closure::<dyn FnMut() -> JsValue>::new(|| JsValue::from_str("not-a-jwt")).into_js_value();
     let client = RealtimeClient::new(options_with_token(&base, bad_token, None)).unwrap();
     let errors = Recorder::default();
     let _ = client.on("error", errors.listener()).unwrap();
     client.connect();
     wait_for("the terminal error", 10_000, || !errors.values().is_empty()).await;
     let error = errors.last().unwrap();
-    assert_eq!(get(&error, "code").as_string().as_deref(), Some("unauthorized"), "the cause, not just \"closed\"");
-    assert_eq!(get(&client.state(), "state").as_string().as_deref(), Some("closed"));
+    assert_eq!(
+        get(&error, "code").as_string().as_deref(),
+        Some("unauthorized"),
+        "the cause, not just \"closed\""
+    );
+    assert_eq!(
+        get(&client.state(), "state").as_string().as_deref(),
+        Some("closed")
+    );
 }
 
 /// A string of `n` double quotes: its JSON text (the payload) is `2n + 2` bytes, and `4n + …`
@@ -291,15 +400,29 @@ async fn a_publish_too_large_once_encoded_fails_alone_and_the_connection_stays()
     let base = server("main");
     for transport in ["websocket", "sse"] {
         let (client, states) = connected(&base, "big", Some(&[transport])).await;
-        let room = client.room(&unique_room("big"), JsValue::UNDEFINED).unwrap();
+        let room = client
+            .room(&unique_room("big"), JsValue::UNDEFINED)
+            .unwrap();
         // A 40,002-byte payload, under the server's 65,536-byte frame limit, but a frame of
         // over 80,000 bytes once escaped.
         let refused = JsFuture::from(room.publish(quotes(20_000))).await;
         let error = refused.expect_err("refused before sending");
-        assert_eq!(get(&error, "code").as_string().as_deref(), Some("too_large"), "{transport}");
+        assert_eq!(
+            get(&error, "code").as_string().as_deref(),
+            Some("too_large"),
+            "{transport}"
+        );
         let ack = publish(&room, "small").await;
-        assert_eq!(get(&ack, "offset").as_f64(), Some(1.0), "{transport}: the next publish goes through");
-        let reconnects = states.values().iter().filter(|s| get(s, "state").as_string().as_deref() == Some("connecting")).count();
+        assert_eq!(
+            get(&ack, "offset").as_f64(),
+            Some(1.0),
+            "{transport}: the next publish goes through"
+        );
+        let reconnects = states
+            .values()
+            .iter()
+            .filter(|s| get(s, "state").as_string().as_deref() == Some("connecting"))
+            .count();
         assert_eq!(reconnects, 1, "{transport}: the connection stayed");
         client.close();
     }
@@ -316,19 +439,29 @@ async fn an_offline_queue_larger_than_one_upstream_body_arrives_whole_over_sse_a
         let _ = room.on("subscribed", subscribed.listener()).unwrap();
         wait_for("subscribed", 5_000, || !subscribed.values().is_empty()).await;
         let w: web_sys::EventTarget = web_sys::window().unwrap().into();
-        w.dispatch_event(&web_sys::Event::new("offline").unwrap()).unwrap();
+        w.dispatch_event(&web_sys::Event::new("offline").unwrap())
+            .unwrap();
         wait_for("offline", 2_000, || state_is(&states, "offline")).await;
         // 30 publishes of ~20 KB (within the server's burst of 40): about 600 KB queued, many
         // times the 68 KB body limit.
         let filler = "x".repeat(20_000);
-        let acks: Vec<Promise> = (0..30).map(|i| room.publish(JsValue::from_str(&format!("{i}:{filler}")))).collect();
-        w.dispatch_event(&web_sys::Event::new("online").unwrap()).unwrap();
+        let acks: Vec<Promise> = (0..30)
+            .map(|i| room.publish(JsValue::from_str(&format!("{i}:{filler}"))))
+            .collect();
+        w.dispatch_event(&web_sys::Event::new("online").unwrap())
+            .unwrap();
         let mut offsets = Vec::new();
         for ack in acks {
-            let ack = JsFuture::from(ack).await.expect("every queued publish acked");
+            let ack = JsFuture::from(ack)
+                .await
+                .expect("every queued publish acked");
             offsets.push(get(&ack, "offset").as_f64().unwrap() as u64);
         }
-        assert_eq!(offsets, (1..=30).collect::<Vec<u64>>(), "{transport}: each stored once, in order");
+        assert_eq!(
+            offsets,
+            (1..=30).collect::<Vec<u64>>(),
+            "{transport}: each stored once, in order"
+        );
         client.close();
     }
 }

@@ -21,11 +21,21 @@ wasm_bindgen_test_configure!(run_in_browser);
 async fn post(url: &str) -> Result<JsValue, JsValue> {
     let init = web_sys::RequestInit::new();
     init.set_method("POST");
-    JsFuture::from(web_sys::window().unwrap().fetch_with_str_and_init(url, &init)).await
+    JsFuture::from(
+        web_sys::window()
+            .unwrap()
+            .fetch_with_str_and_init(url, &init),
+    )
+    .await
 }
 
 async fn healthy(base: &str) -> bool {
-    let answer = JsFuture::from(web_sys::window().unwrap().fetch_with_str(&format!("{base}/healthz"))).await;
+    let answer = JsFuture::from(
+        web_sys::window()
+            .unwrap()
+            .fetch_with_str(&format!("{base}/healthz")),
+    )
+    .await;
     answer.is_ok_and(|r| r.unchecked_into::<web_sys::Response>().ok())
 }
 
@@ -38,7 +48,12 @@ async fn the_preferred_node_killed_mid_stream_clients_fail_over_losing_nothing()
     for transport in ["websocket", "sse", "long-polling"] {
         // Both URLs, node A first; tokens come from node B (the nodes share the secret).
         let opts = options_via(&a, &b, transport, Some(&[transport]));
-        Reflect::set(&opts, &"url".into(), &Array::of2(&a.as_str().into(), &b.as_str().into())).unwrap();
+        Reflect::set(
+            &opts,
+            &"url".into(),
+            &Array::of2(&a.as_str().into(), &b.as_str().into()),
+        )
+        .unwrap();
         let client = RealtimeClient::new(opts).unwrap();
         let states = Recorder::default();
         let _ = client.on("state", states.listener()).unwrap();
@@ -48,7 +63,10 @@ async fn the_preferred_node_killed_mid_stream_clients_fail_over_losing_nothing()
         let _ = room.on("message", messages.listener()).unwrap();
         let subscribed = Recorder::default();
         let _ = room.on("subscribed", subscribed.listener()).unwrap();
-        wait_for(&format!("{transport} subscribed on node A"), 10_000, || !subscribed.values().is_empty()).await;
+        wait_for(&format!("{transport} subscribed on node A"), 10_000, || {
+            !subscribed.values().is_empty()
+        })
+        .await;
         assert_eq!(transport_of(&client), transport);
         receivers.push((transport, client, states, messages, room));
     }
@@ -61,7 +79,10 @@ async fn the_preferred_node_killed_mid_stream_clients_fail_over_losing_nothing()
         if i == 20 {
             // Mid-stream: everyone has some of it, then node A is gone (it exits before answering).
             for (t, _, _, messages, _) in &receivers {
-                wait_for(&format!("{t} receiving"), 10_000, || !messages.values().is_empty()).await;
+                wait_for(&format!("{t} receiving"), 10_000, || {
+                    !messages.values().is_empty()
+                })
+                .await;
             }
             let _ = post(&format!("{a}/v1/test/exit")).await;
         }
@@ -74,17 +95,35 @@ async fn the_preferred_node_killed_mid_stream_clients_fail_over_losing_nothing()
     assert!(!healthy(&a).await, "node A is down");
     // A last message: delivery is in order, so once it arrives everything before it has too.
     publish(&tx, "last").await;
-    let expected: Vec<String> = (0..60).map(|i| format!("m{i}")).chain(["last".to_owned()]).collect();
+    let expected: Vec<String> = (0..60)
+        .map(|i| format!("m{i}"))
+        .chain(["last".to_owned()])
+        .collect();
     for (t, _, states, messages, _) in &receivers {
         wait_for(&format!("{t} caught up on node B"), 20_000, || {
-            messages.values().last().is_some_and(|m| get(m, "payload").as_string().as_deref() == Some("last"))
+            messages
+                .values()
+                .last()
+                .is_some_and(|m| get(m, "payload").as_string().as_deref() == Some("last"))
         })
         .await;
-        let payloads: Vec<String> = messages.values().iter().map(|m| get(m, "payload").as_string().unwrap()).collect();
+        let payloads: Vec<String> = messages
+            .values()
+            .iter()
+            .map(|m| get(m, "payload").as_string().unwrap())
+            .collect();
         assert_eq!(payloads, expected, "{t}: every message once, in order");
         assert_eq!(offsets(messages), (1..=61).collect::<Vec<u64>>(), "{t}");
         // It noticed (left `open`) and is open again: on node B, the only one left.
-        assert!(states.values().iter().filter(|s| get(s, "state").as_string().as_deref() == Some("open")).count() >= 2, "{t}");
+        assert!(
+            states
+                .values()
+                .iter()
+                .filter(|s| get(s, "state").as_string().as_deref() == Some("open"))
+                .count()
+                >= 2,
+            "{t}"
+        );
         assert!(state_is(states, "open"), "{t}");
     }
     for (t, client, _, _, _) in &receivers {
@@ -108,6 +147,10 @@ async fn a_bad_url_list_is_refused_with_invalid_options() {
         let opts = options("http://127.0.0.1:1", "nobody", None);
         Reflect::set(&opts, &"url".into(), &url).unwrap();
         let err = RealtimeClient::new(opts).err().expect("refused");
-        assert_eq!(get(&err, "code").as_string().as_deref(), Some("invalid_options"), "{url:?}");
+        assert_eq!(
+            get(&err, "code").as_string().as_deref(),
+            Some("invalid_options"),
+            "{url:?}"
+        );
     }
 }

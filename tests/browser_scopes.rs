@@ -30,15 +30,27 @@ extern "C" {
 impl WorkerRun {
     /// The reports of `kind` so far.
     fn reports(&self, kind: &str) -> Vec<JsValue> {
-        self.log().iter().filter(|m| get(m, "type").as_string().as_deref() == Some(kind)).collect()
+        self.log()
+            .iter()
+            .filter(|m| get(m, "type").as_string().as_deref() == Some(kind))
+            .collect()
     }
 
     fn payloads(&self) -> Vec<String> {
-        self.reports("message").iter().filter_map(|m| get(m, "payload").as_string()).collect()
+        self.reports("message")
+            .iter()
+            .filter_map(|m| get(m, "payload").as_string())
+            .collect()
     }
 
     fn failure(&self) -> Option<String> {
-        self.reports("error").first().map(|e| format!("{}: {}", as_text(&get(e, "code")), as_text(&get(e, "message"))))
+        self.reports("error").first().map(|e| {
+            format!(
+                "{}: {}",
+                as_text(&get(e, "code")),
+                as_text(&get(e, "message"))
+            )
+        })
     }
 }
 
@@ -47,8 +59,13 @@ impl WorkerRun {
 async fn wait_worker(worker: &WorkerRun, what: &str, ms: i32, cond: impl Fn(&WorkerRun) -> bool) {
     let mut waited = 0;
     while !cond(worker) {
-        let log = js_sys::JSON::stringify(&worker.log()).map(String::from).unwrap_or_default();
-        assert!(waited < ms && worker.failure().is_none(), "{what}: not within {ms} ms; the worker reported {log}");
+        let log = js_sys::JSON::stringify(&worker.log())
+            .map(String::from)
+            .unwrap_or_default();
+        assert!(
+            waited < ms && worker.failure().is_none(),
+            "{what}: not within {ms} ms; the worker reported {log}"
+        );
         sleep(25).await;
         waited += 25;
     }
@@ -70,21 +87,44 @@ async fn runs_in(shared: bool) {
     wait_for("page subscribed", 5_000, || !subscribed.values().is_empty()).await;
 
     let worker = start_worker(shared, &base, &format!("worker-{room_name}"), &room_name);
-    wait_worker(&worker, "the worker subscribed", 15_000, |w| !w.reports("subscribed").is_empty()).await;
+    wait_worker(&worker, "the worker subscribed", 15_000, |w| {
+        !w.reports("subscribed").is_empty()
+    })
+    .await;
     let scope = worker.reports("scope");
-    assert_eq!(as_text(&get(&scope[0], "window")), "undefined", "no window in a worker");
+    assert_eq!(
+        as_text(&get(&scope[0], "window")),
+        "undefined",
+        "no window in a worker"
+    );
     assert_eq!(as_text(&get(&scope[0], "document")), "undefined");
     assert_eq!(get(&scope[0], "shared").as_bool(), Some(shared));
-    let open = worker.reports("state").iter().any(|s| as_text(&get(s, "state")) == "open");
+    let open = worker
+        .reports("state")
+        .iter()
+        .any(|s| as_text(&get(s, "state")) == "open");
     assert!(open, "the worker's client opened");
 
     // The worker publishes worker-1..3 once subscribed: acked there, delivered here and there.
-    wait_worker(&worker, "3 acks in the worker", 10_000, |w| w.reports("acked").len() == 3).await;
+    wait_worker(&worker, "3 acks in the worker", 10_000, |w| {
+        w.reports("acked").len() == 3
+    })
+    .await;
     publish(&room, "from-page").await;
     let all = ["worker-1", "worker-2", "worker-3", "from-page"];
-    wait_for("the page sees the worker's messages", 10_000, || seen.values().len() == 4).await;
-    wait_worker(&worker, "the worker sees every message", 10_000, |w| w.payloads().len() == 4).await;
-    let mut from_page: Vec<String> = seen.values().iter().map(|m| as_text(&get(m, "payload"))).collect();
+    wait_for("the page sees the worker's messages", 10_000, || {
+        seen.values().len() == 4
+    })
+    .await;
+    wait_worker(&worker, "the worker sees every message", 10_000, |w| {
+        w.payloads().len() == 4
+    })
+    .await;
+    let mut from_page: Vec<String> = seen
+        .values()
+        .iter()
+        .map(|m| as_text(&get(m, "payload")))
+        .collect();
     let mut in_worker = worker.payloads();
     from_page.sort();
     in_worker.sort();
@@ -93,7 +133,11 @@ async fn runs_in(shared: bool) {
     assert_eq!(from_page, expected);
     assert_eq!(in_worker, expected);
     // One offset order on both sides.
-    let offsets: Vec<u64> = worker.reports("message").iter().map(|m| get(m, "offset").as_f64().unwrap() as u64).collect();
+    let offsets: Vec<u64> = worker
+        .reports("message")
+        .iter()
+        .map(|m| get(m, "offset").as_f64().unwrap() as u64)
+        .collect();
     assert_eq!(offsets, vec![1, 2, 3, 4]);
     worker.stop();
     page.close();

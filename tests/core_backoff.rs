@@ -20,15 +20,31 @@ fn fail_once(c: &mut Client, now: &mut Instant) -> u64 {
         while let Some(out) = c.poll_output() {
             match out {
                 Output::RequestToken => c.handle_input(*now, Input::TokenReady("t".into())),
-                Output::FetchTicket { id, .. } => c.handle_input(*now, Input::TicketIssued { id, ticket: "k".into() }),
+                Output::FetchTicket { id, .. } => c.handle_input(
+                    *now,
+                    Input::TicketIssued {
+                        id,
+                        ticket: "k".into(),
+                    },
+                ),
                 Output::OpenTransport { id, .. } => open = Some(id),
                 _ => {}
             }
         }
     }
     let id = open.expect("an attempt");
-    c.handle_input(*now, Input::OpenFailed { id, error: OpenError::Overloaded { retry_after_ms: None } });
-    let State::BackingOff { until, .. } = *c.state() else { panic!("{:?}", c.state()) };
+    c.handle_input(
+        *now,
+        Input::OpenFailed {
+            id,
+            error: OpenError::Overloaded {
+                retry_after_ms: None,
+            },
+        },
+    );
+    let State::BackingOff { until, .. } = *c.state() else {
+        panic!("{:?}", c.state())
+    };
     let delay = until.millis_since(*now);
     *now = until;
     c.handle_timeout(*now);
@@ -43,14 +59,23 @@ fn every_delay_is_inside_its_envelope_over_1000_seeds() {
         for k in 1..=12u32 {
             let delay = fail_once(&mut c, &mut now);
             let high = (cfg.base_ms << (k - 1)).min(cfg.cap_ms);
-            assert!((cfg.floor_ms..=high).contains(&delay), "seed {seed} failure {k}: {delay} not in [100, {high}]");
+            assert!(
+                (cfg.floor_ms..=high).contains(&delay),
+                "seed {seed} failure {k}: {delay} not in [100, {high}]"
+            );
         }
     }
 }
 
 #[test]
 fn max_attempts_gives_up() {
-    let cfg = Config { backoff: BackoffConfig { max_attempts: Some(3), ..Default::default() }, ..Default::default() };
+    let cfg = Config {
+        backoff: BackoffConfig {
+            max_attempts: Some(3),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
     let mut now = Instant::from_millis(0);
     let mut c = Client::new(cfg, now, 7);
     c.handle_input(now, Input::Connect);
@@ -60,13 +85,30 @@ fn max_attempts_gives_up() {
     while let Some(out) = c.poll_output() {
         match out {
             Output::RequestToken => c.handle_input(now, Input::TokenReady("t".into())),
-            Output::FetchTicket { id, .. } => c.handle_input(now, Input::TicketIssued { id, ticket: "k".into() }),
+            Output::FetchTicket { id, .. } => c.handle_input(
+                now,
+                Input::TicketIssued {
+                    id,
+                    ticket: "k".into(),
+                },
+            ),
             Output::OpenTransport { id, .. } => open = Some(id),
             _ => {}
         }
     }
-    c.handle_input(now, Input::OpenFailed { id: open.unwrap(), error: OpenError::Network });
-    assert_eq!(c.state(), &State::Closed { reason: CloseReason::GaveUp { attempts: 3 } });
+    c.handle_input(
+        now,
+        Input::OpenFailed {
+            id: open.unwrap(),
+            error: OpenError::Network,
+        },
+    );
+    assert_eq!(
+        c.state(),
+        &State::Closed {
+            reason: CloseReason::GaveUp { attempts: 3 }
+        }
+    );
 }
 
 #[test]
@@ -91,7 +133,11 @@ fn clients_spread_across_the_window_instead_of_synchronizing() {
         assert!((50..=150).contains(n), "bucket {i} holds {n}: {buckets:?}");
     }
     let distinct: std::collections::BTreeSet<_> = delays.iter().collect();
-    assert!(distinct.len() > 600, "only {} distinct delays", distinct.len());
+    assert!(
+        distinct.len() > 600,
+        "only {} distinct delays",
+        distinct.len()
+    );
 }
 
 #[test]
@@ -101,8 +147,16 @@ fn envelope_and_reset() {
     assert_eq!(b.envelope(2), (100, 1_000));
     assert_eq!(b.envelope(7), (100, 30_000));
     assert_eq!(b.envelope(200), (100, 30_000));
-    let tiny = Backoff::new(BackoffConfig { base_ms: 50, floor_ms: 100, ..Default::default() });
-    assert_eq!(tiny.envelope(1), (50, 50), "floor is clamped to the envelope");
+    let tiny = Backoff::new(BackoffConfig {
+        base_ms: 50,
+        floor_ms: 100,
+        ..Default::default()
+    });
+    assert_eq!(
+        tiny.envelope(1),
+        (50, 50),
+        "floor is clamped to the envelope"
+    );
     for _ in 0..5 {
         b.record_failure();
     }
@@ -140,7 +194,13 @@ fn attempts_reset_only_after_a_stable_connection() {
             while let Some(out) = c.poll_output() {
                 match out {
                     Output::RequestToken => c.handle_input(now, Input::TokenReady("t".into())),
-                    Output::FetchTicket { id, .. } => c.handle_input(now, Input::TicketIssued { id, ticket: "k".into() }),
+                    Output::FetchTicket { id, .. } => c.handle_input(
+                        now,
+                        Input::TicketIssued {
+                            id,
+                            ticket: "k".into(),
+                        },
+                    ),
                     Output::OpenTransport { id, .. } => open = Some(id),
                     _ => {}
                 }
@@ -148,12 +208,25 @@ fn attempts_reset_only_after_a_stable_connection() {
         }
         let id = open.unwrap();
         c.handle_input(now, Input::TransportOpened { id });
-        c.handle_input(now, Input::Frame { id, frame: welcome() });
+        c.handle_input(
+            now,
+            Input::Frame {
+                id,
+                frame: welcome(),
+            },
+        );
         assert!(matches!(c.state(), State::Open { .. }));
         // dies after 5 s: not stable, failures keep growing → larger envelope
         now = now.plus(5_000);
         c.handle_timeout(now);
-        c.handle_input(now, Input::TransportClosed { id, code: None, reason: String::new() });
+        c.handle_input(
+            now,
+            Input::TransportClosed {
+                id,
+                code: None,
+                reason: String::new(),
+            },
+        );
         assert_eq!(c.failures(), 6);
         let delay = match *c.state() {
             State::BackingOff { until, .. } => until.millis_since(now),
@@ -167,7 +240,13 @@ fn attempts_reset_only_after_a_stable_connection() {
             while let Some(out) = c.poll_output() {
                 match out {
                     Output::RequestToken => c.handle_input(now, Input::TokenReady("t".into())),
-                    Output::FetchTicket { id, .. } => c.handle_input(now, Input::TicketIssued { id, ticket: "k".into() }),
+                    Output::FetchTicket { id, .. } => c.handle_input(
+                        now,
+                        Input::TicketIssued {
+                            id,
+                            ticket: "k".into(),
+                        },
+                    ),
                     Output::OpenTransport { id, .. } => open = Some(id),
                     _ => {}
                 }
@@ -175,14 +254,32 @@ fn attempts_reset_only_after_a_stable_connection() {
         }
         let id = open.unwrap();
         c.handle_input(now, Input::TransportOpened { id });
-        c.handle_input(now, Input::Frame { id, frame: welcome() });
+        c.handle_input(
+            now,
+            Input::Frame {
+                id,
+                frame: welcome(),
+            },
+        );
         // stays up past the stable period: reset
         now = now.plus(10_001);
         c.handle_timeout(now);
         assert_eq!(c.failures(), 0);
-        c.handle_input(now, Input::TransportClosed { id, code: None, reason: String::new() });
-        let State::BackingOff { until, .. } = *c.state() else { panic!() };
-        assert!(until.millis_since(now) <= 500, "first retry after a stable connection uses the base envelope");
+        c.handle_input(
+            now,
+            Input::TransportClosed {
+                id,
+                code: None,
+                reason: String::new(),
+            },
+        );
+        let State::BackingOff { until, .. } = *c.state() else {
+            panic!()
+        };
+        assert!(
+            until.millis_since(now) <= 500,
+            "first retry after a stable connection uses the base envelope"
+        );
     }
 }
 
@@ -193,7 +290,10 @@ fn welcome() -> ServerFrame {
         resume_token: "r".into(),
         resumed: false,
         ping_interval_ms: 20_000,
-        user: rtlink_protocol::UserInfo { id: "u".into(), name: "U".into() },
+        user: rtlink_protocol::UserInfo {
+            id: "u".into(),
+            name: "U".into(),
+        },
         limits: rtlink_protocol::Limits {
             max_frame_bytes: 65_536,
             rate_per_sec: 10,

@@ -14,7 +14,9 @@ fn websocket_says_hello_with_resume_after_reconnect() {
     let mut sim = Sim::one(Config::default());
     sim.connect(0, &["lobby"]);
     let first = sim.tabs[0].opens[0].0;
-    assert!(matches!(&sim.tabs[0].sent[0], (id, ClientFrame::Hello { v: 1, resume: None }) if *id == first));
+    assert!(
+        matches!(&sim.tabs[0].sent[0], (id, ClientFrame::Hello { v: 1, resume: None }) if *id == first)
+    );
     sim.kill(0, None);
     sim.run_for(2_000);
     assert!(sim.tabs[0].is_open());
@@ -22,9 +24,14 @@ fn websocket_says_hello_with_resume_after_reconnect() {
     assert_eq!(kind, TransportKind::WebSocket);
     assert_eq!(resume.as_deref(), Some("r-s1"));
     assert!(sim.tabs[0].sent.iter().any(|(id, f)| *id == second
-        && *f == ClientFrame::Hello { v: 1, resume: Some("r-s1".into()) }));
+        && *f
+            == ClientFrame::Hello {
+                v: 1,
+                resume: Some("r-s1".into())
+            }));
     // resumed: re-subscribed from the last offset
-    assert!(sim.tabs[0].sent.iter().any(|(id, f)| *id == second && matches!(f, ClientFrame::Subscribe { room, since: Some(0), .. } if room == "lobby")));
+    assert!(sim.tabs[0].sent.iter().any(|(id, f)| *id == second
+        && matches!(f, ClientFrame::Subscribe { room, since: Some(0), .. } if room == "lobby")));
 }
 
 #[test]
@@ -34,7 +41,14 @@ fn answers_server_ping_and_stays_open_for_hours() {
     sim.run_for(3 * 3_600_000);
     assert!(sim.tabs[0].is_open());
     assert_eq!(opened_count(&sim), 1);
-    assert!(sim.tabs[0].sent.iter().filter(|(_, f)| *f == ClientFrame::Pong).count() > 500);
+    assert!(
+        sim.tabs[0]
+            .sent
+            .iter()
+            .filter(|(_, f)| *f == ClientFrame::Pong)
+            .count()
+            > 500
+    );
 }
 
 #[test]
@@ -47,7 +61,9 @@ fn heartbeat_miss_closes_and_reconnects() {
     sim.run_for(29_000);
     assert!(sim.tabs[0].is_open());
     sim.run_for(1_500);
-    assert!(sim.tabs[0].closes.contains(&(old, Some(CloseCode::HEARTBEAT_TIMEOUT))));
+    assert!(sim.tabs[0]
+        .closes
+        .contains(&(old, Some(CloseCode::HEARTBEAT_TIMEOUT))));
     sim.run_for(2_000);
     assert!(sim.tabs[0].is_open());
     assert_ne!(sim.primary(0), Some(old));
@@ -62,8 +78,15 @@ fn late_timer_probes_before_declaring_death_and_keeps_a_live_connection() {
     sim.tabs[0].paused_until = Some(sim.at(120_000));
     sim.run_for(121_000);
     // It woke up late, pinged instead of closing, and the server's answer kept it alive.
-    assert!(sim.tabs[0].sent.iter().any(|(i, f)| *i == id && *f == ClientFrame::Ping));
-    assert!(sim.tabs[0].closes.is_empty(), "closed a live transport: {:?}", sim.tabs[0].closes);
+    assert!(sim.tabs[0]
+        .sent
+        .iter()
+        .any(|(i, f)| *i == id && *f == ClientFrame::Ping));
+    assert!(
+        sim.tabs[0].closes.is_empty(),
+        "closed a live transport: {:?}",
+        sim.tabs[0].closes
+    );
     sim.run_for(60_000);
     assert_eq!(sim.primary(0), Some(id));
     assert!(sim.tabs[0].is_open());
@@ -105,8 +128,15 @@ fn reauthenticates_once_then_closes() {
     sim.server.reject_tokens = 2;
     sim.server_close(0, CloseCode::TOKEN_EXPIRED);
     sim.run_for(1_000);
-    assert_eq!(sim.tabs[0].client.state(), &State::Closed { reason: CloseReason::Unauthorized });
-    assert!(sim.tabs[0].events.contains(&Event::Error { reason: CloseReason::Unauthorized }));
+    assert_eq!(
+        sim.tabs[0].client.state(),
+        &State::Closed {
+            reason: CloseReason::Unauthorized
+        }
+    );
+    assert!(sim.tabs[0].events.contains(&Event::Error {
+        reason: CloseReason::Unauthorized
+    }));
     assert_eq!(sim.tabs[0].client.poll_timeout(), None);
     // closed clients ignore input
     sim.input(0, Input::Connect);
@@ -119,13 +149,20 @@ fn forbidden_and_terminal_codes_close() {
     let mut sim = Sim::one(Config::default());
     sim.server.forbidden = true;
     sim.connect(0, &[]);
-    assert_eq!(sim.tabs[0].client.state(), &State::Closed { reason: CloseReason::Forbidden });
+    assert_eq!(
+        sim.tabs[0].client.state(),
+        &State::Closed {
+            reason: CloseReason::Forbidden
+        }
+    );
 
     let mut sim = Sim::one(Config::default());
     sim.connect(0, &[]);
     sim.server_close(0, CloseCode::FORBIDDEN);
     sim.run_for(100);
-    assert!(matches!(sim.tabs[0].client.state(), State::Closed { reason: CloseReason::Server { code, .. } } if *code == CloseCode::FORBIDDEN));
+    assert!(
+        matches!(sim.tabs[0].client.state(), State::Closed { reason: CloseReason::Server { code, .. } } if *code == CloseCode::FORBIDDEN)
+    );
 }
 
 #[test]
@@ -134,19 +171,33 @@ fn token_failure_backs_off_unless_terminal() {
     sim.tabs[0].auto_token = false;
     sim.input(0, Input::Connect);
     sim.input(0, Input::TokenFailed { terminal: false });
-    assert!(matches!(sim.tabs[0].client.state(), State::BackingOff { attempt: 2, .. }));
+    assert!(matches!(
+        sim.tabs[0].client.state(),
+        State::BackingOff { attempt: 2, .. }
+    ));
     sim.run_for(1_000);
     assert_eq!(sim.tabs[0].token_requests, 2);
     sim.input(0, Input::TokenFailed { terminal: true });
-    assert_eq!(sim.tabs[0].client.state(), &State::Closed { reason: CloseReason::TokenFailed });
+    assert_eq!(
+        sim.tabs[0].client.state(),
+        &State::Closed {
+            reason: CloseReason::TokenFailed
+        }
+    );
 }
 
 #[test]
 fn offline_burns_no_attempts_and_online_reconnects_at_once() {
     let mut sim = Sim::one(Config::default());
-    sim.server.modes.insert(TransportKind::WebSocket, Mode::OpenFail(OpenError::Network));
-    sim.server.modes.insert(TransportKind::Sse, Mode::OpenFail(OpenError::Network));
-    sim.server.modes.insert(TransportKind::LongPoll, Mode::OpenFail(OpenError::Network));
+    sim.server
+        .modes
+        .insert(TransportKind::WebSocket, Mode::OpenFail(OpenError::Network));
+    sim.server
+        .modes
+        .insert(TransportKind::Sse, Mode::OpenFail(OpenError::Network));
+    sim.server
+        .modes
+        .insert(TransportKind::LongPoll, Mode::OpenFail(OpenError::Network));
     sim.connect(0, &[]);
     sim.run_for(600);
     let failures = sim.tabs[0].client.failures();
@@ -160,7 +211,10 @@ fn offline_burns_no_attempts_and_online_reconnects_at_once() {
     assert_eq!(sim.tabs[0].client.poll_timeout(), None);
     sim.server.modes.clear();
     sim.input(0, Input::Online);
-    assert!(matches!(sim.tabs[0].client.state(), State::Connecting { .. }));
+    assert!(matches!(
+        sim.tabs[0].client.state(),
+        State::Connecting { .. }
+    ));
     sim.run_for(100);
     assert!(sim.tabs[0].is_open());
 }
@@ -199,7 +253,14 @@ fn drain_reconnects_inside_the_server_window() {
         }
         let tab = users.len() - 1;
         let id = sim.primary(tab).unwrap();
-        sim.send_to_conn(tab, id, ServerFrame::ReconnectAfter { min_ms: 2_000, max_ms: 7_000 });
+        sim.send_to_conn(
+            tab,
+            id,
+            ServerFrame::ReconnectAfter {
+                min_ms: 2_000,
+                max_ms: 7_000,
+            },
+        );
         sim.server_close(tab, CloseCode::SERVER_DRAINING);
         sim.run_for(10);
         let State::BackingOff { until, .. } = *sim.tabs[tab].client.state() else {
@@ -216,7 +277,13 @@ fn drain_reconnects_inside_the_server_window() {
 fn session_expired_starts_a_new_session_at_once() {
     let mut sim = Sim::one(Config::default());
     sim.connect(0, &["lobby"]);
-    sim.input(0, Input::SetPresence { room: "lobby".into(), meta: "{\"s\":1}".into() });
+    sim.input(
+        0,
+        Input::SetPresence {
+            room: "lobby".into(),
+            meta: "{\"s\":1}".into(),
+        },
+    );
     sim.run_for(50);
     sim.server_close(0, CloseCode::SESSION_EXPIRED);
     sim.run_for(100);
@@ -224,7 +291,11 @@ fn session_expired_starts_a_new_session_at_once() {
     let (_, _, resume) = sim.tabs[0].opens.last().unwrap().clone();
     assert_eq!(resume, None);
     // new session: presence re-announced
-    let presences = sim.tabs[0].sent.iter().filter(|(_, f)| matches!(f, ClientFrame::Presence { .. })).count();
+    let presences = sim.tabs[0]
+        .sent
+        .iter()
+        .filter(|(_, f)| matches!(f, ClientFrame::Presence { .. }))
+        .count();
     assert_eq!(presences, 2);
 }
 
@@ -246,9 +317,17 @@ fn every_state_change_is_reported() {
             State::Closed { .. } => "closed",
         })
         .collect();
-    assert_eq!(kinds, ["connecting", "open", "backoff", "connecting", "open"]);
+    assert_eq!(
+        kinds,
+        ["connecting", "open", "backoff", "connecting", "open"]
+    );
     let retry = sim.tabs[0].events.iter().find_map(|e| match e {
-        Event::StateChanged { state: State::BackingOff { .. }, retry_in_ms, attempt, .. } => Some((*retry_in_ms, *attempt)),
+        Event::StateChanged {
+            state: State::BackingOff { .. },
+            retry_in_ms,
+            attempt,
+            ..
+        } => Some((*retry_in_ms, *attempt)),
         _ => None,
     });
     let (retry_in, attempt) = retry.unwrap();

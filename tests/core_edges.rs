@@ -10,7 +10,11 @@ use rtlink_protocol::codec::encode_client;
 /// The encoded size of the publish frame the client would send.
 fn frame_len(room: &str, payload: &str) -> usize {
     // Ids are `<16 hex digits>-<counter>`; the first publish of a client is `…-1`.
-    let frame = ClientFrame::Publish { room: room.into(), id: "0123456789abcdef-1".into(), payload: payload.into() };
+    let frame = ClientFrame::Publish {
+        room: room.into(),
+        id: "0123456789abcdef-1".into(),
+        payload: payload.into(),
+    };
     encode_client(&frame).len()
 }
 
@@ -20,12 +24,18 @@ fn a_publish_too_large_once_encoded_fails_alone_and_keeps_the_connection() {
     sim.server.max_frame_bytes = 1_000;
     sim.connect(0, &["lobby"]);
     // 600 quotes are 600 bytes of payload but 1,200 once JSON-escaped.
-    assert_eq!(sim.publish(0, "lobby", &"\"".repeat(600)), Err(SendError::TooLarge));
+    assert_eq!(
+        sim.publish(0, "lobby", &"\"".repeat(600)),
+        Err(SendError::TooLarge)
+    );
     // A payload of exactly the limit once framed goes through; one byte more does not.
     let fits = "x".repeat(1_000 - frame_len("lobby", ""));
     assert_eq!(frame_len("lobby", &fits), 1_000);
     let ok = sim.publish(0, "lobby", &fits).unwrap();
-    assert_eq!(sim.publish(0, "lobby", &format!("{fits}\n")), Err(SendError::TooLarge));
+    assert_eq!(
+        sim.publish(0, "lobby", &format!("{fits}\n")),
+        Err(SendError::TooLarge)
+    );
     sim.run_for(100);
     assert_eq!(sim.tabs[0].acked(ok), Some(1));
     assert_eq!(sim.tabs[0].opens.len(), 1, "the connection stayed");
@@ -33,7 +43,13 @@ fn a_publish_too_large_once_encoded_fails_alone_and_keeps_the_connection() {
     // Queued before any welcome: checked when the limit becomes known; the others go through.
     let mut sim = Sim::one(Config::default());
     sim.server.max_frame_bytes = 1_000;
-    sim.input(0, Input::Subscribe { room: "lobby".into(), history: 0 });
+    sim.input(
+        0,
+        Input::Subscribe {
+            room: "lobby".into(),
+            history: 0,
+        },
+    );
     let big = sim.publish(0, "lobby", &"\u{1}".repeat(300)).unwrap();
     let small = sim.publish(0, "lobby", "hi").unwrap();
     sim.input(0, Input::Connect);
@@ -41,7 +57,12 @@ fn a_publish_too_large_once_encoded_fails_alone_and_keeps_the_connection() {
     assert_eq!(sim.tabs[0].failed(big), Some(ErrorCode::TooLarge));
     assert_eq!(sim.tabs[0].acked(small), Some(1));
     assert!(sim.tabs[0].is_open());
-    assert_eq!(sim.tabs[0].opens.len(), 1, "never resent, never closed: {:?}", sim.tabs[0].closes);
+    assert_eq!(
+        sim.tabs[0].opens.len(),
+        1,
+        "never resent, never closed: {:?}",
+        sim.tabs[0].closes
+    );
 }
 
 #[test]
@@ -59,7 +80,11 @@ fn a_resend_after_the_dedupe_window_is_never_stored_twice() {
     sim.input(0, Input::Online);
     sim.run_for(1_000);
     assert!(sim.tabs[0].is_open());
-    assert_eq!(sim.tabs[0].failed(early), Some(ErrorCode::Expired), "too old to resend safely");
+    assert_eq!(
+        sim.tabs[0].failed(early),
+        Some(ErrorCode::Expired),
+        "too old to resend safely"
+    );
     assert_eq!(sim.tabs[0].acked(offline), Some(2));
     assert_eq!(sim.server.stored_publishes, 2, "nothing stored twice");
 
@@ -88,8 +113,17 @@ fn a_token_that_keeps_expiring_ends_in_a_terminal_error() {
         sim.server_close(0, CloseCode::TOKEN_EXPIRED);
         sim.run_for(100);
     }
-    assert_eq!(sim.tabs[0].client.state(), &State::Closed { reason: CloseReason::Unauthorized });
-    assert!(sim.tabs[0].token_requests <= 3, "{} token requests", sim.tabs[0].token_requests);
+    assert_eq!(
+        sim.tabs[0].client.state(),
+        &State::Closed {
+            reason: CloseReason::Unauthorized
+        }
+    );
+    assert!(
+        sim.tabs[0].token_requests <= 3,
+        "{} token requests",
+        sim.tabs[0].token_requests
+    );
     // A token that lasts (re-authenticated long ago) is not a repeated failure.
     let mut sim = Sim::one(Config::default());
     sim.connect(0, &["lobby"]);
@@ -108,8 +142,18 @@ fn overload_never_steps_the_ladder_down() {
     sim.connect(0, &["lobby"]);
     sim.run_for(120_000);
     assert_eq!(sim.tabs[0].client.current_rung(), TransportKind::WebSocket);
-    assert!(!sim.tabs[0].events.iter().any(|e| matches!(e, Event::Fallback(_))), "{:?}", sim.tabs[0].client.last_fallback());
-    assert!(!sim.tabs[0].events.iter().any(|e| matches!(e, Event::TransportRemembered(_))));
+    assert!(
+        !sim.tabs[0]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Fallback(_))),
+        "{:?}",
+        sim.tabs[0].client.last_fallback()
+    );
+    assert!(!sim.tabs[0]
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::TransportRemembered(_))));
     // Recovers on WebSocket once the server admits again.
     sim.server.overloaded_race = false;
     sim.run_for(60_000);
@@ -123,10 +167,14 @@ fn server_given_delays_are_spread_not_obeyed_to_the_millisecond() {
         let mut sim = Sim::one(Config::default());
         sim.tabs[0].client = Client::new(Config::default(), sim.now, 0xD1CE + tab);
         // The ticket step answers 503 with `retry_after_ms: 5000`.
-        sim.server.ticket_failure = Some(OpenError::Overloaded { retry_after_ms: Some(5_000) });
+        sim.server.ticket_failure = Some(OpenError::Overloaded {
+            retry_after_ms: Some(5_000),
+        });
         sim.input(0, Input::Connect);
         sim.run_for(50);
-        let State::BackingOff { until, .. } = *sim.tabs[0].client.state() else { panic!("{:?}", sim.tabs[0].client.state()) };
+        let State::BackingOff { until, .. } = *sim.tabs[0].client.state() else {
+            panic!("{:?}", sim.tabs[0].client.state())
+        };
         delays.push(until.millis_since(sim.now) + 50 - 2 * LATENCY_MS);
     }
     let (lo, hi) = (*delays.iter().min().unwrap(), *delays.iter().max().unwrap());
@@ -134,13 +182,19 @@ fn server_given_delays_are_spread_not_obeyed_to_the_millisecond() {
     assert!(hi <= 10_000, "at most twice the delay: {hi}");
     assert!(hi - lo >= 3_000, "spread over the window: {lo}..{hi}");
     let distinct: std::collections::BTreeSet<u64> = delays.iter().copied().collect();
-    assert!(distinct.len() >= 150, "{} distinct instants", distinct.len());
+    assert!(
+        distinct.len() >= 150,
+        "{} distinct instants",
+        distinct.len()
+    );
 }
 
 #[test]
 fn a_probe_behind_a_buffering_proxy_never_costs_the_working_transport() {
     let mut sim = Sim::new(Config::default(), &["ana", "bob"]);
-    sim.server.modes.insert(TransportKind::WebSocket, Mode::OpenFail(OpenError::Network));
+    sim.server
+        .modes
+        .insert(TransportKind::WebSocket, Mode::OpenFail(OpenError::Network));
     sim.server.modes.insert(TransportKind::Sse, Mode::Buffered);
     sim.connect(0, &["lobby"]);
     sim.connect(1, &["lobby"]);
@@ -155,11 +209,27 @@ fn a_probe_behind_a_buffering_proxy_never_costs_the_working_transport() {
             sim.publish(1, "lobby", &format!("m{i}")).unwrap();
         }
     }
-    let probes = sim.tabs[0].opens.iter().filter(|o| o.1 == TransportKind::Sse).count();
+    let probes = sim.tabs[0]
+        .opens
+        .iter()
+        .filter(|o| o.1 == TransportKind::Sse)
+        .count();
     assert!(probes >= 5, "{probes} probes");
-    assert_eq!(sim.primary(0), Some(poll), "the long-poll transport was never replaced");
-    assert_eq!(sim.tabs[0].states().len(), states_before, "no state change at all: {:?}", &sim.tabs[0].states()[states_before..]);
-    assert_eq!(sim.tabs[0].delivered["lobby"].len() as u64, sim.server.head("lobby"));
+    assert_eq!(
+        sim.primary(0),
+        Some(poll),
+        "the long-poll transport was never replaced"
+    );
+    assert_eq!(
+        sim.tabs[0].states().len(),
+        states_before,
+        "no state change at all: {:?}",
+        &sim.tabs[0].states()[states_before..]
+    );
+    assert_eq!(
+        sim.tabs[0].delivered["lobby"].len() as u64,
+        sim.server.head("lobby")
+    );
 }
 
 #[test]
@@ -168,9 +238,42 @@ fn the_terminal_error_carries_the_real_cause() {
     let cases: [(Setup, &str); 5] = [
         (|sim| sim.server.forbidden = true, "forbidden"),
         (|sim| sim.server.reject_tokens = 5, "unauthorized"),
-        (|sim| sim.server.modes.insert(TransportKind::WebSocket, Mode::CloseBeforeWelcome(CloseCode::UNSUPPORTED_VERSION)).map_or((), |_| ()), "unsupported_version"),
-        (|sim| sim.server.modes.insert(TransportKind::WebSocket, Mode::CloseBeforeWelcome(CloseCode::FORBIDDEN)).map_or((), |_| ()), "forbidden"),
-        (|sim| sim.server.modes.insert(TransportKind::WebSocket, Mode::CloseBeforeWelcome(CloseCode::DISCONNECTED)).map_or((), |_| ()), "disconnected"),
+        (
+            |sim| {
+                sim.server
+                    .modes
+                    .insert(
+                        TransportKind::WebSocket,
+                        Mode::CloseBeforeWelcome(CloseCode::UNSUPPORTED_VERSION),
+                    )
+                    .map_or((), |_| ())
+            },
+            "unsupported_version",
+        ),
+        (
+            |sim| {
+                sim.server
+                    .modes
+                    .insert(
+                        TransportKind::WebSocket,
+                        Mode::CloseBeforeWelcome(CloseCode::FORBIDDEN),
+                    )
+                    .map_or((), |_| ())
+            },
+            "forbidden",
+        ),
+        (
+            |sim| {
+                sim.server
+                    .modes
+                    .insert(
+                        TransportKind::WebSocket,
+                        Mode::CloseBeforeWelcome(CloseCode::DISCONNECTED),
+                    )
+                    .map_or((), |_| ())
+            },
+            "disconnected",
+        ),
     ];
     for (setup, code) in cases {
         let mut sim = Sim::one(Config::default());
@@ -181,7 +284,11 @@ fn the_terminal_error_carries_the_real_cause() {
             Event::Error { reason } => Some(reason.clone()),
             _ => None,
         });
-        assert_eq!(reason.as_ref().map(CloseReason::error_code), Some(code), "{reason:?}");
+        assert_eq!(
+            reason.as_ref().map(CloseReason::error_code),
+            Some(code),
+            "{reason:?}"
+        );
     }
     let gave_up = CloseReason::GaveUp { attempts: 3 };
     assert_eq!(gave_up.error_code(), "gave_up");
@@ -204,7 +311,9 @@ fn a_room_the_new_token_no_longer_allows_is_dropped_with_an_error() {
     let mut sim = Sim::new(Config::default(), &["ana", "bob"]);
     sim.connect(0, &["lobby", "secret"]);
     sim.connect(1, &["lobby", "secret"]);
-    assert!(sim.tabs[0].events.contains(&Event::Subscribed { room: "secret".into() }));
+    assert!(sim.tabs[0].events.contains(&Event::Subscribed {
+        room: "secret".into()
+    }));
     // Re-authenticated with a token without "secret": the resync subscribe is refused.
     sim.server.forbidden_rooms.insert("secret".into());
     sim.kill(0, None);
@@ -215,7 +324,11 @@ fn a_room_the_new_token_no_longer_allows_is_dropped_with_an_error() {
         _ => None,
     });
     assert_eq!(refused, Some(("secret".into(), ErrorCode::Forbidden)));
-    assert_eq!(sim.publish(0, "secret", "x"), Err(SendError::NotSubscribed), "the room is gone");
+    assert_eq!(
+        sim.publish(0, "secret", "x"),
+        Err(SendError::NotSubscribed),
+        "the room is gone"
+    );
     sim.publish(1, "lobby", "still here").unwrap();
     sim.run_for(100);
     assert_eq!(sim.tabs[0].delivered["lobby"], [1]);

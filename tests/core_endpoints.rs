@@ -9,12 +9,20 @@ use core_util::*;
 use rtlink::core::*;
 
 fn two() -> Config {
-    Config { endpoints: 2, ..Config::default() }
+    Config {
+        endpoints: 2,
+        ..Config::default()
+    }
 }
 
 /// The endpoint of each ticket step of tab 0 at or after `since`.
 fn tickets_since(sim: &Sim, since: Instant) -> Vec<usize> {
-    sim.server.ticket_log.iter().filter(|(t, tab, _)| *t >= since && *tab == 0).map(|(_, _, e)| *e).collect()
+    sim.server
+        .ticket_log
+        .iter()
+        .filter(|(t, tab, _)| *t >= since && *tab == 0)
+        .map(|(_, _, e)| *e)
+        .collect()
 }
 
 /// Publishes `n` messages to `room`, one every `every_ms`, running the clock in between.
@@ -46,10 +54,18 @@ fn a_node_lost_mid_stream_fails_over_and_resumes_from_offsets() {
         assert!(t.is_open(), "seed {seed}: {:?}", t.states().last());
         assert_eq!(t.client.endpoint(), 1, "seed {seed}");
         // Every offset once, in order (the harness also checks each delivery as it happens).
-        assert_eq!(delivered(&sim, "news"), (1..=120).collect::<Vec<_>>(), "seed {seed}");
+        assert_eq!(
+            delivered(&sim, "news"),
+            (1..=120).collect::<Vec<_>>(),
+            "seed {seed}"
+        );
         // The dead node got exactly `failover_after` ticket steps, then none.
         let tickets = tickets_since(&sim, killed_at);
-        assert_eq!(tickets.iter().filter(|&&e| e == 0).count(), 2, "seed {seed}: {tickets:?}");
+        assert_eq!(
+            tickets.iter().filter(|&&e| e == 0).count(),
+            2,
+            "seed {seed}: {tickets:?}"
+        );
         assert_eq!(tickets.last(), Some(&1));
     }
 }
@@ -69,14 +85,22 @@ fn the_move_is_paced_by_the_jittered_backoff_so_a_crowd_spreads() {
     sim.run_for(30_000);
     let mut first_on_survivor: Vec<u64> = (0..names.len())
         .map(|tab| {
-            let (at, _, _) = sim.server.ticket_log.iter().find(|(t, tb, e)| *t >= killed_at && *tb == tab && *e == 1).unwrap();
+            let (at, _, _) = sim
+                .server
+                .ticket_log
+                .iter()
+                .find(|(t, tb, e)| *t >= killed_at && *tb == tab && *e == 1)
+                .unwrap();
             at.millis_since(killed_at)
         })
         .collect();
     first_on_survivor.sort_unstable();
     assert!(sim.tabs.iter().all(Tab::is_open));
     let spread = first_on_survivor[first_on_survivor.len() - 1] - first_on_survivor[0];
-    assert!(spread >= 300, "moves within {spread} ms: {first_on_survivor:?}");
+    assert!(
+        spread >= 300,
+        "moves within {spread} ms: {first_on_survivor:?}"
+    );
 }
 
 #[test]
@@ -91,18 +115,25 @@ fn one_refused_connection_is_not_a_failover() {
     sim.run_for(5_000);
     assert!(sim.tabs[0].is_open());
     assert_eq!(sim.tabs[0].client.endpoint(), 0);
-    assert!(tickets_since(&sim, Instant::from_millis(0)).iter().all(|&e| e == 0));
+    assert!(tickets_since(&sim, Instant::from_millis(0))
+        .iter()
+        .all(|&e| e == 0));
 }
 
 #[test]
 fn overload_waits_on_the_same_endpoint_and_never_fails_over() {
     let mut sim = Sim::one(two());
-    sim.server.ticket_failure = Some(OpenError::Overloaded { retry_after_ms: Some(2_000) });
+    sim.server.ticket_failure = Some(OpenError::Overloaded {
+        retry_after_ms: Some(2_000),
+    });
     sim.input(0, Input::Connect);
     sim.run_for(10 * 60_000);
     let log: Vec<Instant> = sim.server.ticket_log.iter().map(|(t, _, _)| *t).collect();
     assert!(log.len() >= 10, "{}", log.len());
-    assert!(sim.server.ticket_log.iter().all(|(_, _, e)| *e == 0), "never moved");
+    assert!(
+        sim.server.ticket_log.iter().all(|(_, _, e)| *e == 0),
+        "never moved"
+    );
     // Each wait is at least the server's delay (jittered upwards, never below).
     for pair in log.windows(2) {
         assert!(pair[1].millis_since(pair[0]) >= 2_000, "{pair:?}");
@@ -153,7 +184,10 @@ fn a_dead_endpoint_is_not_retried_hot_and_the_preferred_one_comes_back() {
 
 #[test]
 fn an_endpoint_back_from_a_down_period_goes_down_at_its_first_miss_for_longer() {
-    let cfg = Config { endpoint_down_ms: 10_000, ..two() };
+    let cfg = Config {
+        endpoint_down_ms: 10_000,
+        ..two()
+    };
     let mut sim = Sim::one(cfg.clone());
     sim.tabs[0].client = Client::new(cfg, sim.now, 7);
     sim.server.dead_nodes.insert(0);
@@ -173,7 +207,10 @@ fn an_endpoint_back_from_a_down_period_goes_down_at_its_first_miss_for_longer() 
     }
     assert!(tried.iter().all(|&n| n <= 1), "{tried:?}");
     assert_eq!(tried[0], 1, "{tried:?}");
-    assert!(tried[6..].iter().sum::<usize>() <= 2, "down periods grow: {tried:?}");
+    assert!(
+        tried[6..].iter().sum::<usize>() <= 2,
+        "down periods grow: {tried:?}"
+    );
 }
 
 #[test]
@@ -183,7 +220,12 @@ fn with_every_endpoint_down_attempts_keep_the_general_backoff_and_find_the_first
     sim.server.dead_nodes.insert(1);
     sim.input(0, Input::Connect);
     sim.run_for(10 * 60_000);
-    let log: Vec<(Instant, usize)> = sim.server.ticket_log.iter().map(|(t, _, e)| (*t, *e)).collect();
+    let log: Vec<(Instant, usize)> = sim
+        .server
+        .ticket_log
+        .iter()
+        .map(|(t, _, e)| (*t, *e))
+        .collect();
     // Never slower than with one URL: the gaps stay within the backoff cap (30 s).
     for pair in log.windows(2) {
         assert!(pair[1].0.millis_since(pair[0].0) <= 30_000, "{pair:?}");
@@ -201,7 +243,14 @@ fn a_draining_node_sends_its_clients_to_the_next_endpoint() {
     let mut sim = Sim::one(two());
     sim.connect(0, &["news"]);
     let id = sim.primary(0).unwrap();
-    sim.send_to_conn(0, id, ServerFrame::ReconnectAfter { min_ms: 0, max_ms: 1_000 });
+    sim.send_to_conn(
+        0,
+        id,
+        ServerFrame::ReconnectAfter {
+            min_ms: 0,
+            max_ms: 1_000,
+        },
+    );
     let drained = sim.now;
     sim.server_close(0, CloseCode::SERVER_DRAINING);
     sim.server_publish("news", "bob", "during the drain");

@@ -22,34 +22,68 @@ fn downgrade_all_the_way(mode: Mode, reason: FallbackReason, within_ms: u64) {
     sim.server.modes.insert(TransportKind::Sse, mode);
     sim.connect(0, &["lobby"]);
     sim.run_for(within_ms);
-    assert_eq!(sim.tabs[0].open_kind(), Some(TransportKind::LongPoll), "{mode:?}: {:?}", sim.tabs[0].client.state());
+    assert_eq!(
+        sim.tabs[0].open_kind(),
+        Some(TransportKind::LongPoll),
+        "{mode:?}: {:?}",
+        sim.tabs[0].client.state()
+    );
     let f = fallbacks(&sim);
     assert_eq!(f.len(), 2, "{f:?}");
-    assert_eq!((f[0].from, f[0].to), (TransportKind::WebSocket, TransportKind::Sse));
-    assert_eq!((f[1].from, f[1].to), (TransportKind::Sse, TransportKind::LongPoll));
+    assert_eq!(
+        (f[0].from, f[0].to),
+        (TransportKind::WebSocket, TransportKind::Sse)
+    );
+    assert_eq!(
+        (f[1].from, f[1].to),
+        (TransportKind::Sse, TransportKind::LongPoll)
+    );
     assert_eq!(f[1].reason, reason);
     assert_eq!(sim.tabs[0].client.last_fallback(), Some(f[1]));
-    assert!(sim.tabs[0].events.contains(&Event::TransportRemembered(TransportKind::LongPoll)));
-    assert!(sim.tabs[0].events.contains(&Event::Subscribed { room: "lobby".into() }));
+    assert!(sim.tabs[0]
+        .events
+        .contains(&Event::TransportRemembered(TransportKind::LongPoll)));
+    assert!(sim.tabs[0].events.contains(&Event::Subscribed {
+        room: "lobby".into()
+    }));
 }
 
 #[test]
 fn open_failures_step_down_after_two() {
-    downgrade_all_the_way(Mode::OpenFail(OpenError::Network), FallbackReason::OpenFailures { count: 2 }, 10_000);
+    downgrade_all_the_way(
+        Mode::OpenFail(OpenError::Network),
+        FallbackReason::OpenFailures { count: 2 },
+        10_000,
+    );
     // exactly two tries per rung
     let mut sim = Sim::one(Config::default());
-    sim.server.modes.insert(TransportKind::WebSocket, Mode::OpenFail(OpenError::Network));
+    sim.server
+        .modes
+        .insert(TransportKind::WebSocket, Mode::OpenFail(OpenError::Network));
     sim.connect(0, &[]);
     sim.run_for(5_000);
     let kinds: Vec<TransportKind> = sim.tabs[0].opens.iter().map(|o| o.1).collect();
-    assert_eq!(kinds, [TransportKind::WebSocket, TransportKind::WebSocket, TransportKind::Sse]);
+    assert_eq!(
+        kinds,
+        [
+            TransportKind::WebSocket,
+            TransportKind::WebSocket,
+            TransportKind::Sse
+        ]
+    );
 }
 
 #[test]
 fn dies_before_first_frame_steps_down_at_once() {
-    downgrade_all_the_way(Mode::DieBeforeFirstFrame, FallbackReason::DiedBeforeFirstFrame, 5_000);
+    downgrade_all_the_way(
+        Mode::DieBeforeFirstFrame,
+        FallbackReason::DiedBeforeFirstFrame,
+        5_000,
+    );
     let mut sim = Sim::one(Config::default());
-    sim.server.modes.insert(TransportKind::WebSocket, Mode::DieBeforeFirstFrame);
+    sim.server
+        .modes
+        .insert(TransportKind::WebSocket, Mode::DieBeforeFirstFrame);
     sim.connect(0, &[]);
     sim.run_for(2_000);
     let kinds: Vec<TransportKind> = sim.tabs[0].opens.iter().map(|o| o.1).collect();
@@ -59,7 +93,9 @@ fn dies_before_first_frame_steps_down_at_once() {
 #[test]
 fn silent_sse_steps_down_after_the_first_frame_deadline() {
     let mut sim = Sim::one(Config::default());
-    sim.server.modes.insert(TransportKind::WebSocket, Mode::OpenFail(OpenError::Network));
+    sim.server
+        .modes
+        .insert(TransportKind::WebSocket, Mode::OpenFail(OpenError::Network));
     sim.server.modes.insert(TransportKind::Sse, Mode::Silent);
     sim.connect(0, &[]);
     sim.run_for(5_000);
@@ -70,7 +106,9 @@ fn silent_sse_steps_down_after_the_first_frame_deadline() {
     assert_eq!(f.last().unwrap().reason, FallbackReason::NoWelcomeInTime);
     // a silent WebSocket counts as an ordinary open failure (two needed)
     let mut sim = Sim::one(Config::default());
-    sim.server.modes.insert(TransportKind::WebSocket, Mode::Silent);
+    sim.server
+        .modes
+        .insert(TransportKind::WebSocket, Mode::Silent);
     sim.connect(0, &[]);
     sim.run_for(8_500);
     assert_eq!(sim.tabs[0].client.current_rung(), TransportKind::WebSocket);
@@ -81,25 +119,41 @@ fn silent_sse_steps_down_after_the_first_frame_deadline() {
 #[test]
 fn overload_and_auth_do_not_step_down() {
     let mut sim = Sim::one(Config::default());
-    sim.server.modes.insert(TransportKind::WebSocket, Mode::OpenFail(OpenError::Overloaded { retry_after_ms: Some(3_000) }));
+    sim.server.modes.insert(
+        TransportKind::WebSocket,
+        Mode::OpenFail(OpenError::Overloaded {
+            retry_after_ms: Some(3_000),
+        }),
+    );
     sim.connect(0, &[]);
     sim.run_for(20_000);
     assert_eq!(sim.tabs[0].client.current_rung(), TransportKind::WebSocket);
     // Retry-After honoured
-    let State::BackingOff { until, .. } = *sim.tabs[0].client.state() else { panic!() };
+    let State::BackingOff { until, .. } = *sim.tabs[0].client.state() else {
+        panic!()
+    };
     assert!(until.millis_since(sim.now) <= 30_000);
     assert!(fallbacks(&sim).is_empty());
 }
 
 #[test]
 fn starts_from_the_remembered_rung_and_respects_config_order() {
-    let cfg = Config { start_transport: Some(TransportKind::Sse), ..Default::default() };
+    let cfg = Config {
+        start_transport: Some(TransportKind::Sse),
+        ..Default::default()
+    };
     let mut sim = Sim::one(cfg);
     sim.connect(0, &[]);
     assert_eq!(sim.tabs[0].open_kind(), Some(TransportKind::Sse));
-    assert!(!sim.tabs[0].events.iter().any(|e| matches!(e, Event::TransportRemembered(_))));
+    assert!(!sim.tabs[0]
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::TransportRemembered(_))));
 
-    let cfg = Config { transports: vec![TransportKind::LongPoll], ..Default::default() };
+    let cfg = Config {
+        transports: vec![TransportKind::LongPoll],
+        ..Default::default()
+    };
     let mut sim = Sim::one(cfg);
     sim.connect(0, &[]);
     assert_eq!(sim.tabs[0].open_kind(), Some(TransportKind::LongPoll));
@@ -111,7 +165,9 @@ fn starts_from_the_remembered_rung_and_respects_config_order() {
 fn probes_up_and_switches_without_loss_or_duplicates() {
     {
         let mut sim = Sim::new(Config::default(), &["ana", "bob"]);
-        sim.server.modes.insert(TransportKind::WebSocket, Mode::OpenFail(OpenError::Network));
+        sim.server
+            .modes
+            .insert(TransportKind::WebSocket, Mode::OpenFail(OpenError::Network));
         sim.connect(0, &["lobby"]);
         sim.connect(1, &["lobby"]);
         sim.run_for(5_000);
@@ -133,9 +189,19 @@ fn probes_up_and_switches_without_loss_or_duplicates() {
             }
         }
         sim.run_for(1_000);
-        assert_eq!(sim.tabs[0].open_kind(), Some(TransportKind::WebSocket), "switched up: {:?} {:?}", sim.tabs[0].opens, sim.tabs[0].closes);
-        assert!(sim.tabs[0].closes.contains(&(sse, Some(CloseCode::SUPERSEDED))));
-        assert!(sim.tabs[0].events.contains(&Event::TransportRemembered(TransportKind::WebSocket)));
+        assert_eq!(
+            sim.tabs[0].open_kind(),
+            Some(TransportKind::WebSocket),
+            "switched up: {:?} {:?}",
+            sim.tabs[0].opens,
+            sim.tabs[0].closes
+        );
+        assert!(sim.tabs[0]
+            .closes
+            .contains(&(sse, Some(CloseCode::SUPERSEDED))));
+        assert!(sim.tabs[0]
+            .events
+            .contains(&Event::TransportRemembered(TransportKind::WebSocket)));
         // one session throughout: the probe resumed it
         let sessions: std::collections::BTreeSet<_> = sim.tabs[0]
             .states()
@@ -162,15 +228,24 @@ fn probes_up_and_switches_without_loss_or_duplicates() {
 #[test]
 fn failed_probe_keeps_the_lower_rung_and_retries_later() {
     let mut sim = Sim::one(Config::default());
-    sim.server.modes.insert(TransportKind::WebSocket, Mode::DieBeforeFirstFrame);
+    sim.server
+        .modes
+        .insert(TransportKind::WebSocket, Mode::DieBeforeFirstFrame);
     sim.connect(0, &["lobby"]);
     sim.run_for(2_000);
     let sse = sim.primary(0).unwrap();
     assert_eq!(sim.tabs[0].open_kind(), Some(TransportKind::Sse));
     sim.run_for(300_000);
     // several probes, each failed, the SSE transport untouched
-    let ws_tries = sim.tabs[0].opens.iter().filter(|o| o.1 == TransportKind::WebSocket).count();
-    assert!((4..=8).contains(&ws_tries), "{ws_tries} probes in 5 minutes");
+    let ws_tries = sim.tabs[0]
+        .opens
+        .iter()
+        .filter(|o| o.1 == TransportKind::WebSocket)
+        .count();
+    assert!(
+        (4..=8).contains(&ws_tries),
+        "{ws_tries} probes in 5 minutes"
+    );
     assert_eq!(sim.primary(0), Some(sse));
     assert!(sim.tabs[0].is_open());
     // probes carry the resume token
@@ -187,7 +262,10 @@ fn a_transport_failure_counts_only_when_the_next_ticket_step_admits() {
     sim.run_for(300_000);
     assert!(fallbacks(&sim).is_empty(), "{:?}", fallbacks(&sim));
     let kinds: std::collections::BTreeSet<_> = sim.tabs[0].opens.iter().map(|o| o.1).collect();
-    assert_eq!(kinds.into_iter().collect::<Vec<_>>(), [TransportKind::WebSocket]);
+    assert_eq!(
+        kinds.into_iter().collect::<Vec<_>>(),
+        [TransportKind::WebSocket]
+    );
 
     // A server that cannot be reached at all (the ticket step fails on the network, or hangs)
     // says nothing about WebSocket either.
@@ -206,34 +284,57 @@ fn a_transport_failure_counts_only_when_the_next_ticket_step_admits() {
         sim.server.ticket_failure = None;
         sim.server.ticket_silent = false;
         sim.run_for(60_000);
-        assert_eq!(sim.tabs[0].open_kind(), Some(TransportKind::WebSocket), "back as soon as it is reachable");
+        assert_eq!(
+            sim.tabs[0].open_kind(),
+            Some(TransportKind::WebSocket),
+            "back as soon as it is reachable"
+        );
     }
 }
 
 #[test]
 fn a_close_code_the_server_chose_before_welcome_is_not_a_blocked_transport() {
     // 1013 (try again later) or 4011 (internal error) before `welcome`: the frames got through.
-    for code in [CloseCode(1013), CloseCode::INTERNAL_ERROR, CloseCode::RATE_LIMITED] {
+    for code in [
+        CloseCode(1013),
+        CloseCode::INTERNAL_ERROR,
+        CloseCode::RATE_LIMITED,
+    ] {
         let mut sim = Sim::one(Config::default());
-        sim.server.modes.insert(TransportKind::WebSocket, Mode::CloseBeforeWelcome(code));
+        sim.server
+            .modes
+            .insert(TransportKind::WebSocket, Mode::CloseBeforeWelcome(code));
         sim.connect(0, &[]);
         sim.run_for(120_000);
-        assert!(fallbacks(&sim).is_empty(), "{code:?}: {:?}", fallbacks(&sim));
+        assert!(
+            fallbacks(&sim).is_empty(),
+            "{code:?}: {:?}",
+            fallbacks(&sim)
+        );
     }
     // A cut without a word (1006), or a proxy's own code, steps down at once.
     for code in [1006, 1011, 1001] {
         let mut sim = Sim::one(Config::default());
-        sim.server.modes.insert(TransportKind::WebSocket, Mode::CloseBeforeWelcome(CloseCode(code)));
+        sim.server.modes.insert(
+            TransportKind::WebSocket,
+            Mode::CloseBeforeWelcome(CloseCode(code)),
+        );
         sim.connect(0, &[]);
         sim.run_for(5_000);
-        assert_eq!(fallbacks(&sim).first().map(|f| f.reason), Some(FallbackReason::DiedBeforeFirstFrame), "{code}");
+        assert_eq!(
+            fallbacks(&sim).first().map(|f| f.reason),
+            Some(FallbackReason::DiedBeforeFirstFrame),
+            "{code}"
+        );
     }
 }
 
 #[test]
 fn a_probe_switches_only_after_its_welcome_and_says_switch_first() {
     let mut sim = Sim::one(Config::default());
-    sim.server.modes.insert(TransportKind::WebSocket, Mode::OpenFail(OpenError::Network));
+    sim.server
+        .modes
+        .insert(TransportKind::WebSocket, Mode::OpenFail(OpenError::Network));
     sim.connect(0, &["lobby"]);
     sim.run_for(10_000);
     let sse = sim.primary(0).unwrap();
@@ -243,11 +344,27 @@ fn a_probe_switches_only_after_its_welcome_and_says_switch_first() {
     assert_eq!(sim.tabs[0].open_kind(), Some(TransportKind::WebSocket));
     let ws = sim.primary(0).unwrap();
     // On the probe: hello (with the resume token), then `switch`, then the resync.
-    let on_probe: Vec<&ClientFrame> = sim.tabs[0].sent.iter().filter(|(id, _)| *id == ws).map(|(_, f)| f).collect();
-    assert!(matches!(on_probe[0], ClientFrame::Hello { resume: Some(_), .. }), "{on_probe:?}");
+    let on_probe: Vec<&ClientFrame> = sim.tabs[0]
+        .sent
+        .iter()
+        .filter(|(id, _)| *id == ws)
+        .map(|(_, f)| f)
+        .collect();
+    assert!(
+        matches!(
+            on_probe[0],
+            ClientFrame::Hello {
+                resume: Some(_),
+                ..
+            }
+        ),
+        "{on_probe:?}"
+    );
     assert_eq!(on_probe[1], &ClientFrame::Switch);
     assert!(matches!(on_probe[2], ClientFrame::Subscribe { .. }));
     // The probe's ticket asked for a probe of the session; the old transport was closed by us.
-    assert!(sim.tabs[0].closes.contains(&(sse, Some(CloseCode::SUPERSEDED))));
+    assert!(sim.tabs[0]
+        .closes
+        .contains(&(sse, Some(CloseCode::SUPERSEDED))));
     assert!(sim.tabs[0].is_open());
 }

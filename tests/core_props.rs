@@ -95,17 +95,24 @@ impl Watch {
                 Output::CloseTransport { id, .. } => {
                     self.live.remove(&id);
                 }
-                Output::Send { frame: ClientFrame::Publish { id, .. }, .. } => self.wire_ids.push(id),
+                Output::Send {
+                    frame: ClientFrame::Publish { id, .. },
+                    ..
+                } => self.wire_ids.push(id),
                 Output::Event(Event::Message { room, offset, .. }) => {
                     if let Some(last) = self.delivered.get(&room) {
                         assert_eq!(offset, last + 1, "room {room}: {offset} after {last}");
                     }
                     self.delivered.insert(room, offset);
                 }
-                Output::Event(Event::ResyncNeeded { room } | Event::SubscribeFailed { room, .. }) => {
+                Output::Event(
+                    Event::ResyncNeeded { room } | Event::SubscribeFailed { room, .. },
+                ) => {
                     self.delivered.remove(&room);
                 }
-                Output::Event(Event::PublishAcked { send_id, .. } | Event::PublishFailed { send_id, .. }) => {
+                Output::Event(
+                    Event::PublishAcked { send_id, .. } | Event::PublishFailed { send_id, .. },
+                ) => {
                     let n = self.outcomes.entry(send_id).or_default();
                     *n += 1;
                     assert_eq!(*n, 1, "{send_id:?} resolved twice");
@@ -120,7 +127,10 @@ impl Watch {
     }
 
     fn pick(&self, which: u8) -> TransportId {
-        self.ids.get(which as usize % self.ids.len().max(1)).copied().unwrap_or(TransportId(9_999))
+        self.ids
+            .get(which as usize % self.ids.len().max(1))
+            .copied()
+            .unwrap_or(TransportId(9_999))
     }
 }
 
@@ -131,8 +141,21 @@ fn welcome(resumed: bool) -> ServerFrame {
         resume_token: "r".into(),
         resumed,
         ping_interval_ms: 20_000,
-        user: UserInfo { id: "u0".into(), name: "U0".into() },
-        limits: Limits { max_frame_bytes: 65_536, rate_per_sec: 10, burst: 10, max_rooms: 10, resume_window_ms: 120_000, dedupe_window_ms: 120_000, max_batch_bytes: 0, publish_bytes_per_sec: 0, publish_bytes_burst: 0 },
+        user: UserInfo {
+            id: "u0".into(),
+            name: "U0".into(),
+        },
+        limits: Limits {
+            max_frame_bytes: 65_536,
+            rate_per_sec: 10,
+            burst: 10,
+            max_rooms: 10,
+            resume_window_ms: 120_000,
+            dedupe_window_ms: 120_000,
+            max_batch_bytes: 0,
+            publish_bytes_per_sec: 0,
+            publish_bytes_burst: 0,
+        },
     }
 }
 
@@ -149,7 +172,13 @@ fn run(seed: u64, ops: Vec<Op>) {
             Op::Connect => c.handle_input(now, Input::Connect),
             Op::Subscribe(r) => {
                 w.delivered.remove(&room(r));
-                c.handle_input(now, Input::Subscribe { room: room(r), history: 0 })
+                c.handle_input(
+                    now,
+                    Input::Subscribe {
+                        room: room(r),
+                        history: 0,
+                    },
+                )
             }
             Op::Unsubscribe(r) => {
                 w.delivered.remove(&room(r));
@@ -160,72 +189,177 @@ fn run(seed: u64, ops: Vec<Op>) {
                     w.published.push(id);
                 }
             }
-            Op::SetPresence(r) => c.handle_input(now, Input::SetPresence { room: room(r), meta: "m".into() }),
+            Op::SetPresence(r) => c.handle_input(
+                now,
+                Input::SetPresence {
+                    room: room(r),
+                    meta: "m".into(),
+                },
+            ),
             Op::Keystroke(r) => c.handle_input(now, Input::Keystroke { room: room(r) }),
             Op::TypingStop(r) => c.handle_input(now, Input::TypingStop { room: room(r) }),
             Op::Lifecycle(k) => {
-                let input = [Input::Online, Input::Offline, Input::Hidden, Input::Visible, Input::Frozen, Input::Resumed];
+                let input = [
+                    Input::Online,
+                    Input::Offline,
+                    Input::Hidden,
+                    Input::Visible,
+                    Input::Frozen,
+                    Input::Resumed,
+                ];
                 c.handle_input(now, input[k as usize % input.len()].clone())
             }
             Op::TokenReady => c.handle_input(now, Input::TokenReady("t".into())),
             Op::TokenFailed(terminal) => c.handle_input(now, Input::TokenFailed { terminal }),
-            Op::Ticket(t) => c.handle_input(now, Input::TicketIssued { id: w.pick(t), ticket: "k".into() }),
+            Op::Ticket(t) => c.handle_input(
+                now,
+                Input::TicketIssued {
+                    id: w.pick(t),
+                    ticket: "k".into(),
+                },
+            ),
             Op::Opened(t) => c.handle_input(now, Input::TransportOpened { id: w.pick(t) }),
             Op::OpenFailed(t, e) => {
                 let errors = [
                     OpenError::Network,
                     OpenError::Unreachable,
-                    OpenError::Overloaded { retry_after_ms: Some(1_000) },
+                    OpenError::Overloaded {
+                        retry_after_ms: Some(1_000),
+                    },
                     OpenError::SessionUnknown,
                     OpenError::Unauthorized,
                 ];
                 let id = w.pick(t);
                 w.live.remove(&id);
-                c.handle_input(now, Input::OpenFailed { id, error: errors[e as usize % errors.len()] })
+                c.handle_input(
+                    now,
+                    Input::OpenFailed {
+                        id,
+                        error: errors[e as usize % errors.len()],
+                    },
+                )
             }
             Op::Closed(t, code) => {
                 let id = w.pick(t);
                 w.live.remove(&id);
                 let code = code.map(|i| CloseCode(CODES[i as usize % CODES.len()]));
-                c.handle_input(now, Input::TransportClosed { id, code, reason: String::new() })
+                c.handle_input(
+                    now,
+                    Input::TransportClosed {
+                        id,
+                        code,
+                        reason: String::new(),
+                    },
+                )
             }
             Op::Welcome(t, resumed) => frame(&mut c, now, w.pick(t), welcome(resumed)),
             Op::Msg(t, r, offset) => {
-                let f = ServerFrame::Message { room: room(r), offset: offset.into(), sender: "x".into(), name: None, payload: String::new() };
+                let f = ServerFrame::Message {
+                    room: room(r),
+                    offset: offset.into(),
+                    sender: "x".into(),
+                    name: None,
+                    payload: String::new(),
+                };
                 frame(&mut c, now, w.pick(t), f)
             }
-            Op::Subscribed(t, r, head, recovered) => {
-                frame(&mut c, now, w.pick(t), ServerFrame::Subscribed { room: room(r), head: head.into(), recovered, epoch: String::new() })
-            }
+            Op::Subscribed(t, r, head, recovered) => frame(
+                &mut c,
+                now,
+                w.pick(t),
+                ServerFrame::Subscribed {
+                    room: room(r),
+                    head: head.into(),
+                    recovered,
+                    epoch: String::new(),
+                },
+            ),
             Op::Ack(t, i, offset) => {
-                if let Some(id) = w.wire_ids.get(i as usize % w.wire_ids.len().max(1)).cloned() {
-                    frame(&mut c, now, w.pick(t), ServerFrame::Ack { id, room: "a".into(), offset: offset.into() })
+                if let Some(id) = w
+                    .wire_ids
+                    .get(i as usize % w.wire_ids.len().max(1))
+                    .cloned()
+                {
+                    frame(
+                        &mut c,
+                        now,
+                        w.pick(t),
+                        ServerFrame::Ack {
+                            id,
+                            room: "a".into(),
+                            offset: offset.into(),
+                        },
+                    )
                 }
             }
             Op::Nack(t, i) => {
-                if let Some(id) = w.wire_ids.get(i as usize % w.wire_ids.len().max(1)).cloned() {
-                    frame(&mut c, now, w.pick(t), ServerFrame::Nack { id, code: ErrorCode::RateLimited, reason: String::new() })
+                if let Some(id) = w
+                    .wire_ids
+                    .get(i as usize % w.wire_ids.len().max(1))
+                    .cloned()
+                {
+                    frame(
+                        &mut c,
+                        now,
+                        w.pick(t),
+                        ServerFrame::Nack {
+                            id,
+                            code: ErrorCode::RateLimited,
+                            reason: String::new(),
+                        },
+                    )
                 }
             }
             Op::Ping(t) => frame(&mut c, now, w.pick(t), ServerFrame::Ping),
             Op::CloseFrame(t, code) => {
                 let code = CloseCode(CODES[code as usize % CODES.len()]);
-                frame(&mut c, now, w.pick(t), ServerFrame::Close { code, reason: String::new() })
+                frame(
+                    &mut c,
+                    now,
+                    w.pick(t),
+                    ServerFrame::Close {
+                        code,
+                        reason: String::new(),
+                    },
+                )
             }
-            Op::ReconnectAfter(t, a, b) => {
-                frame(&mut c, now, w.pick(t), ServerFrame::ReconnectAfter { min_ms: a.into(), max_ms: b.into() })
-            }
+            Op::ReconnectAfter(t, a, b) => frame(
+                &mut c,
+                now,
+                w.pick(t),
+                ServerFrame::ReconnectAfter {
+                    min_ms: a.into(),
+                    max_ms: b.into(),
+                },
+            ),
             Op::Presence(t, r, session, user, join) => {
                 let f = if join {
-                    let conn = PresenceConn { session: format!("s{session}"), user: format!("u{user}"), name: "N".into(), meta: String::new() };
-                    ServerFrame::PresenceJoin { room: room(r), conn }
+                    let conn = PresenceConn {
+                        session: format!("s{session}"),
+                        user: format!("u{user}"),
+                        name: "N".into(),
+                        meta: String::new(),
+                    };
+                    ServerFrame::PresenceJoin {
+                        room: room(r),
+                        conn,
+                    }
                 } else {
-                    ServerFrame::PresenceLeave { room: room(r), session: format!("s{session}"), user: format!("u{user}") }
+                    ServerFrame::PresenceLeave {
+                        room: room(r),
+                        session: format!("s{session}"),
+                        user: format!("u{user}"),
+                    }
                 };
                 frame(&mut c, now, w.pick(t), f)
             }
             Op::Typing(t, r, user, active) => {
-                let f = ServerFrame::Typing { room: room(r), user: format!("u{user}"), name: "N".into(), active };
+                let f = ServerFrame::Typing {
+                    room: room(r),
+                    user: format!("u{user}"),
+                    name: "N".into(),
+                    active,
+                };
                 frame(&mut c, now, w.pick(t), f)
             }
             Op::Advance(ms) => {
@@ -245,7 +379,10 @@ fn run(seed: u64, ops: Vec<Op>) {
             if t <= now {
                 c.handle_timeout(now);
                 w.drain(&mut c);
-                assert!(!matches!(c.poll_timeout(), Some(t) if t <= now), "deadline not consumed");
+                assert!(
+                    !matches!(c.poll_timeout(), Some(t) if t <= now),
+                    "deadline not consumed"
+                );
             }
         }
     }
@@ -256,7 +393,11 @@ fn run(seed: u64, ops: Vec<Op>) {
     for id in &w.published {
         assert_eq!(w.outcomes.get(id), Some(&1), "{id:?} never resolved");
     }
-    assert!(w.live.is_empty(), "transports left open after close: {:?}", w.live);
+    assert!(
+        w.live.is_empty(),
+        "transports left open after close: {:?}",
+        w.live
+    );
     assert_eq!(c.poll_timeout(), None);
 }
 

@@ -10,9 +10,19 @@ fn connect_and_welcome() {
     sim.connect(0, &["lobby"]);
     let tab = &sim.tabs[0];
     assert_eq!(tab.open_kind(), Some(TransportKind::WebSocket));
-    assert!(tab.events.contains(&Event::Subscribed { room: "lobby".into() }));
-    assert!(tab.events.contains(&Event::TransportRemembered(TransportKind::WebSocket)));
+    assert!(tab.events.contains(&Event::Subscribed {
+        room: "lobby".into()
+    }));
+    assert!(tab
+        .events
+        .contains(&Event::TransportRemembered(TransportKind::WebSocket)));
     let states = tab.states();
-    assert!(matches!(states[0], State::Connecting { transport: TransportKind::WebSocket, attempt: 1 }));
+    assert!(matches!(
+        states[0],
+        State::Connecting {
+            transport: TransportKind::WebSocket,
+            attempt: 1
+        }
+    ));
     assert!(matches!(states.last(), Some(State::Open { .. })));
 }

@@ -109,7 +109,9 @@ impl Recorder {
     }
 
     fn on_frame(&self, text: &str) {
-        let Some((seq, sent)) = crate::readers::marker(text.as_bytes()) else { return };
+        let Some((seq, sent)) = crate::readers::marker(text.as_bytes()) else {
+            return;
+        };
         let lat = now_us().saturating_sub(sent);
         let mut s = self.inner.lock();
         if seq != s.last_seq + 1 {
@@ -163,7 +165,11 @@ pub async fn subscriber(
 
 /// Sets up a WebSocket subscriber with the lean client ([`crate::wire`]), joining `room` if
 /// given, for the readers ([`crate::readers`]) to read.
-pub async fn ws_subscriber(target: &Target, name: &str, room: Option<&str>) -> anyhow::Result<crate::readers::Sub> {
+pub async fn ws_subscriber(
+    target: &Target,
+    name: &str,
+    room: Option<&str>,
+) -> anyhow::Result<crate::readers::Sub> {
     let port = target.port;
     let ws = match target.peer {
         Peer::Rtlink => {
@@ -172,7 +178,8 @@ pub async fn ws_subscriber(target: &Target, name: &str, room: Option<&str>) -> a
             ws.send_text("{\"t\":\"hello\",\"v\":1}").await?;
             wait_for_text(&mut ws, Peer::Rtlink, "\"t\":\"welcome\"").await?;
             if let Some(room) = room {
-                ws.send_text(&format!("{{\"t\":\"subscribe\",\"room\":\"{room}\"}}")).await?;
+                ws.send_text(&format!("{{\"t\":\"subscribe\",\"room\":\"{room}\"}}"))
+                    .await?;
                 wait_for_text(&mut ws, Peer::Rtlink, "\"t\":\"subscribed\"").await?;
             }
             ws
@@ -194,7 +201,11 @@ pub async fn ws_subscriber(target: &Target, name: &str, room: Option<&str>) -> a
         Peer::Raw => WsConn::connect(port, "/").await?,
     };
     let (stream, buffered) = ws.into_parts()?;
-    Ok(crate::readers::Sub { stream, buffered, peer: target.peer })
+    Ok(crate::readers::Sub {
+        stream,
+        buffered,
+        peer: target.peer,
+    })
 }
 
 /// Reads until a message containing `needle` arrives, answering keep-alives (bounded by the
@@ -207,7 +218,10 @@ async fn wait_for_text(ws: &mut WsConn, peer: Peer, needle: &str) -> anyhow::Res
         }
         if let Some(reply) = keepalive_reply(peer, &t) {
             ws.send_text(reply).await?;
-        } else if t.contains("\"t\":\"close\"") || t.contains("\"t\":\"nack\"") || t.starts_with("44") {
+        } else if t.contains("\"t\":\"close\"")
+            || t.contains("\"t\":\"nack\"")
+            || t.starts_with("44")
+        {
             bail!("refused while waiting for {needle}: {t}");
         }
     }
@@ -297,8 +311,10 @@ pub async fn ticket_with_token(
         if status.as_u16() == 429 || status.as_u16() == 503 {
             let v: serde_json::Value = resp.json().await.unwrap_or_default();
             let ms = v["retry_after_ms"].as_u64().unwrap_or(500).min(5_000);
-            tokio::time::sleep(Duration::from_millis(ms / 2 + rand::random_range(0..=ms / 2)))
-                .await;
+            tokio::time::sleep(Duration::from_millis(
+                ms / 2 + rand::random_range(0..=ms / 2),
+            ))
+            .await;
             continue;
         }
         bail!("ticket: HTTP {status}");
@@ -345,7 +361,9 @@ async fn wait_for(ws: &mut Ws, needle: &str) -> anyhow::Result<String> {
             .with_context(|| format!("waiting for {needle}"))?;
         match m {
             Some(Ok(Message::Text(t))) if t.contains(needle) => return Ok(t.to_string()),
-            Some(Ok(Message::Text(t))) if t.contains("\"t\":\"close\"") || t.contains("\"t\":\"nack\"") => {
+            Some(Ok(Message::Text(t)))
+                if t.contains("\"t\":\"close\"") || t.contains("\"t\":\"nack\"") =>
+            {
                 bail!("refused while waiting for {needle}: {t}")
             }
             Some(Ok(Message::Close(c))) => bail!("closed while waiting for {needle}: {c:?}"),
@@ -456,7 +474,13 @@ impl Publisher {
     }
 }
 
-async fn publish_loop(mut ws: Ws, peer: Peer, room: String, json: bool, mut rx: mpsc::UnboundedReceiver<String>) {
+async fn publish_loop(
+    mut ws: Ws,
+    peer: Peer,
+    room: String,
+    json: bool,
+    mut rx: mpsc::UnboundedReceiver<String>,
+) {
     let mut id = 0u64;
     let frame = |id: u64, p: String| match peer {
         Peer::Rtlink if json => format!(
@@ -503,7 +527,9 @@ async fn publish_loop(mut ws: Ws, peer: Peer, room: String, json: bool, mut rx: 
     // the last publish's ack or nack means that every publish was handled.
     if peer == Peer::Rtlink && id > 0 {
         let last = format!("\"id\":\"p{id}\"");
-        let answered = |t: &str| (t.contains("\"t\":\"ack\"") || t.contains("\"t\":\"nack\"")) && t.contains(&last);
+        let answered = |t: &str| {
+            (t.contains("\"t\":\"ack\"") || t.contains("\"t\":\"nack\"")) && t.contains(&last)
+        };
         let _ = tokio::time::timeout(Duration::from_secs(30), async {
             while let Some(Ok(m)) = ws.next().await {
                 let Message::Text(t) = m else { continue };
@@ -518,14 +544,21 @@ async fn publish_loop(mut ws: Ws, peer: Peer, room: String, json: bool, mut rx: 
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
     // Read up to the server's close, so the socket ends without a reset.
-    let _ = tokio::time::timeout(Duration::from_secs(1), async { while let Some(Ok(_)) = ws.next().await {} }).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
 }
 
 // ---------------------------------------------------------------------------------------------
 // rtlink over SSE and long polling
 
 /// `POST /v1/send` of one frame for session `resume`.
-async fn send_upstream(target: &Target, resume: &str, frame: serde_json::Value) -> anyhow::Result<()> {
+async fn send_upstream(
+    target: &Target,
+    resume: &str,
+    frame: serde_json::Value,
+) -> anyhow::Result<()> {
     let body = serde_json::json!({ "session": resume, "frames": [frame] }).to_string();
     let resp = target
         .http
@@ -562,7 +595,9 @@ mod sse {
         let mut buf: Vec<u8> = Vec::new();
         let mut events = std::collections::VecDeque::new();
         // The welcome, then (after subscribing) `subscribed`.
-        let mut next_event = async |buf: &mut Vec<u8>, events: &mut std::collections::VecDeque<String>| -> anyhow::Result<String> {
+        let mut next_event = async |buf: &mut Vec<u8>,
+                                    events: &mut std::collections::VecDeque<String>|
+               -> anyhow::Result<String> {
             loop {
                 if let Some(e) = events.pop_front() {
                     return Ok(e);
@@ -582,7 +617,12 @@ mod sse {
             .ok_or_else(|| anyhow!("SSE: no welcome"))?
             .to_owned();
         if let Some(room) = room {
-            send_upstream(target, &resume, serde_json::json!({"t": "subscribe", "room": room})).await?;
+            send_upstream(
+                target,
+                &resume,
+                serde_json::json!({"t": "subscribe", "room": room}),
+            )
+            .await?;
             loop {
                 let e = next_event(&mut buf, &mut events).await?;
                 if e.contains("\"t\":\"subscribed\"") {
@@ -657,7 +697,12 @@ mod poll {
             .to_owned();
         let mut cursor = first["cursor"].as_u64().unwrap_or(0);
         if let Some(room) = room {
-            send_upstream(target, &resume, serde_json::json!({"t": "subscribe", "room": room})).await?;
+            send_upstream(
+                target,
+                &resume,
+                serde_json::json!({"t": "subscribe", "room": room}),
+            )
+            .await?;
             let deadline = Instant::now() + Duration::from_secs(60);
             'wait: loop {
                 if Instant::now() > deadline {
@@ -700,7 +745,11 @@ mod poll {
         }))
     }
 
-    async fn poll_once(target: &Target, resume: &str, cursor: u64) -> anyhow::Result<serde_json::Value> {
+    async fn poll_once(
+        target: &Target,
+        resume: &str,
+        cursor: u64,
+    ) -> anyhow::Result<serde_json::Value> {
         let base = target.base();
         if POST_FORM.load(Ordering::Relaxed) != 0 {
             let body = serde_json::json!({ "session": resume, "cursor": cursor }).to_string();

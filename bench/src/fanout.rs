@@ -79,11 +79,21 @@ pub struct Outcome {
 }
 
 /// Runs one peer (one transport for rtlink) through the plan.
-pub async fn run(paths: &Paths, peer: Peer, transport: Transport, plan: &Plan, rtlink: &RtlinkOptions) -> Outcome {
+pub async fn run(
+    paths: &Paths,
+    peer: Peer,
+    transport: Transport,
+    plan: &Plan,
+    rtlink: &RtlinkOptions,
+) -> Outcome {
     let server = match Server::start(paths, peer, rtlink) {
         Ok(s) => s,
         Err(e) => {
-            return Outcome { setup: Duration::ZERO, steps: Vec::new(), failure: Some(format!("server: {e:#}")) };
+            return Outcome {
+                setup: Duration::ZERO,
+                steps: Vec::new(),
+                failure: Some(format!("server: {e:#}")),
+            };
         }
     };
     let out = drive(peer, server.port, server.pid(), transport, plan).await;
@@ -94,7 +104,11 @@ pub async fn run(paths: &Paths, peer: Peer, transport: Transport, plan: &Plan, r
 /// Runs the plan against a server already listening on `port` (process `pid`, for its CPU
 /// time): also used to drive a server started under a profiler (`rtlink-bench drive`).
 pub async fn drive(peer: Peer, port: u16, pid: u32, transport: Transport, plan: &Plan) -> Outcome {
-    let mut out = Outcome { setup: Duration::ZERO, steps: Vec::new(), failure: None };
+    let mut out = Outcome {
+        setup: Duration::ZERO,
+        steps: Vec::new(),
+        failure: None,
+    };
     let server = Watched(pid);
     let target = Target::new(peer, port);
     let total = Arc::new(AtomicU64::new(0));
@@ -111,18 +125,29 @@ pub async fn drive(peer: Peer, port: u16, pid: u32, transport: Transport, plan: 
     let recorders: Vec<Arc<Recorder>> = if transport == Transport::WebSocket {
         Vec::new()
     } else {
-        (0..plan.subscribers).map(|_| Recorder::new(total.clone())).collect()
+        (0..plan.subscribers)
+            .map(|_| Recorder::new(total.clone()))
+            .collect()
     };
     let gate = Arc::new(Semaphore::new(32));
     let mut setup = JoinSet::new();
     for i in 0..plan.subscribers {
-        let (target, rec, stop, gate) = (target.clone(), recorders.get(i).cloned(), stop_rx.clone(), gate.clone());
+        let (target, rec, stop, gate) = (
+            target.clone(),
+            recorders.get(i).cloned(),
+            stop_rx.clone(),
+            gate.clone(),
+        );
         setup.spawn(async move {
             let _permit = gate.acquire_owned().await;
             let name = format!("s{i}");
             match rec {
-                None => ws_subscriber(&target, &name, Some(ROOM)).await.map(Subscriber::Ws),
-                Some(rec) => subscriber(&target, transport, &name, Some(ROOM), rec, stop).await.map(Subscriber::Task),
+                None => ws_subscriber(&target, &name, Some(ROOM))
+                    .await
+                    .map(Subscriber::Ws),
+                Some(rec) => subscriber(&target, transport, &name, Some(ROOM), rec, stop)
+                    .await
+                    .map(Subscriber::Task),
             }
         });
     }
@@ -132,7 +157,8 @@ pub async fn drive(peer: Peer, port: u16, pid: u32, transport: Transport, plan: 
             Ok(Ok(Subscriber::Ws(sub))) => readers.add(sub),
             Ok(Ok(Subscriber::Task(h))) => tasks.push(h),
             Ok(Err(e)) => {
-                out.failure.get_or_insert(format!("subscriber setup: {e:#}"));
+                out.failure
+                    .get_or_insert(format!("subscriber setup: {e:#}"));
             }
             Err(e) => out.failure = Some(format!("subscriber task: {e}")),
         }

@@ -36,7 +36,13 @@ impl Idle {
     }
 }
 
-pub async fn run(paths: &Paths, peer: Peer, n: usize, with_room: bool, rtlink: &RtlinkOptions) -> Idle {
+pub async fn run(
+    paths: &Paths,
+    peer: Peer,
+    n: usize,
+    with_room: bool,
+    rtlink: &RtlinkOptions,
+) -> Idle {
     let mut out = Idle {
         peer,
         with_room,
@@ -74,7 +80,8 @@ pub async fn run(paths: &Paths, peer: Peer, n: usize, with_room: bool, rtlink: &
         Ok(readers) => {
             let closed = readers.take().await.closed + warm.take().await.closed;
             if closed > 0 {
-                out.failure.get_or_insert(format!("{closed} connections ended while held"));
+                out.failure
+                    .get_or_insert(format!("{closed} connections ended while held"));
             }
         }
         Err(e) => {
@@ -96,7 +103,12 @@ pub async fn run(paths: &Paths, peer: Peer, n: usize, with_room: bool, rtlink: &
 /// Opens `count` WebSocket connections (numbered from `from`), each in a room of its own if
 /// `room_each`, and hands them to a reader thread that holds them (answering keep-alives)
 /// until the returned [`Readers`] is dropped.
-pub async fn hold(target: &Target, from: usize, count: usize, room_each: bool) -> anyhow::Result<Readers> {
+pub async fn hold(
+    target: &Target,
+    from: usize,
+    count: usize,
+    room_each: bool,
+) -> anyhow::Result<Readers> {
     let mut readers = Readers::new(1, Arc::new(AtomicU64::new(0)))?;
     let gate = Arc::new(Semaphore::new(32));
     let mut set = JoinSet::new();

@@ -14,8 +14,8 @@
 mod clients;
 mod fanout;
 mod idle;
-mod procs;
 mod plot;
+mod procs;
 mod raw_server;
 mod readers;
 mod report;
@@ -35,7 +35,10 @@ use crate::fanout::Plan;
 use crate::procs::{Paths, Peer, RtlinkOptions};
 
 #[derive(Parser)]
-#[command(name = "rtlink-bench", about = "rtlink-server side by side with Socket.IO and raw WebSocket")]
+#[command(
+    name = "rtlink-bench",
+    about = "rtlink-server side by side with Socket.IO and raw WebSocket"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -161,25 +164,56 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Publish { peer, port, room, count, rate } => rt.block_on(publish(&peer, port, &room, count, rate)),
+        Cmd::Publish {
+            peer,
+            port,
+            room,
+            count,
+            rate,
+        } => rt.block_on(publish(&peer, port, &room, count, rate)),
         Cmd::Quick { root } => rt.block_on(quick(root)),
-        Cmd::Hold { peer, port, connections, room_each, hold } => rt.block_on(async move {
+        Cmd::Hold {
+            peer,
+            port,
+            connections,
+            room_each,
+            hold,
+        } => rt.block_on(async move {
             let peer = parse_peer(&peer)?;
-            let held = idle::hold(&clients::Target::new(peer, port), 0, connections, room_each).await?;
+            let held =
+                idle::hold(&clients::Target::new(peer, port), 0, connections, room_each).await?;
             eprintln!("holding {connections} connections for {hold:?}");
             tokio::time::sleep(hold).await;
             drop(held);
             Ok(())
         }),
-        Cmd::Drive { peer, port, pid, subscribers, loads, step, before_step, after_step } => rt.block_on(async move {
+        Cmd::Drive {
+            peer,
+            port,
+            pid,
+            subscribers,
+            loads,
+            step,
+            before_step,
+            after_step,
+        } => rt.block_on(async move {
             let peer = parse_peer(&peer)?;
             let hooks = before_step.zip(after_step);
-            let plan = Plan { subscribers, loads, step_time: step, readers: 1, hooks };
+            let plan = Plan {
+                subscribers,
+                loads,
+                step_time: step,
+                readers: 1,
+                hooks,
+            };
             let out = fanout::drive(peer, port, pid, Transport::WebSocket, &plan).await;
             println!("{}", report::fanout_table(&out.steps));
             // For scripts (bench/callgrind divides instruction counts by it).
             for s in &out.steps {
-                println!("step offered_per_sec={:.0} deliveries={}", s.offered_per_sec, s.delivered);
+                println!(
+                    "step offered_per_sec={:.0} deliveries={}",
+                    s.offered_per_sec, s.delivered
+                );
             }
             match out.failure {
                 Some(f) => anyhow::bail!("{f}"),
@@ -187,10 +221,18 @@ fn main() -> anyhow::Result<()> {
             }
         }),
         Cmd::Full { root, report, only } => rt.block_on(full(root, report, only)),
-        Cmd::Rooms { root, members, modes } => rt.block_on(async move {
+        Cmd::Rooms {
+            root,
+            members,
+            modes,
+        } => rt.block_on(async move {
             let paths = Paths::new(&std::fs::canonicalize(&root)?)?;
             let mut r = Vec::new();
-            for mode in [rooms::Mode::OneByOne, rooms::Mode::Coalesced, rooms::Mode::OptOut] {
+            for mode in [
+                rooms::Mode::OneByOne,
+                rooms::Mode::Coalesced,
+                rooms::Mode::OptOut,
+            ] {
                 if modes.is_empty() || modes.iter().any(|m| m == mode.flag_name()) {
                     r.push(rooms::run_mode(&paths, mode, members).await);
                 }
@@ -203,7 +245,16 @@ fn main() -> anyhow::Result<()> {
             let paths = Paths::new(&std::fs::canonicalize(&root)?)?;
             let mut r = Vec::new();
             for with_room in [false, true] {
-                r.push(idle::run(&paths, Peer::Rtlink, connections, with_room, &RtlinkOptions::default()).await);
+                r.push(
+                    idle::run(
+                        &paths,
+                        Peer::Rtlink,
+                        connections,
+                        with_room,
+                        &RtlinkOptions::default(),
+                    )
+                    .await,
+                );
             }
             println!("{}", report::machine_line());
             println!("{}", report::idle_table(&r));
@@ -248,14 +299,26 @@ pub fn p99_summary(pairs: &[(f64, u64, u64)]) -> String {
     if pairs.is_empty() {
         return "no offered load that both kept up with".to_owned();
     }
-    let met = pairs.iter().filter(|(_, r, p)| (*r as f64) <= *p as f64 / 3.0).count();
+    let met = pairs
+        .iter()
+        .filter(|(_, r, p)| (*r as f64) <= *p as f64 / 3.0)
+        .count();
     let each: Vec<String> = pairs
         .iter()
         .map(|(load, r, p)| {
-            format!("{load:.0}/s: {:.2} ({} vs {})", *r as f64 / (*p).max(1) as f64, report::fmt_us(*r), report::fmt_us(*p))
+            format!(
+                "{load:.0}/s: {:.2} ({} vs {})",
+                *r as f64 / (*p).max(1) as f64,
+                report::fmt_us(*r),
+                report::fmt_us(*p)
+            )
         })
         .collect();
-    format!("{}; target ≤ 0.33 met at {met} of {} loads", each.join(", "), pairs.len())
+    format!(
+        "{}; target ≤ 0.33 met at {met} of {} loads",
+        each.join(", "),
+        pairs.len()
+    )
 }
 
 fn parse_peer(name: &str) -> anyhow::Result<Peer> {
@@ -269,12 +332,15 @@ fn parse_peer(name: &str) -> anyhow::Result<Peer> {
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
     let v = s.strip_suffix('s').unwrap_or(s);
-    v.parse::<f64>().map(Duration::from_secs_f64).map_err(|e| e.to_string())
+    v.parse::<f64>()
+        .map(Duration::from_secs_f64)
+        .map_err(|e| e.to_string())
 }
 
 async fn publish(peer: &str, port: u16, room: &str, count: u64, rate: f64) -> anyhow::Result<()> {
     let peer = parse_peer(peer)?;
-    let publisher = clients::Publisher::connect_json(&clients::Target::new(peer, port), room).await?;
+    let publisher =
+        clients::Publisher::connect_json(&clients::Target::new(peer, port), room).await?;
     let t0 = Instant::now();
     let period = Duration::from_secs_f64(1.0 / rate);
     for seq in 1..=count {
@@ -291,7 +357,10 @@ async fn publish(peer: &str, port: u16, room: &str, count: u64, rate: f64) -> an
 /// The fan-out room has no presence (`--presence-off`): Socket.IO and the raw server have none,
 /// and N subscribers joining one room with presence is the large-rooms scenario's subject.
 fn fanout_options() -> RtlinkOptions {
-    RtlinkOptions { extra: vec!["--presence-off".into(), fanout::ROOM.into()], ..RtlinkOptions::default() }
+    RtlinkOptions {
+        extra: vec!["--presence-off".into(), fanout::ROOM.into()],
+        ..RtlinkOptions::default()
+    }
 }
 
 async fn quick(root: PathBuf) -> anyhow::Result<()> {
@@ -315,12 +384,26 @@ async fn quick(root: PathBuf) -> anyhow::Result<()> {
         results.push((peer, out));
     }
     println!();
-    println!("{}", report::fanout_table(&results.iter().flat_map(|(_, o)| o.steps.clone()).collect::<Vec<_>>()));
+    println!(
+        "{}",
+        report::fanout_table(
+            &results
+                .iter()
+                .flat_map(|(_, o)| o.steps.clone())
+                .collect::<Vec<_>>()
+        )
+    );
     let idle = idle::run(&paths, Peer::Rtlink, 2000, false, &RtlinkOptions::default()).await;
     if let Some(f) = &idle.failure {
         println!("idle: FAILED: {f}");
     }
-    let steps = |p: Peer| results.iter().find(|(q, _)| *q == p).map(|(_, o)| o.steps.clone()).unwrap_or_default();
+    let steps = |p: Peer| {
+        results
+            .iter()
+            .find(|(q, _)| *q == p)
+            .map(|(_, o)| o.steps.clone())
+            .unwrap_or_default()
+    };
     let rt = steps(Peer::Rtlink);
     let sio = cpu_ratio(&rt, &steps(Peer::SocketIo));
     let raw = cpu_ratio(&rt, &steps(Peer::Raw));
@@ -329,9 +412,14 @@ async fn quick(root: PathBuf) -> anyhow::Result<()> {
         println!("server CPU per delivery, Socket.IO / rtlink: {r:.2} (at {load:.0} deliveries/s offered)");
     }
     if let Some((load, r)) = raw {
-        println!("server CPU per delivery, raw / rtlink: {r:.2} (at {load:.0} deliveries/s offered)");
+        println!(
+            "server CPU per delivery, raw / rtlink: {r:.2} (at {load:.0} deliveries/s offered)"
+        );
     }
-    println!("p99 latency, rtlink / Socket.IO at equal offered load: {}", p99_summary(&p99_pairs(&rt, &steps(Peer::SocketIo))));
+    println!(
+        "p99 latency, rtlink / Socket.IO at equal offered load: {}",
+        p99_summary(&p99_pairs(&rt, &steps(Peer::SocketIo)))
+    );
     println!(
         "idle rtlink WebSocket: {:.1} KB per connection ({} connections)",
         idle.bytes_per_conn() / 1024.0,
@@ -357,13 +445,28 @@ async fn full(root: PathBuf, report_path: PathBuf, only: Vec<String>) -> anyhow:
     if want("fanout") {
         let opts = fanout_options();
         for (n, loads) in [
-            (100usize, vec![10_000.0, 25_000.0, 50_000.0, 100_000.0, 200_000.0]),
-            (1000, vec![10_000.0, 25_000.0, 50_000.0, 100_000.0, 200_000.0]),
+            (
+                100usize,
+                vec![10_000.0, 25_000.0, 50_000.0, 100_000.0, 200_000.0],
+            ),
+            (
+                1000,
+                vec![10_000.0, 25_000.0, 50_000.0, 100_000.0, 200_000.0],
+            ),
             (5000, vec![25_000.0, 50_000.0, 100_000.0, 200_000.0]),
         ] {
-            let plan = Plan { subscribers: n, loads, step_time: Duration::from_secs(2), readers: 1, hooks: None };
-            let mut runs: Vec<(Peer, Transport)> =
-                vec![(Peer::Rtlink, Transport::WebSocket), (Peer::SocketIo, Transport::WebSocket), (Peer::Raw, Transport::WebSocket)];
+            let plan = Plan {
+                subscribers: n,
+                loads,
+                step_time: Duration::from_secs(2),
+                readers: 1,
+                hooks: None,
+            };
+            let mut runs: Vec<(Peer, Transport)> = vec![
+                (Peer::Rtlink, Transport::WebSocket),
+                (Peer::SocketIo, Transport::WebSocket),
+                (Peer::Raw, Transport::WebSocket),
+            ];
             if n <= 1000 {
                 runs.push((Peer::Rtlink, Transport::Sse));
                 runs.push((Peer::Rtlink, Transport::Poll));
@@ -382,7 +485,8 @@ async fn full(root: PathBuf, report_path: PathBuf, only: Vec<String>) -> anyhow:
                     continue;
                 }
                 eprintln!("idle: {} room={with_room}", peer.name());
-                r.idle.push(idle::run(&paths, peer, 10_000, with_room, &opts).await);
+                r.idle
+                    .push(idle::run(&paths, peer, 10_000, with_room, &opts).await);
             }
         }
     }
@@ -394,6 +498,10 @@ async fn full(root: PathBuf, report_path: PathBuf, only: Vec<String>) -> anyhow:
     }
     r.elapsed = started.elapsed();
     r.write(&root, &report_path)?;
-    eprintln!("wrote {} in {:.0} s", report_path.display(), r.elapsed.as_secs_f64());
+    eprintln!(
+        "wrote {} in {:.0} s",
+        report_path.display(),
+        r.elapsed.as_secs_f64()
+    );
     Ok(())
 }

@@ -135,7 +135,9 @@ impl Server {
         let mut cmd = match peer {
             Peer::Rtlink => {
                 let mut c = Command::new(&paths.rtlink_server);
-                c.arg("--listen").arg(&addr).args(rtlink_bench_flags(rtlink.accept_budget));
+                c.arg("--listen")
+                    .arg(&addr)
+                    .args(rtlink_bench_flags(rtlink.accept_budget));
                 c.args(&rtlink.extra);
                 c.env("RTLINK_LOG", "warn");
                 c
@@ -173,7 +175,11 @@ impl Server {
                 bail!("{} exited before listening: {status}", self.peer.name());
             }
             if Instant::now() > deadline {
-                bail!("{} did not listen on {} in time", self.peer.name(), self.port);
+                bail!(
+                    "{} did not listen on {} in time",
+                    self.peer.name(),
+                    self.port
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }

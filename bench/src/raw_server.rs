@@ -35,8 +35,14 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     }
 }
 
-async fn connection(stream: TcpStream, id: u64, tx: broadcast::Sender<Event>) -> anyhow::Result<()> {
-    let config = WebSocketConfig::default().read_buffer_size(1024).write_buffer_size(8 * 1024);
+async fn connection(
+    stream: TcpStream,
+    id: u64,
+    tx: broadcast::Sender<Event>,
+) -> anyhow::Result<()> {
+    let config = WebSocketConfig::default()
+        .read_buffer_size(1024)
+        .write_buffer_size(8 * 1024);
     let ws = tokio_tungstenite::accept_async_with_config(stream, Some(config)).await?;
     let (mut sink, mut source) = ws.split();
     let mut rx = tx.subscribe();

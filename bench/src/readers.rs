@@ -79,9 +79,16 @@ impl Readers {
                 .name(format!("reader-{i}"))
                 .spawn(move || run(poll, rx, total))
                 .context("starting a reader thread")?;
-            out.push(Thread { tx, waker, join: Some(join) });
+            out.push(Thread {
+                tx,
+                waker,
+                join: Some(join),
+            });
         }
-        Ok(Self { threads: out, next: 0 })
+        Ok(Self {
+            threads: out,
+            next: 0,
+        })
     }
 
     /// Hands a connection to the next thread (round robin).
@@ -167,7 +174,9 @@ fn run(mut poll: Poll, rx: mpsc::Receiver<Cmd>, total: Arc<AtomicU64>) {
                 continue;
             }
             let i = ev.token().0;
-            let Some(conn) = conns.get_mut(i).and_then(Option::as_mut) else { continue };
+            let Some(conn) = conns.get_mut(i).and_then(Option::as_mut) else {
+                continue;
+            };
             let mut alive = true;
             if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                 match conn.read_ready(&mut scratch, &mut seen) {
@@ -201,13 +210,19 @@ fn run(mut poll: Poll, rx: mpsc::Receiver<Cmd>, total: Arc<AtomicU64>) {
                         writable_interest: false,
                         last_seq: 0,
                     };
-                    if poll.registry().register(&mut conn.stream, Token(i), Interest::READABLE).is_err() {
+                    if poll
+                        .registry()
+                        .register(&mut conn.stream, Token(i), Interest::READABLE)
+                        .is_err()
+                    {
                         seen.closed += 1;
                         conns.push(None);
                         continue;
                     }
                     // Frames that arrived with the setup's last answer.
-                    let ok = conn.consume(&sub.buffered, now_us(), &mut seen).map(|n| total.fetch_add(n, Ordering::Relaxed));
+                    let ok = conn
+                        .consume(&sub.buffered, now_us(), &mut seen)
+                        .map(|n| total.fetch_add(n, Ordering::Relaxed));
                     if ok.is_err() {
                         seen.closed += 1;
                         conns.push(None);
@@ -293,12 +308,15 @@ impl Conn {
             wire::encode_frame(OP_TEXT, reply, &mut self.out);
             return 0;
         }
-        let Some((seq, sent)) = marker(text) else { return 0 };
+        let Some((seq, sent)) = marker(text) else {
+            return 0;
+        };
         if seq != self.last_seq + 1 {
             seen.errors += 1;
         }
         self.last_seq = self.last_seq.max(seq);
-        seen.latencies_us.push(now.saturating_sub(sent).min(u64::from(u32::MAX)) as u32);
+        seen.latencies_us
+            .push(now.saturating_sub(sent).min(u64::from(u32::MAX)) as u32);
         1
     }
 
@@ -317,7 +335,11 @@ impl Conn {
         }
         let want = !self.out.is_empty();
         if want != self.writable_interest {
-            let interest = if want { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+            let interest = if want {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
             registry.reregister(&mut self.stream, token, interest)?;
             self.writable_interest = want;
         }
@@ -328,7 +350,9 @@ impl Conn {
 /// The answer a client owes to a server's keep-alive message, if `text` is one.
 pub fn keepalive_reply(peer: Peer, text: &[u8]) -> Option<&'static [u8]> {
     match peer {
-        Peer::Rtlink if text.len() < 32 && contains(text, b"\"t\":\"ping\"") => Some(b"{\"t\":\"pong\"}"),
+        Peer::Rtlink if text.len() < 32 && contains(text, b"\"t\":\"ping\"") => {
+            Some(b"{\"t\":\"pong\"}")
+        }
         Peer::SocketIo if text == b"2" => Some(b"3"),
         _ => None,
     }
@@ -383,7 +407,10 @@ mod tests {
 
     #[test]
     fn keepalives_are_answered_per_peer() {
-        assert_eq!(keepalive_reply(Peer::Rtlink, b"{\"t\":\"ping\"}"), Some(&b"{\"t\":\"pong\"}"[..]));
+        assert_eq!(
+            keepalive_reply(Peer::Rtlink, b"{\"t\":\"ping\"}"),
+            Some(&b"{\"t\":\"pong\"}"[..])
+        );
         assert_eq!(keepalive_reply(Peer::SocketIo, b"2"), Some(&b"3"[..]));
         assert_eq!(keepalive_reply(Peer::Raw, b"2"), None);
     }

@@ -41,7 +41,10 @@ pub struct Storm {
 impl Storm {
     /// Accepts per 100 ms bucket from the stop signal.
     pub fn buckets(&self) -> Vec<u32> {
-        let n = self.reconnected_at.last().map_or(0, |t| (t / BUCKET.as_secs_f64()) as usize + 1);
+        let n = self
+            .reconnected_at
+            .last()
+            .map_or(0, |t| (t / BUCKET.as_secs_f64()) as usize + 1);
         let mut b = vec![0u32; n];
         for t in &self.reconnected_at {
             b[(t / BUCKET.as_secs_f64()) as usize] += 1;
@@ -54,7 +57,8 @@ impl Storm {
     }
 
     pub fn all_back_s(&self) -> Option<f64> {
-        (self.reconnected_at.len() == self.clients).then(|| self.reconnected_at.last().copied().unwrap_or(0.0))
+        (self.reconnected_at.len() == self.clients)
+            .then(|| self.reconnected_at.last().copied().unwrap_or(0.0))
     }
 }
 
@@ -68,7 +72,10 @@ pub async fn run_all(paths: &Paths, clients: usize) -> Vec<Storm> {
             s.peak(),
             s.all_back_s(),
             s.failed_attempts,
-            s.failure.as_deref().map(|f| format!(" FAILED: {f}")).unwrap_or_default()
+            s.failure
+                .as_deref()
+                .map(|f| format!(" FAILED: {f}"))
+                .unwrap_or_default()
         );
         out.push(s);
     }
@@ -83,8 +90,19 @@ struct Shared {
 }
 
 async fn run(paths: &Paths, peer: Peer, clients: usize) -> Storm {
-    let mut out = Storm { peer, clients, reconnected_at: Vec::new(), failed_attempts: 0, restart_s: 0.0, failure: None };
-    let opts = RtlinkOptions { port: crate::procs::free_port().ok(), accept_budget: true, ..RtlinkOptions::default() };
+    let mut out = Storm {
+        peer,
+        clients,
+        reconnected_at: Vec::new(),
+        failed_attempts: 0,
+        restart_s: 0.0,
+        failure: None,
+    };
+    let opts = RtlinkOptions {
+        port: crate::procs::free_port().ok(),
+        accept_budget: true,
+        ..RtlinkOptions::default()
+    };
     let mut server = match Server::start(paths, peer, &opts) {
         Ok(s) => s,
         Err(e) => {
@@ -92,7 +110,10 @@ async fn run(paths: &Paths, peer: Peer, clients: usize) -> Storm {
             return out;
         }
     };
-    let opts = RtlinkOptions { port: Some(server.port), ..opts };
+    let opts = RtlinkOptions {
+        port: Some(server.port),
+        ..opts
+    };
     let shared = Arc::new(Shared {
         target: Target::new(peer, server.port),
         t0: Mutex::new(None),
@@ -104,7 +125,12 @@ async fn run(paths: &Paths, peer: Peer, clients: usize) -> Storm {
     let mut tasks = JoinSet::new();
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<Result<(), String>>();
     for i in 0..clients {
-        let (shared, stop, gate, ready) = (shared.clone(), stop_rx.clone(), gate.clone(), ready_tx.clone());
+        let (shared, stop, gate, ready) = (
+            shared.clone(),
+            stop_rx.clone(),
+            gate.clone(),
+            ready_tx.clone(),
+        );
         tasks.spawn(async move {
             match peer {
                 Peer::Rtlink => rtlink_client(i, shared, gate, ready, stop).await,
@@ -155,14 +181,22 @@ async fn run(paths: &Paths, peer: Peer, clients: usize) -> Storm {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _ = stop_tx.send(true);
-    while tokio::time::timeout(Duration::from_secs(5), tasks.join_next()).await.ok().flatten().is_some() {}
+    while tokio::time::timeout(Duration::from_secs(5), tasks.join_next())
+        .await
+        .ok()
+        .flatten()
+        .is_some()
+    {}
     drop(server);
     let mut times = shared.times.lock().clone();
     times.sort_by(f64::total_cmp);
     out.reconnected_at = times;
     out.failed_attempts = *shared.failed.lock();
     if out.reconnected_at.len() < clients {
-        out.failure = Some(format!("{} of {clients} clients back within 90 s", out.reconnected_at.len()));
+        out.failure = Some(format!(
+            "{} of {clients} clients back within 90 s",
+            out.reconnected_at.len()
+        ));
     }
     out
 }
@@ -193,7 +227,11 @@ fn socketio_backoff(attempts: u32) -> Duration {
     let ms = 1000.0 * 2f64.powi(attempts.min(16) as i32);
     let rand: f64 = rand::random();
     let deviation = (rand * 0.5 * ms).floor();
-    let ms = if ((rand * 10.0).floor() as u64) & 1 == 0 { ms - deviation } else { ms + deviation };
+    let ms = if ((rand * 10.0).floor() as u64) & 1 == 0 {
+        ms - deviation
+    } else {
+        ms + deviation
+    };
     Duration::from_millis(ms.min(5000.0) as u64)
 }
 
@@ -266,7 +304,8 @@ async fn rtlink_client(
                 Ok(ws) => break ws,
                 Err(Retry::After(ms)) => {
                     shared.failed();
-                    delay = Duration::from_millis(rand::random_range(ms..=ms.saturating_mul(2).max(1)));
+                    delay =
+                        Duration::from_millis(rand::random_range(ms..=ms.saturating_mul(2).max(1)));
                 }
                 Err(Retry::Backoff) => {
                     shared.failed();
@@ -294,11 +333,19 @@ async fn demo_token(target: &Target, name: &str) -> anyhow::Result<String> {
         .error_for_status()?
         .json()
         .await?;
-    v["token"].as_str().map(str::to_owned).ok_or_else(|| anyhow::anyhow!("no token"))
+    v["token"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("no token"))
 }
 
 /// One reconnection attempt: a ticket (a `429`/`503` says when to come back), then the socket.
-async fn reconnect_rtlink(target: &Target, token: &str, resume: Option<&str>, room: &str) -> Result<Ws, Retry> {
+async fn reconnect_rtlink(
+    target: &Target,
+    token: &str,
+    resume: Option<&str>,
+    room: &str,
+) -> Result<Ws, Retry> {
     let resp = target
         .http
         .post(format!("http://127.0.0.1:{}/v1/ticket", target.port))
@@ -312,7 +359,10 @@ async fn reconnect_rtlink(target: &Target, token: &str, resume: Option<&str>, ro
         return Err(Retry::After(v["retry_after_ms"].as_u64().unwrap_or(1000)));
     }
     let ticket = v["ticket"].as_str().ok_or(Retry::Backoff)?;
-    rtlink_ws_with_ticket(target, ticket, resume, Some(room)).await.map(|(ws, _)| ws).map_err(|_| Retry::Backoff)
+    rtlink_ws_with_ticket(target, ticket, resume, Some(room))
+        .await
+        .map(|(ws, _)| ws)
+        .map_err(|_| Retry::Backoff)
 }
 
 async fn socketio_client(

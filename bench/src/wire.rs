@@ -60,11 +60,18 @@ pub fn parse_frame(buf: &[u8]) -> anyhow::Result<Option<Frame>> {
         }
         n => (u64::from(n), 2),
     };
-    let Ok(len) = usize::try_from(len) else { bail!("frame too large") };
+    let Ok(len) = usize::try_from(len) else {
+        bail!("frame too large")
+    };
     if buf.len() < header + len {
         return Ok(None);
     }
-    Ok(Some(Frame { fin, opcode, payload: header..header + len, len: header + len }))
+    Ok(Some(Frame {
+        fin,
+        opcode,
+        payload: header..header + len,
+        len: header + len,
+    }))
 }
 
 /// Appends a client frame (masked, as RFC 6455 requires of clients) to `out`.
@@ -98,7 +105,10 @@ impl WsConn {
     pub async fn connect(port: u16, path: &str) -> anyhow::Result<Self> {
         let stream = TcpStream::connect(("127.0.0.1", port)).await?;
         stream.set_nodelay(true)?;
-        let mut conn = Self { stream, buf: Vec::with_capacity(4096) };
+        let mut conn = Self {
+            stream,
+            buf: Vec::with_capacity(4096),
+        };
         let key = "dGhlIHNhbXBsZSBub25jZQ==";
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -165,7 +175,10 @@ impl WsConn {
                 }
                 OP_CLOSE => {
                     let code = payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
-                    bail!("closed by the server ({code:?}: {})", String::from_utf8_lossy(payload.get(2..).unwrap_or(&[])));
+                    bail!(
+                        "closed by the server ({code:?}: {})",
+                        String::from_utf8_lossy(payload.get(2..).unwrap_or(&[]))
+                    );
                 }
                 _ => {}
             }
@@ -211,7 +224,11 @@ mod tests {
             let next = parse_frame(&buf[f.len..]).unwrap().unwrap();
             assert_eq!(next.opcode, OP_PING);
             for cut in [1, f.len / 2, f.len - 1] {
-                assert_eq!(parse_frame(&buf[..cut]).unwrap(), None, "len {len} cut {cut}");
+                assert_eq!(
+                    parse_frame(&buf[..cut]).unwrap(),
+                    None,
+                    "len {len} cut {cut}"
+                );
             }
         }
     }
@@ -226,13 +243,19 @@ mod tests {
             assert!(out[1] & 0x80 != 0, "masked");
             let (len_field, header) = match out[1] & 0x7F {
                 126 => (usize::from(u16::from_be_bytes([out[2], out[3]])), 4),
-                127 => (u64::from_be_bytes(out[2..10].try_into().unwrap()) as usize, 10),
+                127 => (
+                    u64::from_be_bytes(out[2..10].try_into().unwrap()) as usize,
+                    10,
+                ),
                 n => (usize::from(n), 2),
             };
             assert_eq!(len_field, len);
             let mask = &out[header..header + 4];
-            let decoded: Vec<u8> =
-                out[header + 4..].iter().enumerate().map(|(i, b)| b ^ mask[i % 4]).collect();
+            let decoded: Vec<u8> = out[header + 4..]
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ mask[i % 4])
+                .collect();
             assert_eq!(decoded, payload);
         }
     }

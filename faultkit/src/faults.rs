@@ -120,7 +120,10 @@ impl Faults {
     }
 
     pub fn reject(status: u16, retry_after_s: u64) -> Self {
-        Self { reject: Some(Reject { status, retry_after_s, only: Vec::new(), skip: 0, limit: None }), ..Self::default() }
+        Self {
+            reject: Some(Reject { status, retry_after_s, only: Vec::new(), skip: 0, limit: None }),
+            ..Self::default()
+        }
     }
 
     pub fn latency(ms: u64, jitter_ms: u64) -> Self {

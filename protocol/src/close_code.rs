@@ -117,9 +117,18 @@ mod tests {
         assert_eq!(CloseCode::NORMAL.action(), CloseAction::Terminal);
         assert_eq!(CloseCode::FORBIDDEN.action(), CloseAction::Terminal);
         assert_eq!(CloseCode::DISCONNECTED.action(), CloseAction::Terminal);
-        assert_eq!(CloseCode::TOKEN_EXPIRED.action(), CloseAction::Reauthenticate);
-        assert_eq!(CloseCode::SERVER_DRAINING.action(), CloseAction::RetryAfterServerDelay);
-        assert_eq!(CloseCode::SESSION_EXPIRED.action(), CloseAction::RetryNewSession);
+        assert_eq!(
+            CloseCode::TOKEN_EXPIRED.action(),
+            CloseAction::Reauthenticate
+        );
+        assert_eq!(
+            CloseCode::SERVER_DRAINING.action(),
+            CloseAction::RetryAfterServerDelay
+        );
+        assert_eq!(
+            CloseCode::SESSION_EXPIRED.action(),
+            CloseAction::RetryNewSession
+        );
         assert_eq!(CloseCode::SUPERSEDED.action(), CloseAction::Superseded);
     }
 }

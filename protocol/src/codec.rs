@@ -38,10 +38,15 @@ impl DecodeError {
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::TooLarge { len, max } => write!(f, "frame of {len} bytes exceeds the limit of {max}"),
+            Self::TooLarge { len, max } => {
+                write!(f, "frame of {len} bytes exceeds the limit of {max}")
+            }
             Self::Malformed(why) => write!(f, "malformed frame: {why}"),
             Self::UnsupportedVersion(v) => {
-                write!(f, "protocol version {v} is not supported (this side speaks {PROTOCOL_VERSION})")
+                write!(
+                    f,
+                    "protocol version {v} is not supported (this side speaks {PROTOCOL_VERSION})"
+                )
             }
         }
     }
@@ -51,7 +56,10 @@ impl core::error::Error for DecodeError {}
 
 fn decode<T: DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, DecodeError> {
     if bytes.len() > max {
-        return Err(DecodeError::TooLarge { len: bytes.len(), max });
+        return Err(DecodeError::TooLarge {
+            len: bytes.len(),
+            max,
+        });
     }
     serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(alloc::format!("{e}")))
 }
@@ -95,7 +103,10 @@ pub fn decode_upstream(bytes: &[u8], max_frame: usize) -> Result<UpstreamBatch, 
     }
     let max_body = max_batch_bytes(max_frame);
     if bytes.len() > max_body {
-        return Err(DecodeError::TooLarge { len: bytes.len(), max: max_body });
+        return Err(DecodeError::TooLarge {
+            len: bytes.len(),
+            max: max_body,
+        });
     }
     let raw: RawBatch<'_> =
         serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(alloc::format!("{e}")))?;
@@ -104,7 +115,10 @@ pub fn decode_upstream(bytes: &[u8], max_frame: usize) -> Result<UpstreamBatch, 
         .iter()
         .map(|f| decode_client(f.get().as_bytes(), max_frame))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(UpstreamBatch { session: raw.session, frames })
+    Ok(UpstreamBatch {
+        session: raw.session,
+        frames,
+    })
 }
 
 /// Decodes the optional body of `POST /v1/ticket` (empty means a plain ticket).
@@ -180,7 +194,10 @@ mod tests {
                 resume_token: "r".into(),
                 resumed: false,
                 ping_interval_ms: 25_000,
-                user: UserInfo { id: "u1".into(), name: "Ana".into() },
+                user: UserInfo {
+                    id: "u1".into(),
+                    name: "Ana".into(),
+                },
                 limits: Limits {
                     max_frame_bytes: 65_536,
                     rate_per_sec: 20,
@@ -195,7 +212,12 @@ mod tests {
             },
             ServerFrame::Ping,
             ServerFrame::Pong,
-            ServerFrame::Subscribed { room: "r".into(), head: 3, recovered: true, epoch: "e1".into() },
+            ServerFrame::Subscribed {
+                room: "r".into(),
+                head: 3,
+                recovered: true,
+                epoch: "e1".into(),
+            },
             ServerFrame::Unsubscribed { room: "r".into() },
             ServerFrame::Message {
                 room: "r".into(),
@@ -204,36 +226,100 @@ mod tests {
                 name: Some("Ana".into()),
                 payload: "\"hi\\nthere\"".into(),
             },
-            ServerFrame::Ack { id: "m1".into(), room: "r".into(), offset: 4 },
-            ServerFrame::Nack { id: "m1".into(), code: ErrorCode::RateLimited, reason: "slow".into() },
-            ServerFrame::PresenceSnapshot { room: "r".into(), conns: vec![conn.clone()] },
-            ServerFrame::PresenceJoin { room: "r".into(), conn: conn.clone() },
-            ServerFrame::PresenceUpdate { room: "r".into(), conn: conn.clone() },
+            ServerFrame::Ack {
+                id: "m1".into(),
+                room: "r".into(),
+                offset: 4,
+            },
+            ServerFrame::Nack {
+                id: "m1".into(),
+                code: ErrorCode::RateLimited,
+                reason: "slow".into(),
+            },
+            ServerFrame::PresenceSnapshot {
+                room: "r".into(),
+                conns: vec![conn.clone()],
+            },
+            ServerFrame::PresenceJoin {
+                room: "r".into(),
+                conn: conn.clone(),
+            },
+            ServerFrame::PresenceUpdate {
+                room: "r".into(),
+                conn: conn.clone(),
+            },
             ServerFrame::PresenceDiff {
                 room: "r".into(),
                 joins: vec![conn],
-                leaves: vec![crate::PresenceLeft { session: "s2".into(), user: "u2".into() }],
+                leaves: vec![crate::PresenceLeft {
+                    session: "s2".into(),
+                    user: "u2".into(),
+                }],
             },
-            ServerFrame::PresenceLeave { room: "r".into(), session: "s1".into(), user: "u1".into() },
-            ServerFrame::Typing { room: "r".into(), user: "u1".into(), name: "Ana".into(), active: true },
-            ServerFrame::ReconnectAfter { min_ms: 0, max_ms: 10_000 },
-            ServerFrame::Close { code: CloseCode::SERVER_DRAINING, reason: "drain".into() },
+            ServerFrame::PresenceLeave {
+                room: "r".into(),
+                session: "s1".into(),
+                user: "u1".into(),
+            },
+            ServerFrame::Typing {
+                room: "r".into(),
+                user: "u1".into(),
+                name: "Ana".into(),
+                active: true,
+            },
+            ServerFrame::ReconnectAfter {
+                min_ms: 0,
+                max_ms: 10_000,
+            },
+            ServerFrame::Close {
+                code: CloseCode::SERVER_DRAINING,
+                reason: "drain".into(),
+            },
         ]
     }
 
     fn all_client_frames() -> Vec<ClientFrame> {
         vec![
-            ClientFrame::Hello { v: PROTOCOL_VERSION, resume: Some("r".into()) },
-            ClientFrame::Hello { v: PROTOCOL_VERSION, resume: None },
+            ClientFrame::Hello {
+                v: PROTOCOL_VERSION,
+                resume: Some("r".into()),
+            },
+            ClientFrame::Hello {
+                v: PROTOCOL_VERSION,
+                resume: None,
+            },
             ClientFrame::Ping,
             ClientFrame::Pong,
-            ClientFrame::Subscribe { room: "r".into(), since: Some(7), epoch: Some("e1".into()) , history: None},
-            ClientFrame::Subscribe { room: "r".into(), since: None, epoch: None , history: None},
+            ClientFrame::Subscribe {
+                room: "r".into(),
+                since: Some(7),
+                epoch: Some("e1".into()),
+                history: None,
+            },
+            ClientFrame::Subscribe {
+                room: "r".into(),
+                since: None,
+                epoch: None,
+                history: None,
+            },
             ClientFrame::Unsubscribe { room: "r".into() },
-            ClientFrame::Publish { room: "r".into(), id: "c1".into(), payload: "{}".into() },
-            ClientFrame::Presence { room: "r".into(), meta: "{}".into() },
-            ClientFrame::Typing { room: "r".into(), active: false },
-            ClientFrame::Close { code: CloseCode::NORMAL, reason: String::new() },
+            ClientFrame::Publish {
+                room: "r".into(),
+                id: "c1".into(),
+                payload: "{}".into(),
+            },
+            ClientFrame::Presence {
+                room: "r".into(),
+                meta: "{}".into(),
+            },
+            ClientFrame::Typing {
+                room: "r".into(),
+                active: false,
+            },
+            ClientFrame::Close {
+                code: CloseCode::NORMAL,
+                reason: String::new(),
+            },
             ClientFrame::Switch,
         ]
     }
@@ -252,7 +338,12 @@ mod tests {
 
     #[test]
     fn wire_shape_is_tagged_json() {
-        let bytes = encode_client(&ClientFrame::Subscribe { room: "lobby".into(), since: Some(3), epoch: None , history: None});
+        let bytes = encode_client(&ClientFrame::Subscribe {
+            room: "lobby".into(),
+            since: Some(3),
+            epoch: None,
+            history: None,
+        });
         assert_eq!(bytes, br#"{"t":"subscribe","room":"lobby","since":3}"#);
         assert_eq!(encode_server(&ServerFrame::Ping), br#"{"t":"ping"}"#);
     }
@@ -260,7 +351,13 @@ mod tests {
     #[test]
     fn oversized_input_is_refused_before_parsing() {
         let big = vec![b' '; MAX + 1];
-        assert_eq!(decode_client(&big, MAX), Err(DecodeError::TooLarge { len: MAX + 1, max: MAX }));
+        assert_eq!(
+            decode_client(&big, MAX),
+            Err(DecodeError::TooLarge {
+                len: MAX + 1,
+                max: MAX
+            })
+        );
         assert_eq!(
             decode_client(&big, MAX).unwrap_err().close_code(),
             CloseCode::FRAME_TOO_LARGE
@@ -280,7 +377,10 @@ mod tests {
             b"\xff\xfe",
         ] {
             let err = decode_client(bad, MAX).unwrap_err();
-            assert!(matches!(err, DecodeError::Malformed(_)), "{bad:?} gave {err:?}");
+            assert!(
+                matches!(err, DecodeError::Malformed(_)),
+                "{bad:?} gave {err:?}"
+            );
             assert_eq!(err.close_code(), CloseCode::MALFORMED_FRAME);
         }
     }
@@ -291,63 +391,135 @@ mod tests {
         assert_eq!(err, DecodeError::UnsupportedVersion(2));
         assert_eq!(err.close_code(), CloseCode::UNSUPPORTED_VERSION);
         let mut welcome = encode_server(&all_server_frames()[0]);
-        let text = String::from_utf8(welcome.clone()).unwrap().replace("\"v\":1", "\"v\":9");
+        let text = String::from_utf8(welcome.clone())
+            .unwrap()
+            .replace("\"v\":1", "\"v\":9");
         welcome = text.into_bytes();
-        assert_eq!(decode_server(&welcome, MAX), Err(DecodeError::UnsupportedVersion(9)));
+        assert_eq!(
+            decode_server(&welcome, MAX),
+            Err(DecodeError::UnsupportedVersion(9))
+        );
         let up = br#"{"session":"s","frames":[{"t":"hello","v":3}]}"#;
-        assert_eq!(decode_upstream(up, MAX), Err(DecodeError::UnsupportedVersion(3)));
+        assert_eq!(
+            decode_upstream(up, MAX),
+            Err(DecodeError::UnsupportedVersion(3))
+        );
     }
 
     #[test]
     fn unknown_server_frames_and_codes_are_tolerated() {
-        assert_eq!(decode_server(br#"{"t":"from_the_future","x":1}"#, MAX), Ok(ServerFrame::Unknown));
-        let nack = decode_server(br#"{"t":"nack","id":"a","code":"new_code","reason":""}"#, MAX);
-        assert!(matches!(nack, Ok(ServerFrame::Nack { code: ErrorCode::Unknown, .. })));
+        assert_eq!(
+            decode_server(br#"{"t":"from_the_future","x":1}"#, MAX),
+            Ok(ServerFrame::Unknown)
+        );
+        let nack = decode_server(
+            br#"{"t":"nack","id":"a","code":"new_code","reason":""}"#,
+            MAX,
+        );
+        assert!(matches!(
+            nack,
+            Ok(ServerFrame::Nack {
+                code: ErrorCode::Unknown,
+                ..
+            })
+        ));
     }
 
     #[test]
     fn envelopes_round_trip() {
-        let batch = PollBatch { cursor: 9, frames: all_server_frames() };
+        let batch = PollBatch {
+            cursor: 9,
+            frames: all_server_frames(),
+        };
         assert_eq!(decode_poll(&encode_poll(&batch), usize::MAX), Ok(batch));
-        let up = UpstreamBatch { session: "tok".into(), frames: all_client_frames() };
+        let up = UpstreamBatch {
+            session: "tok".into(),
+            frames: all_client_frames(),
+        };
         assert_eq!(decode_upstream(&encode_upstream(&up), MAX), Ok(up));
     }
 
     #[test]
     fn upstream_bodies_may_exceed_the_frame_limit_but_frames_may_not() {
-        let frame = |n: usize| ClientFrame::Publish { room: "r".into(), id: "i".into(), payload: "x".repeat(n) };
+        let frame = |n: usize| ClientFrame::Publish {
+            room: "r".into(),
+            id: "i".into(),
+            payload: "x".repeat(n),
+        };
         let len = |f: &ClientFrame| encode_client(f).len();
         let max = 1000;
         // One frame of exactly the limit fits, with its envelope, in one body.
         let exact = frame(max - len(&frame(0)));
         assert_eq!(len(&exact), max);
-        let body = encode_upstream(&UpstreamBatch { session: "s".repeat(80), frames: vec![exact.clone()] });
+        let body = encode_upstream(&UpstreamBatch {
+            session: "s".repeat(80),
+            frames: vec![exact.clone()],
+        });
         assert!(body.len() > max);
-        assert_eq!(decode_upstream(&body, max).map(|b| b.frames), Ok(vec![exact]));
+        assert_eq!(
+            decode_upstream(&body, max).map(|b| b.frames),
+            Ok(vec![exact])
+        );
         // A frame one byte over is refused even though the body is within the batch limit.
         let over = frame(max + 1 - len(&frame(0)));
-        let body = encode_upstream(&UpstreamBatch { session: "s".into(), frames: vec![over] });
-        assert_eq!(decode_upstream(&body, max), Err(DecodeError::TooLarge { len: max + 1, max }));
+        let body = encode_upstream(&UpstreamBatch {
+            session: "s".into(),
+            frames: vec![over],
+        });
+        assert_eq!(
+            decode_upstream(&body, max),
+            Err(DecodeError::TooLarge { len: max + 1, max })
+        );
         // Many small frames within the batch limit are fine; past it the body is refused unread.
-        let many = UpstreamBatch { session: "s".into(), frames: vec![frame(10); 60] };
+        let many = UpstreamBatch {
+            session: "s".into(),
+            frames: vec![frame(10); 60],
+        };
         let body = encode_upstream(&many);
         assert!(body.len() > max && body.len() <= max_batch_bytes(max));
         assert_eq!(decode_upstream(&body, max), Ok(many));
         let huge = vec![b' '; max_batch_bytes(max) + 1];
-        assert!(matches!(decode_upstream(&huge, max), Err(DecodeError::TooLarge { .. })));
+        assert!(matches!(
+            decode_upstream(&huge, max),
+            Err(DecodeError::TooLarge { .. })
+        ));
     }
 
     #[test]
     fn ticket_and_poll_requests() {
-        assert_eq!(decode_ticket_request(b"", MAX), Ok(TicketRequest::default()));
-        assert_eq!(decode_ticket_request(b" \n", MAX), Ok(TicketRequest::default()));
-        let req = TicketRequest { resume: Some("r".into()), probe: true };
-        assert_eq!(serde_json::to_string(&req).unwrap(), r#"{"resume":"r","probe":true}"#);
-        assert_eq!(decode_ticket_request(br#"{"resume":"r","probe":true}"#, MAX), Ok(req));
-        assert_eq!(serde_json::to_string(&TicketRequest::default()).unwrap(), "{}");
+        assert_eq!(
+            decode_ticket_request(b"", MAX),
+            Ok(TicketRequest::default())
+        );
+        assert_eq!(
+            decode_ticket_request(b" \n", MAX),
+            Ok(TicketRequest::default())
+        );
+        let req = TicketRequest {
+            resume: Some("r".into()),
+            probe: true,
+        };
+        assert_eq!(
+            serde_json::to_string(&req).unwrap(),
+            r#"{"resume":"r","probe":true}"#
+        );
+        assert_eq!(
+            decode_ticket_request(br#"{"resume":"r","probe":true}"#, MAX),
+            Ok(req)
+        );
+        assert_eq!(
+            serde_json::to_string(&TicketRequest::default()).unwrap(),
+            "{}"
+        );
         assert!(decode_ticket_request(b"{", MAX).is_err());
-        let poll = PollRequest { session: "s".into(), cursor: 4 };
-        assert_eq!(decode_poll_request(br#"{"session":"s","cursor":4}"#, MAX), Ok(poll));
+        let poll = PollRequest {
+            session: "s".into(),
+            cursor: 4,
+        };
+        assert_eq!(
+            decode_poll_request(br#"{"session":"s","cursor":4}"#, MAX),
+            Ok(poll)
+        );
         assert!(decode_poll_request(br#"{"cursor":4}"#, MAX).is_err());
     }
 
@@ -365,7 +537,13 @@ mod tests {
         assert!(text.starts_with("id: 5\ndata: {"));
         assert!(text.ends_with("\n\n"));
         assert_eq!(text.matches('\n').count(), 3, "{text}");
-        let data = text.lines().nth(1).unwrap().strip_prefix("data: ").unwrap().to_string();
+        let data = text
+            .lines()
+            .nth(1)
+            .unwrap()
+            .strip_prefix("data: ")
+            .unwrap()
+            .to_string();
         assert_eq!(decode_server(data.as_bytes(), MAX), Ok(frame));
     }
 

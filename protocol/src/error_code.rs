@@ -73,7 +73,10 @@ impl ErrorCode {
     /// The code with this wire name; [`ErrorCode::Unknown`] for a name this version does not know.
     /// (For decoders that do not use serde, like the browser glue.)
     pub fn from_name(name: &str) -> Self {
-        Self::ALL.into_iter().find(|c| c.as_str() == name).unwrap_or(Self::Unknown)
+        Self::ALL
+            .into_iter()
+            .find(|c| c.as_str() == name)
+            .unwrap_or(Self::Unknown)
     }
 
     /// The snake_case name used on the wire.

@@ -47,7 +47,11 @@ pub enum ClientFrame {
     /// Leave a room (also leaves its presence).
     Unsubscribe { room: String },
     /// Publish to a room. `id` is unique per client and deduplicates resends.
-    Publish { room: String, id: String, payload: String },
+    Publish {
+        room: String,
+        id: String,
+        payload: String,
+    },
     /// Set this connection's presence metadata (opaque JSON text) in a subscribed room.
     Presence { room: String, meta: String },
     /// Typing started (`active: true`) or stopped.
@@ -105,24 +109,48 @@ pub enum ServerFrame {
         payload: String,
     },
     /// A publish was stored at `offset`.
-    Ack { id: String, room: String, offset: u64 },
+    Ack {
+        id: String,
+        room: String,
+        offset: u64,
+    },
     /// A request was refused. `id` is the publish id, or the room for subscribe and presence.
-    Nack { id: String, code: ErrorCode, reason: String },
+    Nack {
+        id: String,
+        code: ErrorCode,
+        reason: String,
+    },
     /// Everyone present in a room, sent after `subscribed`.
-    PresenceSnapshot { room: String, conns: Vec<PresenceConn> },
+    PresenceSnapshot {
+        room: String,
+        conns: Vec<PresenceConn>,
+    },
     /// A connection joined a room's presence.
     PresenceJoin { room: String, conn: PresenceConn },
     /// A connection changed its metadata.
     PresenceUpdate { room: String, conn: PresenceConn },
     /// A connection left (after the server's grace period).
-    PresenceLeave { room: String, session: String, user: String },
+    PresenceLeave {
+        room: String,
+        session: String,
+        user: String,
+    },
     /// Several presence changes of a large room at once, coalesced over a short interval:
     /// `joins` are joins and updates (the connection's latest state), `leaves` connections that
     /// left. A session appears at most once, in one of the two.
-    PresenceDiff { room: String, joins: Vec<PresenceConn>, leaves: Vec<PresenceLeft> },
+    PresenceDiff {
+        room: String,
+        joins: Vec<PresenceConn>,
+        leaves: Vec<PresenceLeft>,
+    },
     /// Someone started or stopped typing. The server sends `active: false` itself when a start
     /// is not followed by a stop within its typing TTL.
-    Typing { room: String, user: String, name: String, active: bool },
+    Typing {
+        room: String,
+        user: String,
+        name: String,
+        active: bool,
+    },
     /// The server is draining: reconnect at a random point in `[min_ms, max_ms]` from now.
     ReconnectAfter { min_ms: u64, max_ms: u64 },
     /// The server ends the transport; `code` says what the client does next.

@@ -19,11 +19,9 @@ pub mod envelope;
 mod error_code;
 mod frames;
 
-pub use close_code::{CloseCode, CloseAction};
+pub use close_code::{CloseAction, CloseCode};
 pub use error_code::ErrorCode;
-pub use frames::{
-    ClientFrame, Limits, PresenceConn, PresenceLeft, ServerFrame, UserInfo,
-};
+pub use frames::{ClientFrame, Limits, PresenceConn, PresenceLeft, ServerFrame, UserInfo};
 
 /// The protocol version this crate speaks. A peer announcing another version is refused with
 /// [`CloseCode::UNSUPPORTED_VERSION`].

@@ -4,8 +4,8 @@
 //! line and serves it. See docs/PROTOCOL.md for the wire protocol this implements, and
 //! [`broker`] for the seam a multi-node deployment plugs into.
 
-pub mod api;
 pub mod admission;
+pub mod api;
 pub mod app;
 pub mod auth;
 pub mod broker;

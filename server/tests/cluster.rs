@@ -249,7 +249,8 @@ async fn long_polls_alternating_between_nodes_lose_nothing() {
         let subscribe = ClientFrame::Subscribe {
             room: "room".into(),
             since: None,
-            epoch: None, history: None,
+            epoch: None,
+            history: None,
         };
         assert_eq!(poll.send(&b, vec![subscribe]).await, 204);
         let seen = common::poll_until(&mut poll, &b, |f| {

@@ -77,7 +77,11 @@ impl Cast {
     async fn finish(&self) -> (Vec<String>, Vec<Instant>) {
         // Enough traffic to judge by, however slow the machine is today.
         let published = faultkit::wait_until(WAIT, || self.publisher.sent() >= 40).await;
-        assert!(published, "the publisher sent only {}", self.publisher.sent());
+        assert!(
+            published,
+            "the publisher sent only {}",
+            self.publisher.sent()
+        );
         self.publisher.stop().await;
         self.publisher.settle(WAIT).await.unwrap();
         let acked = self.publisher.acked();

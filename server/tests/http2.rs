@@ -143,7 +143,8 @@ impl H2Client {
             let subscribe = ClientFrame::Subscribe {
                 room: ROOM.into(),
                 since: None,
-                epoch: None, history: None,
+                epoch: None,
+                history: None,
             };
             assert_eq!(self.send(&resume_token, subscribe).await, 204);
             sse.until(|f| matches!(f, ServerFrame::Subscribed { .. }))

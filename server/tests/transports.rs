@@ -82,7 +82,8 @@ async fn room_access_is_checked_against_token_patterns() {
     ws.send(&ClientFrame::Subscribe {
         room: "secret".into(),
         since: None,
-        epoch: None, history: None,
+        epoch: None,
+        history: None,
     })
     .await;
     assert!(matches!(
@@ -95,7 +96,8 @@ async fn room_access_is_checked_against_token_patterns() {
     ws.send(&ClientFrame::Subscribe {
         room: "bad room!".into(),
         since: None,
-        epoch: None, history: None,
+        epoch: None,
+        history: None,
     })
     .await;
     assert!(matches!(
@@ -130,7 +132,8 @@ async fn sse_end_to_end_with_upstream_posts_and_keepalives() {
             vec![ClientFrame::Subscribe {
                 room: "r".into(),
                 since: None,
-                epoch: None, history: None
+                epoch: None,
+                history: None
             }]
         )
         .await,
@@ -217,7 +220,8 @@ async fn long_polling_end_to_end_with_cursor_resend() {
             vec![ClientFrame::Subscribe {
                 room: "r".into(),
                 since: None,
-                epoch: None, history: None
+                epoch: None,
+                history: None
             }]
         )
         .await,
@@ -421,7 +425,8 @@ async fn a_newer_poll_answers_the_held_one_with_an_empty_batch() {
         vec![ClientFrame::Subscribe {
             room: "r".into(),
             since: None,
-            epoch: None, history: None,
+            epoch: None,
+            history: None,
         }],
     )
     .await;

@@ -39,7 +39,11 @@ pub enum Verdict {
 
 impl Backoff {
     pub fn new(cfg: BackoffConfig) -> Self {
-        Self { cfg, failures: 0, drain: None }
+        Self {
+            cfg,
+            failures: 0,
+            drain: None,
+        }
     }
 
     pub fn failures(&self) -> u32 {
@@ -80,7 +84,11 @@ impl Backoff {
     /// `[low, high]` of the delay after `failures` consecutive failures.
     pub fn envelope(&self, failures: u32) -> (u64, u64) {
         let exp = failures.saturating_sub(1).min(63);
-        let high = self.cfg.base_ms.checked_shl(exp).filter(|v| v >> exp == self.cfg.base_ms);
+        let high = self
+            .cfg
+            .base_ms
+            .checked_shl(exp)
+            .filter(|v| v >> exp == self.cfg.base_ms);
         let high = high.unwrap_or(u64::MAX).min(self.cfg.cap_ms);
         (self.cfg.floor_ms.min(high), high)
     }

@@ -55,7 +55,11 @@ mod tests {
     use rtlink_protocol::ClientFrame;
 
     fn frame(i: usize, size: usize) -> String {
-        let f = ClientFrame::Publish { room: "r".into(), id: i.to_string(), payload: "é".repeat(size / 2) };
+        let f = ClientFrame::Publish {
+            room: "r".into(),
+            id: i.to_string(),
+            payload: "é".repeat(size / 2),
+        };
         String::from_utf8(rtlink_protocol::codec::encode_client(&f)).unwrap()
     }
 
@@ -74,8 +78,10 @@ mod tests {
             seen.extend(batch.frames);
             bodies += 1;
         }
-        let want: Vec<ClientFrame> =
-            all.iter().map(|f| rtlink_protocol::codec::decode_client(f.as_bytes(), max_frame).unwrap()).collect();
+        let want: Vec<ClientFrame> = all
+            .iter()
+            .map(|f| rtlink_protocol::codec::decode_client(f.as_bytes(), max_frame).unwrap())
+            .collect();
         assert_eq!(seen, want, "every frame once, in order");
         assert!(bodies > 10 && bodies < 500, "{bodies} bodies");
     }
@@ -88,12 +94,26 @@ mod tests {
         let pad = max_frame - big.len();
         big = frame(1, pad - pad % 2);
         assert!(big.len() <= max_frame && big.len() > max_frame - 2);
-        let mut queue = vec![frame(0, 10), big.clone(), "x".repeat(limit + 10), frame(3, 10)];
+        let mut queue = vec![
+            frame(0, 10),
+            big.clone(),
+            "x".repeat(limit + 10),
+            frame(3, 10),
+        ];
         let first = take_batch("s", &mut queue, limit).unwrap();
-        assert_eq!(decode_upstream(first.as_bytes(), max_frame).unwrap().frames.len(), 2);
+        assert_eq!(
+            decode_upstream(first.as_bytes(), max_frame)
+                .unwrap()
+                .frames
+                .len(),
+            2
+        );
         let second = take_batch("s", &mut queue, limit).unwrap();
         assert!(second.len() > limit, "taken alone");
-        assert_eq!(take_batch("s", &mut queue, limit).map(|b| b.len() < limit), Some(true));
+        assert_eq!(
+            take_batch("s", &mut queue, limit).map(|b| b.len() < limit),
+            Some(true)
+        );
         assert_eq!(take_batch("s", &mut queue, limit), None);
     }
 }

@@ -1,6 +1,6 @@
 //! Everything tunable about the client, with the defaults the protocol document recommends.
 
-use alloc::{vec::Vec, vec};
+use alloc::{vec, vec::Vec};
 
 use super::event::TransportKind;
 
@@ -21,7 +21,13 @@ pub struct BackoffConfig {
 
 impl Default for BackoffConfig {
     fn default() -> Self {
-        Self { base_ms: 500, cap_ms: 30_000, floor_ms: 100, max_attempts: None, stable_ms: 10_000 }
+        Self {
+            base_ms: 500,
+            cap_ms: 30_000,
+            floor_ms: 100,
+            max_attempts: None,
+            stable_ms: 10_000,
+        }
     }
 }
 
@@ -78,7 +84,11 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            transports: vec![TransportKind::WebSocket, TransportKind::Sse, TransportKind::LongPoll],
+            transports: vec![
+                TransportKind::WebSocket,
+                TransportKind::Sse,
+                TransportKind::LongPoll,
+            ],
             start_transport: None,
             backoff: BackoffConfig::default(),
             step_down_after: 2,

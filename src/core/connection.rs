@@ -31,7 +31,11 @@ pub(super) enum End {
     /// The transport's own connection failed.
     OpenFailed(OpenError),
     /// It closed: reported by the glue (`reported`) or announced by a server `close` frame.
-    Closed { code: Option<CloseCode>, reason: String, reported: bool },
+    Closed {
+        code: Option<CloseCode>,
+        reason: String,
+        reported: bool,
+    },
     /// No `welcome` before the first-frame deadline.
     NoWelcome,
     /// Heartbeat deadline (and liveness probe, if any) passed in silence.
@@ -46,8 +50,12 @@ impl Client {
     pub(super) fn role(&self, id: TransportId) -> Role {
         match &self.phase {
             Phase::AwaitingTicket { id: primary } if *primary == id => Role::Primary,
-            Phase::AwaitingWelcome { slot } | Phase::Open { slot, .. } if slot.id == id => Role::Primary,
-            Phase::Open { probe: Some(probe), .. } if probe.id() == Some(id) => Role::Probe,
+            Phase::AwaitingWelcome { slot } | Phase::Open { slot, .. } if slot.id == id => {
+                Role::Primary
+            }
+            Phase::Open {
+                probe: Some(probe), ..
+            } if probe.id() == Some(id) => Role::Probe,
             _ => Role::Stale,
         }
     }
@@ -66,18 +74,25 @@ impl Client {
     /// The app closed: say goodbye on an open session, fail what is pending, stop.
     pub(super) fn close_by_app(&mut self) {
         if self.is_open() {
-            self.send(ClientFrame::Close { code: CloseCode::NORMAL, reason: "client closed".into() });
+            self.send(ClientFrame::Close {
+                code: CloseCode::NORMAL,
+                reason: "client closed".into(),
+            });
         }
         self.close_transports(Some(CloseCode::NORMAL));
         self.shut_down("client closed");
-        self.set_phase(Phase::Closed { reason: CloseReason::ClientClosed });
+        self.set_phase(Phase::Closed {
+            reason: CloseReason::ClientClosed,
+        });
     }
 
     /// Stops for good for a reason that is not the app's choice.
     pub(super) fn terminate(&mut self, reason: CloseReason) {
         self.close_transports(None);
         self.shut_down("connection closed for good");
-        self.emit(Event::Error { reason: reason.clone() });
+        self.emit(Event::Error {
+            reason: reason.clone(),
+        });
         self.set_phase(Phase::Closed { reason });
     }
 
@@ -110,7 +125,12 @@ impl Client {
     pub(super) fn lose_transport(&mut self) {
         let was_open = self.is_open();
         self.heartbeat.stop();
-        for timer in [Timer::FirstFrame, Timer::ProbeStart, Timer::ProbeFirstFrame, Timer::Stable] {
+        for timer in [
+            Timer::FirstFrame,
+            Timer::ProbeStart,
+            Timer::ProbeFirstFrame,
+            Timer::Stable,
+        ] {
             self.timers.stop(timer);
         }
         self.sends.pause();
@@ -146,13 +166,25 @@ impl Client {
                 let id = self.mint_transport_id();
                 let resume = self.resume_token();
                 let endpoint = self.endpoints.current();
-                self.push_out(Output::FetchTicket { id, endpoint, token, resume, probe: false });
+                self.push_out(Output::FetchTicket {
+                    id,
+                    endpoint,
+                    token,
+                    resume,
+                    probe: false,
+                });
                 // The ticket step has the same deadline as a transport: a server that does not
                 // answer in time is unreachable.
-                self.timers.set(Timer::FirstFrame, self.now.plus(self.cfg.first_frame_timeout_ms));
+                self.timers.set(
+                    Timer::FirstFrame,
+                    self.now.plus(self.cfg.first_frame_timeout_ms),
+                );
                 self.set_phase(Phase::AwaitingTicket { id });
             }
-            Phase::Open { probe: Some(Probe::AwaitingToken { kind }), .. } => self.fetch_probe_ticket(kind, token),
+            Phase::Open {
+                probe: Some(Probe::AwaitingToken { kind }),
+                ..
+            } => self.fetch_probe_ticket(kind, token),
             _ => {}
         }
     }
@@ -161,7 +193,10 @@ impl Client {
         match self.phase {
             Phase::AwaitingToken if terminal => self.terminate(CloseReason::TokenFailed),
             Phase::AwaitingToken => self.retry_later(None),
-            Phase::Open { probe: Some(Probe::AwaitingToken { .. }), .. } => {
+            Phase::Open {
+                probe: Some(Probe::AwaitingToken { .. }),
+                ..
+            } => {
                 self.drop_probe(false);
                 self.schedule_probe();
             }
@@ -171,7 +206,8 @@ impl Client {
 
     pub(super) fn on_ticket_issued(&mut self, id: TransportId, ticket: String) {
         match self.role(id) {
-            Role::Primary if matches!(self.phase, Phase::AwaitingTicket { id: primary } if primary == id) => {
+            Role::Primary if matches!(self.phase, Phase::AwaitingTicket { id: primary } if primary == id) =>
+            {
                 // The server admits: a strike held from the last attempt counts now, and may
                 // move this attempt one rung down.
                 self.endpoints.on_answer();
@@ -180,9 +216,19 @@ impl Client {
                 }
                 let kind = self.ladder.current();
                 let endpoint = self.endpoints.current();
-                self.push_out(Output::OpenTransport { id, endpoint, kind, ticket });
-                self.timers.set(Timer::FirstFrame, self.now.plus(self.cfg.first_frame_timeout_ms));
-                self.set_phase(Phase::AwaitingWelcome { slot: Slot::new(id, kind) });
+                self.push_out(Output::OpenTransport {
+                    id,
+                    endpoint,
+                    kind,
+                    ticket,
+                });
+                self.timers.set(
+                    Timer::FirstFrame,
+                    self.now.plus(self.cfg.first_frame_timeout_ms),
+                );
+                self.set_phase(Phase::AwaitingWelcome {
+                    slot: Slot::new(id, kind),
+                });
             }
             Role::Probe => self.open_probe(id, ticket),
             _ => {}
@@ -198,20 +244,35 @@ impl Client {
         };
         let slot = match &mut self.phase {
             Phase::AwaitingWelcome { slot } => slot,
-            Phase::Open { probe: Some(Probe::Opening { slot }), .. } if role == Role::Probe => slot,
+            Phase::Open {
+                probe: Some(Probe::Opening { slot }),
+                ..
+            } if role == Role::Probe => slot,
             _ => return,
         };
         slot.opened = true;
         // SSE and long polling resume the session their ticket names; a WebSocket says hello.
         if slot.kind == TransportKind::WebSocket {
-            let frame = ClientFrame::Hello { v: PROTOCOL_VERSION, resume };
+            let frame = ClientFrame::Hello {
+                v: PROTOCOL_VERSION,
+                resume,
+            };
             self.push_out(Output::Send { id, frame });
         }
     }
 
-    pub(super) fn on_transport_closed(&mut self, id: TransportId, code: Option<CloseCode>, reason: String) {
+    pub(super) fn on_transport_closed(
+        &mut self,
+        id: TransportId,
+        code: Option<CloseCode>,
+        reason: String,
+    ) {
         match self.role(id) {
-            Role::Primary => self.on_primary_end(End::Closed { code, reason, reported: true }),
+            Role::Primary => self.on_primary_end(End::Closed {
+                code,
+                reason,
+                reported: true,
+            }),
             Role::Probe => {
                 self.drop_probe(false);
                 self.schedule_probe();
@@ -262,7 +323,11 @@ impl Client {
         if !self.is_open() {
             return;
         }
-        let ping = if force { self.heartbeat.force_probe(self.now) } else { self.heartbeat.check_overdue(self.now) };
+        let ping = if force {
+            self.heartbeat.force_probe(self.now)
+        } else {
+            self.heartbeat.check_overdue(self.now)
+        };
         if ping {
             self.send(ClientFrame::Ping);
         }
@@ -277,7 +342,10 @@ impl Client {
             Phase::Open { slot, probe } => (Some(*slot), *probe),
             _ => return,
         };
-        let reported = matches!(end, End::TicketFailed(_) | End::OpenFailed(_) | End::Closed { reported: true, .. });
+        let reported = matches!(
+            end,
+            End::TicketFailed(_) | End::OpenFailed(_) | End::Closed { reported: true, .. }
+        );
         if let (false, Some(slot)) = (reported, slot) {
             let code = (end == End::HeartbeatDead).then_some(CloseCode::HEARTBEAT_TIMEOUT);
             self.push_out(Output::CloseTransport { id: slot.id, code });
@@ -294,21 +362,27 @@ impl Client {
         self.judge_endpoint(&end);
 
         match end {
-            End::TicketFailed(OpenError::Unauthorized) | End::OpenFailed(OpenError::Unauthorized) => self.reauthenticate(),
+            End::TicketFailed(OpenError::Unauthorized)
+            | End::OpenFailed(OpenError::Unauthorized) => self.reauthenticate(),
             End::TicketFailed(OpenError::Forbidden) | End::OpenFailed(OpenError::Forbidden) => {
                 self.terminate(CloseReason::Forbidden)
             }
-            End::TicketFailed(OpenError::SessionUnknown) | End::OpenFailed(OpenError::SessionUnknown) => {
-                self.retry_new_session()
-            }
+            End::TicketFailed(OpenError::SessionUnknown)
+            | End::OpenFailed(OpenError::SessionUnknown) => self.retry_new_session(),
             End::TicketFailed(OpenError::Overloaded { retry_after_ms })
-            | End::OpenFailed(OpenError::Overloaded { retry_after_ms }) => self.retry_later(retry_after_ms),
+            | End::OpenFailed(OpenError::Overloaded { retry_after_ms }) => {
+                self.retry_later(retry_after_ms)
+            }
             End::TicketFailed(OpenError::Network | OpenError::Unreachable)
             | End::OpenFailed(OpenError::Network | OpenError::Unreachable)
             | End::NoWelcome
             | End::HeartbeatDead => self.retry_later(None),
             End::Closed { code: None, .. } => self.retry_later(None),
-            End::Closed { code: Some(code), reason, .. } => match code.action() {
+            End::Closed {
+                code: Some(code),
+                reason,
+                ..
+            } => match code.action() {
                 CloseAction::Terminal => self.terminate(CloseReason::Server { code, reason }),
                 CloseAction::RetryWithBackoff | CloseAction::Superseded => self.retry_later(None),
                 CloseAction::RetryAfterServerDelay => self.retry_after_drain(),
@@ -322,7 +396,9 @@ impl Client {
     /// that failed says nothing about any transport: the strike from before is discarded.
     fn judge_transport(&mut self, slot: Slot, end: &End) {
         let strike = match end {
-            End::OpenFailed(OpenError::Network | OpenError::Unreachable) => Some(Strike::OpenFailed),
+            End::OpenFailed(OpenError::Network | OpenError::Unreachable) => {
+                Some(Strike::OpenFailed)
+            }
             End::OpenFailed(OpenError::Overloaded { .. }) => {
                 self.ladder.on_ticket_refused();
                 None
@@ -407,7 +483,10 @@ impl Client {
     /// [`super::Config::reauth_window_ms`] of that re-authentication is final: a fresh token did
     /// not help, and looping would only load the server.
     fn reauthenticate(&mut self) {
-        if self.reauth_at.is_some_and(|at| self.now.millis_since(at) < self.cfg.reauth_window_ms) {
+        if self
+            .reauth_at
+            .is_some_and(|at| self.now.millis_since(at) < self.cfg.reauth_window_ms)
+        {
             return self.terminate(CloseReason::Unauthorized);
         }
         self.reauth_at = Some(self.now);
@@ -427,7 +506,10 @@ impl Client {
 
     /// Offline or frozen: drop the transport, keep everything else, burn no attempts.
     pub(super) fn suspend(&mut self) {
-        if matches!(self.phase, Phase::Idle | Phase::Offline | Phase::Closed { .. }) {
+        if matches!(
+            self.phase,
+            Phase::Idle | Phase::Offline | Phase::Closed { .. }
+        ) {
             return;
         }
         self.close_transports(None);

@@ -79,7 +79,13 @@ impl Endpoints {
     /// down, else the one back soonest.
     pub fn choose(&mut self, now: Instant) {
         // 0 (not down) orders first; a strict `<` keeps the first of equals.
-        let down_until = |h: &Health| if h.down_until > now { h.down_until.as_millis() } else { 0 };
+        let down_until = |h: &Health| {
+            if h.down_until > now {
+                h.down_until.as_millis()
+            } else {
+                0
+            }
+        };
         let mut pick = 0;
         for (i, h) in self.health.iter().enumerate() {
             if down_until(h) < down_until(&self.health[pick]) {

@@ -55,19 +55,33 @@ pub enum Input {
     Close,
     /// Join a room. `history`: on joining, first deliver up to this many of the room's most
     /// recent messages (0: only what is published from now on).
-    Subscribe { room: String, history: u32 },
-    Unsubscribe { room: String },
+    Subscribe {
+        room: String,
+        history: u32,
+    },
+    Unsubscribe {
+        room: String,
+    },
     /// Set own presence metadata (opaque JSON text) in a subscribed room; re-announced after
     /// a reconnect that lost the session. Ignored for rooms not subscribed.
-    SetPresence { room: String, meta: String },
+    SetPresence {
+        room: String,
+        meta: String,
+    },
     /// The user typed in `room`'s input.
-    Keystroke { room: String },
+    Keystroke {
+        room: String,
+    },
     /// The user cleared the input or left it.
-    TypingStop { room: String },
+    TypingStop {
+        room: String,
+    },
     /// The app's async `getToken()` answered [`Output::RequestToken`].
     TokenReady(String),
     /// The app's `getToken()` failed; `terminal` means do not retry (e.g. logged out).
-    TokenFailed { terminal: bool },
+    TokenFailed {
+        terminal: bool,
+    },
 
     // --- browser lifecycle ---
     Online,
@@ -81,13 +95,28 @@ pub enum Input {
 
     // --- transport events, reported by the glue ---
     /// The ticket step of [`Output::FetchTicket`] succeeded.
-    TicketIssued { id: TransportId, ticket: String },
-    TransportOpened { id: TransportId },
-    Frame { id: TransportId, frame: ServerFrame },
+    TicketIssued {
+        id: TransportId,
+        ticket: String,
+    },
+    TransportOpened {
+        id: TransportId,
+    },
+    Frame {
+        id: TransportId,
+        frame: ServerFrame,
+    },
     /// The transport ended. `code` is the WebSocket close code if there was one.
-    TransportClosed { id: TransportId, code: Option<CloseCode>, reason: String },
+    TransportClosed {
+        id: TransportId,
+        code: Option<CloseCode>,
+        reason: String,
+    },
     /// The ticket step or the transport's connection failed.
-    OpenFailed { id: TransportId, error: OpenError },
+    OpenFailed {
+        id: TransportId,
+        error: OpenError,
+    },
 }
 
 /// What the core asks of the glue. Drain with [`super::Client::poll_output`].
@@ -100,15 +129,29 @@ pub enum Output {
     /// [`Input::TicketIssued`], or [`Input::OpenFailed`] mapped from the HTTP answer
     /// (no answer or a 5xx: [`OpenError::Unreachable`]). `endpoint`: which of the glue's URLs
     /// (an index into [`super::Config::endpoints`], 0 = the first).
-    FetchTicket { id: TransportId, endpoint: usize, token: String, resume: Option<String>, probe: bool },
+    FetchTicket {
+        id: TransportId,
+        endpoint: usize,
+        token: String,
+        resume: Option<String>,
+        probe: bool,
+    },
     /// Second step: connect transport `id` of `kind` with the ticket, on the ticket's endpoint.
     /// For WebSocket the core sends `hello` itself after [`Input::TransportOpened`]; SSE and
     /// long polling resume the session the ticket names.
-    OpenTransport { id: TransportId, endpoint: usize, kind: TransportKind, ticket: String },
+    OpenTransport {
+        id: TransportId,
+        endpoint: usize,
+        kind: TransportKind,
+        ticket: String,
+    },
     /// Send a frame on a transport (for SSE/long polling: POST it upstream).
     Send { id: TransportId, frame: ClientFrame },
     /// Close the transport and forget it; do not report its close back (it would be ignored).
-    CloseTransport { id: TransportId, code: Option<CloseCode> },
+    CloseTransport {
+        id: TransportId,
+        code: Option<CloseCode>,
+    },
     /// Something for the app.
     Event(Event),
 }
@@ -144,29 +187,58 @@ pub enum Event {
         retry_in_ms: Option<u64>,
     },
     /// A room message, delivered exactly once and in offset order.
-    Message { room: String, offset: u64, sender: String, name: Option<String>, payload: String },
-    PublishAcked { send_id: SendId, offset: u64 },
+    Message {
+        room: String,
+        offset: u64,
+        sender: String,
+        name: Option<String>,
+        payload: String,
+    },
+    PublishAcked {
+        send_id: SendId,
+        offset: u64,
+    },
     /// The publish will not be stored. `code` is the server's nack code, `Timeout` when no ack
     /// came in time, `Closed` when the client closed first.
-    PublishFailed { send_id: SendId, code: ErrorCode, reason: String },
+    PublishFailed {
+        send_id: SendId,
+        code: ErrorCode,
+        reason: String,
+    },
     /// The first `subscribed` for a room the app subscribed to (not repeated on reconnects).
-    Subscribed { room: String },
+    Subscribed {
+        room: String,
+    },
     /// The server refused the subscription; the room is dropped.
-    SubscribeFailed { room: String, code: ErrorCode, reason: String },
+    SubscribeFailed {
+        room: String,
+        code: ErrorCode,
+        reason: String,
+    },
     /// Messages were lost beyond the server's history: reload the room from its source of truth.
     /// Delivery continues from the room's current head.
-    ResyncNeeded { room: String },
+    ResyncNeeded {
+        room: String,
+    },
     /// The room's full member list (sorted by user) after any change.
-    PresenceChanged { room: String, members: Vec<Member> },
+    PresenceChanged {
+        room: String,
+        members: Vec<Member>,
+    },
     /// Who else is typing in the room (sorted by user) after any change.
-    TypingChanged { room: String, users: Vec<TypingUser> },
+    TypingChanged {
+        room: String,
+        users: Vec<TypingUser>,
+    },
     /// The transport that last delivered a `welcome` changed: persist it and pass it back as
     /// [`super::Config::start_transport`] next time.
     TransportRemembered(TransportKind),
     /// The ladder stepped down to a lower transport, and why.
     Fallback(Fallback),
     /// The client stopped for good (not after an app `Close`); the state is now `Closed`.
-    Error { reason: CloseReason },
+    Error {
+        reason: CloseReason,
+    },
 }
 
 /// Why [`super::Client::publish`] refused to queue a message.

@@ -36,7 +36,14 @@ pub enum Verdict {
 
 impl Heartbeat {
     pub fn new(grace_ms: u64, late_threshold_ms: u64, probe_window_ms: u64) -> Self {
-        Self { grace_ms, late_threshold_ms, probe_window_ms, timeout_ms: 0, deadline: None, probe_deadline: None }
+        Self {
+            grace_ms,
+            late_threshold_ms,
+            probe_window_ms,
+            timeout_ms: 0,
+            deadline: None,
+            probe_deadline: None,
+        }
     }
 
     /// A session opened: start watching.

@@ -184,7 +184,9 @@ impl Reader<'_> {
         let mut value: Option<u64> = Some(0);
         let first = self.pos;
         while let Some(d @ b'0'..=b'9') = self.peek() {
-            value = value.and_then(|v| v.checked_mul(10)?.checked_add(u64::from(d - b'0'))).filter(|v| *v <= MAX_SAFE);
+            value = value
+                .and_then(|v| v.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+                .filter(|v| *v <= MAX_SAFE);
             self.pos += 1;
         }
         let digits = self.pos - first;
@@ -254,7 +256,9 @@ impl Reader<'_> {
     /// one is copied into Rust.
     fn unicode_escape(&mut self) -> Option<char> {
         let hi = self.hex4()?;
-        if (0xd800..0xdc00).contains(&hi) && self.text.as_bytes().get(self.pos..self.pos + 2) == Some(b"\\u") {
+        if (0xd800..0xdc00).contains(&hi)
+            && self.text.as_bytes().get(self.pos..self.pos + 2) == Some(b"\\u")
+        {
             let save = self.pos;
             self.pos += 2;
             let lo = self.hex4()?;

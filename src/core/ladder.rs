@@ -27,7 +27,7 @@
 //!
 //! [`Config::step_down_after`]: super::Config::step_down_after
 
-use alloc::{vec::Vec, vec};
+use alloc::{vec, vec::Vec};
 
 use super::event::TransportKind;
 
@@ -72,7 +72,11 @@ pub struct Ladder {
 
 impl Ladder {
     /// `rungs` best first (duplicates removed; empty means all three). Starts at `start` if listed.
-    pub fn new(rungs: &[TransportKind], start: Option<TransportKind>, step_down_after: u32) -> Self {
+    pub fn new(
+        rungs: &[TransportKind],
+        start: Option<TransportKind>,
+        step_down_after: u32,
+    ) -> Self {
         let mut list: Vec<TransportKind> = Vec::new();
         for &kind in rungs {
             if !list.contains(&kind) {
@@ -80,9 +84,15 @@ impl Ladder {
             }
         }
         if list.is_empty() {
-            list = vec![TransportKind::WebSocket, TransportKind::Sse, TransportKind::LongPoll];
+            list = vec![
+                TransportKind::WebSocket,
+                TransportKind::Sse,
+                TransportKind::LongPoll,
+            ];
         }
-        let current = start.and_then(|s| list.iter().position(|&k| k == s)).unwrap_or(0);
+        let current = start
+            .and_then(|s| list.iter().position(|&k| k == s))
+            .unwrap_or(0);
         Self {
             rungs: list,
             current,
@@ -97,7 +107,10 @@ impl Ladder {
     /// The rung the next primary attempt uses.
     pub fn current(&self) -> TransportKind {
         // `current` is always a valid index: it only moves within `0..rungs.len()`.
-        self.rungs.get(self.current).copied().unwrap_or(TransportKind::LongPoll)
+        self.rungs
+            .get(self.current)
+            .copied()
+            .unwrap_or(TransportKind::LongPoll)
     }
 
     pub fn rungs(&self) -> &[TransportKind] {
@@ -131,7 +144,9 @@ impl Ladder {
         match strike {
             Strike::DiedBeforeFirstFrame => self.step_down(FallbackReason::DiedBeforeFirstFrame),
             // A buffering proxy holds SSE streams: nothing will get through, step down at once.
-            Strike::NoWelcome if kind == TransportKind::Sse => self.step_down(FallbackReason::NoWelcomeInTime),
+            Strike::NoWelcome if kind == TransportKind::Sse => {
+                self.step_down(FallbackReason::NoWelcomeInTime)
+            }
             Strike::NoWelcome | Strike::OpenFailed => {
                 self.open_failures += 1;
                 if self.open_failures >= self.step_down_after {
@@ -172,7 +187,11 @@ impl Ladder {
             return None;
         }
         self.current += 1;
-        let fallback = Fallback { from, to: self.current(), reason };
+        let fallback = Fallback {
+            from,
+            to: self.current(),
+            reason,
+        };
         self.last_fallback = Some(fallback);
         Some(fallback)
     }

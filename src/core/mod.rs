@@ -67,10 +67,10 @@ mod probe;
 pub mod rng;
 pub mod rooms;
 pub mod send_queue;
-pub mod small_map;
-pub mod text;
 mod session;
+pub mod small_map;
 pub mod state;
+pub mod text;
 pub mod time;
 mod timer;
 pub mod typing;
@@ -80,7 +80,8 @@ pub use rtlink_protocol::{ClientFrame, CloseCode, ErrorCode, ServerFrame};
 
 pub use config::{BackoffConfig, Config};
 pub use event::{
-    Event, Input, Member, OpenError, Output, SendError, SendId, TransportId, TransportKind, TypingUser,
+    Event, Input, Member, OpenError, Output, SendError, SendId, TransportId, TransportKind,
+    TypingUser,
 };
 pub use ladder::{Fallback, FallbackReason};
 pub use state::{CloseReason, State};
@@ -161,11 +162,19 @@ impl Client {
             backoff: Backoff::new(cfg.backoff.clone()),
             ladder: Ladder::new(&cfg.transports, cfg.start_transport, cfg.step_down_after),
             endpoints: Endpoints::new(&cfg),
-            heartbeat: Heartbeat::new(cfg.heartbeat_grace_ms, cfg.late_timer_threshold_ms, cfg.liveness_probe_window_ms),
+            heartbeat: Heartbeat::new(
+                cfg.heartbeat_grace_ms,
+                cfg.late_timer_threshold_ms,
+                cfg.liveness_probe_window_ms,
+            ),
             sends: SendQueue::new(cfg.send_queue_capacity, cfg.ack_timeout_ms, id_prefix),
             rooms: Rooms::default(),
             presence: Presence::default(),
-            typing: Typing::new(cfg.typing_throttle_ms, cfg.typing_idle_ms, cfg.typing_expiry_ms),
+            typing: Typing::new(
+                cfg.typing_throttle_ms,
+                cfg.typing_idle_ms,
+                cfg.typing_expiry_ms,
+            ),
             session: None,
             send_limits: send_queue::SendLimits::default(),
             reauth_at: None,
@@ -222,7 +231,9 @@ impl Client {
             Input::TicketIssued { id, ticket } => self.on_ticket_issued(id, ticket),
             Input::TransportOpened { id } => self.on_transport_opened(id),
             Input::Frame { id, frame } => self.on_frame(id, frame),
-            Input::TransportClosed { id, code, reason } => self.on_transport_closed(id, code, reason),
+            Input::TransportClosed { id, code, reason } => {
+                self.on_transport_closed(id, code, reason)
+            }
             Input::OpenFailed { id, error } => self.on_open_failed(id, error),
         }
     }
@@ -231,7 +242,12 @@ impl Client {
     /// open, else on the next `welcome`, and resent after every reconnect until the server
     /// acknowledges it. Ends in exactly one [`Event::PublishAcked`] or [`Event::PublishFailed`].
     #[inline(never)]
-    pub fn publish(&mut self, now: Instant, room: &str, payload: String) -> Result<SendId, SendError> {
+    pub fn publish(
+        &mut self,
+        now: Instant,
+        room: &str,
+        payload: String,
+    ) -> Result<SendId, SendError> {
         self.advance(now);
         self.publish_inner(room, payload)
     }
@@ -269,9 +285,16 @@ impl Client {
         if self.is_closed() {
             return None;
         }
-        let heartbeat = if self.is_open() { self.heartbeat.next_deadline() } else { None };
+        let heartbeat = if self.is_open() {
+            self.heartbeat.next_deadline()
+        } else {
+            None
+        };
         let next = Instant::earliest(self.timers.next(), heartbeat);
-        Instant::earliest(Instant::earliest(next, self.sends.next_deadline()), self.typing.next_deadline())
+        Instant::earliest(
+            Instant::earliest(next, self.sends.next_deadline()),
+            self.typing.next_deadline(),
+        )
     }
 
     /// The current state (as last reported in [`Event::StateChanged`]).
@@ -282,7 +305,9 @@ impl Client {
     /// The primary transport, if one is open or opening.
     pub fn primary_transport(&self) -> Option<(TransportId, TransportKind)> {
         match &self.phase {
-            Phase::AwaitingWelcome { slot } | Phase::Open { slot, .. } => Some((slot.id, slot.kind)),
+            Phase::AwaitingWelcome { slot } | Phase::Open { slot, .. } => {
+                Some((slot.id, slot.kind))
+            }
             _ => None,
         }
     }
@@ -290,8 +315,14 @@ impl Client {
     /// The background probe transport, if one is opening (ticket step included).
     pub fn probe_transport(&self) -> Option<(TransportId, TransportKind)> {
         match &self.phase {
-            Phase::Open { probe: Some(Probe::Opening { slot }), .. } => Some((slot.id, slot.kind)),
-            Phase::Open { probe: Some(Probe::AwaitingTicket { id, kind }), .. } => Some((*id, *kind)),
+            Phase::Open {
+                probe: Some(Probe::Opening { slot }),
+                ..
+            } => Some((slot.id, slot.kind)),
+            Phase::Open {
+                probe: Some(Probe::AwaitingTicket { id, kind }),
+                ..
+            } => Some((*id, *kind)),
             _ => None,
         }
     }
@@ -387,21 +418,51 @@ impl Client {
             Phase::Idle => (State::Idle, None, None),
             Phase::AwaitingToken | Phase::AwaitingTicket { .. } => {
                 let transport = self.ladder.current();
-                (State::Connecting { transport, attempt }, Some(transport), None)
+                (
+                    State::Connecting { transport, attempt },
+                    Some(transport),
+                    None,
+                )
             }
-            Phase::AwaitingWelcome { slot } => {
-                (State::Connecting { transport: slot.kind, attempt }, Some(slot.kind), None)
-            }
+            Phase::AwaitingWelcome { slot } => (
+                State::Connecting {
+                    transport: slot.kind,
+                    attempt,
+                },
+                Some(slot.kind),
+                None,
+            ),
             Phase::Open { slot, .. } => {
-                let session = self.session.as_ref().map(|s| s.id.clone()).unwrap_or_default();
-                (State::Open { transport: slot.kind, session }, Some(slot.kind), None)
+                let session = self
+                    .session
+                    .as_ref()
+                    .map(|s| s.id.clone())
+                    .unwrap_or_default();
+                (
+                    State::Open {
+                        transport: slot.kind,
+                        session,
+                    },
+                    Some(slot.kind),
+                    None,
+                )
             }
             Phase::BackingOff { until } => {
                 let until = *until;
-                (State::BackingOff { until, attempt }, None, Some(until.millis_since(self.now)))
+                (
+                    State::BackingOff { until, attempt },
+                    None,
+                    Some(until.millis_since(self.now)),
+                )
             }
             Phase::Offline => (State::Offline, None, None),
-            Phase::Closed { reason } => (State::Closed { reason: reason.clone() }, None, None),
+            Phase::Closed { reason } => (
+                State::Closed {
+                    reason: reason.clone(),
+                },
+                None,
+                None,
+            ),
         };
         if state != self.shown {
             self.shown = state.clone();
@@ -409,7 +470,12 @@ impl Client {
                 State::Connecting { .. } | State::BackingOff { .. } => attempt,
                 _ => 0,
             };
-            self.emit(Event::StateChanged { state, transport, attempt, retry_in_ms });
+            self.emit(Event::StateChanged {
+                state,
+                transport,
+                attempt,
+                retry_in_ms,
+            });
         }
     }
 

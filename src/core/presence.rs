@@ -41,18 +41,37 @@ impl Presence {
 
     /// Several changes at once (a coalesced `presence_diff`): one recomputation, not one per
     /// change, so a large room's join wave costs the app one event per batch.
-    pub fn apply_diff(&mut self, room: &str, joins: Vec<PresenceConn>, leaves: &[PresenceLeft]) -> Option<Vec<Member>> {
+    pub fn apply_diff(
+        &mut self,
+        room: &str,
+        joins: Vec<PresenceConn>,
+        leaves: &[PresenceLeft],
+    ) -> Option<Vec<Member>> {
         self.apply(room, false, joins, leaves)
     }
 
     pub fn leave(&mut self, room: &str, session: &str) -> Option<Vec<Member>> {
-        self.apply(room, false, Vec::new(), &[PresenceLeft { session: session.into(), user: String::new() }])
+        self.apply(
+            room,
+            false,
+            Vec::new(),
+            &[PresenceLeft {
+                session: session.into(),
+                user: String::new(),
+            }],
+        )
     }
 
     /// Every presence frame in one body: forget everything first (`reset`, a snapshot), then
     /// the connections that left, then those that joined or changed. Returns the member list
     /// if it changed.
-    pub fn apply(&mut self, room: &str, reset: bool, joins: Vec<PresenceConn>, leaves: &[PresenceLeft]) -> Option<Vec<Member>> {
+    pub fn apply(
+        &mut self,
+        room: &str,
+        reset: bool,
+        joins: Vec<PresenceConn>,
+        leaves: &[PresenceLeft],
+    ) -> Option<Vec<Member>> {
         let r = self.rooms.get_or_insert_with(room, Default::default)?;
         if reset {
             r.conns.clear();
@@ -73,12 +92,17 @@ impl Presence {
     }
 
     pub fn members(&self, room: &str) -> Vec<Member> {
-        self.rooms.get(room).map(|r| r.members.clone()).unwrap_or_default()
+        self.rooms
+            .get(room)
+            .map(|r| r.members.clone())
+            .unwrap_or_default()
     }
 
     /// Whether `user` still has a connection in `room`.
     pub fn is_present(&self, room: &str, user: &str) -> bool {
-        self.rooms.get(room).is_some_and(|r| r.conns.values().any(|(c, _)| c.user == user))
+        self.rooms
+            .get(room)
+            .is_some_and(|r| r.conns.values().any(|(c, _)| c.user == user))
     }
 }
 
@@ -91,7 +115,9 @@ fn recompute(r: &mut RoomPresence) -> Option<Vec<Member>> {
         let seq = *seq;
         match members.binary_search_by(|m| m.user.as_str().cmp(&conn.user)) {
             Ok(i) => {
-                let (Some(m), Some(at)) = (members.get_mut(i), latest.get_mut(i)) else { continue };
+                let (Some(m), Some(at)) = (members.get_mut(i), latest.get_mut(i)) else {
+                    continue;
+                };
                 m.connections += 1;
                 if seq > *at {
                     m.name = conn.name.clone();
@@ -100,7 +126,12 @@ fn recompute(r: &mut RoomPresence) -> Option<Vec<Member>> {
                 }
             }
             Err(i) => {
-                let member = Member { user: conn.user.clone(), name: conn.name.clone(), meta: conn.meta.clone(), connections: 1 };
+                let member = Member {
+                    user: conn.user.clone(),
+                    name: conn.name.clone(),
+                    meta: conn.meta.clone(),
+                    connections: 1,
+                };
                 members.insert(i, member);
                 // Always at `i` (the two grow together); the clamp leaves out a bounds-check
                 // panic, whose message would bring formatting code into the module.
@@ -120,16 +151,28 @@ mod tests {
     use super::*;
 
     fn conn(session: &str, user: &str, meta: &str) -> PresenceConn {
-        PresenceConn { session: session.into(), user: user.into(), name: user.to_uppercase(), meta: meta.into() }
+        PresenceConn {
+            session: session.into(),
+            user: user.into(),
+            name: user.to_uppercase(),
+            meta: meta.into(),
+        }
     }
 
     fn left(session: &str) -> PresenceLeft {
-        PresenceLeft { session: session.into(), user: String::new() }
+        PresenceLeft {
+            session: session.into(),
+            user: String::new(),
+        }
     }
 
     #[test]
     fn a_diff_is_the_same_as_its_changes_one_by_one() {
-        let start = vec![conn("s1", "ana", ""), conn("s2", "bob", ""), conn("s3", "bob", "")];
+        let start = vec![
+            conn("s1", "ana", ""),
+            conn("s2", "bob", ""),
+            conn("s3", "bob", ""),
+        ];
         let mut one_by_one = Presence::default();
         let mut batched = Presence::default();
         one_by_one.snapshot("r", start.clone());
@@ -138,9 +181,20 @@ mod tests {
         one_by_one.upsert("r", conn("s4", "cy", ""));
         one_by_one.upsert("r", conn("s1", "ana", "{\"away\":true}"));
         one_by_one.leave("r", "s9");
-        let members = batched.apply_diff("r", vec![conn("s4", "cy", ""), conn("s1", "ana", "{\"away\":true}")], &[left("s2"), left("s9")]);
+        let members = batched.apply_diff(
+            "r",
+            vec![conn("s4", "cy", ""), conn("s1", "ana", "{\"away\":true}")],
+            &[left("s2"), left("s9")],
+        );
         assert_eq!(members, Some(one_by_one.members("r")));
-        assert_eq!(batched.members("r").iter().map(|m| (m.user.as_str(), m.connections)).collect::<Vec<_>>(), [("ana", 1), ("bob", 1), ("cy", 1)]);
+        assert_eq!(
+            batched
+                .members("r")
+                .iter()
+                .map(|m| (m.user.as_str(), m.connections))
+                .collect::<Vec<_>>(),
+            [("ana", 1), ("bob", 1), ("cy", 1)]
+        );
         assert!(!batched.is_present("r", "dan"));
         // An empty diff changes nothing.
         assert_eq!(batched.apply_diff("r", Vec::new(), &[]), None);

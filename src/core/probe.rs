@@ -26,18 +26,26 @@ impl Client {
     /// While open on a lower rung, plan the next probe of the rung above (±25 % jitter so a
     /// fleet of clients behind the same proxy does not probe in lockstep).
     pub(super) fn schedule_probe(&mut self) {
-        let Phase::Open { slot, probe: None } = &self.phase else { return };
+        let Phase::Open { slot, probe: None } = &self.phase else {
+            return;
+        };
         if self.ladder.probe_target(slot.kind).is_none() {
             return;
         }
         let interval = self.cfg.probe_interval_ms;
-        let delay = self.rng.between(interval - interval / 4, interval + interval / 4);
+        let delay = self
+            .rng
+            .between(interval - interval / 4, interval + interval / 4);
         self.timers.set(Timer::ProbeStart, self.now.plus(delay));
     }
 
     pub(super) fn start_probe(&mut self) {
-        let Phase::Open { slot, probe: None } = &self.phase else { return };
-        let Some(kind) = self.ladder.probe_target(slot.kind) else { return };
+        let Phase::Open { slot, probe: None } = &self.phase else {
+            return;
+        };
+        let Some(kind) = self.ladder.probe_target(slot.kind) else {
+            return;
+        };
         if let Phase::Open { probe, .. } = &mut self.phase {
             *probe = Some(Probe::AwaitingToken { kind });
         }
@@ -53,8 +61,17 @@ impl Client {
         let id = self.mint_transport_id();
         // The probe is of this session, so it goes to the session's endpoint.
         let endpoint = self.endpoints.current();
-        self.push_out(Output::FetchTicket { id, endpoint, token, resume: Some(resume), probe: true });
-        self.timers.set(Timer::ProbeFirstFrame, self.now.plus(self.cfg.first_frame_timeout_ms));
+        self.push_out(Output::FetchTicket {
+            id,
+            endpoint,
+            token,
+            resume: Some(resume),
+            probe: true,
+        });
+        self.timers.set(
+            Timer::ProbeFirstFrame,
+            self.now.plus(self.cfg.first_frame_timeout_ms),
+        );
         if let Phase::Open { probe, .. } = &mut self.phase {
             *probe = Some(Probe::AwaitingTicket { id, kind });
         }
@@ -62,27 +79,55 @@ impl Client {
 
     /// The probe's ticket arrived: open the probe transport.
     pub(super) fn open_probe(&mut self, id: TransportId, ticket: String) {
-        let Phase::Open { probe: Some(Probe::AwaitingTicket { id: probe_id, kind }), .. } = self.phase else { return };
+        let Phase::Open {
+            probe: Some(Probe::AwaitingTicket { id: probe_id, kind }),
+            ..
+        } = self.phase
+        else {
+            return;
+        };
         if probe_id != id {
             return;
         }
         let endpoint = self.endpoints.current();
-        self.push_out(Output::OpenTransport { id, endpoint, kind, ticket });
-        self.timers.set(Timer::ProbeFirstFrame, self.now.plus(self.cfg.first_frame_timeout_ms));
+        self.push_out(Output::OpenTransport {
+            id,
+            endpoint,
+            kind,
+            ticket,
+        });
+        self.timers.set(
+            Timer::ProbeFirstFrame,
+            self.now.plus(self.cfg.first_frame_timeout_ms),
+        );
         if let Phase::Open { probe, .. } = &mut self.phase {
-            *probe = Some(Probe::Opening { slot: Slot::new(id, kind) });
+            *probe = Some(Probe::Opening {
+                slot: Slot::new(id, kind),
+            });
         }
     }
 
     /// The probe delivered its `welcome`: commit the switch (see the module docs). Returns the
     /// probe's slot, now the transport awaiting the session's resync.
     pub(super) fn commit_probe(&mut self) -> Option<Slot> {
-        let Phase::Open { slot: old, probe: Some(Probe::Opening { slot: probe }) } = self.phase else { return None };
-        self.push_out(Output::Send { id: probe.id, frame: ClientFrame::Switch });
+        let Phase::Open {
+            slot: old,
+            probe: Some(Probe::Opening { slot: probe }),
+        } = self.phase
+        else {
+            return None;
+        };
+        self.push_out(Output::Send {
+            id: probe.id,
+            frame: ClientFrame::Switch,
+        });
         // Close the old transport in the same step, so there is never a moment with two
         // primaries. Anything it still delivers is from a stale id, and the re-subscribe after
         // the switch replays it by offset.
-        self.push_out(Output::CloseTransport { id: old.id, code: Some(CloseCode::SUPERSEDED) });
+        self.push_out(Output::CloseTransport {
+            id: old.id,
+            code: Some(CloseCode::SUPERSEDED),
+        });
         self.heartbeat.stop();
         self.timers.stop(Timer::ProbeFirstFrame);
         self.sends.pause();
@@ -103,7 +148,9 @@ impl Client {
     /// Forgets the probe; `close` asks the glue to close it (not needed when the glue reported
     /// its end).
     pub(super) fn drop_probe(&mut self, close: bool) {
-        let Phase::Open { probe, .. } = &mut self.phase else { return };
+        let Phase::Open { probe, .. } = &mut self.phase else {
+            return;
+        };
         let Some(old) = probe.take() else { return };
         self.timers.stop(Timer::ProbeFirstFrame);
         if let (true, Some(id)) = (close, old.id()) {

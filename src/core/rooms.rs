@@ -46,7 +46,9 @@ pub enum Delivery {
     Deliver,
     Duplicate,
     /// Drop it and send `subscribe{since}` to repair the gap.
-    Gap { since: u64 },
+    Gap {
+        since: u64,
+    },
     /// Not deliverable now (unknown room, head not known yet, a repair already in flight).
     Drop,
 }
@@ -75,7 +77,13 @@ impl Rooms {
         if self.map.contains_key(room) {
             return false;
         }
-        self.map.insert(room.to_owned(), Room { history, ..Room::default() });
+        self.map.insert(
+            room.to_owned(),
+            Room {
+                history,
+                ..Room::default()
+            },
+        );
         true
     }
 
@@ -97,14 +105,21 @@ impl Rooms {
     /// After a `welcome`, for the `i`-th room in name order (`None` past the last): its
     /// subscribe, followed by own presence when the session is new (`resumed == false`) or the
     /// metadata changed while disconnected. Walked by index, so no list of frames is built.
-    pub fn resync_at(&mut self, i: usize, resumed: bool) -> Option<(ClientFrame, Option<ClientFrame>)> {
+    pub fn resync_at(
+        &mut self,
+        i: usize,
+        resumed: bool,
+    ) -> Option<(ClientFrame, Option<ClientFrame>)> {
         let (name, r) = self.map.entry_at_mut(i)?;
         r.outstanding = Some(r.last);
         let frame = subscribe(name, r);
         let mut presence = None;
         if let Some(meta) = &r.meta {
             if !resumed || !r.meta_announced {
-                presence = Some(ClientFrame::Presence { room: name.clone(), meta: meta.clone() });
+                presence = Some(ClientFrame::Presence {
+                    room: name.clone(),
+                    meta: meta.clone(),
+                });
                 r.meta_announced = true;
             }
         }
@@ -123,7 +138,10 @@ impl Rooms {
         let r = self.map.get_mut(room)?;
         r.meta = Some(meta.clone());
         r.meta_announced = open;
-        open.then(|| ClientFrame::Presence { room: room.to_owned(), meta })
+        open.then(|| ClientFrame::Presence {
+            room: room.to_owned(),
+            meta,
+        })
     }
 
     /// A subscribe is in flight for the room, so a nack with this room as id refuses it: the
@@ -135,13 +153,24 @@ impl Rooms {
     /// The gap-repair subscribe: replay after `since` of the epoch we hold.
     pub fn repair_frame(&self, room: &str, since: u64) -> ClientFrame {
         let epoch = self.map.get(room).and_then(|r| r.epoch.clone());
-        ClientFrame::Subscribe { room: room.to_owned(), since: Some(since), epoch, history: None }
+        ClientFrame::Subscribe {
+            room: room.to_owned(),
+            since: Some(since),
+            epoch,
+            history: None,
+        }
     }
 
     /// A `subscribed` arrived. With `recovered: false` delivery continues after `head` (the
     /// server chose that point: the newest offset after trimming, or just before the oldest
     /// retained message of a new epoch).
-    pub fn on_subscribed(&mut self, room: &str, head: u64, recovered: bool, epoch: String) -> Option<Subscribed> {
+    pub fn on_subscribed(
+        &mut self,
+        room: &str,
+        head: u64,
+        recovered: bool,
+        epoch: String,
+    ) -> Option<Subscribed> {
         let r = self.map.get_mut(room)?;
         // Offsets number the messages of one epoch: in the epoch `last` already counts in, a
         // head below it only means the server replays from further back, and those offsets are
@@ -149,7 +178,10 @@ impl Rooms {
         // offsets restart, and then also answers a subscribe the client sent before it heard
         // of the new epoch, with the same `head`: a second reset would deliver everything
         // since the first one again.)
-        let same_epoch = r.epoch.as_deref().is_some_and(|e| !e.is_empty() && e == epoch);
+        let same_epoch = r
+            .epoch
+            .as_deref()
+            .is_some_and(|e| !e.is_empty() && e == epoch);
         r.epoch = Some(epoch);
         let since = r.outstanding.take().flatten();
         let resync = match r.last {
@@ -166,8 +198,12 @@ impl Rooms {
     }
 
     pub fn on_message(&mut self, room: &str, offset: u64) -> Delivery {
-        let Some(r) = self.map.get_mut(room) else { return Delivery::Drop };
-        let Some(last) = r.last else { return Delivery::Drop };
+        let Some(r) = self.map.get_mut(room) else {
+            return Delivery::Drop;
+        };
+        let Some(last) = r.last else {
+            return Delivery::Drop;
+        };
         if offset <= last {
             Delivery::Duplicate
         } else if Some(offset) == last.checked_add(1) {
@@ -186,5 +222,10 @@ fn subscribe(name: &str, r: &Room) -> ClientFrame {
     let epoch = r.last.and(r.epoch.clone());
     // Once anything was delivered, `since` resumes; history is only for the first join.
     let history = (r.last.is_none() && r.history > 0).then_some(r.history);
-    ClientFrame::Subscribe { room: name.to_owned(), since: r.last, epoch, history }
+    ClientFrame::Subscribe {
+        room: name.to_owned(),
+        since: r.last,
+        epoch,
+        history,
+    }
 }

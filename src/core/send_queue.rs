@@ -77,7 +77,13 @@ pub fn publish_frame_len(room: &str, msg_id: &str, payload: &str) -> u64 {
 impl SendQueue {
     /// `id_prefix` should be random per client instance (e.g. 16 hex digits from the seed).
     pub fn new(capacity: usize, ack_timeout_ms: u64, id_prefix: String) -> Self {
-        Self { items: Vec::new(), capacity, ack_timeout_ms, id_prefix, next: 0 }
+        Self {
+            items: Vec::new(),
+            capacity,
+            ack_timeout_ms,
+            id_prefix,
+            next: 0,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -89,19 +95,33 @@ impl SendQueue {
     }
 
     /// Queues a publish, unless the queue is full or (with a known limit) its frame is too large.
-    pub fn push(&mut self, room: String, payload: String, limits: SendLimits) -> Result<SendId, SendError> {
+    pub fn push(
+        &mut self,
+        room: String,
+        payload: String,
+        limits: SendLimits,
+    ) -> Result<SendId, SendError> {
         if self.items.len() >= self.capacity {
             return Err(SendError::QueueFull);
         }
         let mut msg_id = self.id_prefix.clone();
         msg_id.push('-');
         super::text::push_dec(&mut msg_id, self.next + 1);
-        if limits.max_frame_bytes > 0 && publish_frame_len(&room, &msg_id, &payload) > limits.max_frame_bytes {
+        if limits.max_frame_bytes > 0
+            && publish_frame_len(&room, &msg_id, &payload) > limits.max_frame_bytes
+        {
             return Err(SendError::TooLarge);
         }
         self.next += 1;
         let send_id = SendId(self.next);
-        self.items.push(Pending { send_id, msg_id, room, payload, deadline: None, first_sent: None });
+        self.items.push(Pending {
+            send_id,
+            msg_id,
+            room,
+            payload,
+            deadline: None,
+            first_sent: None,
+        });
         Ok(send_id)
     }
 
@@ -199,7 +219,9 @@ impl Sweep {
                 let too_large = limits.max_frame_bytes > 0
                     && publish_frame_len(&p.room, &p.msg_id, &p.payload) > limits.max_frame_bytes;
                 let expired = limits.dedupe_window_ms > 0
-                    && p.first_sent.is_some_and(|t| now.millis_since(t) >= resend_horizon_ms(limits.dedupe_window_ms));
+                    && p.first_sent.is_some_and(|t| {
+                        now.millis_since(t) >= resend_horizon_ms(limits.dedupe_window_ms)
+                    });
                 if too_large {
                     Some(ErrorCode::TooLarge)
                 } else if expired {
@@ -208,12 +230,19 @@ impl Sweep {
                     None
                 }
             }
-            Sweep::Expired { now } => p.deadline.is_some_and(|d| d <= now).then_some(ErrorCode::Timeout),
+            Sweep::Expired { now } => p
+                .deadline
+                .is_some_and(|d| d <= now)
+                .then_some(ErrorCode::Timeout),
             Sweep::All => Some(ErrorCode::Closed),
         }
     }
 }
 
 fn frame_of(item: &Pending) -> ClientFrame {
-    ClientFrame::Publish { room: item.room.clone(), id: item.msg_id.clone(), payload: item.payload.clone() }
+    ClientFrame::Publish {
+        room: item.room.clone(),
+        id: item.msg_id.clone(),
+        payload: item.payload.clone(),
+    }
 }

@@ -7,9 +7,9 @@ use rtlink_protocol::{ClientFrame, ErrorCode, PresenceConn, PresenceLeft, Server
 
 use super::connection::{End, Role};
 use super::event::{Event, Output, SendError, SendId};
+use super::send_queue::SendLimits;
 use super::state::{Phase, Probe};
 use super::timer::Timer;
-use super::send_queue::SendLimits;
 use super::{Client, Session};
 
 /// The fields of a `welcome` the core keeps.
@@ -27,7 +27,15 @@ struct Welcome {
 impl Welcome {
     fn from_frame(frame: ServerFrame) -> Option<Self> {
         match frame {
-            ServerFrame::Welcome { session, resume_token, resumed, ping_interval_ms, user, limits, .. } => Some(Self {
+            ServerFrame::Welcome {
+                session,
+                resume_token,
+                resumed,
+                ping_interval_ms,
+                user,
+                limits,
+                ..
+            } => Some(Self {
                 session,
                 resume_token,
                 resumed,
@@ -45,7 +53,9 @@ impl Welcome {
 /// Room names the server accepts: 1–128 characters of `[A-Za-z0-9_.:-]`.
 fn valid_room(room: &str) -> bool {
     (1..=128).contains(&room.len())
-        && room.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+        && room
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
 }
 
 impl Client {
@@ -75,26 +85,44 @@ impl Client {
                     self.on_welcome(welcome);
                 }
             }
-            ServerFrame::Ping => self.push_out(Output::Send { id, frame: ClientFrame::Pong }),
-            ServerFrame::Close { code, reason } => {
-                self.on_primary_end(End::Closed { code: Some(code), reason, reported: false })
+            ServerFrame::Ping => self.push_out(Output::Send {
+                id,
+                frame: ClientFrame::Pong,
+            }),
+            ServerFrame::Close { code, reason } => self.on_primary_end(End::Closed {
+                code: Some(code),
+                reason,
+                reported: false,
+            }),
+            ServerFrame::ReconnectAfter { min_ms, max_ms } => {
+                self.backoff.set_drain_window(min_ms, max_ms)
             }
-            ServerFrame::ReconnectAfter { min_ms, max_ms } => self.backoff.set_drain_window(min_ms, max_ms),
             other if open => self.on_session_frame(other),
             _ => {}
         }
     }
 
     fn on_probe_frame(&mut self, frame: ServerFrame) {
-        let Phase::Open { probe: Some(Probe::Opening { slot: probe }), .. } = self.phase else { return };
+        let Phase::Open {
+            probe: Some(Probe::Opening { slot: probe }),
+            ..
+        } = self.phase
+        else {
+            return;
+        };
         match frame {
             ServerFrame::Welcome { .. } => {
-                let Some(welcome) = Welcome::from_frame(frame) else { return };
+                let Some(welcome) = Welcome::from_frame(frame) else {
+                    return;
+                };
                 if self.commit_probe().is_some() {
                     self.on_welcome(welcome);
                 }
             }
-            ServerFrame::Ping => self.push_out(Output::Send { id: probe.id, frame: ClientFrame::Pong }),
+            ServerFrame::Ping => self.push_out(Output::Send {
+                id: probe.id,
+                frame: ClientFrame::Pong,
+            }),
             ServerFrame::Close { .. } => {
                 self.drop_probe(true);
                 self.schedule_probe();
@@ -105,9 +133,15 @@ impl Client {
 
     /// The session is open on the transport in `AwaitingWelcome`: catch up on everything.
     fn on_welcome(&mut self, w: Welcome) {
-        let Phase::AwaitingWelcome { slot } = self.phase else { return };
+        let Phase::AwaitingWelcome { slot } = self.phase else {
+            return;
+        };
         self.timers.stop(Timer::FirstFrame);
-        let ping_interval_ms = if w.ping_interval_ms == 0 { self.cfg.default_ping_interval_ms } else { w.ping_interval_ms };
+        let ping_interval_ms = if w.ping_interval_ms == 0 {
+            self.cfg.default_ping_interval_ms
+        } else {
+            w.ping_interval_ms
+        };
         self.session = Some(Session {
             id: w.session,
             resume_token: w.resume_token,
@@ -115,7 +149,10 @@ impl Client {
             resume_window_ms: w.resume_window_ms,
             lost_at: None,
         });
-        self.send_limits = SendLimits { max_frame_bytes: w.max_frame_bytes, dedupe_window_ms: w.dedupe_window_ms };
+        self.send_limits = SendLimits {
+            max_frame_bytes: w.max_frame_bytes,
+            dedupe_window_ms: w.dedupe_window_ms,
+        };
         self.new_session_retry = false;
         self.backoff.clear_drain_window();
         self.endpoints.on_welcome();
@@ -123,7 +160,8 @@ impl Client {
             self.emit(Event::TransportRemembered(kind));
         }
         self.heartbeat.start(self.now, ping_interval_ms);
-        self.timers.set(Timer::Stable, self.now.plus(self.backoff.stable_ms()));
+        self.timers
+            .set(Timer::Stable, self.now.plus(self.backoff.stable_ms()));
         self.set_phase(Phase::Open { slot, probe: None });
         self.schedule_probe();
         let mut i = 0;
@@ -145,8 +183,15 @@ impl Client {
 
     fn on_session_frame(&mut self, frame: ServerFrame) {
         match frame {
-            ServerFrame::Subscribed { room, head, recovered, epoch } => {
-                let Some(outcome) = self.rooms.on_subscribed(&room, head, recovered, epoch) else { return };
+            ServerFrame::Subscribed {
+                room,
+                head,
+                recovered,
+                epoch,
+            } => {
+                let Some(outcome) = self.rooms.on_subscribed(&room, head, recovered, epoch) else {
+                    return;
+                };
                 if outcome.resync {
                     self.emit(Event::ResyncNeeded { room: room.clone() });
                 }
@@ -154,8 +199,20 @@ impl Client {
                     self.emit(Event::Subscribed { room });
                 }
             }
-            ServerFrame::Message { room, offset, sender, name, payload } => match self.rooms.on_message(&room, offset) {
-                super::rooms::Delivery::Deliver => self.emit(Event::Message { room, offset, sender, name, payload }),
+            ServerFrame::Message {
+                room,
+                offset,
+                sender,
+                name,
+                payload,
+            } => match self.rooms.on_message(&room, offset) {
+                super::rooms::Delivery::Deliver => self.emit(Event::Message {
+                    room,
+                    offset,
+                    sender,
+                    name,
+                    payload,
+                }),
                 super::rooms::Delivery::Gap { since } => {
                     let frame = self.rooms.repair_frame(&room, since);
                     self.send(frame);
@@ -169,21 +226,48 @@ impl Client {
             }
             ServerFrame::Nack { id, code, reason } => {
                 if let Some(send_id) = self.sends.take(&id) {
-                    self.emit(Event::PublishFailed { send_id, code, reason });
+                    self.emit(Event::PublishFailed {
+                        send_id,
+                        code,
+                        reason,
+                    });
                 } else if self.rooms.subscribe_pending(&id) {
                     self.forget_room(&id);
-                    self.emit(Event::SubscribeFailed { room: id, code, reason });
+                    self.emit(Event::SubscribeFailed {
+                        room: id,
+                        code,
+                        reason,
+                    });
                 }
             }
-            ServerFrame::PresenceSnapshot { room, conns } => self.on_presence(room, true, conns, Vec::new()),
-            ServerFrame::PresenceJoin { room, conn } | ServerFrame::PresenceUpdate { room, conn } => {
+            ServerFrame::PresenceSnapshot { room, conns } => {
+                self.on_presence(room, true, conns, Vec::new())
+            }
+            ServerFrame::PresenceJoin { room, conn }
+            | ServerFrame::PresenceUpdate { room, conn } => {
                 self.on_presence(room, false, alloc::vec![conn], Vec::new())
             }
-            ServerFrame::PresenceDiff { room, joins, leaves } => self.on_presence(room, false, joins, leaves),
-            ServerFrame::PresenceLeave { room, session, user } => {
-                self.on_presence(room, false, Vec::new(), alloc::vec![PresenceLeft { session, user }])
-            }
-            ServerFrame::Typing { room, user, name, active } if self.rooms.contains(&room) => {
+            ServerFrame::PresenceDiff {
+                room,
+                joins,
+                leaves,
+            } => self.on_presence(room, false, joins, leaves),
+            ServerFrame::PresenceLeave {
+                room,
+                session,
+                user,
+            } => self.on_presence(
+                room,
+                false,
+                Vec::new(),
+                alloc::vec![PresenceLeft { session, user }],
+            ),
+            ServerFrame::Typing {
+                room,
+                user,
+                name,
+                active,
+            } if self.rooms.contains(&room) => {
                 if self.session.as_ref().is_some_and(|s| s.user_id == user) {
                     return;
                 }
@@ -197,19 +281,31 @@ impl Client {
 
     /// Every presence frame of a subscribed room (see [`super::presence::Presence::apply`]); a
     /// user none of whose connections is left stops typing there.
-    fn on_presence(&mut self, room: String, reset: bool, joins: Vec<PresenceConn>, leaves: Vec<PresenceLeft>) {
+    fn on_presence(
+        &mut self,
+        room: String,
+        reset: bool,
+        joins: Vec<PresenceConn>,
+        leaves: Vec<PresenceLeft>,
+    ) {
         if !self.rooms.contains(&room) {
             return;
         }
         if let Some(members) = self.presence.apply(&room, reset, joins, &leaves) {
-            self.emit(Event::PresenceChanged { room: room.clone(), members });
+            self.emit(Event::PresenceChanged {
+                room: room.clone(),
+                members,
+            });
         }
         for left in &leaves {
             if self.presence.is_present(&room, &left.user) {
                 continue;
             }
             if let Some(users) = self.typing.remove_user(&room, &left.user) {
-                self.emit(Event::TypingChanged { room: room.clone(), users });
+                self.emit(Event::TypingChanged {
+                    room: room.clone(),
+                    users,
+                });
             }
         }
     }
@@ -223,7 +319,11 @@ impl Client {
     pub(super) fn subscribe(&mut self, room: &str, history: u32) {
         if !valid_room(room) {
             let reason = "room names are 1-128 characters of [A-Za-z0-9_.:-]".to_owned();
-            self.emit(Event::SubscribeFailed { room: room.to_owned(), code: ErrorCode::InvalidRoom, reason });
+            self.emit(Event::SubscribeFailed {
+                room: room.to_owned(),
+                code: ErrorCode::InvalidRoom,
+                reason,
+            });
             return;
         }
         if self.rooms.add(room, history) && self.is_open() {
@@ -238,7 +338,9 @@ impl Client {
             return;
         }
         self.forget_room(room);
-        self.send(ClientFrame::Unsubscribe { room: room.to_owned() });
+        self.send(ClientFrame::Unsubscribe {
+            room: room.to_owned(),
+        });
     }
 
     pub(super) fn set_presence(&mut self, room: &str, meta: String) {
@@ -250,24 +352,36 @@ impl Client {
 
     pub(super) fn keystroke(&mut self, room: &str) {
         if self.is_open() && self.rooms.contains(room) && self.typing.keystroke(self.now, room) {
-            self.send(ClientFrame::Typing { room: room.to_owned(), active: true });
+            self.send(ClientFrame::Typing {
+                room: room.to_owned(),
+                active: true,
+            });
         }
     }
 
     pub(super) fn typing_stop(&mut self, room: &str) {
         if self.typing.stop(room) {
-            self.send(ClientFrame::Typing { room: room.to_owned(), active: false });
+            self.send(ClientFrame::Typing {
+                room: room.to_owned(),
+                active: false,
+            });
         }
     }
 
-    pub(super) fn publish_inner(&mut self, room: &str, payload: String) -> Result<SendId, SendError> {
+    pub(super) fn publish_inner(
+        &mut self,
+        room: &str,
+        payload: String,
+    ) -> Result<SendId, SendError> {
         if self.is_closed() {
             return Err(SendError::Closed);
         }
         if !self.rooms.contains(room) {
             return Err(SendError::NotSubscribed);
         }
-        let send_id = self.sends.push(room.to_owned(), payload, self.send_limits)?;
+        let send_id = self
+            .sends
+            .push(room.to_owned(), payload, self.send_limits)?;
         if self.is_open() {
             // Publishing ends "typing…" in that room.
             self.typing_stop(room);
@@ -283,7 +397,10 @@ impl Client {
         // acks that arrived meanwhile may be queued right behind this call. Give them the probe
         // window instead of failing publishes that probably succeeded. A dead transport is the
         // heartbeat's to find; a resend after reconnect re-arms the deadline anyway.
-        let overdue = self.sends.next_deadline().map_or(0, |d| self.now.millis_since(d));
+        let overdue = self
+            .sends
+            .next_deadline()
+            .map_or(0, |d| self.now.millis_since(d));
         if overdue > self.cfg.late_timer_threshold_ms {
             let until = self.now.plus(self.cfg.liveness_probe_window_ms);
             self.sends.defer_overdue(self.now, until);
@@ -291,7 +408,11 @@ impl Client {
         }
         let failed = self.sends.expire(self.now);
         if !failed.is_empty() {
-            let reason = super::text::concat(&["no ack within ", &super::text::dec(self.cfg.ack_timeout_ms), " ms"]);
+            let reason = super::text::concat(&[
+                "no ack within ",
+                &super::text::dec(self.cfg.ack_timeout_ms),
+                " ms",
+            ]);
             self.fail_sends(failed, &reason);
         }
     }
@@ -301,18 +422,29 @@ impl Client {
     pub(super) fn fail_sends(&mut self, failed: super::send_queue::Failed, reason: &str) {
         for (send_id, code) in failed {
             let reason = match code {
-                ErrorCode::TooLarge => "the encoded frame is larger than the server's max_frame_bytes",
-                ErrorCode::Expired => "first sent longer ago than the server's dedupe window allows a safe resend",
+                ErrorCode::TooLarge => {
+                    "the encoded frame is larger than the server's max_frame_bytes"
+                }
+                ErrorCode::Expired => {
+                    "first sent longer ago than the server's dedupe window allows a safe resend"
+                }
                 _ => reason,
             };
-            self.emit(Event::PublishFailed { send_id, code, reason: reason.to_owned() });
+            self.emit(Event::PublishFailed {
+                send_id,
+                code,
+                reason: reason.to_owned(),
+            });
         }
     }
 
     pub(super) fn expire_typing(&mut self) {
         let expired = self.typing.expire(self.now);
         for room in expired.own_stopped {
-            self.send(ClientFrame::Typing { room, active: false });
+            self.send(ClientFrame::Typing {
+                room,
+                active: false,
+            });
         }
         for (room, users) in expired.changed {
             self.emit(Event::TypingChanged { room, users });

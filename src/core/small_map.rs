@@ -25,7 +25,9 @@ pub struct SmallMap<V> {
 
 impl<V> Default for SmallMap<V> {
     fn default() -> Self {
-        Self { entries: Vec::new() }
+        Self {
+            entries: Vec::new(),
+        }
     }
 }
 
@@ -61,7 +63,10 @@ impl<V> SmallMap<V> {
     /// Inserts or replaces a boxed value: pointer moves only, so one body serves every `V`.
     fn insert_boxed(&mut self, key: String, value: Box<V>) -> Option<Box<V>> {
         match self.search(&key) {
-            Ok(i) => self.entries.get_mut(i).map(|(_, v)| core::mem::replace(v, value)),
+            Ok(i) => self
+                .entries
+                .get_mut(i)
+                .map(|(_, v)| core::mem::replace(v, value)),
             Err(i) => {
                 self.entries.insert(i, (key, value));
                 None
@@ -142,7 +147,10 @@ mod tests {
         assert_eq!(m.insert("a".to_string(), 1), None);
         assert_eq!(m.insert("c".to_string(), 3), None);
         assert_eq!(m.insert("b".to_string(), 20), Some(2));
-        assert_eq!(m.iter().map(|(k, v)| (k.as_str(), *v)).collect::<Vec<_>>(), [("a", 1), ("b", 20), ("c", 3)]);
+        assert_eq!(
+            m.iter().map(|(k, v)| (k.as_str(), *v)).collect::<Vec<_>>(),
+            [("a", 1), ("b", 20), ("c", 3)]
+        );
         assert_eq!(m.get("b"), Some(&20));
         assert!(m.contains_key("c"));
         *m.get_or_insert_with("d", || 0).unwrap() += 4;
@@ -152,7 +160,10 @@ mod tests {
         assert!(!m.remove("a"));
         m.retain(|_, v| *v > 4);
         assert_eq!(m.len(), 2);
-        assert_eq!(m.iter().map(|(k, v)| (k.as_str(), *v)).collect::<Vec<_>>(), [("b", 20), ("d", 5)]);
+        assert_eq!(
+            m.iter().map(|(k, v)| (k.as_str(), *v)).collect::<Vec<_>>(),
+            [("b", 20), ("d", 5)]
+        );
         m.retain(|k, _| k != "b");
         assert_eq!(m.values().copied().collect::<Vec<_>>(), [5]);
     }

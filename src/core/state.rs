@@ -16,9 +16,15 @@ pub enum State {
     Idle,
     /// Fetching a token or opening a transport; `attempt` counts from 1 since the last stable
     /// connection.
-    Connecting { transport: TransportKind, attempt: u32 },
+    Connecting {
+        transport: TransportKind,
+        attempt: u32,
+    },
     /// A session is open on `transport`.
-    Open { transport: TransportKind, session: String },
+    Open {
+        transport: TransportKind,
+        session: String,
+    },
     /// Waiting before the next attempt.
     BackingOff { until: Instant, attempt: u32 },
     /// The browser is offline or the page is frozen: no attempts until it comes back.
@@ -76,19 +82,31 @@ pub(crate) struct Slot {
 
 impl Slot {
     pub fn new(id: TransportId, kind: TransportKind) -> Self {
-        Self { id, kind, opened: false, got_frame: false }
+        Self {
+            id,
+            kind,
+            opened: false,
+            got_frame: false,
+        }
     }
 }
 
 /// A background attempt to move an open session to a higher rung of the ladder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Probe {
-    AwaitingToken { kind: TransportKind },
+    AwaitingToken {
+        kind: TransportKind,
+    },
     /// `FetchTicket` (with `probe: true`) is out.
-    AwaitingTicket { id: TransportId, kind: TransportKind },
+    AwaitingTicket {
+        id: TransportId,
+        kind: TransportKind,
+    },
     /// The probe transport is opening; waiting for its `welcome` (the session stays on the
     /// primary meanwhile).
-    Opening { slot: Slot },
+    Opening {
+        slot: Slot,
+    },
 }
 
 impl Probe {
@@ -110,11 +128,22 @@ pub(crate) enum Phase {
     AwaitingToken,
     /// `FetchTicket` is out for the primary transport `id` (its kind is decided when the ticket
     /// arrives: a held strike may step the ladder down first).
-    AwaitingTicket { id: TransportId },
+    AwaitingTicket {
+        id: TransportId,
+    },
     /// The primary transport is opening; waiting for `welcome`.
-    AwaitingWelcome { slot: Slot },
-    Open { slot: Slot, probe: Option<Probe> },
-    BackingOff { until: Instant },
+    AwaitingWelcome {
+        slot: Slot,
+    },
+    Open {
+        slot: Slot,
+        probe: Option<Probe>,
+    },
+    BackingOff {
+        until: Instant,
+    },
     Offline,
-    Closed { reason: CloseReason },
+    Closed {
+        reason: CloseReason,
+    },
 }

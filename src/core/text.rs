@@ -25,7 +25,11 @@ pub fn push_dec(out: &mut String, mut n: u64) {
 pub fn push_hex16(out: &mut String, n: u64) {
     for shift in (0..16).rev() {
         let d = ((n >> (shift * 4)) & 0xf) as u8;
-        out.push(if d < 10 { (b'0' + d) as char } else { (b'a' + d - 10) as char });
+        out.push(if d < 10 {
+            (b'0' + d) as char
+        } else {
+            (b'a' + d - 10) as char
+        });
     }
 }
 
@@ -120,7 +124,18 @@ mod tests {
             assert_eq!(out, serde_json::to_string(s).unwrap());
             assert_eq!(json_str_len(s), out.len());
         }
-        for s in ["0", "+7", "120", "", "+", "-1", "1a", " 1", "18446744073709551615", "18446744073709551616"] {
+        for s in [
+            "0",
+            "+7",
+            "120",
+            "",
+            "+",
+            "-1",
+            "1a",
+            " 1",
+            "18446744073709551615",
+            "18446744073709551616",
+        ] {
             assert_eq!(parse_dec(s), s.parse::<u64>().ok(), "{s:?}");
         }
     }

@@ -8,7 +8,7 @@
 //! Others' typing: kept per room with an expiry after their last start, so a lost stop cannot
 //! leave someone "typing" forever. The app gets the full sorted list whenever it changes.
 
-use alloc::{string::String, vec::Vec, borrow::ToOwned};
+use alloc::{borrow::ToOwned, string::String, vec::Vec};
 
 use super::small_map::SmallMap;
 
@@ -49,14 +49,21 @@ pub struct Expired {
 
 impl Typing {
     pub fn new(throttle_ms: u64, idle_ms: u64, expiry_ms: u64) -> Self {
-        Self { throttle_ms, idle_ms, expiry_ms, rooms: SmallMap::new() }
+        Self {
+            throttle_ms,
+            idle_ms,
+            expiry_ms,
+            rooms: SmallMap::new(),
+        }
     }
 
     /// A keystroke in `room`. Returns true if `typing{active: true}` should be sent now.
     pub fn keystroke(&mut self, now: Instant, room: &str) -> bool {
         let idle_deadline = now.plus(self.idle_ms);
         let throttle_ms = self.throttle_ms;
-        let Some(r) = self.rooms.get_or_insert_with(room, Default::default) else { return false };
+        let Some(r) = self.rooms.get_or_insert_with(room, Default::default) else {
+            return false;
+        };
         match &mut r.own {
             Some(own) => {
                 own.idle_deadline = idle_deadline;
@@ -67,7 +74,10 @@ impl Typing {
                 false
             }
             None => {
-                r.own = Some(Own { last_start_sent: now, idle_deadline });
+                r.own = Some(Own {
+                    last_start_sent: now,
+                    idle_deadline,
+                });
                 true
             }
         }
@@ -75,7 +85,10 @@ impl Typing {
 
     /// Explicit stop, publish, or unsubscribe. Returns true if `typing{active: false}` is due.
     pub fn stop(&mut self, room: &str) -> bool {
-        self.rooms.get_mut(room).and_then(|r| r.own.take()).is_some()
+        self.rooms
+            .get_mut(room)
+            .and_then(|r| r.own.take())
+            .is_some()
     }
 
     /// The transport dropped: own typing is forgotten (the server times it out).
@@ -86,8 +99,18 @@ impl Typing {
     }
 
     /// Someone else's typing frame. Returns the room's new list if it changed.
-    pub fn on_remote(&mut self, now: Instant, room: &str, user: &str, name: &str, active: bool) -> Option<Vec<TypingUser>> {
-        let users = &mut self.rooms.get_or_insert_with(room, Default::default)?.others;
+    pub fn on_remote(
+        &mut self,
+        now: Instant,
+        room: &str,
+        user: &str,
+        name: &str,
+        active: bool,
+    ) -> Option<Vec<TypingUser>> {
+        let users = &mut self
+            .rooms
+            .get_or_insert_with(room, Default::default)?
+            .others;
         let changed = if active {
             let prev = users.insert(user.to_owned(), (name.to_owned(), now.plus(self.expiry_ms)));
             match prev {
@@ -145,7 +168,10 @@ fn list(users: &SmallMap<(String, Instant)>) -> Vec<TypingUser> {
     // A push loop: `map(..).collect()` compiles the collecting machinery once per closure.
     let mut list = Vec::new();
     for (user, (name, _)) in users.iter() {
-        list.push(TypingUser { user: user.clone(), name: name.clone() });
+        list.push(TypingUser {
+            user: user.clone(),
+            name: name.clone(),
+        });
     }
     list
 }

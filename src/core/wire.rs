@@ -10,7 +10,8 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use rtlink_protocol::{
-    ClientFrame, CloseCode, ErrorCode, Limits, PresenceConn, PresenceLeft, ServerFrame, UserInfo, PROTOCOL_VERSION,
+    ClientFrame, CloseCode, ErrorCode, Limits, PresenceConn, PresenceLeft, ServerFrame, UserInfo,
+    PROTOCOL_VERSION,
 };
 
 use super::json::{self, Json};
@@ -140,17 +141,32 @@ pub fn decode_value(f: &Json) -> Result<ServerFrame, DecodeError> {
                 resume_token: r.string(f, "resume_token"),
                 resumed: r.boolean(f, "resumed"),
                 ping_interval_ms: r.number(f, "ping_interval_ms"),
-                user: UserInfo { id: r.string(user, "id"), name: r.string(user, "name") },
+                user: UserInfo {
+                    id: r.string(user, "id"),
+                    name: r.string(user, "name"),
+                },
                 limits: Limits {
                     max_frame_bytes: r.number(limits, "max_frame_bytes"),
                     rate_per_sec: r.number32(limits, "rate_per_sec"),
                     burst: r.number32(limits, "burst"),
                     max_rooms: r.number32(limits, "max_rooms"),
                     resume_window_ms: r.number(limits, "resume_window_ms"),
-                    dedupe_window_ms: limits.get("dedupe_window_ms").and_then(Json::as_u64).unwrap_or(0),
-                    max_batch_bytes: limits.get("max_batch_bytes").and_then(Json::as_u64).unwrap_or(0),
-                    publish_bytes_per_sec: limits.get("publish_bytes_per_sec").and_then(Json::as_u64).unwrap_or(0),
-                    publish_bytes_burst: limits.get("publish_bytes_burst").and_then(Json::as_u64).unwrap_or(0),
+                    dedupe_window_ms: limits
+                        .get("dedupe_window_ms")
+                        .and_then(Json::as_u64)
+                        .unwrap_or(0),
+                    max_batch_bytes: limits
+                        .get("max_batch_bytes")
+                        .and_then(Json::as_u64)
+                        .unwrap_or(0),
+                    publish_bytes_per_sec: limits
+                        .get("publish_bytes_per_sec")
+                        .and_then(Json::as_u64)
+                        .unwrap_or(0),
+                    publish_bytes_burst: limits
+                        .get("publish_bytes_burst")
+                        .and_then(Json::as_u64)
+                        .unwrap_or(0),
                 },
             }
         }
@@ -162,7 +178,9 @@ pub fn decode_value(f: &Json) -> Result<ServerFrame, DecodeError> {
             recovered: r.boolean(f, "recovered"),
             epoch: opt_string(f, "epoch").unwrap_or_default(),
         },
-        "unsubscribed" => ServerFrame::Unsubscribed { room: r.string(f, "room") },
+        "unsubscribed" => ServerFrame::Unsubscribed {
+            room: r.string(f, "room"),
+        },
         "message" => ServerFrame::Message {
             room: r.string(f, "room"),
             offset: r.number(f, "offset"),
@@ -170,13 +188,20 @@ pub fn decode_value(f: &Json) -> Result<ServerFrame, DecodeError> {
             name: opt_string(f, "name"),
             payload: r.string(f, "payload"),
         },
-        "ack" => ServerFrame::Ack { id: r.string(f, "id"), room: r.string(f, "room"), offset: r.number(f, "offset") },
+        "ack" => ServerFrame::Ack {
+            id: r.string(f, "id"),
+            room: r.string(f, "room"),
+            offset: r.number(f, "offset"),
+        },
         "nack" => ServerFrame::Nack {
             id: r.string(f, "id"),
             code: ErrorCode::from_name(&r.string(f, "code")),
             reason: opt_string(f, "reason").unwrap_or_default(),
         },
-        "presence_snapshot" => ServerFrame::PresenceSnapshot { room: r.string(f, "room"), conns: r.conns(f, "conns") },
+        "presence_snapshot" => ServerFrame::PresenceSnapshot {
+            room: r.string(f, "room"),
+            conns: r.conns(f, "conns"),
+        },
         "presence_join" | "presence_update" => {
             let room = r.string(f, "room");
             let conn = r.object(f, "conn");
@@ -198,7 +223,10 @@ pub fn decode_value(f: &Json) -> Result<ServerFrame, DecodeError> {
             leaves: {
                 let mut leaves = Vec::new();
                 for l in r.items(f, "leaves") {
-                    leaves.push(PresenceLeft { session: r.string(l, "session"), user: r.string(l, "user") });
+                    leaves.push(PresenceLeft {
+                        session: r.string(l, "session"),
+                        user: r.string(l, "user"),
+                    });
                 }
                 leaves
             },
@@ -209,7 +237,10 @@ pub fn decode_value(f: &Json) -> Result<ServerFrame, DecodeError> {
             name: r.string(f, "name"),
             active: r.boolean(f, "active"),
         },
-        "reconnect_after" => ServerFrame::ReconnectAfter { min_ms: r.number(f, "min_ms"), max_ms: r.number(f, "max_ms") },
+        "reconnect_after" => ServerFrame::ReconnectAfter {
+            min_ms: r.number(f, "min_ms"),
+            max_ms: r.number(f, "max_ms"),
+        },
         "close" => ServerFrame::Close {
             code: CloseCode(r.number(f, "code").min(u16::MAX.into()) as u16),
             reason: opt_string(f, "reason").unwrap_or_default(),
@@ -267,7 +298,12 @@ pub fn encode(frame: &ClientFrame) -> String {
         }
         ClientFrame::Ping => Writer::new("ping"),
         ClientFrame::Pong => Writer::new("pong"),
-        ClientFrame::Subscribe { room, since, epoch, history } => {
+        ClientFrame::Subscribe {
+            room,
+            since,
+            epoch,
+            history,
+        } => {
             let mut w = Writer::new("subscribe").str("room", room);
             if let Some(s) = since {
                 w = w.num("since", *s);
@@ -281,17 +317,23 @@ pub fn encode(frame: &ClientFrame) -> String {
             w
         }
         ClientFrame::Unsubscribe { room } => Writer::new("unsubscribe").str("room", room),
-        ClientFrame::Publish { room, id, payload } => {
-            Writer::new("publish").str("room", room).str("id", id).str("payload", payload)
+        ClientFrame::Publish { room, id, payload } => Writer::new("publish")
+            .str("room", room)
+            .str("id", id)
+            .str("payload", payload),
+        ClientFrame::Presence { room, meta } => {
+            Writer::new("presence").str("room", room).str("meta", meta)
         }
-        ClientFrame::Presence { room, meta } => Writer::new("presence").str("room", room).str("meta", meta),
         ClientFrame::Typing { room, active } => {
             let mut w = Writer::new("typing").str("room", room);
-            w.key("active").push_str(if *active { "true" } else { "false" });
+            w.key("active")
+                .push_str(if *active { "true" } else { "false" });
             w
         }
         ClientFrame::Switch => Writer::new("switch"),
-        ClientFrame::Close { code, reason } => Writer::new("close").num("code", code.0.into()).str("reason", reason),
+        ClientFrame::Close { code, reason } => Writer::new("close")
+            .num("code", code.0.into())
+            .str("reason", reason),
     }
     .done()
 }

@@ -10,8 +10,8 @@ use super::record as r;
 use crate::core::text::{concat, dec};
 use crate::core::wire::{self, DecodeError};
 use crate::core::{
-    BackoffConfig, Client, CloseCode, CloseReason, Config, Event, Input, Instant, OpenError, Output, SendError,
-    ServerFrame, State, TransportId, TransportKind,
+    BackoffConfig, Client, CloseCode, CloseReason, Config, Event, Input, Instant, OpenError,
+    Output, SendError, ServerFrame, State, TransportId, TransportKind,
 };
 
 /// The façade's operations: `rt_input(driver, op, a, b, n, m, now)` (js/rtlink.js has the same
@@ -178,7 +178,11 @@ impl Driver {
             ..defaults.backoff.clone()
         };
         let config = Config {
-            transports: if transports.is_empty() { defaults.transports.clone() } else { transports },
+            transports: if transports.is_empty() {
+                defaults.transports.clone()
+            } else {
+                transports
+            },
             start_transport: kind_of(start),
             backoff,
             heartbeat_grace_ms: ms(grace_ms).unwrap_or(defaults.heartbeat_grace_ms),
@@ -188,7 +192,11 @@ impl Driver {
         };
         let now = Instant::from_f64_millis(now);
         let core = Client::new(config, now, u64::from(seed_hi) << 32 | u64::from(seed_lo));
-        Driver { core, buf: Vec::new(), timer: None }
+        Driver {
+            core,
+            buf: Vec::new(),
+            timer: None,
+        }
     }
 
     /// One operation (see [`op`]); then does what the core asks and re-arms the timer.
@@ -205,9 +213,15 @@ impl Driver {
         let input = match op {
             op::CONNECT => Input::Connect,
             op::CLOSE => Input::Close,
-            op::SUBSCRIBE => Input::Subscribe { room, history: n as u32 },
+            op::SUBSCRIBE => Input::Subscribe {
+                room,
+                history: n as u32,
+            },
             op::UNSUBSCRIBE => Input::Unsubscribe { room },
-            op::SET_PRESENCE => Input::SetPresence { room, meta: b.into() },
+            op::SET_PRESENCE => Input::SetPresence {
+                room,
+                meta: b.into(),
+            },
             op::KEYSTROKE => Input::Keystroke { room },
             op::TYPING_STOP => Input::TypingStop { room },
             op::PUBLISH => {
@@ -236,13 +250,19 @@ impl Driver {
             op::TICKET => Input::TicketIssued { id, ticket: room },
             op::OPENED => Input::TransportOpened { id },
             op::FRAME => frame(id, a, n),
-            op::CLOSED => Input::TransportClosed { id, code: (m > 0.0).then_some(CloseCode(m as u16)), reason: room },
+            op::CLOSED => Input::TransportClosed {
+                id,
+                code: (m > 0.0).then_some(CloseCode(m as u16)),
+                reason: room,
+            },
             op::FAILED..=25 => {
                 let error = match op - op::FAILED {
                     0 => OpenError::Unauthorized,
                     1 => OpenError::Forbidden,
                     2 => OpenError::SessionUnknown,
-                    3 => OpenError::Overloaded { retry_after_ms: ms(m) },
+                    3 => OpenError::Overloaded {
+                        retry_after_ms: ms(m),
+                    },
                     4 => OpenError::Unreachable,
                     _ => OpenError::Network,
                 };
@@ -260,7 +280,13 @@ impl Driver {
         while let Some(out) = self.core.poll_output() {
             match out {
                 Output::RequestToken => r(record::TOKEN, "", "", "", "", 0.0, 0.0),
-                Output::FetchTicket { id, endpoint, token, resume, probe } => {
+                Output::FetchTicket {
+                    id,
+                    endpoint,
+                    token,
+                    resume,
+                    probe,
+                } => {
                     let extra = endpoint as u32 * 2 + u32::from(probe);
                     r(
                         record::FETCH_TICKET | extra << 5,
@@ -272,12 +298,41 @@ impl Driver {
                         0.0,
                     )
                 }
-                Output::OpenTransport { id, endpoint, kind, ticket } => {
+                Output::OpenTransport {
+                    id,
+                    endpoint,
+                    kind,
+                    ticket,
+                } => {
                     let extra = endpoint as u32 * 4 + kind_index(kind);
-                    r(record::OPEN | extra << 5, &ticket, "", "", "", id.0 as f64, 0.0)
+                    r(
+                        record::OPEN | extra << 5,
+                        &ticket,
+                        "",
+                        "",
+                        "",
+                        id.0 as f64,
+                        0.0,
+                    )
                 }
-                Output::Send { id, frame } => r(record::SEND, &wire::encode(&frame), "", "", "", id.0 as f64, 0.0),
-                Output::CloseTransport { id, .. } => r(record::CLOSE, "client closed", "", "", "", id.0 as f64, 1000.0),
+                Output::Send { id, frame } => r(
+                    record::SEND,
+                    &wire::encode(&frame),
+                    "",
+                    "",
+                    "",
+                    id.0 as f64,
+                    0.0,
+                ),
+                Output::CloseTransport { id, .. } => r(
+                    record::CLOSE,
+                    "client closed",
+                    "",
+                    "",
+                    "",
+                    id.0 as f64,
+                    1000.0,
+                ),
                 Output::Event(event) => report(event),
             }
         }
@@ -295,27 +350,58 @@ impl Driver {
 fn frame(id: TransportId, text: &str, n: f64) -> Input {
     let (code, reason) = match wire::decode(text) {
         Ok(frame) => {
-            if let ServerFrame::Welcome { resume_token, limits, .. } = &frame {
+            if let ServerFrame::Welcome {
+                resume_token,
+                limits,
+                ..
+            } = &frame
+            {
                 // A server that does not announce its body limit accepts at least one frame's worth.
-                let max = [limits.max_batch_bytes, limits.max_frame_bytes, 65_536].into_iter().find(|n| *n >= 1);
-                r(record::SESSION, resume_token, "", "", "", n, max.unwrap_or(65_536) as f64);
+                let max = [limits.max_batch_bytes, limits.max_frame_bytes, 65_536]
+                    .into_iter()
+                    .find(|n| *n >= 1);
+                r(
+                    record::SESSION,
+                    resume_token,
+                    "",
+                    "",
+                    "",
+                    n,
+                    max.unwrap_or(65_536) as f64,
+                );
             }
             return Input::Frame { id, frame };
         }
-        Err(DecodeError::UnsupportedVersion) => {
-            (CloseCode::UNSUPPORTED_VERSION, String::from("the server speaks another protocol version"))
-        }
+        Err(DecodeError::UnsupportedVersion) => (
+            CloseCode::UNSUPPORTED_VERSION,
+            String::from("the server speaks another protocol version"),
+        ),
         Err(DecodeError::Malformed(field)) => (
             CloseCode::MALFORMED_FRAME,
             if field.is_empty() {
                 "malformed frame from server".into()
             } else {
-                concat(&["malformed frame from server: missing or invalid field ", field])
+                concat(&[
+                    "malformed frame from server: missing or invalid field ",
+                    field,
+                ])
             },
         ),
     };
-    r(record::CLOSE, "malformed frame from server", "", "", "", n, 4000.0);
-    Input::TransportClosed { id, code: Some(code), reason }
+    r(
+        record::CLOSE,
+        "malformed frame from server",
+        "",
+        "",
+        "",
+        n,
+        4000.0,
+    );
+    Input::TransportClosed {
+        id,
+        code: Some(code),
+        reason,
+    }
 }
 
 fn state_index(state: &State) -> u32 {
@@ -333,36 +419,88 @@ fn state_index(state: &State) -> u32 {
 fn close_reason(reason: &CloseReason) -> String {
     match reason {
         CloseReason::ClientClosed => "client closed".into(),
-        CloseReason::Server { code, reason } => {
-            concat(&["server closed (", &dec(code.0.into()), " ", code.name(), "): ", reason])
-        }
+        CloseReason::Server { code, reason } => concat(&[
+            "server closed (",
+            &dec(code.0.into()),
+            " ",
+            code.name(),
+            "): ",
+            reason,
+        ]),
         CloseReason::Unauthorized => "unauthorized: the server refused a fresh token".into(),
         CloseReason::Forbidden => "forbidden: this origin or user is not allowed".into(),
         CloseReason::TokenFailed => "getToken failed".into(),
-        CloseReason::GaveUp { attempts } => concat(&["gave up after ", &dec((*attempts).into()), " attempts"]),
+        CloseReason::GaveUp { attempts } => {
+            concat(&["gave up after ", &dec((*attempts).into()), " attempts"])
+        }
     }
 }
 
 /// Reports one event of the core to the façade as records (see [`record`]).
 fn report(event: Event) {
     match event {
-        Event::StateChanged { state, transport, attempt, retry_in_ms } => {
+        Event::StateChanged {
+            state,
+            transport,
+            attempt,
+            retry_in_ms,
+        } => {
             let reason = match &state {
                 State::Closed { reason } => close_reason(reason),
                 _ => String::new(),
             };
             let extra = state_index(&state) * 4 + transport.map_or(0, kind_index);
             let retry = retry_in_ms.map_or(-1.0, |ms| ms as f64);
-            r(record::STATE | extra << 5, &reason, "", "", "", attempt.into(), retry);
+            r(
+                record::STATE | extra << 5,
+                &reason,
+                "",
+                "",
+                "",
+                attempt.into(),
+                retry,
+            );
         }
-        Event::Message { room, offset, sender, name, payload } => {
+        Event::Message {
+            room,
+            offset,
+            sender,
+            name,
+            payload,
+        } => {
             let code = record::MESSAGE | u32::from(name.is_some()) << 5;
-            r(code, &room, &sender, name.as_deref().unwrap_or(""), &payload, offset as f64, 0.0);
+            r(
+                code,
+                &room,
+                &sender,
+                name.as_deref().unwrap_or(""),
+                &payload,
+                offset as f64,
+                0.0,
+            );
         }
-        Event::PublishAcked { send_id, offset } => r(record::ACKED, "", "", "", "", send_id.0 as f64, offset as f64),
-        Event::PublishFailed { send_id, code, reason } => {
-            r(record::FAILED, code.as_str(), &reason, "", "", send_id.0 as f64, 0.0)
-        }
+        Event::PublishAcked { send_id, offset } => r(
+            record::ACKED,
+            "",
+            "",
+            "",
+            "",
+            send_id.0 as f64,
+            offset as f64,
+        ),
+        Event::PublishFailed {
+            send_id,
+            code,
+            reason,
+        } => r(
+            record::FAILED,
+            code.as_str(),
+            &reason,
+            "",
+            "",
+            send_id.0 as f64,
+            0.0,
+        ),
         Event::Subscribed { room } => r(record::SUBSCRIBED, &room, "", "", "", 0.0, 0.0),
         Event::ResyncNeeded { room } => r(record::RESYNC, &room, "", "", "", 0.0, 0.0),
         Event::SubscribeFailed { room, code, reason } => {
@@ -370,7 +508,15 @@ fn report(event: Event) {
         }
         Event::PresenceChanged { room, members } => {
             for m in &members {
-                r(record::MEMBER, &m.user, &m.name, &m.meta, "", m.connections.into(), 0.0);
+                r(
+                    record::MEMBER,
+                    &m.user,
+                    &m.name,
+                    &m.meta,
+                    "",
+                    m.connections.into(),
+                    0.0,
+                );
             }
             r(record::PRESENCE, &room, "", "", "", 0.0, 0.0);
         }
@@ -380,8 +526,24 @@ fn report(event: Event) {
             }
             r(record::TYPING, &room, "", "", "", 0.0, 0.0);
         }
-        Event::TransportRemembered(kind) => r(record::TRANSPORT | kind_index(kind) << 5, "", "", "", "", 0.0, 0.0),
+        Event::TransportRemembered(kind) => r(
+            record::TRANSPORT | kind_index(kind) << 5,
+            "",
+            "",
+            "",
+            "",
+            0.0,
+            0.0,
+        ),
         Event::Fallback(_) => {}
-        Event::Error { reason } => r(record::ERROR, reason.error_code(), &close_reason(&reason), "", "", 0.0, 0.0),
+        Event::Error { reason } => r(
+            record::ERROR,
+            reason.error_code(),
+            &close_reason(&reason),
+            "",
+            "",
+            0.0,
+            0.0,
+        ),
     }
 }

@@ -53,7 +53,19 @@ extern "C" {
 fn record(code: u32, a: &str, b: &str, c: &str, d: &str, x: f64, y: f64) {
     // SAFETY: the import only reads the four ranges, which are valid for the call.
     unsafe {
-        record_import(code, a.as_ptr(), a.len(), b.as_ptr(), b.len(), c.as_ptr(), c.len(), d.as_ptr(), d.len(), x, y)
+        record_import(
+            code,
+            a.as_ptr(),
+            a.len(),
+            b.as_ptr(),
+            b.len(),
+            c.as_ptr(),
+            c.len(),
+            d.as_ptr(),
+            d.len(),
+            x,
+            y,
+        )
     }
 }
 
@@ -73,8 +85,19 @@ pub extern "C" fn rt_new(
     seed_lo: u32,
     now: f64,
 ) -> *mut Driver {
-    let d =
-        Driver::new(ladder, start, base_ms, cap_ms, max_attempts, grace_ms, probe_ms, endpoints, seed_hi, seed_lo, now);
+    let d = Driver::new(
+        ladder,
+        start,
+        base_ms,
+        cap_ms,
+        max_attempts,
+        grace_ms,
+        probe_ms,
+        endpoints,
+        seed_hi,
+        seed_lo,
+        now,
+    );
     alloc::boxed::Box::into_raw(alloc::boxed::Box::new(d))
 }
 

@@ -77,7 +77,9 @@ impl RealtimeClient {
 
 /// Loads pkg/rtlink.js and its wasm module once; every test awaits it before using the API.
 pub async fn ready() {
-    JsFuture::from(load_package()).await.expect("pkg/rtlink.js loads (run `make package` first)");
+    JsFuture::from(load_package())
+        .await
+        .expect("pkg/rtlink.js loads (run `make package` first)");
 }
 
 pub fn server(var: &str) -> String {
@@ -95,13 +97,15 @@ pub fn server(var: &str) -> String {
         "node-b" => option_env!("RTLINK_NODE_B"),
         _ => None,
     };
-    url.expect("run the browser tests with `make test-browser` (it starts the servers)").to_string()
+    url.expect("run the browser tests with `make test-browser` (it starts the servers)")
+        .to_string()
 }
 
 pub async fn sleep(ms: i32) {
     let p = Promise::new(&mut |resolve, _| {
         let w = web_sys::window().unwrap();
-        w.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms).unwrap();
+        w.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms)
+            .unwrap();
     });
     JsFuture::from(p).await.unwrap();
 }
@@ -133,9 +137,10 @@ pub async fn demo_token(base: &str, name: &str) -> Result<JsValue, JsValue> {
     headers.set("content-type", "application/json")?;
     init.set_headers(&headers);
     let w = web_sys::window().unwrap();
-    let resp: web_sys::Response = JsFuture::from(w.fetch_with_str_and_init(&format!("{base}/v1/demo-token"), &init))
-        .await?
-        .dyn_into()?;
+    let resp: web_sys::Response =
+        JsFuture::from(w.fetch_with_str_and_init(&format!("{base}/v1/demo-token"), &init))
+            .await?
+            .dyn_into()?;
     let body = JsFuture::from(resp.json()?).await?;
     Ok(get(&body, "token"))
 }
@@ -149,7 +154,12 @@ pub fn options(base: &str, name: &str, transports: Option<&[&str]>) -> JsValue {
 
 /// [`options`] for a client that connects to `url` (e.g. through a proxy) and gets its token
 /// from the server at `token_base`.
-pub fn options_via(url: &str, token_base: &str, name: &str, transports: Option<&[&str]>) -> JsValue {
+pub fn options_via(
+    url: &str,
+    token_base: &str,
+    name: &str,
+    transports: Option<&[&str]>,
+) -> JsValue {
     let (b, n) = (token_base.to_string(), name.to_string());
     let cached: Rc<RefCell<Option<JsValue>>> = Rc::default();
     let get_token = Closure::<dyn FnMut() -> Promise>::new(move || {
@@ -191,7 +201,9 @@ pub struct Recorder(pub Rc<RefCell<Vec<JsValue>>>);
 impl Recorder {
     pub fn listener(&self) -> Function {
         let log = self.0.clone();
-        Closure::<dyn FnMut(JsValue)>::new(move |v| log.borrow_mut().push(v)).into_js_value().unchecked_into()
+        Closure::<dyn FnMut(JsValue)>::new(move |v| log.borrow_mut().push(v))
+            .into_js_value()
+            .unchecked_into()
     }
     pub fn values(&self) -> Vec<JsValue> {
         self.0.borrow().clone()
@@ -202,32 +214,48 @@ impl Recorder {
 }
 
 pub fn state_is(states: &Recorder, state: &str) -> bool {
-    states.last().is_some_and(|s| get(&s, "state").as_string().as_deref() == Some(state))
+    states
+        .last()
+        .is_some_and(|s| get(&s, "state").as_string().as_deref() == Some(state))
 }
 
 pub fn transport_of(client: &RealtimeClient) -> String {
-    get(&client.state(), "transport").as_string().unwrap_or_default()
+    get(&client.state(), "transport")
+        .as_string()
+        .unwrap_or_default()
 }
 
 pub fn offsets(messages: &Recorder) -> Vec<u64> {
-    messages.values().iter().map(|m| get(m, "offset").as_f64().unwrap() as u64).collect()
+    messages
+        .values()
+        .iter()
+        .map(|m| get(m, "offset").as_f64().unwrap() as u64)
+        .collect()
 }
 
 pub fn unique_room(prefix: &str) -> String {
     format!("{prefix}-{}", (js_sys::Math::random() * 1e12) as u64)
 }
 
-pub async fn connected(base: &str, name: &str, transports: Option<&[&str]>) -> (RealtimeClient, Recorder) {
+pub async fn connected(
+    base: &str,
+    name: &str,
+    transports: Option<&[&str]>,
+) -> (RealtimeClient, Recorder) {
     ready().await;
     let client = RealtimeClient::new(options(base, name, transports)).unwrap();
     let states = Recorder::default();
     let _ = client.on("state", states.listener()).unwrap();
     client.connect();
-    wait_for(&format!("{name} to open"), 10_000, || state_is(&states, "open")).await;
+    wait_for(&format!("{name} to open"), 10_000, || {
+        state_is(&states, "open")
+    })
+    .await;
     (client, states)
 }
 
 pub async fn publish(room: &Room, text: &str) -> JsValue {
-    JsFuture::from(room.publish(JsValue::from_str(text))).await.expect("publish acked")
+    JsFuture::from(room.publish(JsValue::from_str(text)))
+        .await
+        .expect("publish acked")
 }
-

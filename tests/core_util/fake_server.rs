@@ -157,23 +157,52 @@ impl FakeServer {
     }
 
     pub fn head(&self, room: &str) -> u64 {
-        self.rooms.get(room).and_then(|h| h.last()).map_or(0, |m| m.offset)
+        self.rooms
+            .get(room)
+            .and_then(|h| h.last())
+            .map_or(0, |m| m.offset)
     }
 }
 
 impl Sim {
     /// The ticket step: `POST /v1/ticket`.
-    pub(super) fn fetch_ticket(&mut self, tab: usize, id: TransportId, endpoint: usize, token: String, resume: Option<String>, probe: bool) {
+    pub(super) fn fetch_ticket(
+        &mut self,
+        tab: usize,
+        id: TransportId,
+        endpoint: usize,
+        token: String,
+        resume: Option<String>,
+        probe: bool,
+    ) {
         self.server.ticket_log.push((self.now, tab, endpoint));
         if self.server.dead_nodes.contains(&endpoint) {
-            return self.deliver(tab, Input::OpenFailed { id, error: OpenError::Unreachable });
+            return self.deliver(
+                tab,
+                Input::OpenFailed {
+                    id,
+                    error: OpenError::Unreachable,
+                },
+            );
         }
         if self.server.forbidden {
-            return self.deliver(tab, Input::OpenFailed { id, error: OpenError::Forbidden });
+            return self.deliver(
+                tab,
+                Input::OpenFailed {
+                    id,
+                    error: OpenError::Forbidden,
+                },
+            );
         }
         if self.server.reject_tokens > 0 {
             self.server.reject_tokens -= 1;
-            return self.deliver(tab, Input::OpenFailed { id, error: OpenError::Unauthorized });
+            return self.deliver(
+                tab,
+                Input::OpenFailed {
+                    id,
+                    error: OpenError::Unauthorized,
+                },
+            );
         }
         if let Some(error) = self.server.ticket_failure {
             return self.deliver(tab, Input::OpenFailed { id, error });
@@ -183,40 +212,96 @@ impl Sim {
         }
         self.server.tickets_issued += 1;
         if self.server.overloaded_race && self.server.tickets_issued % 2 == 1 {
-            let error = OpenError::Overloaded { retry_after_ms: Some(1_000) };
+            let error = OpenError::Overloaded {
+                retry_after_ms: Some(1_000),
+            };
             return self.deliver(tab, Input::OpenFailed { id, error });
         }
         let ticket = format!("t{}", self.server.tickets_issued);
-        self.server.tickets.insert(ticket.clone(), Ticket { user: token, resume, probe, endpoint });
+        self.server.tickets.insert(
+            ticket.clone(),
+            Ticket {
+                user: token,
+                resume,
+                probe,
+                endpoint,
+            },
+        );
         self.deliver(tab, Input::TicketIssued { id, ticket });
     }
 
     /// The transport step, with a ticket.
-    pub(super) fn open(&mut self, tab: usize, id: TransportId, endpoint: usize, kind: TransportKind, ticket: String) {
+    pub(super) fn open(
+        &mut self,
+        tab: usize,
+        id: TransportId,
+        endpoint: usize,
+        kind: TransportKind,
+        ticket: String,
+    ) {
         if self.server.dead_nodes.contains(&endpoint) {
-            return self.deliver(tab, Input::OpenFailed { id, error: OpenError::Network });
+            return self.deliver(
+                tab,
+                Input::OpenFailed {
+                    id,
+                    error: OpenError::Network,
+                },
+            );
         }
         let Some(mut ticket) = self.server.tickets.remove(&ticket) else {
-            return self.deliver(tab, Input::OpenFailed { id, error: OpenError::Unauthorized });
+            return self.deliver(
+                tab,
+                Input::OpenFailed {
+                    id,
+                    error: OpenError::Unauthorized,
+                },
+            );
         };
         // The node this transport reached (tickets work on every node).
         ticket.endpoint = endpoint;
         let far = Instant::from_millis(u64::MAX);
-        let conn = |blackholed: bool, ticket: Ticket| Conn { kind, session: None, next_ping: far, blackholed, ticket, probing: None };
+        let conn = |blackholed: bool, ticket: Ticket| Conn {
+            kind,
+            session: None,
+            next_ping: far,
+            blackholed,
+            ticket,
+            probing: None,
+        };
         if self.server.overloaded_race {
             // The ticket counted, but a hard cap refuses the open in a race: a browser sees only
             // a failed WebSocket or EventSource.
-            return self.deliver(tab, Input::OpenFailed { id, error: OpenError::Network });
+            return self.deliver(
+                tab,
+                Input::OpenFailed {
+                    id,
+                    error: OpenError::Network,
+                },
+            );
         }
         match self.server.mode(kind) {
             Mode::OpenFail(error) => self.deliver(tab, Input::OpenFailed { id, error }),
             Mode::DieBeforeFirstFrame => {
                 self.deliver(tab, Input::TransportOpened { id });
-                self.deliver(tab, Input::TransportClosed { id, code: None, reason: "proxy".into() });
+                self.deliver(
+                    tab,
+                    Input::TransportClosed {
+                        id,
+                        code: None,
+                        reason: "proxy".into(),
+                    },
+                );
             }
             Mode::CloseBeforeWelcome(code) => {
                 self.deliver(tab, Input::TransportOpened { id });
-                self.deliver(tab, Input::TransportClosed { id, code: Some(code), reason: "server".into() });
+                self.deliver(
+                    tab,
+                    Input::TransportClosed {
+                        id,
+                        code: Some(code),
+                        reason: "server".into(),
+                    },
+                );
             }
             Mode::Silent => {
                 self.server.conns.insert((tab, id), conn(true, ticket));
@@ -224,14 +309,18 @@ impl Sim {
             }
             Mode::Buffered => {
                 // The server handles the open; the proxy holds everything it answers.
-                self.server.conns.insert((tab, id), conn(true, ticket.clone()));
+                self.server
+                    .conns
+                    .insert((tab, id), conn(true, ticket.clone()));
                 self.deliver(tab, Input::TransportOpened { id });
                 if kind != TransportKind::WebSocket {
                     self.attach(tab, id, &ticket.user, ticket.resume, ticket.probe);
                 }
             }
             Mode::Normal => {
-                self.server.conns.insert((tab, id), conn(false, ticket.clone()));
+                self.server
+                    .conns
+                    .insert((tab, id), conn(false, ticket.clone()));
                 self.deliver(tab, Input::TransportOpened { id });
                 if kind != TransportKind::WebSocket {
                     self.attach(tab, id, &ticket.user, ticket.resume, ticket.probe);
@@ -242,10 +331,25 @@ impl Sim {
 
     /// Opens or resumes a session on transport `id`, or (for a probe) answers `welcome` without
     /// moving the session: `switch` does that ([`Sim::commit_probe`]).
-    pub(super) fn attach(&mut self, tab: usize, id: TransportId, user: &str, resume: Option<String>, probe: bool) {
-        let node = self.server.conns.get(&(tab, id)).map_or(0, |c| c.ticket.endpoint);
+    pub(super) fn attach(
+        &mut self,
+        tab: usize,
+        id: TransportId,
+        user: &str,
+        resume: Option<String>,
+        probe: bool,
+    ) {
+        let node = self
+            .server
+            .conns
+            .get(&(tab, id))
+            .map_or(0, |c| c.ticket.endpoint);
         let existing = resume.and_then(|r| {
-            self.server.sessions.iter().find(|(_, s)| s.resume_token == r).map(|(k, _)| k.clone())
+            self.server
+                .sessions
+                .iter()
+                .find(|(_, s)| s.resume_token == r)
+                .map(|(k, _)| k.clone())
         });
         // Another node's session is not resumed here: a new session (the old one ends), as on a
         // cluster (PROTOCOL.md, "Several nodes").
@@ -258,7 +362,14 @@ impl Sim {
         };
         if probe {
             let Some(sid) = existing else {
-                self.send_to_conn(tab, id, ServerFrame::Close { code: CloseCode::SESSION_EXPIRED, reason: "no such session".into() });
+                self.send_to_conn(
+                    tab,
+                    id,
+                    ServerFrame::Close {
+                        code: CloseCode::SESSION_EXPIRED,
+                        reason: "no such session".into(),
+                    },
+                );
                 self.server.conns.remove(&(tab, id));
                 return;
             };
@@ -296,7 +407,14 @@ impl Sim {
 
     /// `switch` on a probe: the session moves there now.
     pub(super) fn commit_probe(&mut self, tab: usize, id: TransportId) {
-        let Some(sid) = self.server.conns.get_mut(&(tab, id)).and_then(|c| c.probing.take()) else { return };
+        let Some(sid) = self
+            .server
+            .conns
+            .get_mut(&(tab, id))
+            .and_then(|c| c.probing.take())
+        else {
+            return;
+        };
         if !self.server.sessions.contains_key(&sid) {
             return;
         }
@@ -321,9 +439,23 @@ impl Sim {
     /// The transport the session left gets 4006.
     fn supersede_old(&mut self, tab: usize, _new: TransportId, _sid: &str) {
         if let Some(old) = self.server.superseded.take() {
-            self.send_to_conn(tab, old, ServerFrame::Close { code: CloseCode::SUPERSEDED, reason: "superseded".into() });
+            self.send_to_conn(
+                tab,
+                old,
+                ServerFrame::Close {
+                    code: CloseCode::SUPERSEDED,
+                    reason: "superseded".into(),
+                },
+            );
             self.server.conns.remove(&(tab, old));
-            self.deliver(tab, Input::TransportClosed { id: old, code: Some(CloseCode::SUPERSEDED), reason: String::new() });
+            self.deliver(
+                tab,
+                Input::TransportClosed {
+                    id: old,
+                    code: Some(CloseCode::SUPERSEDED),
+                    reason: String::new(),
+                },
+            );
         }
     }
 
@@ -335,7 +467,10 @@ impl Sim {
             resume_token: s.resume_token.clone(),
             resumed,
             ping_interval_ms: self.server.ping_interval_ms,
-            user: UserInfo { id: s.user.clone(), name: s.user.to_uppercase() },
+            user: UserInfo {
+                id: s.user.clone(),
+                name: s.user.to_uppercase(),
+            },
             limits: Limits {
                 max_frame_bytes: self.server.max_frame_bytes as u64,
                 rate_per_sec: 100,
@@ -361,7 +496,9 @@ impl Sim {
     /// Sends a frame to a session's current transport; dropped if detached (the client
     /// recovers it by offset when it re-subscribes).
     pub(super) fn send_to_session(&mut self, sid: &str, frame: ServerFrame) {
-        let Some(s) = self.server.sessions.get(sid) else { return };
+        let Some(s) = self.server.sessions.get(sid) else {
+            return;
+        };
         if let Some(t) = s.transport {
             let tab = s.client;
             self.send_to_conn(tab, t, frame);
@@ -369,7 +506,11 @@ impl Sim {
     }
 
     pub(super) fn session_of(&self, tab: usize, id: TransportId) -> Option<String> {
-        self.server.conns.get(&(tab, id)).filter(|c| !c.blackholed).and_then(|c| c.session.clone())
+        self.server
+            .conns
+            .get(&(tab, id))
+            .filter(|c| !c.blackholed)
+            .and_then(|c| c.session.clone())
     }
 
     pub(super) fn presence_conn(&self, sid: &str, room: &str) -> Option<PresenceConn> {
@@ -383,12 +524,21 @@ impl Sim {
     }
 
     pub(super) fn room_members(&self, room: &str) -> Vec<String> {
-        self.server.sessions.iter().filter(|(_, s)| s.rooms.contains(room)).map(|(k, _)| k.clone()).collect()
+        self.server
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.rooms.contains(room))
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 
     pub(super) fn on_client_frame(&mut self, tab: usize, id: TransportId, frame: ClientFrame) {
         if let ClientFrame::Hello { resume, .. } = &frame {
-            let fresh = self.server.conns.get(&(tab, id)).filter(|c| c.session.is_none() && c.probing.is_none() && !c.blackholed);
+            let fresh = self
+                .server
+                .conns
+                .get(&(tab, id))
+                .filter(|c| c.session.is_none() && c.probing.is_none() && !c.blackholed);
             if let Some(ticket) = fresh.map(|c| c.ticket.clone()) {
                 let resume = resume.clone().or(ticket.resume);
                 self.attach(tab, id, &ticket.user, resume, ticket.probe);
@@ -398,27 +548,49 @@ impl Sim {
         if frame == ClientFrame::Switch {
             return self.commit_probe(tab, id);
         }
-        let Some(sid) = self.session_of(tab, id) else { return };
+        let Some(sid) = self.session_of(tab, id) else {
+            return;
+        };
         let user = self.server.sessions[&sid].user.clone();
         if rtlink_protocol::codec::encode_client(&frame).len() > self.server.max_frame_bytes {
             // Like the real server: a frame over the limit closes the transport.
-            self.send_to_conn(tab, id, ServerFrame::Close { code: CloseCode::FRAME_TOO_LARGE, reason: "frame too large".into() });
+            self.send_to_conn(
+                tab,
+                id,
+                ServerFrame::Close {
+                    code: CloseCode::FRAME_TOO_LARGE,
+                    reason: "frame too large".into(),
+                },
+            );
             self.detach(tab, id);
             return;
         }
         match frame {
             ClientFrame::Hello { .. } | ClientFrame::Pong | ClientFrame::Switch => {}
             ClientFrame::Ping => self.send_to_conn(tab, id, ServerFrame::Pong),
-            ClientFrame::Subscribe { room, since, epoch, history: want_history } => {
+            ClientFrame::Subscribe {
+                room,
+                since,
+                epoch,
+                history: want_history,
+            } => {
                 if self.server.forbidden_rooms.contains(&room) {
                     // Like the real server after a resume with a token that no longer allows it.
                     if let Some(s) = self.server.sessions.get_mut(&sid) {
                         s.rooms.remove(&room);
                     }
-                    let nack = ServerFrame::Nack { id: room, code: ErrorCode::Forbidden, reason: String::new() };
+                    let nack = ServerFrame::Nack {
+                        id: room,
+                        code: ErrorCode::Forbidden,
+                        reason: String::new(),
+                    };
                     return self.send_to_conn(tab, id, nack);
                 }
-                let joined = self.server.sessions.get_mut(&sid).is_some_and(|s| s.rooms.insert(room.clone()));
+                let joined = self
+                    .server
+                    .sessions
+                    .get_mut(&sid)
+                    .is_some_and(|s| s.rooms.insert(room.clone()));
                 let history = self.server.rooms.get(&room).cloned().unwrap_or_default();
                 let current_epoch = format!("e{}", self.server.epoch);
                 let mut head = history.last().map_or(0, |m| m.offset);
@@ -436,9 +608,17 @@ impl Sim {
                     head = start;
                     true
                 } else {
-                    match since { Some(s) => s + 1 >= oldest_kept, None => true }
+                    match since {
+                        Some(s) => s + 1 >= oldest_kept,
+                        None => true,
+                    }
                 };
-                let subscribed = ServerFrame::Subscribed { room: room.clone(), head, recovered, epoch: current_epoch };
+                let subscribed = ServerFrame::Subscribed {
+                    room: room.clone(),
+                    head,
+                    recovered,
+                    epoch: current_epoch,
+                };
                 self.send_to_conn(tab, id, subscribed);
                 if let Some(since) = since {
                     for m in history.iter().filter(|m| m.offset > since) {
@@ -452,12 +632,29 @@ impl Sim {
                         self.send_to_conn(tab, id, frame);
                     }
                 }
-                let conns = self.room_members(&room).iter().filter_map(|m| self.presence_conn(m, &room)).collect();
-                self.send_to_conn(tab, id, ServerFrame::PresenceSnapshot { room: room.clone(), conns });
+                let conns = self
+                    .room_members(&room)
+                    .iter()
+                    .filter_map(|m| self.presence_conn(m, &room))
+                    .collect();
+                self.send_to_conn(
+                    tab,
+                    id,
+                    ServerFrame::PresenceSnapshot {
+                        room: room.clone(),
+                        conns,
+                    },
+                );
                 if joined {
                     if let Some(conn) = self.presence_conn(&sid, &room) {
                         for other in self.room_members(&room).into_iter().filter(|o| *o != sid) {
-                            self.send_to_session(&other, ServerFrame::PresenceJoin { room: room.clone(), conn: conn.clone() });
+                            self.send_to_session(
+                                &other,
+                                ServerFrame::PresenceJoin {
+                                    room: room.clone(),
+                                    conn: conn.clone(),
+                                },
+                            );
                         }
                     }
                 }
@@ -468,32 +665,71 @@ impl Sim {
                 }
                 self.send_to_conn(tab, id, ServerFrame::Unsubscribed { room: room.clone() });
                 for other in self.room_members(&room) {
-                    let frame = ServerFrame::PresenceLeave { room: room.clone(), session: sid.clone(), user: user.clone() };
+                    let frame = ServerFrame::PresenceLeave {
+                        room: room.clone(),
+                        session: sid.clone(),
+                        user: user.clone(),
+                    };
                     self.send_to_session(&other, frame);
                 }
             }
-            ClientFrame::Publish { room, id: msg_id, payload } => {
+            ClientFrame::Publish {
+                room,
+                id: msg_id,
+                payload,
+            } => {
                 if !self.server.sessions[&sid].rooms.contains(&room) {
-                    let nack = ServerFrame::Nack { id: msg_id, code: ErrorCode::NotSubscribed, reason: String::new() };
+                    let nack = ServerFrame::Nack {
+                        id: msg_id,
+                        code: ErrorCode::NotSubscribed,
+                        reason: String::new(),
+                    };
                     return self.send_to_conn(tab, id, nack);
                 }
                 let key = (user.clone(), msg_id.clone());
-                if let (Some(window), Some(at)) = (self.server.dedupe_window_ms, self.server.acked_at.get(&key)) {
+                if let (Some(window), Some(at)) =
+                    (self.server.dedupe_window_ms, self.server.acked_at.get(&key))
+                {
                     if self.now.millis_since(*at) >= window {
                         self.server.acks.remove(&key);
                     }
                 }
-                if let Some((r, offset)) = self.server.acks.get(&(user.clone(), msg_id.clone())).cloned() {
+                if let Some((r, offset)) = self
+                    .server
+                    .acks
+                    .get(&(user.clone(), msg_id.clone()))
+                    .cloned()
+                {
                     if self.server.drop_acks {
                         return;
                     }
-                    return self.send_to_conn(tab, id, ServerFrame::Ack { id: msg_id, room: r, offset });
+                    return self.send_to_conn(
+                        tab,
+                        id,
+                        ServerFrame::Ack {
+                            id: msg_id,
+                            room: r,
+                            offset,
+                        },
+                    );
                 }
                 let offset = self.store(&room, &user, &payload);
-                self.server.acks.insert((user.clone(), msg_id.clone()), (room.clone(), offset));
-                self.server.acked_at.insert((user.clone(), msg_id.clone()), self.now);
+                self.server
+                    .acks
+                    .insert((user.clone(), msg_id.clone()), (room.clone(), offset));
+                self.server
+                    .acked_at
+                    .insert((user.clone(), msg_id.clone()), self.now);
                 if !self.server.drop_acks {
-                    self.send_to_conn(tab, id, ServerFrame::Ack { id: msg_id, room: room.clone(), offset });
+                    self.send_to_conn(
+                        tab,
+                        id,
+                        ServerFrame::Ack {
+                            id: msg_id,
+                            room: room.clone(),
+                            offset,
+                        },
+                    );
                 }
                 self.fan_out(&room, offset, &user, &payload);
             }
@@ -503,13 +739,24 @@ impl Sim {
                 }
                 if let Some(conn) = self.presence_conn(&sid, &room) {
                     for m in self.room_members(&room) {
-                        self.send_to_session(&m, ServerFrame::PresenceUpdate { room: room.clone(), conn: conn.clone() });
+                        self.send_to_session(
+                            &m,
+                            ServerFrame::PresenceUpdate {
+                                room: room.clone(),
+                                conn: conn.clone(),
+                            },
+                        );
                     }
                 }
             }
             ClientFrame::Typing { room, active } => {
                 for m in self.room_members(&room).into_iter().filter(|m| *m != sid) {
-                    let frame = ServerFrame::Typing { room: room.clone(), user: user.clone(), name: user.to_uppercase(), active };
+                    let frame = ServerFrame::Typing {
+                        room: room.clone(),
+                        user: user.clone(),
+                        name: user.to_uppercase(),
+                        active,
+                    };
                     self.send_to_session(&m, frame);
                 }
             }
@@ -522,7 +769,11 @@ impl Sim {
         let limit = self.server.history_limit;
         let history = self.server.rooms.entry(room.to_owned()).or_default();
         let offset = history.last().map_or(1, |m| m.offset + 1);
-        history.push(StoredMsg { offset, sender: sender.to_owned(), payload: payload.to_owned() });
+        history.push(StoredMsg {
+            offset,
+            sender: sender.to_owned(),
+            payload: payload.to_owned(),
+        });
         if history.len() > limit {
             history.remove(0);
         }
@@ -556,13 +807,19 @@ impl Sim {
 
     /// A session ends: everyone in its rooms sees it leave.
     pub fn end_session(&mut self, sid: &str) {
-        let Some(s) = self.server.sessions.remove(sid) else { return };
+        let Some(s) = self.server.sessions.remove(sid) else {
+            return;
+        };
         if let Some(t) = s.transport {
             self.server.conns.remove(&(s.client, t));
         }
         for room in &s.rooms {
             for m in self.room_members(room) {
-                let frame = ServerFrame::PresenceLeave { room: room.clone(), session: sid.to_owned(), user: s.user.clone() };
+                let frame = ServerFrame::PresenceLeave {
+                    room: room.clone(),
+                    session: sid.to_owned(),
+                    user: s.user.clone(),
+                };
                 self.send_to_session(&m, frame);
             }
         }
@@ -570,7 +827,9 @@ impl Sim {
 
     /// The client closed a transport: its session waits for a resume (presence grace).
     pub(super) fn detach(&mut self, tab: usize, id: TransportId) {
-        let Some(conn) = self.server.conns.remove(&(tab, id)) else { return };
+        let Some(conn) = self.server.conns.remove(&(tab, id)) else {
+            return;
+        };
         let now = self.now;
         if let Some(sid) = conn.session {
             if let Some(s) = self.server.sessions.get_mut(&sid) {
@@ -591,13 +850,27 @@ impl Sim {
     pub fn kill(&mut self, tab: usize, code: Option<CloseCode>) {
         let Some(id) = self.primary(tab) else { return };
         self.detach(tab, id);
-        self.deliver(tab, Input::TransportClosed { id, code, reason: "killed".into() });
+        self.deliver(
+            tab,
+            Input::TransportClosed {
+                id,
+                code,
+                reason: "killed".into(),
+            },
+        );
     }
 
     /// The server closes the tab's primary transport with a `close` frame.
     pub fn server_close(&mut self, tab: usize, code: CloseCode) {
         let Some(id) = self.primary(tab) else { return };
-        self.send_to_conn(tab, id, ServerFrame::Close { code, reason: code.name().into() });
+        self.send_to_conn(
+            tab,
+            id,
+            ServerFrame::Close {
+                code,
+                reason: code.name().into(),
+            },
+        );
         self.detach(tab, id);
     }
 
@@ -617,14 +890,31 @@ impl Sim {
     /// and it refuses connections until [`Sim::revive_node`]. Rooms and offsets survive (Redis).
     pub fn kill_node(&mut self, node: usize) {
         self.server.dead_nodes.insert(node);
-        let on_node: Vec<(usize, TransportId)> =
-            self.server.conns.iter().filter(|(_, c)| c.ticket.endpoint == node).map(|(k, _)| *k).collect();
+        let on_node: Vec<(usize, TransportId)> = self
+            .server
+            .conns
+            .iter()
+            .filter(|(_, c)| c.ticket.endpoint == node)
+            .map(|(k, _)| *k)
+            .collect();
         for (tab, id) in on_node {
             self.server.conns.remove(&(tab, id));
-            self.deliver(tab, Input::TransportClosed { id, code: None, reason: "node died".into() });
+            self.deliver(
+                tab,
+                Input::TransportClosed {
+                    id,
+                    code: None,
+                    reason: "node died".into(),
+                },
+            );
         }
-        let sessions: Vec<String> =
-            self.server.sessions.iter().filter(|(_, s)| s.node == node).map(|(k, _)| k.clone()).collect();
+        let sessions: Vec<String> = self
+            .server
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.node == node)
+            .map(|(k, _)| k.clone())
+            .collect();
         for sid in sessions {
             self.end_session(&sid);
         }

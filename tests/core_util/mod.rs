@@ -7,8 +7,8 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use rtlink::core::{
-    Client, ClientFrame, CloseCode, Config, ErrorCode, Event, Input, Instant, OpenError, Output, SendId, ServerFrame,
-    State, TransportId, TransportKind,
+    Client, ClientFrame, CloseCode, Config, ErrorCode, Event, Input, Instant, OpenError, Output,
+    SendId, ServerFrame, State, TransportId, TransportKind,
 };
 
 pub const LATENCY_MS: u64 = 5;
@@ -106,7 +106,12 @@ impl Sim {
                 paused_until: None,
             })
             .collect();
-        Self { now, tabs, server: FakeServer::new(), queue: VecDeque::new() }
+        Self {
+            now,
+            tabs,
+            server: FakeServer::new(),
+            queue: VecDeque::new(),
+        }
     }
 
     pub fn one(cfg: Config) -> Self {
@@ -124,7 +129,12 @@ impl Sim {
         self.drain();
     }
 
-    pub fn publish(&mut self, tab: usize, room: &str, payload: &str) -> Result<SendId, rtlink::core::SendError> {
+    pub fn publish(
+        &mut self,
+        tab: usize,
+        room: &str,
+        payload: &str,
+    ) -> Result<SendId, rtlink::core::SendError> {
         let now = self.now;
         let r = self.tabs[tab].client.publish(now, room, payload.to_owned());
         self.drain();
@@ -135,7 +145,13 @@ impl Sim {
     pub fn connect(&mut self, tab: usize, rooms: &[&str]) {
         self.input(tab, Input::Connect);
         for room in rooms {
-            self.input(tab, Input::Subscribe { room: (*room).to_owned(), history: 0 });
+            self.input(
+                tab,
+                Input::Subscribe {
+                    room: (*room).to_owned(),
+                    history: 0,
+                },
+            );
         }
         self.run_for(200);
     }
@@ -175,7 +191,11 @@ impl Sim {
             consider(Some((*at).max(self.tabs[*tab].paused_until.unwrap_or(*at))));
         }
         for tab in &self.tabs {
-            consider(tab.client.poll_timeout().map(|t| t.max(tab.paused_until.unwrap_or(t))));
+            consider(
+                tab.client
+                    .poll_timeout()
+                    .map(|t| t.max(tab.paused_until.unwrap_or(t))),
+            );
         }
         for ((_, _), conn) in &self.server.conns {
             if conn.session.is_some() {
@@ -241,7 +261,10 @@ impl Sim {
             .server
             .sessions
             .iter()
-            .filter(|(_, s)| s.detached_at.is_some_and(|d| d.plus(self.server.presence_grace_ms) <= now))
+            .filter(|(_, s)| {
+                s.detached_at
+                    .is_some_and(|d| d.plus(self.server.presence_grace_ms) <= now)
+            })
             .map(|(k, _)| k.clone())
             .collect();
         for sid in expired {
@@ -276,7 +299,11 @@ impl Sim {
                     any = true;
                     self.on_output(i, out);
                     let tab = &self.tabs[i];
-                    assert!(tab.live.len() <= 2, "more than one primary + one probe: {:?}", tab.live);
+                    assert!(
+                        tab.live.len() <= 2,
+                        "more than one primary + one probe: {:?}",
+                        tab.live
+                    );
                 }
             }
             if !any {
@@ -294,12 +321,27 @@ impl Sim {
                     self.deliver(tab, Input::TokenReady(token));
                 }
             }
-            Output::FetchTicket { id, endpoint, token, resume, probe } => {
+            Output::FetchTicket {
+                id,
+                endpoint,
+                token,
+                resume,
+                probe,
+            } => {
                 self.tabs[tab].live.insert(id);
                 self.fetch_ticket(tab, id, endpoint, token, resume, probe);
             }
-            Output::OpenTransport { id, endpoint, kind, ticket } => {
-                let resume = self.server.tickets.get(&ticket).and_then(|t| t.resume.clone());
+            Output::OpenTransport {
+                id,
+                endpoint,
+                kind,
+                ticket,
+            } => {
+                let resume = self
+                    .server
+                    .tickets
+                    .get(&ticket)
+                    .and_then(|t| t.resume.clone());
                 self.tabs[tab].opens.push((id, kind, resume));
                 self.open(tab, id, endpoint, kind, ticket);
             }
@@ -326,7 +368,11 @@ impl Sim {
             Event::Message { room, offset, .. } => {
                 let list = t.delivered.entry(room.clone()).or_default();
                 if let Some(last) = list.last() {
-                    assert_eq!(*offset, last + 1, "tab {tab} room {room}: got {offset} after {last}");
+                    assert_eq!(
+                        *offset,
+                        last + 1,
+                        "tab {tab} room {room}: got {offset} after {last}"
+                    );
                 }
                 list.push(*offset);
             }

@@ -20,8 +20,8 @@ use rtlink::core::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use transport::SseParser;
 use rtlink_protocol::envelope::TicketRequest;
+pub use transport::SseParser;
 use transport::{AbortOnDrop, Open, Order, Report, TicketStep};
 
 use crate::token;
@@ -344,7 +344,8 @@ async fn drive(options: ClientOptions, mut commands: mpsc::UnboundedReceiver<Com
     let (reports_tx, mut reports) = mpsc::unbounded_channel::<(TransportId, Report)>();
     let mut transports: HashMap<TransportId, (mpsc::UnboundedSender<Order>, AbortOnDrop)> = HashMap::new();
     let config = Config { endpoints: options.base_urls.len(), ..options.config.clone() };
-    let base_url = |endpoint: usize| options.base_urls.get(endpoint).or(options.base_urls.first()).cloned().unwrap_or_default();
+    let base_url =
+        |endpoint: usize| options.base_urls.get(endpoint).or(options.base_urls.first()).cloned().unwrap_or_default();
     let mut core = Client::new(config, now(), options.seed);
     core.handle_input(now(), Input::Connect);
     loop {

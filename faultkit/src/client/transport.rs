@@ -25,7 +25,10 @@ pub(crate) enum Report {
     Ticket(String),
     Opened,
     Frame(ServerFrame),
-    Closed { code: Option<CloseCode>, reason: String },
+    Closed {
+        code: Option<CloseCode>,
+        reason: String,
+    },
     OpenFailed(OpenError),
 }
 

@@ -74,7 +74,10 @@ async fn abuse_a_fast_address_is_refused_at_the_ticket_step_with_spread_delays()
             );
         }
         assert!(
-            delays.iter().max().is_some_and(|d| *d >= Duration::from_secs(6)),
+            delays
+                .iter()
+                .max()
+                .is_some_and(|d| *d >= Duration::from_secs(6)),
             "{delays:?}"
         );
         // The tickets it already holds still open transports: the rate was charged once.

@@ -24,7 +24,11 @@ impl RedisServer {
                 std::process::id(),
                 rand::random::<u64>()
             ));
-            let mut server = Self { child: None, port, dir };
+            let mut server = Self {
+                child: None,
+                port,
+                dir,
+            };
             if server.spawn() {
                 return server;
             }
@@ -47,7 +51,11 @@ impl RedisServer {
     /// Starts it again on the same port, empty. Panics if it does not come up.
     pub fn restart(&mut self) {
         self.stop();
-        assert!(self.spawn(), "redis-server did not restart on port {}", self.port);
+        assert!(
+            self.spawn(),
+            "redis-server did not restart on port {}",
+            self.port
+        );
     }
 
     fn spawn(&mut self) -> bool {

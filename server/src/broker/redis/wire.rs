@@ -41,7 +41,12 @@ impl StoredConn {
     }
 
     pub(super) fn into_conn(self) -> PresenceConn {
-        PresenceConn { session: self.session, user: self.user, name: self.name, meta: self.meta }
+        PresenceConn {
+            session: self.session,
+            user: self.user,
+            name: self.name,
+            meta: self.meta,
+        }
     }
 }
 
@@ -85,8 +90,15 @@ impl Wire {
             )),
             Self::Join { c } => RoomEventKind::PresenceJoin(c.into_conn()),
             Self::Update { c } => RoomEventKind::PresenceUpdate(c.into_conn()),
-            Self::Leave { c } => RoomEventKind::PresenceLeave { session: c.session, user: c.user },
-            Self::Typing { u, n, a } => RoomEventKind::Typing { user: u, name: n, active: a },
+            Self::Leave { c } => RoomEventKind::PresenceLeave {
+                session: c.session,
+                user: c.user,
+            },
+            Self::Typing { u, n, a } => RoomEventKind::Typing {
+                user: u,
+                name: n,
+                active: a,
+            },
             Self::Marker { .. } => return None,
         })
     }
@@ -101,8 +113,12 @@ pub(super) fn message_tail(sender: &str, name: Option<&str>, payload: &str) -> S
         n: Option<&'a str>,
         p: &'a str,
     }
-    let json = serde_json::to_string(&Tail { s: sender, n: name, p: payload })
-        .unwrap_or_else(|_| String::from("{}"));
+    let json = serde_json::to_string(&Tail {
+        s: sender,
+        n: name,
+        p: payload,
+    })
+    .unwrap_or_else(|_| String::from("{}"));
     // A serialised struct always starts with `{`.
     json.strip_prefix('{').map(str::to_owned).unwrap_or(json)
 }
@@ -131,8 +147,12 @@ pub(super) fn stored_from_entry(
     entry: &Value,
     epoch: &Arc<str>,
 ) -> Option<StoredMessage> {
-    let Value::Array(parts) = entry else { return None };
-    let [id, Value::Array(fields)] = parts.as_slice() else { return None };
+    let Value::Array(parts) = entry else {
+        return None;
+    };
+    let [id, Value::Array(fields)] = parts.as_slice() else {
+        return None;
+    };
     let offset = text(id)?.split('-').next()?.parse().ok()?;
     let (mut sender, mut name, mut payload, mut at) = (None, None, None, 0);
     for pair in fields.chunks(2) {
@@ -145,7 +165,15 @@ pub(super) fn stored_from_entry(
             _ => {}
         }
     }
-    Some(StoredMessage::new(room.to_owned(), offset, sender?, name, payload?, at, epoch.clone()))
+    Some(StoredMessage::new(
+        room.to_owned(),
+        offset,
+        sender?,
+        name,
+        payload?,
+        at,
+        epoch.clone(),
+    ))
 }
 
 #[cfg(test)]
