@@ -40,9 +40,12 @@ test: setup
 	$(MAKE) test-faults
 	$(MAKE) test-abuse
 
-# Protocol codec, the sans-IO client core (virtual clock) and the server's integration tests
-# (the multi-process fault and abuse tests run in test-faults and test-abuse).
+# rustfmt (default settings) over the workspace, then the protocol codec, the sans-IO client core
+# (virtual clock) and the server's integration tests (the multi-process fault and abuse tests run
+# in test-faults and test-abuse).
 test-native: setup
+	@if cargo fmt --version >/dev/null 2>&1; then cargo fmt --all --check >/dev/null \
+	  || { echo "rustfmt: the workspace is not formatted; run cargo fmt --all"; exit 1; }; fi
 	cargo test --workspace -- --skip fault_ --skip abuse_
 
 # The npm package (size report), its .d.ts under tsc --strict, then the package in headless
