@@ -5,7 +5,7 @@
 use rtlink_protocol::{ClientFrame, ErrorCode, ServerFrame};
 
 use crate::process::ServerProcess;
-use crate::{bounded, connect_ws, metric, Attacker, Bystander, Peer};
+use crate::{bounded, connect_ws, metric, Attacker, Bystander, Peer, Server};
 
 const BIG: usize = 64_000;
 const BUDGET: u64 = 2_000_000;
@@ -85,38 +85,7 @@ async fn abuse_one_user_cannot_push_history_past_the_byte_budget() {
         }
         bystander.assert_unaffected(&client).await;
         // Offsets 1-3 came before the flood and were evicted; 4 and later came after it.
-        let resumer = Peer::spawn(connect_ws(&client, &client.token("carol")).await);
-        resumer.send(subscribe("chat:lobby", Some(0)));
-        resumer
-            .wait_for("subscribed recovered: false", |f| {
-                matches!(f, ServerFrame::Subscribed { recovered: false, .. })
-            })
-            .await;
-        let resumer = Peer::spawn(connect_ws(&client, &client.token("carol")).await);
-        resumer.send(subscribe("chat:lobby", Some(3)));
-        resumer
-            .wait_for("subscribed recovered: true", |f| {
-                matches!(f, ServerFrame::Subscribed { recovered: true, .. })
-            })
-            .await;
-        let head = resumer
-            .frames()
-            .iter()
-            .find_map(|f| match f {
-                ServerFrame::Subscribed { head, .. } => Some(*head),
-                _ => None,
-            })
-            .unwrap();
-        assert!(head > 3);
-        resumer
-            .wait_for("the replay of the room's newest message", |f| {
-                matches!(f, ServerFrame::Message { offset, .. } if *offset == head)
-            })
-            .await;
-        let replayed = resumer.count(|f| {
-            matches!(f, ServerFrame::Message { room, .. } if room == "chat:lobby")
-        });
-        assert_eq!(replayed as u64, head - 3, "every message after the flood");
+        assert_resume_after_the_flood(&client).await;
     })
     .await;
 }
@@ -358,38 +327,57 @@ async fn abuse_one_user_cannot_push_a_clusters_history_past_the_byte_budget() {
         // Offsets 1-3 came before the flood and were evicted; 4 and later came after it. A
         // resume on either node sees the same.
         for node in [&a, &b] {
-            let resumer = Peer::spawn(connect_ws(node, &node.token("carol")).await);
-            resumer.send(subscribe("chat:lobby", Some(0)));
-            resumer
-                .wait_for("subscribed recovered: false", |f| {
-                    matches!(f, ServerFrame::Subscribed { recovered: false, .. })
-                })
-                .await;
-            let resumer = Peer::spawn(connect_ws(node, &node.token("carol")).await);
-            resumer.send(subscribe("chat:lobby", Some(3)));
-            resumer
-                .wait_for("subscribed recovered: true", |f| {
-                    matches!(f, ServerFrame::Subscribed { recovered: true, .. })
-                })
-                .await;
-            let head = resumer
-                .frames()
-                .iter()
-                .find_map(|f| match f {
-                    ServerFrame::Subscribed { head, .. } => Some(*head),
-                    _ => None,
-                })
-                .unwrap();
-            assert!(head > 3);
-            resumer
-                .wait_for("the replay of the room's newest message", |f| {
-                    matches!(f, ServerFrame::Message { offset, .. } if *offset == head)
-                })
-                .await;
-            let replayed = resumer
-                .count(|f| matches!(f, ServerFrame::Message { room, .. } if room == "chat:lobby"));
-            assert_eq!(replayed as u64, head - 3, "every message after the flood");
+            assert_resume_after_the_flood(node).await;
         }
     })
     .await;
+}
+
+/// Offsets 1-3 of `chat:lobby` came before a flood that evicted them, 4 and later after it: a
+/// resume from 0 gets `recovered: false`, a resume from 3 gets every message after the flood.
+async fn assert_resume_after_the_flood(node: &Server) {
+    let resumer = Peer::spawn(connect_ws(node, &node.token("carol")).await);
+    resumer.send(subscribe("chat:lobby", Some(0)));
+    resumer
+        .wait_for("subscribed recovered: false", |f| {
+            matches!(
+                f,
+                ServerFrame::Subscribed {
+                    recovered: false,
+                    ..
+                }
+            )
+        })
+        .await;
+    let resumer = Peer::spawn(connect_ws(node, &node.token("carol")).await);
+    resumer.send(subscribe("chat:lobby", Some(3)));
+    resumer
+        .wait_for("subscribed recovered: true", |f| {
+            matches!(
+                f,
+                ServerFrame::Subscribed {
+                    recovered: true,
+                    ..
+                }
+            )
+        })
+        .await;
+    let head = resumer
+        .frames()
+        .iter()
+        .find_map(|f| match f {
+            ServerFrame::Subscribed { head, .. } => Some(*head),
+            _ => None,
+        })
+        .unwrap();
+    assert!(head > 3);
+    resumer
+        .wait_for(
+            "the replay of the room's newest message",
+            |f| matches!(f, ServerFrame::Message { offset, .. } if *offset == head),
+        )
+        .await;
+    let replayed =
+        resumer.count(|f| matches!(f, ServerFrame::Message { room, .. } if room == "chat:lobby"));
+    assert_eq!(replayed as u64, head - 3, "every message after the flood");
 }
