@@ -1,18 +1,21 @@
 // The I/O the module asks for (src/wasm/driver.rs `record`): the ticket request and the three
 // transports, each reporting through `t` (js/rtlink.js `_start`): `t.report(op, text, m)` while
 // it runs, `t.finish(op, text, m)` once at its end. Every outcome is reported from a browser
-// callback, never from inside the function that started it. `stop()` (called by the client when
+// callback, never from inside the function that started it; `t.frame(value)` reports a server
+// frame. `stop()` (called by the client when
 // the module closes the transport, or by `finish`) closes the connection, aborts every request
 // and removes every listener: nothing outlives its transport.
 //
 // Opening takes two steps: `ticket` trades the bearer token for a single-use ticket (`POST
 // /v1/ticket`: browsers cannot set headers on WebSocket or EventSource; the body names the
-// session to resume), then `open` connects with it. Frames are JSON text both ways; the module
-// reads and writes them.
+// session to resume), then `open` connects with it. Frames are JSON text both ways: a server
+// frame goes to `t.frame` parsed (js/wire.js reads its fields for the module), the module's
+// client frames come to `send` as text.
 import { encoder } from "./wasm.js";
+import { parse } from "./wire.js";
 
 // rt_input() operations of a transport (src/wasm/driver.rs `op`).
-const TICKET = 16, OPENED = 17, FRAME = 18, CLOSED = 19, FAILED = 20;
+const TICKET = 16, OPENED = 17, CLOSED = 19, FAILED = 20;
 // Why a request failed (`failure`), the first four as the module's `FAILED + reason`.
 const UNAUTHORIZED = 0, SESSION_UNKNOWN = 2, TOO_LARGE = 4, NETWORK = 5;
 // The module's reasons 4 and 5: no usable answer at the ticket step means the server is
@@ -118,7 +121,7 @@ function webSocket(t, base, ticket) {
       t.report(OPENED);
     },
     message(e) {
-      if (typeof e.data === "string") t.report(FRAME, e.data);
+      if (typeof e.data === "string") t.frame(parse(e.data));
     },
     // Close codes are 1000-4999; 0 is a field-less synthetic event.
     close(e) {
@@ -152,7 +155,7 @@ function eventSource(t, base, ticket) {
       if (!opened) t.report(OPENED);
       opened = true;
     },
-    message: (e) => t.report(FRAME, e.data),
+    message: (e) => t.frame(parse(e.data)),
     error() {
       if (opened) t.finish(CLOSED, "event stream ended");
       else t.finish(FAILED + NETWORK);
@@ -189,7 +192,7 @@ function longPoll(t, base, ticket) {
     });
   // Delivers a batch; false once the transport is finished.
   const deliver = (frames) => {
-    for (const frame of frames) t.report(FRAME, JSON.stringify(frame));
+    for (const frame of frames) t.frame(frame);
     return !t.done;
   };
   const next = (cursor) =>

@@ -2,13 +2,14 @@
 // behind the boundary in src/wasm). This file owns what JS does best and costs least here: the
 // API objects, option checks, the app's listeners, the event objects, the calls to `getToken`,
 // `sessionStorage` and the page's lifecycle events, and the I/O the module asks for (js/io.js:
-// the transports and the one timer). The module is driven through one export,
-// `rt_input(driver, op, a, b, n, m, now)`, and reports through one import,
+// the transports and the one timer; js/wire.js: frames as JSON). The module is driven through
+// one export, `rt_input(driver, op, strings, n, m, now)`, and reports through one import,
 // `r(code, a, b, c, d, x, y)`; both tables are documented in src/wasm/driver.rs.
 //
 // Nothing here assumes a `window`: globals are read from `globalThis` (a page or a worker).
 import init, { exports, initSync, input } from "./wasm.js";
 import { live, open, ticket } from "./io.js";
+import { read, write } from "./wire.js";
 
 export { init as default, initSync };
 
@@ -24,7 +25,7 @@ export class RtlinkError extends Error {
 // rt_input() operations (src/wasm/driver.rs `op`).
 const CONNECT = 0, CLOSE = 1, SUBSCRIBE = 2, UNSUBSCRIBE = 3, SET_PRESENCE = 4, KEYSTROKE = 5,
   TYPING_STOP = 6, PUBLISH = 7, TOKEN = 8, ONLINE = 9, OFFLINE = 10, HIDDEN = 11, VISIBLE = 12,
-  FROZEN = 13, RESUMED = 14, TIMEOUT = 15;
+  FROZEN = 13, RESUMED = 14, TIMEOUT = 15, FRAME = 18, CLOSED = 19;
 
 const TRANSPORTS = ["websocket", "sse", "long-polling"];
 const STATES = ["idle", "connecting", "open", "backing-off", "offline", "closed"];
@@ -195,9 +196,9 @@ export class RealtimeClient {
   // One operation of the module (src/wasm/driver.rs `op`). Its records are queued while it runs
   // and handled after it returned, in order: app listeners and transports may call in again
   // (their records join the queue; the outermost call handles them).
-  _input(op, a = "", b = "", n = 0, m = 0) {
+  _input(op, strings = [], n = 0, m = 0) {
     if (!this._driver) return -4;
-    const result = input(this._push, this._driver, op, a, b, n, m);
+    const result = input(this._push, this._driver, op, strings, n, m);
     if (!this._busy) {
       this._busy = true;
       try {
@@ -282,13 +283,13 @@ export class RealtimeClient {
         return void Promise.resolve()
           .then(() => (0, this._getToken)())
           .then((token) => (typeof token === "string" ? token : ""), () => "")
-          .then((token) => this._input(TOKEN, token));
+          .then((token) => this._input(TOKEN, [token]));
       case 14: // FETCH_TICKET
         return this._start(x, (t) => ticket(t, this._urls[extra >> 1], a, b, extra & 1));
       case 15: // OPEN
         return this._start(x, (t) => open(t, extra & 3, this._urls[extra >> 2], a));
       case 16: // SEND
-        return this._io.get(x)?.send(a);
+        return this._io.get(x)?.send(write(extra, a, b, c, y));
       case 17: // CLOSE
         return this._stop(x, y, a);
       case 18: // TIMER
@@ -306,23 +307,35 @@ export class RealtimeClient {
           }, x);
         }
         return;
-      case 19: // SESSION
-        return this._io.get(x)?.session?.(a, y);
     }
   }
 
   // Starts transport `id` (or its ticket request): `make(t)` gets what it reports through and
   // returns `{ send, session, stop }`. `t.report(op, text, m)` feeds the module (nothing once
-  // stopped); `t.finish(op, text, m)` reports its end once and stops it.
+  // stopped); `t.finish(op, text, m)` reports its end once and stops it; `t.frame(value)` feeds
+  // it a server frame (parsed; undefined if its text is no JSON).
   _start(id, make) {
     this._stop(id);
     const t = {
       done: false,
-      report: (op, text = "", m = 0) => t.done || this._input(op, text, "", id, m),
-      finish: (op, text, m) => {
+      report: (op, text = "", m = 0) => t.done || this._input(op, [text], id, m),
+      finish: (op, text = "", m = 0) => {
         if (!t.done) {
           this._stop(id);
-          this._input(op, text, "", id, m);
+          this._input(op, [text], id, m);
+        }
+      },
+      frame: (value) => {
+        if (t.done) return;
+        const [kind, fields, session] = read(value);
+        if (kind < 0) {
+          // A frame the client cannot use ends the transport, as a close of that code would.
+          this._stop(id, 4000, "malformed frame from server");
+          this._input(CLOSED, [fields], id, -kind);
+        } else {
+          // A `welcome`: the upstream (SSE, long polling) learns its session first.
+          if (session) t.session?.(...session);
+          this._input(FRAME, fields, id, kind);
         }
       },
     };
@@ -391,7 +404,7 @@ export class RealtimeClient {
         history = h;
       }
     }
-    this._input(SUBSCRIBE, name, "", history);
+    this._input(SUBSCRIBE, [name], history);
     return new Room(this, name);
   }
 
@@ -436,14 +449,14 @@ export class Room {
       return Promise.reject(new RtlinkError("invalid_argument", "payload must be JSON-serialisable"));
     }
     return new Promise((resolve, reject) => {
-      const id = this._c._input(PUBLISH, this.name, text);
+      const id = this._c._input(PUBLISH, [this.name, text]);
       if (id > 0) this._c._pending.set(id, [resolve, reject]);
       else reject(new RtlinkError(...REFUSALS[-id]));
     });
   }
 
   leave() {
-    this._c._input(UNSUBSCRIBE, this.name);
+    this._c._input(UNSUBSCRIBE, [this.name]);
   }
 
   get presence() {
@@ -467,7 +480,7 @@ export class Presence {
   set(meta) {
     const text = jsonText(meta);
     if (text === undefined) throw new RtlinkError("invalid_argument", "presence metadata must be JSON-serialisable");
-    this._c._input(SET_PRESENCE, this._room, text);
+    this._c._input(SET_PRESENCE, [this._room, text]);
   }
 
   list() {
@@ -490,11 +503,11 @@ export class Typing {
   }
 
   keystroke() {
-    this._c._input(KEYSTROKE, this._room);
+    this._c._input(KEYSTROKE, [this._room]);
   }
 
   stop() {
-    this._c._input(TYPING_STOP, this._room);
+    this._c._input(TYPING_STOP, [this._room]);
   }
 
   list() {

@@ -53,17 +53,24 @@ export function exports() {
   return wasm;
 }
 
-/** `rt_input(driver, op, a, b, n, m, now)`, reporting its records to `to`. */
-export function input(to, driver, op, a, b, n, m) {
-  const ea = encoder.encode(a), eb = encoder.encode(b), len = ea.length + eb.length;
+/** `rt_input(driver, op, strings, n, m, now)`, reporting its records to `to`. The strings go
+ * into the module's input buffer as UTF-8, each followed by a 0xFF byte (which UTF-8 never uses). */
+export function input(to, driver, op, strings, n, m) {
+  // At most 3 bytes of UTF-8 per UTF-16 unit.
+  let len = 0;
+  for (const s of strings) len += s.length * 3 + 1;
   if (len) {
+    // (`rt_buf` may grow the memory: its buffer is read after.)
     const at = wasm.rt_buf(driver, len);
     const mem = new Uint8Array(wasm.memory.buffer, at, len);
-    mem.set(ea);
-    mem.set(eb, ea.length);
+    len = 0;
+    for (const s of strings) {
+      len += encoder.encodeInto(s, mem.subarray(len)).written;
+      mem[len++] = 255;
+    }
   }
   sink = to;
-  const result = wasm.rt_input(driver, op, ea.length, eb.length, n, m, performance.now());
+  const result = wasm.rt_input(driver, op, len, n, m, performance.now());
   sink = null;
   return result;
 }

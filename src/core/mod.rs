@@ -60,7 +60,6 @@ mod connection;
 pub mod endpoints;
 pub mod event;
 pub mod heartbeat;
-pub mod json;
 pub mod ladder;
 pub mod presence;
 mod probe;

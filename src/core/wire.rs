@@ -1,10 +1,14 @@
-//! Frames to and from their JSON text, without serde: what the browser glue puts on and reads
-//! off every transport.
+//! Frames across the wasm boundary as flat records, for the JS façade's frame codec
+//! (`js/wire.js`, which has the same tables).
 //!
-//! The field names and shapes are those of `rtlink-protocol` (the server's serde codec); the
-//! tests check both directions against it. Decoding is lenient where the protocol allows
-//! (unknown fields and frame types, absent optional fields) and names the first field that is
-//! missing or of the wrong type.
+//! JSON stays out of the module: `JSON.parse` and `JSON.stringify` cost nothing in the browser,
+//! while a JSON reader and writer of our own were 3.3 KB of the module (gzip). The façade
+//! parses a server frame, checks every field the client reads (the first one missing or of the
+//! wrong type makes it malformed, like another protocol version in a `welcome`) and hands the
+//! module the frame's kind and its fields as strings in a fixed order: [`server_frame`] builds the
+//! frame from them. The other way, [`client_record`] flattens a client frame into a record the
+//! façade writes as JSON. tests/core_wire.rs runs `js/wire.js` in node against the server's serde
+//! codec, through these two functions.
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -14,326 +18,233 @@ use rtlink_protocol::{
     PROTOCOL_VERSION,
 };
 
-use super::json::{self, Json};
-use super::text::{push_dec, push_json_str};
+use super::text::dec;
 
-/// Why a text is not a server frame this client can use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DecodeError {
-    /// A `welcome` of another protocol version: terminal, like close 4002.
-    UnsupportedVersion,
-    /// Not JSON or not an object (`""`), or this field is missing or of the wrong type.
-    Malformed(&'static str),
-}
+/// A server frame's fields, in the order [`server_frame`] reads them: strings as they are,
+/// numbers in decimal (digits only), booleans as `"1"` or `""`. A missing field reads as empty.
+pub struct Fields<I>(pub I);
 
-/// Reads the fields of a frame. A missing or mistyped field reads as empty (`""`, 0, false, an
-/// empty object) and the first such field is remembered: decoding is then straight-line code with
-/// one check at the end, instead of an early return (and the drops it needs) after every field.
-/// The first field in reading order is the one reported, as with early returns.
-struct Fields {
-    missing: Option<&'static str>,
-}
-
-/// What a missing object reads as.
-static EMPTY: Json = Json::Null;
-
-impl Fields {
-    fn miss(&mut self, key: &'static str) {
-        self.missing.get_or_insert(key);
+impl<'a, I: Iterator<Item = &'a str>> Fields<I> {
+    /// The next field as it is.
+    pub fn field(&mut self) -> &'a str {
+        self.0.next().unwrap_or("")
     }
 
-    fn string(&mut self, v: &Json, key: &'static str) -> String {
-        match v.get(key).and_then(Json::as_str) {
-            Some(s) => s.into(),
-            None => {
-                self.miss(key);
-                String::new()
-            }
-        }
+    fn string(&mut self) -> String {
+        self.field().into()
     }
 
-    fn number(&mut self, v: &Json, key: &'static str) -> u64 {
-        v.get(key).and_then(Json::as_u64).unwrap_or_else(|| {
-            self.miss(key);
-            0
+    fn number(&mut self) -> u64 {
+        // The façade checked the digits (a whole number below 2^53): no overflow, no other bytes.
+        self.field().bytes().fold(0, |n, d| {
+            n.wrapping_mul(10)
+                .wrapping_add(u64::from(d.wrapping_sub(b'0')))
         })
     }
 
     /// A `u32` field; larger numbers saturate (limits the client only compares against).
-    fn number32(&mut self, v: &Json, key: &'static str) -> u32 {
-        self.number(v, key).min(u32::MAX.into()) as u32
+    fn number32(&mut self) -> u32 {
+        self.number().min(u32::MAX.into()) as u32
     }
 
-    fn boolean(&mut self, v: &Json, key: &'static str) -> bool {
-        v.get(key).and_then(Json::as_bool).unwrap_or_else(|| {
-            self.miss(key);
-            false
-        })
+    fn boolean(&mut self) -> bool {
+        !self.field().is_empty()
     }
 
-    fn object<'a>(&mut self, v: &'a Json, key: &'static str) -> &'a Json {
-        match v.get(key) {
-            Some(o @ Json::Obj(_)) => o,
-            _ => {
-                self.miss(key);
-                &EMPTY
-            }
-        }
-    }
-
-    /// The elements of an array field; a present non-array reads as none.
-    fn items<'a>(&mut self, v: &'a Json, key: &'static str) -> &'a [Json] {
-        match v.get(key) {
-            Some(a) => a.items(),
-            None => {
-                self.miss(key);
-                &[]
-            }
-        }
-    }
-
-    fn conn(&mut self, v: &Json) -> PresenceConn {
+    /// `session`, `user`, `name`, `meta`.
+    fn conn(&mut self) -> PresenceConn {
         PresenceConn {
-            session: self.string(v, "session"),
-            user: self.string(v, "user"),
-            name: self.string(v, "name"),
-            meta: opt_string(v, "meta").unwrap_or_default(),
+            session: self.string(),
+            user: self.string(),
+            name: self.string(),
+            meta: self.string(),
         }
     }
 
-    fn conns(&mut self, v: &Json, key: &'static str) -> Vec<PresenceConn> {
-        let mut conns = Vec::new();
-        for c in self.items(v, key) {
-            conns.push(self.conn(c));
+    /// A count, then that many items (never more than there are fields left: each item takes
+    /// at least one).
+    fn list<T>(&mut self, mut item: impl FnMut(&mut Self) -> T) -> Vec<T> {
+        let mut items = Vec::new();
+        let count = self.number();
+        for _ in 0..count.min(self.0.size_hint().1.unwrap_or(0) as u64) {
+            items.push(item(self));
         }
-        conns
+        items
     }
 }
 
-fn opt_string(v: &Json, key: &str) -> Option<String> {
-    v.get(key).and_then(Json::as_str).map(String::from)
-}
-
-/// A server frame from its JSON text.
-pub fn decode(text: &str) -> Result<ServerFrame, DecodeError> {
-    decode_value(&json::parse(text).ok_or(DecodeError::Malformed(""))?)
-}
-
-/// A server frame from a parsed JSON value (a long-poll batch carries several). Unknown frame
-/// types decode as [`ServerFrame::Unknown`].
-pub fn decode_value(f: &Json) -> Result<ServerFrame, DecodeError> {
-    if !matches!(f, Json::Obj(_)) {
-        return Err(DecodeError::Malformed(""));
-    }
-    let mut r = Fields { missing: None };
-    let t = r.string(f, "t");
-    let frame = match t.as_str() {
-        "welcome" => {
-            let v = r.number(f, "v");
-            if r.missing.is_none() && v != u64::from(PROTOCOL_VERSION) {
-                return Err(DecodeError::UnsupportedVersion);
-            }
-            let user = r.object(f, "user");
-            let limits = r.object(f, "limits");
-            ServerFrame::Welcome {
-                v: PROTOCOL_VERSION,
-                session: r.string(f, "session"),
-                resume_token: r.string(f, "resume_token"),
-                resumed: r.boolean(f, "resumed"),
-                ping_interval_ms: r.number(f, "ping_interval_ms"),
-                user: UserInfo {
-                    id: r.string(user, "id"),
-                    name: r.string(user, "name"),
-                },
-                limits: Limits {
-                    max_frame_bytes: r.number(limits, "max_frame_bytes"),
-                    rate_per_sec: r.number32(limits, "rate_per_sec"),
-                    burst: r.number32(limits, "burst"),
-                    max_rooms: r.number32(limits, "max_rooms"),
-                    resume_window_ms: r.number(limits, "resume_window_ms"),
-                    dedupe_window_ms: limits
-                        .get("dedupe_window_ms")
-                        .and_then(Json::as_u64)
-                        .unwrap_or(0),
-                    max_batch_bytes: limits
-                        .get("max_batch_bytes")
-                        .and_then(Json::as_u64)
-                        .unwrap_or(0),
-                    publish_bytes_per_sec: limits
-                        .get("publish_bytes_per_sec")
-                        .and_then(Json::as_u64)
-                        .unwrap_or(0),
-                    publish_bytes_burst: limits
-                        .get("publish_bytes_burst")
-                        .and_then(Json::as_u64)
-                        .unwrap_or(0),
-                },
-            }
-        }
-        "ping" => ServerFrame::Ping,
-        "pong" => ServerFrame::Pong,
-        "subscribed" => ServerFrame::Subscribed {
-            room: r.string(f, "room"),
-            head: r.number(f, "head"),
-            recovered: r.boolean(f, "recovered"),
-            epoch: opt_string(f, "epoch").unwrap_or_default(),
-        },
-        "unsubscribed" => ServerFrame::Unsubscribed {
-            room: r.string(f, "room"),
-        },
-        "message" => ServerFrame::Message {
-            room: r.string(f, "room"),
-            offset: r.number(f, "offset"),
-            sender: r.string(f, "sender"),
-            name: opt_string(f, "name"),
-            payload: r.string(f, "payload"),
-        },
-        "ack" => ServerFrame::Ack {
-            id: r.string(f, "id"),
-            room: r.string(f, "room"),
-            offset: r.number(f, "offset"),
-        },
-        "nack" => ServerFrame::Nack {
-            id: r.string(f, "id"),
-            code: ErrorCode::from_name(&r.string(f, "code")),
-            reason: opt_string(f, "reason").unwrap_or_default(),
-        },
-        "presence_snapshot" => ServerFrame::PresenceSnapshot {
-            room: r.string(f, "room"),
-            conns: r.conns(f, "conns"),
-        },
-        "presence_join" | "presence_update" => {
-            let room = r.string(f, "room");
-            let conn = r.object(f, "conn");
-            let conn = r.conn(conn);
-            if t == "presence_join" {
-                ServerFrame::PresenceJoin { room, conn }
-            } else {
-                ServerFrame::PresenceUpdate { room, conn }
-            }
-        }
-        "presence_leave" => ServerFrame::PresenceLeave {
-            room: r.string(f, "room"),
-            session: r.string(f, "session"),
-            user: r.string(f, "user"),
-        },
-        "presence_diff" => ServerFrame::PresenceDiff {
-            room: r.string(f, "room"),
-            joins: r.conns(f, "joins"),
-            leaves: {
-                let mut leaves = Vec::new();
-                for l in r.items(f, "leaves") {
-                    leaves.push(PresenceLeft {
-                        session: r.string(l, "session"),
-                        user: r.string(l, "user"),
-                    });
-                }
-                leaves
+/// The server frame of `kind` (its index in js/wire.js `KINDS`; any other number: a frame type
+/// this client does not know) from its fields. The façade checked them: this only builds.
+pub fn server_frame<'a>(kind: u32, f: &mut Fields<impl Iterator<Item = &'a str>>) -> ServerFrame {
+    match kind {
+        0 => ServerFrame::Welcome {
+            v: PROTOCOL_VERSION,
+            session: f.string(),
+            resume_token: f.string(),
+            resumed: f.boolean(),
+            ping_interval_ms: f.number(),
+            user: UserInfo {
+                id: f.string(),
+                name: f.string(),
+            },
+            limits: Limits {
+                max_frame_bytes: f.number(),
+                rate_per_sec: f.number32(),
+                burst: f.number32(),
+                max_rooms: f.number32(),
+                resume_window_ms: f.number(),
+                dedupe_window_ms: f.number(),
+                max_batch_bytes: f.number(),
+                publish_bytes_per_sec: f.number(),
+                publish_bytes_burst: f.number(),
             },
         },
-        "typing" => ServerFrame::Typing {
-            room: r.string(f, "room"),
-            user: r.string(f, "user"),
-            name: r.string(f, "name"),
-            active: r.boolean(f, "active"),
+        1 => ServerFrame::Ping,
+        2 => ServerFrame::Pong,
+        3 => ServerFrame::Subscribed {
+            room: f.string(),
+            head: f.number(),
+            recovered: f.boolean(),
+            epoch: f.string(),
         },
-        "reconnect_after" => ServerFrame::ReconnectAfter {
-            min_ms: r.number(f, "min_ms"),
-            max_ms: r.number(f, "max_ms"),
+        4 => ServerFrame::Unsubscribed { room: f.string() },
+        5 => ServerFrame::Message {
+            room: f.string(),
+            offset: f.number(),
+            sender: f.string(),
+            name: {
+                let named = f.boolean();
+                let name = f.string();
+                named.then_some(name)
+            },
+            payload: f.string(),
         },
-        "close" => ServerFrame::Close {
-            code: CloseCode(r.number(f, "code").min(u16::MAX.into()) as u16),
-            reason: opt_string(f, "reason").unwrap_or_default(),
+        6 => ServerFrame::Ack {
+            id: f.string(),
+            room: f.string(),
+            offset: f.number(),
+        },
+        7 => ServerFrame::Nack {
+            id: f.string(),
+            code: ErrorCode::from_name(f.field()),
+            reason: f.string(),
+        },
+        8 => ServerFrame::PresenceSnapshot {
+            room: f.string(),
+            conns: f.list(Fields::conn),
+        },
+        9 => ServerFrame::PresenceJoin {
+            room: f.string(),
+            conn: f.conn(),
+        },
+        10 => ServerFrame::PresenceUpdate {
+            room: f.string(),
+            conn: f.conn(),
+        },
+        11 => ServerFrame::PresenceLeave {
+            room: f.string(),
+            session: f.string(),
+            user: f.string(),
+        },
+        12 => ServerFrame::PresenceDiff {
+            room: f.string(),
+            joins: f.list(Fields::conn),
+            leaves: f.list(|f| PresenceLeft {
+                session: f.string(),
+                user: f.string(),
+            }),
+        },
+        13 => ServerFrame::Typing {
+            room: f.string(),
+            user: f.string(),
+            name: f.string(),
+            active: f.boolean(),
+        },
+        14 => ServerFrame::ReconnectAfter {
+            min_ms: f.number(),
+            max_ms: f.number(),
+        },
+        15 => ServerFrame::Close {
+            code: CloseCode(f.number().min(u16::MAX.into()) as u16),
+            reason: f.string(),
         },
         _ => ServerFrame::Unknown,
+    }
+}
+
+/// A client frame as js/wire.js `write` takes it.
+#[derive(Debug, PartialEq)]
+pub struct ClientRecord<'a> {
+    /// The frame's index in js/wire.js `CLIENT`, plus 16 when its optional string is present
+    /// (`hello.resume`, `subscribe.epoch`) or `typing.active` is true.
+    pub kind: u32,
+    pub a: &'a str,
+    pub b: &'a str,
+    /// `publish.payload`; `subscribe.history` in decimal (empty: absent).
+    pub c: String,
+    /// `hello.v`, `subscribe.since` (-1: absent), `close.code`.
+    pub y: f64,
+}
+
+/// The record of a client frame (see [`ClientRecord`]).
+pub fn client_record(frame: &ClientFrame) -> ClientRecord<'_> {
+    let mut r = ClientRecord {
+        kind: 0,
+        a: "",
+        b: "",
+        c: String::new(),
+        y: -1.0,
     };
-    match r.missing {
-        Some(key) => Err(DecodeError::Malformed(key)),
-        None => Ok(frame),
-    }
-}
-
-/// Builds `{"t":…,…}` one member at a time, in the order the server's serde codec writes them.
-struct Writer(String);
-
-impl Writer {
-    fn new(t: &str) -> Self {
-        let mut w = Writer(String::from("{\"t\":"));
-        push_json_str(&mut w.0, t);
-        w
-    }
-
-    fn key(&mut self, key: &str) -> &mut String {
-        self.0.push_str(",\"");
-        self.0.push_str(key);
-        self.0.push_str("\":");
-        &mut self.0
-    }
-
-    fn str(mut self, key: &str, value: &str) -> Self {
-        push_json_str(self.key(key), value);
-        self
-    }
-
-    fn num(mut self, key: &str, value: u64) -> Self {
-        push_dec(self.key(key), value);
-        self
-    }
-
-    fn done(mut self) -> String {
-        self.0.push('}');
-        self.0
-    }
-}
-
-/// A client frame as its JSON text (byte for byte what the server's codec writes).
-pub fn encode(frame: &ClientFrame) -> String {
+    let present = |o: &Option<_>| u32::from(o.is_some()) << 4;
     match frame {
         ClientFrame::Hello { v, resume } => {
-            let w = Writer::new("hello").num("v", (*v).into());
-            match resume {
-                Some(r) => w.str("resume", r),
-                None => w,
-            }
+            r.y = (*v).into();
+            r.a = resume.as_deref().unwrap_or("");
+            r.kind = present(resume);
         }
-        ClientFrame::Ping => Writer::new("ping"),
-        ClientFrame::Pong => Writer::new("pong"),
+        ClientFrame::Ping => r.kind = 1,
+        ClientFrame::Pong => r.kind = 2,
         ClientFrame::Subscribe {
             room,
             since,
             epoch,
             history,
         } => {
-            let mut w = Writer::new("subscribe").str("room", room);
-            if let Some(s) = since {
-                w = w.num("since", *s);
-            }
-            if let Some(e) = epoch {
-                w = w.str("epoch", e);
-            }
+            r.kind = 3 | present(epoch);
+            r.a = room;
+            r.b = epoch.as_deref().unwrap_or("");
             if let Some(h) = history {
-                w = w.num("history", (*h).into());
+                r.c = dec((*h).into());
             }
-            w
+            if let Some(s) = since {
+                r.y = *s as f64;
+            }
         }
-        ClientFrame::Unsubscribe { room } => Writer::new("unsubscribe").str("room", room),
-        ClientFrame::Publish { room, id, payload } => Writer::new("publish")
-            .str("room", room)
-            .str("id", id)
-            .str("payload", payload),
+        ClientFrame::Unsubscribe { room } => {
+            r.kind = 4;
+            r.a = room;
+        }
+        ClientFrame::Publish { room, id, payload } => {
+            r.kind = 5;
+            r.a = room;
+            r.b = id;
+            r.c = payload.clone();
+        }
         ClientFrame::Presence { room, meta } => {
-            Writer::new("presence").str("room", room).str("meta", meta)
+            r.kind = 6;
+            r.a = room;
+            r.b = meta;
         }
         ClientFrame::Typing { room, active } => {
-            let mut w = Writer::new("typing").str("room", room);
-            w.key("active")
-                .push_str(if *active { "true" } else { "false" });
-            w
+            r.kind = 7 | u32::from(*active) << 4;
+            r.a = room;
         }
-        ClientFrame::Switch => Writer::new("switch"),
-        ClientFrame::Close { code, reason } => Writer::new("close")
-            .num("code", code.0.into())
-            .str("reason", reason),
+        ClientFrame::Switch => r.kind = 8,
+        ClientFrame::Close { code, reason } => {
+            r.kind = 9;
+            r.a = reason;
+            r.y = code.0.into();
+        }
     }
-    .done()
+    r
 }

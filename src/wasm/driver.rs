@@ -8,14 +8,14 @@ use alloc::vec::Vec;
 
 use super::record as r;
 use crate::core::text::{concat, dec};
-use crate::core::wire::{self, DecodeError};
+use crate::core::wire::{self, Fields};
 use crate::core::{
     BackoffConfig, Client, CloseCode, CloseReason, Config, Event, Input, Instant, OpenError,
-    Output, SendError, ServerFrame, State, TransportId, TransportKind,
+    Output, SendError, State, TransportId, TransportKind,
 };
 
-/// The façade's operations: `rt_input(driver, op, a, b, n, m, now)` (js/rtlink.js has the same
-/// table). `a`, `b`: strings; `n`, `m`: numbers. Unused ones are empty or 0.
+/// The façade's operations: `rt_input(driver, op, strings, n, m, now)` (js/rtlink.js has the same
+/// table). `a`, `b`: the first two strings; `n`, `m`: numbers. Unused ones are empty or 0.
 pub mod op {
     pub const CONNECT: u32 = 0;
     pub const CLOSE: u32 = 1;
@@ -42,7 +42,8 @@ pub mod op {
     pub const TICKET: u32 = 16;
     /// Transport `n` is up.
     pub const OPENED: u32 = 17;
-    /// Transport `n` received the frame text `a`.
+    /// Transport `n` received a server frame of kind `m`; the strings are its fields
+    /// ([`crate::core::wire::server_frame`]: the façade parsed and checked it, js/wire.js).
     pub const FRAME: u32 = 18;
     /// Transport `n` ended after it opened: close code `m` (0: none), reason `a`.
     pub const CLOSED: u32 = 19;
@@ -93,15 +94,14 @@ pub mod record {
     /// Open transport `x` with ticket `a`: `code >> 5` = endpoint × 4 + kind (1 websocket, 2
     /// sse, 3 long polling). It answers with `OPENED`, `FRAME`, `CLOSED` or `FAILED`.
     pub const OPEN: u32 = 15;
-    /// Send the frame text `a` on transport `x` (in order; SSE and long polling POST it).
+    /// Send a client frame on transport `x` (in order; SSE and long polling POST it): `code >> 5`
+    /// and `a`, `b`, `c`, `y` are its [`crate::core::wire::ClientRecord`], which js/wire.js
+    /// writes as JSON.
     pub const SEND: u32 = 16;
     /// Close transport `x` (WebSocket: with code `y` and reason `a`) and report nothing more of it.
     pub const CLOSE: u32 = 17;
     /// Arm the timer to fire in `x` ms (negative: disarm); it replaces the previous one.
     pub const TIMER: u32 = 18;
-    /// Transport `x`'s session: `a` the resume token that authenticates `POST /v1/send` and
-    /// long polls, `y` the largest upstream body the server accepts.
-    pub const SESSION: u32 = 19;
 }
 
 /// Why `PUBLISH` refused (returned negated).
@@ -199,17 +199,38 @@ impl Driver {
         }
     }
 
-    /// One operation (see [`op`]); then does what the core asks and re-arms the timer.
-    pub fn input(&mut self, op: u32, a: &str, b: &str, n: f64, m: f64, now: f64) -> f64 {
+    /// One operation (see [`op`]) with its strings; then does what the core asks and re-arms
+    /// the timer.
+    pub fn input<'a>(
+        &mut self,
+        op: u32,
+        strings: &mut Fields<impl Iterator<Item = &'a str>>,
+        n: f64,
+        m: f64,
+        now: f64,
+    ) -> f64 {
         let now = Instant::from_f64_millis(now);
-        let result = self.apply(op, a, b, n, m, now);
+        let result = self.apply(op, strings, n, m, now);
         self.drain(now);
         result
     }
 
-    fn apply(&mut self, op: u32, a: &str, b: &str, n: f64, m: f64, now: Instant) -> f64 {
-        let room = String::from(a);
+    fn apply<'a>(
+        &mut self,
+        op: u32,
+        strings: &mut Fields<impl Iterator<Item = &'a str>>,
+        n: f64,
+        m: f64,
+        now: Instant,
+    ) -> f64 {
         let id = TransportId(n as u64);
+        // A frame's strings are its fields.
+        let (a, b) = if op == op::FRAME {
+            ("", "")
+        } else {
+            (strings.field(), strings.field())
+        };
+        let room = String::from(a);
         let input = match op {
             op::CONNECT => Input::Connect,
             op::CLOSE => Input::Close,
@@ -249,7 +270,10 @@ impl Driver {
             }
             op::TICKET => Input::TicketIssued { id, ticket: room },
             op::OPENED => Input::TransportOpened { id },
-            op::FRAME => frame(id, a, n),
+            op::FRAME => Input::Frame {
+                id,
+                frame: wire::server_frame(m as u32, strings),
+            },
             op::CLOSED => Input::TransportClosed {
                 id,
                 code: (m > 0.0).then_some(CloseCode(m as u16)),
@@ -315,15 +339,18 @@ impl Driver {
                         0.0,
                     )
                 }
-                Output::Send { id, frame } => r(
-                    record::SEND,
-                    &wire::encode(&frame),
-                    "",
-                    "",
-                    "",
-                    id.0 as f64,
-                    0.0,
-                ),
+                Output::Send { id, frame } => {
+                    let f = wire::client_record(&frame);
+                    r(
+                        record::SEND | f.kind << 5,
+                        f.a,
+                        f.b,
+                        &f.c,
+                        "",
+                        id.0 as f64,
+                        f.y,
+                    )
+                }
                 Output::CloseTransport { id, .. } => r(
                     record::CLOSE,
                     "client closed",
@@ -342,65 +369,6 @@ impl Driver {
             let delay = at.map_or(-1.0, |at| at.millis_since(now).min(i32::MAX as u64) as f64);
             r(record::TIMER, "", "", "", "", delay, 0.0);
         }
-    }
-}
-
-/// The input for a frame text from transport `id`. A `welcome` also tells the façade the
-/// session (its upstream needs it); a text that is no frame closes the transport.
-fn frame(id: TransportId, text: &str, n: f64) -> Input {
-    let (code, reason) = match wire::decode(text) {
-        Ok(frame) => {
-            if let ServerFrame::Welcome {
-                resume_token,
-                limits,
-                ..
-            } = &frame
-            {
-                // A server that does not announce its body limit accepts at least one frame's worth.
-                let max = [limits.max_batch_bytes, limits.max_frame_bytes, 65_536]
-                    .into_iter()
-                    .find(|n| *n >= 1);
-                r(
-                    record::SESSION,
-                    resume_token,
-                    "",
-                    "",
-                    "",
-                    n,
-                    max.unwrap_or(65_536) as f64,
-                );
-            }
-            return Input::Frame { id, frame };
-        }
-        Err(DecodeError::UnsupportedVersion) => (
-            CloseCode::UNSUPPORTED_VERSION,
-            String::from("the server speaks another protocol version"),
-        ),
-        Err(DecodeError::Malformed(field)) => (
-            CloseCode::MALFORMED_FRAME,
-            if field.is_empty() {
-                "malformed frame from server".into()
-            } else {
-                concat(&[
-                    "malformed frame from server: missing or invalid field ",
-                    field,
-                ])
-            },
-        ),
-    };
-    r(
-        record::CLOSE,
-        "malformed frame from server",
-        "",
-        "",
-        "",
-        n,
-        4000.0,
-    );
-    Input::TransportClosed {
-        id,
-        code: Some(code),
-        reason,
     }
 }
 

@@ -9,9 +9,9 @@
 //!
 //! The boundary, both ways (js/rtlink.js has the same tables):
 //! - In: [`rt_new`] makes a driver (one per client) and returns its handle; [`rt_buf`] sizes the
-//!   driver's input buffer, where the façade writes the UTF-8 of two strings `a` and `b` back to
-//!   back; [`rt_input`] feeds one operation ([`driver::op`]) with those strings, two numbers and
-//!   `now` (`performance.now()`); [`rt_free`] drops the driver.
+//!   driver's input buffer, where the façade writes the UTF-8 of the next input's strings, each
+//!   followed by a 0xFF byte; [`rt_input`] feeds one operation ([`driver::op`]) with those strings,
+//!   two numbers and `now` (`performance.now()`); [`rt_free`] drops the driver.
 //! - Out: the import `rt.r(code, a, b, c, d, x, y)`, each string a pointer and a length into
 //!   this module's memory, once per record ([`driver::record`]): API events, and what the façade
 //!   must do (fetch a ticket, open, send on or close a transport, arm the timer).
@@ -27,6 +27,7 @@
 mod driver;
 mod panic;
 
+use crate::core::wire::Fields;
 use driver::Driver;
 
 #[link(wasm_import_module = "rt")]
@@ -101,21 +102,25 @@ pub extern "C" fn rt_new(
     alloc::boxed::Box::into_raw(alloc::boxed::Box::new(d))
 }
 
-/// Makes the driver's input buffer `len` bytes long and returns where it starts; the façade
-/// writes the next input's strings there.
+/// Makes the driver's input buffer at least `len` bytes long and returns where it starts; the
+/// façade writes the next input's strings there.
 ///
 /// # Safety
 /// `d` is a live handle from [`rt_new`] and no other export is running.
 #[no_mangle]
 pub unsafe extern "C" fn rt_buf(d: *mut Driver, len: usize) -> *mut u8 {
     let buf = &mut (*d).buf;
-    buf.clear();
-    buf.resize(len, 0);
+    // Zeroed only where it grows: the façade sizes it for the worst case of UTF-8 (3 bytes a
+    // UTF-16 unit) and `rt_input` reads only what was written.
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
     buf.as_mut_ptr()
 }
 
-/// One operation ([`driver::op`]): `a` is the first `a_len` bytes of the input buffer, `b` the
-/// `b_len` after it. Returns the send id for `PUBLISH` (negative: refused), else 0.
+/// One operation ([`driver::op`]) with the first `len` bytes of the input buffer: its strings,
+/// each followed by a 0xFF byte (a byte UTF-8 never uses). Returns the send id for `PUBLISH`
+/// (negative: refused), else 0.
 ///
 /// # Safety
 /// `d` is a live handle from [`rt_new`] and no other export is running.
@@ -123,20 +128,21 @@ pub unsafe extern "C" fn rt_buf(d: *mut Driver, len: usize) -> *mut u8 {
 pub unsafe extern "C" fn rt_input(
     d: *mut Driver,
     op: u32,
-    a_len: usize,
-    b_len: usize,
+    len: usize,
     n: f64,
     m: f64,
     now: f64,
 ) -> f64 {
     let d = &mut *d;
     let buf = core::mem::take(&mut d.buf);
-    // The façade wrote `a_len + b_len` bytes of `TextEncoder` output (UTF-8) into the buffer it
-    // sized to that with `rt_buf`, or passes two empty strings. (Checking again would add
-    // `from_utf8` and its panic paths to the module.)
-    let a = core::str::from_utf8_unchecked(buf.get_unchecked(..a_len));
-    let b = core::str::from_utf8_unchecked(buf.get_unchecked(a_len..a_len + b_len));
-    let result = d.input(op, a, b, n, m, now);
+    // The façade wrote `len` bytes into the buffer it sized to that with `rt_buf` (or passes 0):
+    // `TextEncoder` output (UTF-8) between the separators. (Checking again would add `from_utf8`
+    // and its panic paths to the module.)
+    let strings = buf
+        .get_unchecked(..len)
+        .split(|b| *b == 0xff)
+        .map(|s| core::str::from_utf8_unchecked(s));
+    let result = d.input(op, &mut Fields(strings), n, m, now);
     d.buf = buf;
     result
 }
