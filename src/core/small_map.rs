@@ -62,16 +62,17 @@ impl<V> SmallMap<V> {
 
     /// Inserts or replaces a boxed value: pointer moves only, so one body serves every `V`.
     fn insert_boxed(&mut self, key: String, value: Box<V>) -> Option<Box<V>> {
-        match self.search(&key) {
-            Ok(i) => self
-                .entries
-                .get_mut(i)
-                .map(|(_, v)| core::mem::replace(v, value)),
-            Err(i) => {
-                self.entries.insert(i, (key, value));
-                None
-            }
-        }
+        let i = match self.search(&key) {
+            // `get_mut(i).map(replace)` would drop `value` on its (impossible) `None` path: a
+            // call to `V`'s drop glue, which makes each `V`'s copy of this body different.
+            Ok(i) => match self.entries.get_mut(i) {
+                Some((_, v)) => return Some(core::mem::replace(v, value)),
+                None => i,
+            },
+            Err(i) => i,
+        };
+        self.entries.insert(i, (key, value));
+        None
     }
 
     /// Removes `key`'s entry; whether there was one.
