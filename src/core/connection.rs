@@ -134,7 +134,6 @@ impl Client {
             self.timers.stop(timer);
         }
         self.sends.pause();
-        self.typing.reset_own();
         self.rooms.on_transport_lost();
         if was_open {
             let now = self.now;

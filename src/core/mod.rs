@@ -90,13 +90,11 @@ use backoff::Backoff;
 use endpoints::Endpoints;
 use heartbeat::Heartbeat;
 use ladder::Ladder;
-use presence::Presence;
 use rng::Rng;
 use rooms::Rooms;
 use send_queue::SendQueue;
 use state::{Phase, Probe};
 use timer::{Timer, TimerTable};
-use typing::Typing;
 
 /// What the last `welcome` said about the session.
 #[derive(Clone, Debug)]
@@ -127,9 +125,8 @@ pub struct Client {
     endpoints: Endpoints,
     heartbeat: Heartbeat,
     sends: SendQueue,
+    /// Subscribed rooms, each with its presence and typing.
     rooms: Rooms,
-    presence: Presence,
-    typing: Typing,
     session: Option<Session>,
     /// What the last `welcome` said about publishes (kept across sessions).
     send_limits: send_queue::SendLimits,
@@ -168,12 +165,6 @@ impl Client {
             ),
             sends: SendQueue::new(cfg.send_queue_capacity, cfg.ack_timeout_ms, id_prefix),
             rooms: Rooms::default(),
-            presence: Presence::default(),
-            typing: Typing::new(
-                cfg.typing_throttle_ms,
-                cfg.typing_idle_ms,
-                cfg.typing_expiry_ms,
-            ),
             session: None,
             send_limits: send_queue::SendLimits::default(),
             reauth_at: None,
@@ -289,11 +280,12 @@ impl Client {
         } else {
             None
         };
-        let next = Instant::earliest(self.timers.next(), heartbeat);
-        Instant::earliest(
-            Instant::earliest(next, self.sends.next_deadline()),
-            self.typing.next_deadline(),
-        )
+        let mut next = Instant::earliest(self.timers.next(), heartbeat);
+        next = Instant::earliest(next, self.sends.next_deadline());
+        for room in self.rooms.values() {
+            next = Instant::earliest(next, room.typing.next_deadline());
+        }
+        next
     }
 
     /// The current state (as last reported in [`Event::StateChanged`]).
@@ -353,7 +345,10 @@ impl Client {
 
     /// The room's current aggregated presence.
     pub fn members(&self, room: &str) -> Vec<Member> {
-        self.presence.members(room)
+        self.rooms
+            .get(room)
+            .map(|r| r.presence.members().to_vec())
+            .unwrap_or_default()
     }
 
     /// The last offset delivered in `room`.

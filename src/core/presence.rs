@@ -5,7 +5,7 @@
 //! the number of connections and the metadata most recently set by any of them. A user with two
 //! tabs is one member with `connections: 2`; closing one tab is an update, not a leave.
 
-use alloc::{string::String, vec::Vec};
+use alloc::vec::Vec;
 
 use super::small_map::SmallMap;
 
@@ -13,96 +13,49 @@ use rtlink_protocol::{PresenceConn, PresenceLeft};
 
 use super::event::Member;
 
+/// One room's presence (kept in the room's entry, see `rooms.rs`).
 #[derive(Clone, Debug, Default)]
-struct RoomPresence {
+pub struct RoomPresence {
     /// session → (connection, sequence number of its last change).
     conns: SmallMap<(PresenceConn, u64)>,
     /// What the app was last told.
     members: Vec<Member>,
-}
-
-#[derive(Clone, Debug, Default)]
-pub struct Presence {
-    rooms: SmallMap<RoomPresence>,
     /// Orders changes, to pick a user's latest metadata across connections.
     seq: u64,
 }
 
-impl Presence {
-    /// Replaces the room's view. Returns the member list if it changed.
-    pub fn snapshot(&mut self, room: &str, conns: Vec<PresenceConn>) -> Option<Vec<Member>> {
-        self.apply(room, true, conns, &[])
-    }
-
-    /// A connection joined or changed its metadata.
-    pub fn upsert(&mut self, room: &str, conn: PresenceConn) -> Option<Vec<Member>> {
-        self.apply(room, false, alloc::vec![conn], &[])
-    }
-
-    /// Several changes at once (a coalesced `presence_diff`): one recomputation, not one per
-    /// change, so a large room's join wave costs the app one event per batch.
-    pub fn apply_diff(
-        &mut self,
-        room: &str,
-        joins: Vec<PresenceConn>,
-        leaves: &[PresenceLeft],
-    ) -> Option<Vec<Member>> {
-        self.apply(room, false, joins, leaves)
-    }
-
-    pub fn leave(&mut self, room: &str, session: &str) -> Option<Vec<Member>> {
-        self.apply(
-            room,
-            false,
-            Vec::new(),
-            &[PresenceLeft {
-                session: session.into(),
-                user: String::new(),
-            }],
-        )
-    }
-
+impl RoomPresence {
     /// Every presence frame in one body: forget everything first (`reset`, a snapshot), then
     /// the connections that left, then those that joined or changed. Returns the member list
-    /// if it changed.
+    /// if it changed. A coalesced `presence_diff` is one recomputation, not one per change, so a
+    /// large room's join wave costs the app one event per batch.
     pub fn apply(
         &mut self,
-        room: &str,
         reset: bool,
         joins: Vec<PresenceConn>,
         leaves: &[PresenceLeft],
     ) -> Option<Vec<Member>> {
-        let r = self.rooms.get_or_insert_with(room, Default::default)?;
         if reset {
-            r.conns.clear();
+            self.conns.clear();
         }
         for left in leaves {
-            r.conns.remove(&left.session);
+            self.conns.remove(&left.session);
         }
         for conn in joins {
             self.seq += 1;
-            r.conns.insert(conn.session.clone(), (conn, self.seq));
+            self.conns.insert(conn.session.clone(), (conn, self.seq));
         }
-        recompute(r)
+        recompute(self)
     }
 
-    /// Forgets a room (the app unsubscribed).
-    pub fn remove_room(&mut self, room: &str) {
-        self.rooms.remove(room);
+    /// The members, sorted by user, as the app was last told.
+    pub fn members(&self) -> &[Member] {
+        &self.members
     }
 
-    pub fn members(&self, room: &str) -> Vec<Member> {
-        self.rooms
-            .get(room)
-            .map(|r| r.members.clone())
-            .unwrap_or_default()
-    }
-
-    /// Whether `user` still has a connection in `room`.
-    pub fn is_present(&self, room: &str, user: &str) -> bool {
-        self.rooms
-            .get(room)
-            .is_some_and(|r| r.conns.values().any(|(c, _)| c.user == user))
+    /// Whether `user` still has a connection here.
+    pub fn is_present(&self, user: &str) -> bool {
+        self.conns.values().any(|(c, _)| c.user == user)
     }
 }
 
@@ -149,6 +102,7 @@ fn recompute(r: &mut RoomPresence) -> Option<Vec<Member>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::string::String;
 
     fn conn(session: &str, user: &str, meta: &str) -> PresenceConn {
         PresenceConn {
@@ -173,30 +127,31 @@ mod tests {
             conn("s2", "bob", ""),
             conn("s3", "bob", ""),
         ];
-        let mut one_by_one = Presence::default();
-        let mut batched = Presence::default();
-        one_by_one.snapshot("r", start.clone());
-        batched.snapshot("r", start);
-        one_by_one.leave("r", "s2");
-        one_by_one.upsert("r", conn("s4", "cy", ""));
-        one_by_one.upsert("r", conn("s1", "ana", "{\"away\":true}"));
-        one_by_one.leave("r", "s9");
-        let members = batched.apply_diff(
-            "r",
+        let mut one_by_one = RoomPresence::default();
+        let mut batched = RoomPresence::default();
+        one_by_one.apply(true, start.clone(), &[]);
+        batched.apply(true, start, &[]);
+        one_by_one.apply(false, Vec::new(), &[left("s2")]);
+        one_by_one.apply(false, vec![conn("s4", "cy", "")], &[]);
+        one_by_one.apply(false, vec![conn("s1", "ana", "{\"away\":true}")], &[]);
+        one_by_one.apply(false, Vec::new(), &[left("s9")]);
+        let members = batched.apply(
+            false,
             vec![conn("s4", "cy", ""), conn("s1", "ana", "{\"away\":true}")],
             &[left("s2"), left("s9")],
         );
-        assert_eq!(members, Some(one_by_one.members("r")));
+        assert_eq!(members.as_deref(), Some(one_by_one.members()));
         assert_eq!(
             batched
-                .members("r")
+                .members()
                 .iter()
                 .map(|m| (m.user.as_str(), m.connections))
                 .collect::<Vec<_>>(),
             [("ana", 1), ("bob", 1), ("cy", 1)]
         );
-        assert!(!batched.is_present("r", "dan"));
+        assert!(!batched.is_present("dan"));
+        assert!(batched.is_present("bob"));
         // An empty diff changes nothing.
-        assert_eq!(batched.apply_diff("r", Vec::new(), &[]), None);
+        assert_eq!(batched.apply(false, Vec::new(), &[]), None);
     }
 }

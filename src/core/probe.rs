@@ -132,7 +132,6 @@ impl Client {
         self.timers.stop(Timer::ProbeFirstFrame);
         self.sends.pause();
         self.rooms.on_transport_lost();
-        self.typing.reset_own();
         let mut slot = probe;
         slot.got_frame = true;
         self.phase = Phase::AwaitingWelcome { slot };

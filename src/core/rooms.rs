@@ -15,15 +15,22 @@
 //!
 //! After every `welcome` each room is re-subscribed with `since = last`, which is also how a
 //! resumed session catches up on whatever the dropped transport did not deliver.
+//!
+//! A room's presence and typing live in its entry too (their rules are in `presence.rs` and
+//! `typing.rs`): both exist only for subscribed rooms, so one map means one lookup per frame and
+//! one removal on unsubscribe, and its code is compiled once instead of once per map.
 
 use alloc::{borrow::ToOwned, string::String};
 
+use super::presence::RoomPresence;
 use super::small_map::SmallMap;
+use super::typing::RoomTyping;
 
 use rtlink_protocol::ClientFrame;
 
+/// A subscribed room.
 #[derive(Clone, Debug, Default)]
-struct Room {
+pub struct Room {
     last: Option<u64>,
     /// A `subscribed` has arrived since the app subscribed (the app was told).
     live: bool,
@@ -38,6 +45,10 @@ struct Room {
     epoch: Option<String>,
     /// Recent messages to replay when joining (only asked while nothing was delivered yet).
     history: u32,
+    /// Who is here.
+    pub presence: RoomPresence,
+    /// Who else is typing here, and own typing.
+    pub typing: RoomTyping,
 }
 
 /// What to do with an incoming room message.
@@ -91,6 +102,23 @@ impl Rooms {
         self.map.remove(room)
     }
 
+    pub fn get(&self, room: &str) -> Option<&Room> {
+        self.map.get(room)
+    }
+
+    pub fn get_mut(&mut self, room: &str) -> Option<&mut Room> {
+        self.map.get_mut(room)
+    }
+
+    /// The `i`-th room in name order, for walks that queue output per room.
+    pub fn entry_at_mut(&mut self, i: usize) -> Option<(&String, &mut Room)> {
+        self.map.entry_at_mut(i)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Room> {
+        self.map.values()
+    }
+
     pub fn last_offset(&self, room: &str) -> Option<u64> {
         self.map.get(room).and_then(|r| r.last)
     }
@@ -126,10 +154,12 @@ impl Rooms {
         Some((frame, presence))
     }
 
-    /// The transport dropped: nothing is in flight any more.
+    /// The transport dropped: nothing is in flight any more, and own typing is forgotten (the
+    /// server times it out).
     pub fn on_transport_lost(&mut self) {
         for r in self.map.values_mut() {
             r.outstanding = None;
+            r.typing.reset_own();
         }
     }
 

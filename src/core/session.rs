@@ -267,11 +267,15 @@ impl Client {
                 user,
                 name,
                 active,
-            } if self.rooms.contains(&room) => {
+            } => {
                 if self.session.as_ref().is_some_and(|s| s.user_id == user) {
                     return;
                 }
-                if let Some(users) = self.typing.on_remote(self.now, &room, &user, &name, active) {
+                let (now, expiry_ms) = (self.now, self.cfg.typing_expiry_ms);
+                let Some(r) = self.rooms.get_mut(&room) else {
+                    return;
+                };
+                if let Some(users) = r.typing.on_remote(now, expiry_ms, &user, &name, active) {
                     self.emit(Event::TypingChanged { room, users });
                 }
             }
@@ -279,8 +283,8 @@ impl Client {
         }
     }
 
-    /// Every presence frame of a subscribed room (see [`super::presence::Presence::apply`]); a
-    /// user none of whose connections is left stops typing there.
+    /// Every presence frame of a subscribed room (see [`super::presence::RoomPresence::apply`]);
+    /// a user none of whose connections is left stops typing there.
     fn on_presence(
         &mut self,
         room: String,
@@ -288,20 +292,24 @@ impl Client {
         joins: Vec<PresenceConn>,
         leaves: Vec<PresenceLeft>,
     ) {
-        if !self.rooms.contains(&room) {
+        let Some(r) = self.rooms.get_mut(&room) else {
             return;
-        }
-        if let Some(members) = self.presence.apply(&room, reset, joins, &leaves) {
+        };
+        if let Some(members) = r.presence.apply(reset, joins, &leaves) {
             self.emit(Event::PresenceChanged {
                 room: room.clone(),
                 members,
             });
         }
         for left in &leaves {
-            if self.presence.is_present(&room, &left.user) {
+            // Looked up again per user: the room's entry cannot stay borrowed across `emit`.
+            let Some(r) = self.rooms.get_mut(&room) else {
+                return;
+            };
+            if r.presence.is_present(&left.user) {
                 continue;
             }
-            if let Some(users) = self.typing.remove_user(&room, &left.user) {
+            if let Some(users) = r.typing.remove_user(&left.user) {
                 self.emit(Event::TypingChanged {
                     room: room.clone(),
                     users,
@@ -312,8 +320,6 @@ impl Client {
 
     fn forget_room(&mut self, room: &str) {
         self.rooms.remove(room);
-        self.presence.remove_room(room);
-        self.typing.remove_room(room);
     }
 
     pub(super) fn subscribe(&mut self, room: &str, history: u32) {
@@ -351,7 +357,18 @@ impl Client {
     }
 
     pub(super) fn keystroke(&mut self, room: &str) {
-        if self.is_open() && self.rooms.contains(room) && self.typing.keystroke(self.now, room) {
+        if !self.is_open() {
+            return;
+        }
+        let (now, throttle_ms, idle_ms) = (
+            self.now,
+            self.cfg.typing_throttle_ms,
+            self.cfg.typing_idle_ms,
+        );
+        let Some(r) = self.rooms.get_mut(room) else {
+            return;
+        };
+        if r.typing.keystroke(now, throttle_ms, idle_ms) {
             self.send(ClientFrame::Typing {
                 room: room.to_owned(),
                 active: true,
@@ -360,7 +377,7 @@ impl Client {
     }
 
     pub(super) fn typing_stop(&mut self, room: &str) {
-        if self.typing.stop(room) {
+        if self.rooms.get_mut(room).is_some_and(|r| r.typing.stop()) {
             self.send(ClientFrame::Typing {
                 room: room.to_owned(),
                 active: false,
@@ -438,16 +455,28 @@ impl Client {
         }
     }
 
+    /// Own typing gone idle (`typing{active: false}`), then others' typing expired, in room
+    /// order. Walked by index: a room's entry cannot stay borrowed while output is queued.
     pub(super) fn expire_typing(&mut self) {
-        let expired = self.typing.expire(self.now);
-        for room in expired.own_stopped {
-            self.send(ClientFrame::Typing {
-                room,
-                active: false,
-            });
+        let now = self.now;
+        let mut i = 0;
+        while let Some((room, r)) = self.rooms.entry_at_mut(i) {
+            i += 1;
+            if r.typing.expire_own(now) {
+                let room = room.clone();
+                self.send(ClientFrame::Typing {
+                    room,
+                    active: false,
+                });
+            }
         }
-        for (room, users) in expired.changed {
-            self.emit(Event::TypingChanged { room, users });
+        let mut i = 0;
+        while let Some((room, r)) = self.rooms.entry_at_mut(i) {
+            i += 1;
+            if let Some(users) = r.typing.expire_others(now) {
+                let room = room.clone();
+                self.emit(Event::TypingChanged { room, users });
+            }
         }
     }
 }

@@ -21,50 +21,21 @@ struct Own {
     idle_deadline: Instant,
 }
 
-/// Typing in one room, both directions (one map of rooms for both: a map per direction would
-/// be a second instantiation of the map's code and a second lookup).
+/// Typing in one room, both directions (kept in the room's entry, see `rooms.rs`). The periods
+/// come from [`super::Config`]: `throttle_ms`, `idle_ms` and `expiry_ms` below are its
+/// `typing_*` fields.
 #[derive(Clone, Debug, Default)]
-struct RoomTyping {
+pub struct RoomTyping {
     own: Option<Own>,
     /// user → (name, expiry)
     others: SmallMap<(String, Instant)>,
 }
 
-#[derive(Clone, Debug)]
-pub struct Typing {
-    throttle_ms: u64,
-    idle_ms: u64,
-    expiry_ms: u64,
-    rooms: SmallMap<RoomTyping>,
-}
-
-/// Work found by [`Typing::expire`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Expired {
-    /// Rooms where own typing went idle: send `typing{active: false}`.
-    pub own_stopped: Vec<String>,
-    /// Rooms whose list of others changed.
-    pub changed: Vec<(String, Vec<TypingUser>)>,
-}
-
-impl Typing {
-    pub fn new(throttle_ms: u64, idle_ms: u64, expiry_ms: u64) -> Self {
-        Self {
-            throttle_ms,
-            idle_ms,
-            expiry_ms,
-            rooms: SmallMap::new(),
-        }
-    }
-
-    /// A keystroke in `room`. Returns true if `typing{active: true}` should be sent now.
-    pub fn keystroke(&mut self, now: Instant, room: &str) -> bool {
-        let idle_deadline = now.plus(self.idle_ms);
-        let throttle_ms = self.throttle_ms;
-        let Some(r) = self.rooms.get_or_insert_with(room, Default::default) else {
-            return false;
-        };
-        match &mut r.own {
+impl RoomTyping {
+    /// A keystroke. Returns true if `typing{active: true}` should be sent now.
+    pub fn keystroke(&mut self, now: Instant, throttle_ms: u64, idle_ms: u64) -> bool {
+        let idle_deadline = now.plus(idle_ms);
+        match &mut self.own {
             Some(own) => {
                 own.idle_deadline = idle_deadline;
                 if now.millis_since(own.last_start_sent) >= throttle_ms {
@@ -74,7 +45,7 @@ impl Typing {
                 false
             }
             None => {
-                r.own = Some(Own {
+                self.own = Some(Own {
                     last_start_sent: now,
                     idle_deadline,
                 });
@@ -84,35 +55,27 @@ impl Typing {
     }
 
     /// Explicit stop, publish, or unsubscribe. Returns true if `typing{active: false}` is due.
-    pub fn stop(&mut self, room: &str) -> bool {
-        self.rooms
-            .get_mut(room)
-            .and_then(|r| r.own.take())
-            .is_some()
+    pub fn stop(&mut self) -> bool {
+        self.own.take().is_some()
     }
 
     /// The transport dropped: own typing is forgotten (the server times it out).
     pub fn reset_own(&mut self) {
-        for r in self.rooms.values_mut() {
-            r.own = None;
-        }
+        self.own = None;
     }
 
-    /// Someone else's typing frame. Returns the room's new list if it changed.
+    /// Someone else's typing frame. Returns the new list if it changed.
     pub fn on_remote(
         &mut self,
         now: Instant,
-        room: &str,
+        expiry_ms: u64,
         user: &str,
         name: &str,
         active: bool,
     ) -> Option<Vec<TypingUser>> {
-        let users = &mut self
-            .rooms
-            .get_or_insert_with(room, Default::default)?
-            .others;
+        let users = &mut self.others;
         let changed = if active {
-            let prev = users.insert(user.to_owned(), (name.to_owned(), now.plus(self.expiry_ms)));
+            let prev = users.insert(user.to_owned(), (name.to_owned(), now.plus(expiry_ms)));
             match prev {
                 Some((old_name, _)) => old_name != name,
                 None => true,
@@ -123,42 +86,38 @@ impl Typing {
         changed.then(|| list(users))
     }
 
-    /// Forgets a user in a room (their last connection left). Returns the new list if changed.
-    pub fn remove_user(&mut self, room: &str, user: &str) -> Option<Vec<TypingUser>> {
-        let users = &mut self.rooms.get_mut(room)?.others;
-        if !users.remove(user) {
+    /// Forgets a user (their last connection left). Returns the new list if it changed.
+    pub fn remove_user(&mut self, user: &str) -> Option<Vec<TypingUser>> {
+        if !self.others.remove(user) {
             return None;
         }
-        Some(list(users))
+        Some(list(&self.others))
     }
 
-    pub fn remove_room(&mut self, room: &str) {
-        self.rooms.remove(room);
-    }
-
-    pub fn expire(&mut self, now: Instant) -> Expired {
-        let mut out = Expired::default();
-        for (room, r) in self.rooms.iter_mut() {
-            if r.own.as_ref().is_some_and(|own| own.idle_deadline <= now) {
-                r.own = None;
-                out.own_stopped.push(room.clone());
-            }
-            let before = r.others.len();
-            r.others.retain(|_, (_, expiry)| *expiry > now);
-            if r.others.len() != before {
-                out.changed.push((room.clone(), list(&r.others)));
-            }
+    /// Whether own typing went idle by `now` (then it is forgotten: send `typing{active: false}`).
+    pub fn expire_own(&mut self, now: Instant) -> bool {
+        if self
+            .own
+            .as_ref()
+            .is_some_and(|own| own.idle_deadline <= now)
+        {
+            self.own = None;
+            return true;
         }
-        out
+        false
+    }
+
+    /// Forgets others whose typing expired by `now`. Returns the new list if it changed.
+    pub fn expire_others(&mut self, now: Instant) -> Option<Vec<TypingUser>> {
+        let before = self.others.len();
+        self.others.retain(|_, (_, expiry)| *expiry > now);
+        (self.others.len() != before).then(|| list(&self.others))
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
-        let mut next = None;
-        for r in self.rooms.values() {
-            next = Instant::earliest(next, r.own.as_ref().map(|own| own.idle_deadline));
-            for (_, expiry) in r.others.values() {
-                next = Instant::earliest(next, Some(*expiry));
-            }
+        let mut next = self.own.as_ref().map(|own| own.idle_deadline);
+        for (_, expiry) in self.others.values() {
+            next = Instant::earliest(next, Some(*expiry));
         }
         next
     }
