@@ -361,22 +361,16 @@ impl Client {
         self.judge_endpoint(&end);
 
         match end {
-            End::TicketFailed(OpenError::Unauthorized)
-            | End::OpenFailed(OpenError::Unauthorized) => self.reauthenticate(),
-            End::TicketFailed(OpenError::Forbidden) | End::OpenFailed(OpenError::Forbidden) => {
-                self.terminate(CloseReason::Forbidden)
+            End::TicketFailed(error) | End::OpenFailed(error) => match error {
+                OpenError::Unauthorized => self.reauthenticate(),
+                OpenError::Forbidden => self.terminate(CloseReason::Forbidden),
+                OpenError::SessionUnknown => self.retry_new_session(),
+                OpenError::Overloaded { retry_after_ms } => self.retry_later(retry_after_ms),
+                OpenError::Network | OpenError::Unreachable => self.retry_later(None),
+            },
+            End::NoWelcome | End::HeartbeatDead | End::Closed { code: None, .. } => {
+                self.retry_later(None)
             }
-            End::TicketFailed(OpenError::SessionUnknown)
-            | End::OpenFailed(OpenError::SessionUnknown) => self.retry_new_session(),
-            End::TicketFailed(OpenError::Overloaded { retry_after_ms })
-            | End::OpenFailed(OpenError::Overloaded { retry_after_ms }) => {
-                self.retry_later(retry_after_ms)
-            }
-            End::TicketFailed(OpenError::Network | OpenError::Unreachable)
-            | End::OpenFailed(OpenError::Network | OpenError::Unreachable)
-            | End::NoWelcome
-            | End::HeartbeatDead => self.retry_later(None),
-            End::Closed { code: None, .. } => self.retry_later(None),
             End::Closed {
                 code: Some(code),
                 reason,

@@ -27,7 +27,7 @@
 //!
 //! [`Config::step_down_after`]: super::Config::step_down_after
 
-use alloc::{vec, vec::Vec};
+use alloc::vec::Vec;
 
 use super::event::TransportKind;
 
@@ -77,18 +77,17 @@ impl Ladder {
         start: Option<TransportKind>,
         step_down_after: u32,
     ) -> Self {
+        const ALL: [TransportKind; 3] = [
+            TransportKind::WebSocket,
+            TransportKind::Sse,
+            TransportKind::LongPoll,
+        ];
+        let rungs = if rungs.is_empty() { &ALL[..] } else { rungs };
         let mut list: Vec<TransportKind> = Vec::new();
         for &kind in rungs {
             if !list.contains(&kind) {
                 list.push(kind);
             }
-        }
-        if list.is_empty() {
-            list = vec![
-                TransportKind::WebSocket,
-                TransportKind::Sse,
-                TransportKind::LongPoll,
-            ];
         }
         let current = start
             .and_then(|s| list.iter().position(|&k| k == s))

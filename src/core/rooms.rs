@@ -56,10 +56,9 @@ pub struct Room {
 pub enum Delivery {
     Deliver,
     Duplicate,
-    /// Drop it and send `subscribe{since}` to repair the gap.
-    Gap {
-        since: u64,
-    },
+    /// Drop it and send the room's subscribe (`since = last`, see
+    /// [`Rooms::subscribe_frame`]) to repair the gap.
+    Gap,
     /// Not deliverable now (unknown room, head not known yet, a repair already in flight).
     Drop,
 }
@@ -123,7 +122,8 @@ impl Rooms {
         self.map.get(room).and_then(|r| r.last)
     }
 
-    /// The subscribe frame for `room` (with `since = last`), marking it outstanding.
+    /// The subscribe frame for `room` (with `since = last` and the epoch `last` counts in),
+    /// marking it outstanding. Also the repair of a gap (`last` is then where the gap starts).
     pub fn subscribe_frame(&mut self, room: &str) -> Option<ClientFrame> {
         let r = self.map.get_mut(room)?;
         r.outstanding = Some(r.last);
@@ -164,31 +164,17 @@ impl Rooms {
     }
 
     /// Stores own metadata. Returns the frame to send if `open`, `None` for unknown rooms.
-    pub fn set_meta(&mut self, room: &str, meta: String, open: bool) -> Option<ClientFrame> {
-        let r = self.map.get_mut(room)?;
+    pub fn set_meta(&mut self, room: String, meta: String, open: bool) -> Option<ClientFrame> {
+        let r = self.map.get_mut(&room)?;
         r.meta = Some(meta.clone());
         r.meta_announced = open;
-        open.then(|| ClientFrame::Presence {
-            room: room.to_owned(),
-            meta,
-        })
+        open.then_some(ClientFrame::Presence { room, meta })
     }
 
     /// A subscribe is in flight for the room, so a nack with this room as id refuses it: the
     /// first join, or a re-subscribe after a resume whose newer token no longer allows the room.
     pub fn subscribe_pending(&self, room: &str) -> bool {
         self.map.get(room).is_some_and(|r| r.outstanding.is_some())
-    }
-
-    /// The gap-repair subscribe: replay after `since` of the epoch we hold.
-    pub fn repair_frame(&self, room: &str, since: u64) -> ClientFrame {
-        let epoch = self.map.get(room).and_then(|r| r.epoch.clone());
-        ClientFrame::Subscribe {
-            room: room.to_owned(),
-            since: Some(since),
-            epoch,
-            history: None,
-        }
     }
 
     /// A `subscribed` arrived. With `recovered: false` delivery continues after `head` (the
@@ -243,7 +229,7 @@ impl Rooms {
             Delivery::Drop
         } else {
             r.outstanding = Some(Some(last));
-            Delivery::Gap { since: last }
+            Delivery::Gap
         }
     }
 }

@@ -141,12 +141,20 @@ impl SendQueue {
     /// inside the queue: a closure per way would compile `retain` once each, and a `dyn FnMut`
     /// call would have the signature of the formatting functions, which keeps their bodies in
     /// the module (wasm-opt drops those only while nothing can call them indirectly).
+    ///
+    /// Removed in place, one by one: the queue is short (at most `capacity`), and `Vec::remove`
+    /// is compiled for `take` anyway, where moving every entry out and back would compile
+    /// `vec::IntoIter` and another `push` for `Pending`.
     fn remove_where(&mut self, sweep: Sweep) -> Failed {
         let mut gone = Vec::new();
-        for p in core::mem::take(&mut self.items) {
-            match sweep.failure(&p) {
-                Some(code) => gone.push((p.send_id, code)),
-                None => self.items.push(p),
+        let mut i = 0;
+        while let Some(p) = self.items.get(i) {
+            match sweep.failure(p) {
+                Some(code) => {
+                    gone.push((p.send_id, code));
+                    self.items.remove(i);
+                }
+                None => i += 1,
             }
         }
         gone

@@ -213,9 +213,10 @@ impl Client {
                     name,
                     payload,
                 }),
-                super::rooms::Delivery::Gap { since } => {
-                    let frame = self.rooms.repair_frame(&room, since);
-                    self.send(frame);
+                super::rooms::Delivery::Gap => {
+                    if let Some(frame) = self.rooms.subscribe_frame(&room) {
+                        self.send(frame);
+                    }
                 }
                 super::rooms::Delivery::Duplicate | super::rooms::Delivery::Drop => {}
             },
@@ -232,7 +233,7 @@ impl Client {
                         reason,
                     });
                 } else if self.rooms.subscribe_pending(&id) {
-                    self.forget_room(&id);
+                    self.rooms.remove(&id);
                     self.emit(Event::SubscribeFailed {
                         room: id,
                         code,
@@ -318,45 +319,40 @@ impl Client {
         }
     }
 
-    fn forget_room(&mut self, room: &str) {
-        self.rooms.remove(room);
-    }
+    // The app's room commands take the room name by value: it moves into the frame or event
+    // they queue instead of being copied there and dropped.
 
-    pub(super) fn subscribe(&mut self, room: &str, history: u32) {
-        if !valid_room(room) {
+    pub(super) fn subscribe(&mut self, room: String, history: u32) {
+        if !valid_room(&room) {
             let reason = "room names are 1-128 characters of [A-Za-z0-9_.:-]".to_owned();
             self.emit(Event::SubscribeFailed {
-                room: room.to_owned(),
+                room,
                 code: ErrorCode::InvalidRoom,
                 reason,
             });
             return;
         }
-        if self.rooms.add(room, history) && self.is_open() {
-            if let Some(frame) = self.rooms.subscribe_frame(room) {
+        if self.rooms.add(&room, history) && self.is_open() {
+            if let Some(frame) = self.rooms.subscribe_frame(&room) {
                 self.send(frame);
             }
         }
     }
 
-    pub(super) fn unsubscribe(&mut self, room: &str) {
-        if !self.rooms.contains(room) {
-            return;
+    pub(super) fn unsubscribe(&mut self, room: String) {
+        if self.rooms.remove(&room) {
+            self.send(ClientFrame::Unsubscribe { room });
         }
-        self.forget_room(room);
-        self.send(ClientFrame::Unsubscribe {
-            room: room.to_owned(),
-        });
     }
 
-    pub(super) fn set_presence(&mut self, room: &str, meta: String) {
+    pub(super) fn set_presence(&mut self, room: String, meta: String) {
         let open = self.is_open();
         if let Some(frame) = self.rooms.set_meta(room, meta, open) {
             self.send(frame);
         }
     }
 
-    pub(super) fn keystroke(&mut self, room: &str) {
+    pub(super) fn keystroke(&mut self, room: String) {
         if !self.is_open() {
             return;
         }
@@ -365,14 +361,11 @@ impl Client {
             self.cfg.typing_throttle_ms,
             self.cfg.typing_idle_ms,
         );
-        let Some(r) = self.rooms.get_mut(room) else {
+        let Some(r) = self.rooms.get_mut(&room) else {
             return;
         };
         if r.typing.keystroke(now, throttle_ms, idle_ms) {
-            self.send(ClientFrame::Typing {
-                room: room.to_owned(),
-                active: true,
-            });
+            self.send(ClientFrame::Typing { room, active: true });
         }
     }
 
@@ -437,7 +430,8 @@ impl Client {
     /// Reports publishes that left the queue without an ack: `reason` says why, except for the
     /// two failures a `welcome`'s limits cause, which say it themselves.
     pub(super) fn fail_sends(&mut self, failed: super::send_queue::Failed, reason: &str) {
-        for (send_id, code) in failed {
+        // By reference: a consuming loop compiles `vec::IntoIter`'s drop code for this one use.
+        for &(send_id, code) in &failed {
             let reason = match code {
                 ErrorCode::TooLarge => {
                     "the encoded frame is larger than the server's max_frame_bytes"
