@@ -5,11 +5,13 @@
 //! presence grace period. A session that reattaches after the grace period rejoins with its
 //! last metadata; one that reattaches within it never left (no flap).
 
-use std::collections::HashMap;
+use std::borrow::Borrow;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use rtlink_protocol::{ErrorCode, PresenceConn};
-use rustc_hash::FxBuildHasher;
+use rtlink_protocol::ErrorCode;
+
+use crate::broker::PresenceEntry;
 
 use crate::hub::Hub;
 use crate::rooms::Flow;
@@ -124,18 +126,50 @@ impl Hub {
 /// Rooms of at most this many connections keep them in a vector.
 const SMALL_ROOM: usize = 8;
 
-/// The connections present in one room, by session (the in-process broker's table).
+/// The connections present in one room, by session, kept in session order (the in-process
+/// broker's table).
 ///
 /// Most rooms are small (a room per user, per document, per conversation): up to
-/// [`SMALL_ROOM`] connections sit in a vector sized to fit and searched linearly; a larger
-/// presence moves to a hash table, and back below half that. A `BTreeMap` kept a whole
-/// eleven-slot leaf (1.3 KB) for a room of one, a hash table four slots (500 B); the vector
-/// keeps one (docs/BENCHMARKS.md, idle memory). Session ids are the server's own random
-/// tokens, so the fast hash (Fx) cannot be flooded.
+/// [`SMALL_ROOM`] connections sit in a sorted vector sized to fit; a larger presence moves to a
+/// B-tree set, and back below half that. (A `BTreeMap` of connections kept a whole eleven-slot
+/// leaf of 1.3 KB for a room of one; the vector keeps one pointer: docs/BENCHMARKS.md, idle
+/// memory. The set's leaves hold pointers, not connections.) Entries are shared
+/// ([`PresenceEntry`]), and the order is the one snapshots are sent in, so a snapshot of a room
+/// of N is N reference counts taken under the broker's lock: no copy, no sort.
 #[derive(Debug)]
 pub enum PresenceTable {
-    Small(Vec<PresenceConn>),
-    Large(HashMap<String, PresenceConn, FxBuildHasher>),
+    Small(Vec<Arc<PresenceEntry>>),
+    Large(BTreeSet<BySession>),
+}
+
+/// A [`PresenceEntry`] ordered (and found) by its session id.
+#[derive(Debug)]
+pub struct BySession(Arc<PresenceEntry>);
+
+impl Borrow<str> for BySession {
+    fn borrow(&self) -> &str {
+        &self.0.conn.session
+    }
+}
+
+impl PartialEq for BySession {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.conn.session == other.0.conn.session
+    }
+}
+
+impl Eq for BySession {}
+
+impl PartialOrd for BySession {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for BySession {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.conn.session.cmp(&other.0.conn.session)
+    }
 }
 
 impl Default for PresenceTable {
@@ -156,84 +190,82 @@ impl PresenceTable {
         self.len() == 0
     }
 
-    /// Adds the connection, or replaces the one of the same session. True if it replaced one.
-    pub fn insert(&mut self, conn: PresenceConn) -> bool {
+    /// Adds the connection, or replaces the one of the same session (returned).
+    pub fn insert(&mut self, entry: Arc<PresenceEntry>) -> Option<Arc<PresenceEntry>> {
         match self {
             Self::Small(v) => {
-                if let Some(slot) = v.iter_mut().find(|c| c.session == conn.session) {
-                    *slot = conn;
-                    return true;
+                let session = entry.conn.session.as_str();
+                match v.binary_search_by(|e| e.conn.session.as_str().cmp(session)) {
+                    Ok(at) => return Some(std::mem::replace(&mut v[at], entry)),
+                    Err(at) if v.len() < SMALL_ROOM => {
+                        v.reserve_exact(1);
+                        v.insert(at, entry);
+                    }
+                    Err(_) => {
+                        let set = v.drain(..).chain([entry]).map(BySession).collect();
+                        *self = Self::Large(set);
+                    }
                 }
-                if v.len() < SMALL_ROOM {
-                    v.reserve_exact(1);
-                    v.push(conn);
-                    return false;
-                }
-                let mut map: HashMap<String, PresenceConn, FxBuildHasher> =
-                    HashMap::with_capacity_and_hasher(SMALL_ROOM * 2, FxBuildHasher);
-                for c in v.drain(..).chain(std::iter::once(conn)) {
-                    map.insert(c.session.clone(), c);
-                }
-                *self = Self::Large(map);
-                false
+                None
             }
-            Self::Large(m) => m.insert(conn.session.clone(), conn).is_some(),
+            Self::Large(m) => m.replace(BySession(entry)).map(|old| old.0),
         }
     }
 
-    pub fn get_mut(&mut self, session: &str) -> Option<&mut PresenceConn> {
+    pub fn get(&self, session: &str) -> Option<&Arc<PresenceEntry>> {
         match self {
-            Self::Small(v) => v.iter_mut().find(|c| c.session == session),
-            Self::Large(m) => m.get_mut(session),
+            Self::Small(v) => v.iter().find(|e| e.conn.session == session),
+            Self::Large(m) => m.get(session).map(|e| &e.0),
         }
     }
 
-    pub fn remove(&mut self, session: &str) -> Option<PresenceConn> {
+    pub fn remove(&mut self, session: &str) -> Option<Arc<PresenceEntry>> {
         match self {
             Self::Small(v) => {
-                let at = v.iter().position(|c| c.session == session)?;
-                let conn = v.swap_remove(at);
+                let at = v.iter().position(|e| e.conn.session == session)?;
+                let entry = v.remove(at);
                 v.shrink_to_fit();
-                Some(conn)
+                Some(entry)
             }
             Self::Large(m) => {
-                let conn = m.remove(session)?;
+                let entry = m.take(session)?.0;
                 if m.len() <= SMALL_ROOM / 2 {
-                    let mut small = Vec::with_capacity(m.len());
-                    small.extend(m.drain().map(|(_, c)| c));
+                    let small: Vec<_> = std::mem::take(m).into_iter().map(|e| e.0).collect();
                     *self = Self::Small(small);
                 }
-                Some(conn)
+                Some(entry)
             }
         }
     }
 
-    /// Copies of every connection, in no particular order.
-    pub fn to_vec(&self) -> Vec<PresenceConn> {
+    /// Every connection, sorted by session (shared, not copied).
+    pub fn snapshot(&self) -> Vec<Arc<PresenceEntry>> {
         match self {
             Self::Small(v) => v.clone(),
-            Self::Large(m) => m.values().cloned().collect(),
+            Self::Large(m) => m.iter().map(|e| e.0.clone()).collect(),
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use rtlink_protocol::PresenceConn;
+
     use super::*;
 
-    fn conn(session: &str, meta: &str) -> PresenceConn {
-        PresenceConn {
+    fn conn(session: &str, meta: &str) -> Arc<PresenceEntry> {
+        PresenceEntry::new(PresenceConn {
             session: session.into(),
             user: format!("u-{session}"),
             name: session.into(),
             meta: meta.into(),
-        }
+        })
     }
 
     /// Joins, updates and leaves across the small/large boundary (both ways) agree with a plain
-    /// map at every step.
+    /// sorted map at every step, snapshots included (in session order, as taken: no sort).
     #[test]
-    fn the_table_agrees_with_a_map_across_its_two_forms() {
+    fn the_table_agrees_with_a_sorted_map_across_its_two_forms() {
         let mut table = PresenceTable::default();
         let mut model: std::collections::BTreeMap<String, String> = Default::default();
         // A deterministic walk: sessions 0..20, joining, updating and leaving in a scrambled order.
@@ -243,33 +275,47 @@ mod tests {
             let session = format!("s{}", (x >> 16) % 20);
             let meta = step.to_string();
             if (x >> 8).is_multiple_of(3) {
-                let removed = table.remove(&session).map(|c| c.meta);
+                let removed = table.remove(&session).map(|e| e.conn.meta.clone());
                 assert_eq!(removed, model.remove(&session), "step {step}");
             } else {
-                let replaced = table.insert(conn(&session, &meta));
-                assert_eq!(
-                    replaced,
-                    model.insert(session.clone(), meta).is_some(),
-                    "step {step}"
-                );
+                let replaced = table
+                    .insert(conn(&session, &meta))
+                    .map(|e| e.conn.meta.clone());
+                assert_eq!(replaced, model.insert(session.clone(), meta), "step {step}");
             }
             assert_eq!(table.len(), model.len());
-            let mut got: Vec<(String, String)> = table
-                .to_vec()
-                .into_iter()
-                .map(|c| (c.session, c.meta))
+            let got: Vec<(String, String)> = table
+                .snapshot()
+                .iter()
+                .map(|e| (e.conn.session.clone(), e.conn.meta.clone()))
                 .collect();
-            got.sort();
             let want: Vec<(String, String)> =
                 model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
             assert_eq!(got, want, "step {step}");
+            for s in ["s3", "s17"] {
+                assert_eq!(
+                    table.get(s).map(|e| e.conn.meta.clone()),
+                    model.get(s).cloned(),
+                    "step {step}"
+                );
+            }
         }
-        if let Some(c) = table.get_mut("s3") {
-            c.meta = "x".into();
+    }
+
+    /// A snapshot shares the table's entries (and their JSON): taking one copies no connection.
+    #[test]
+    fn snapshots_share_the_entries() {
+        let mut table = PresenceTable::default();
+        for i in 0..3 * SMALL_ROOM {
+            table.insert(conn(&format!("s{i:02}"), "{}"));
         }
+        let (a, b) = (table.snapshot(), table.snapshot());
+        assert_eq!(a.len(), 3 * SMALL_ROOM);
+        assert!(a.iter().zip(&b).all(|(x, y)| Arc::ptr_eq(x, y)));
+        assert!(a.iter().all(|e| Arc::strong_count(e) == 3));
         assert_eq!(
-            table.get_mut("s3").map(|c| c.meta.clone()),
-            model.get("s3").map(|_| "x".to_owned())
+            a[0].json(),
+            r#"{"session":"s00","user":"u-s00","name":"s00","meta":"{}"}"#
         );
     }
 

@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use rtlink_protocol::{ErrorCode, PresenceConn, ServerFrame};
 
-use crate::broker::{encode_frame, Frame, HistoryPage, RoomEvent, RoomEventKind, StoredMessage};
+use crate::broker::{
+    encode_frame, Frame, HistoryPage, PresenceEntry, RoomEvent, RoomEventKind, StoredMessage,
+};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::session::{other_epoch, Session, SessionState};
@@ -50,7 +52,8 @@ pub struct ReplayResult<'a> {
     /// the client to continue from it) instead of after its `since`.
     pub continue_after: Option<u64>,
     pub history: &'a [Arc<StoredMessage>],
-    pub conns: Vec<PresenceConn>,
+    /// The room's presence, sorted by session.
+    pub conns: Vec<Arc<PresenceEntry>>,
     pub own_session: &'a str,
 }
 
@@ -95,37 +98,65 @@ pub enum Progress {
 /// The presence of a room as frames: one snapshot of at most about [`SNAPSHOT_PAGE_BYTES`],
 /// then `presence_diff` pages (joins only) of the same size for the connections that did not
 /// fit. (One `presence_join` per connection that did not fit made joining a room of N members
-/// cost O(N) frames per joiner, O(N²) for the room: docs/BENCHMARKS.md, large rooms.)
-fn presence_frames(room: &str, conns: Vec<PresenceConn>) -> Vec<Frame> {
-    let mut pages: Vec<Vec<PresenceConn>> = vec![Vec::new()];
-    let mut size = 0usize;
-    for conn in conns {
-        // The JSON of the connection (escaping included) and its comma.
-        let len = serde_json::to_string(&conn).map_or(0, |j| j.len()) + 1;
-        let page_full = pages.last().is_some_and(|p| !p.is_empty());
-        if page_full && size + len > SNAPSHOT_PAGE_BYTES {
-            pages.push(Vec::new());
-            size = 0;
+/// cost O(N) frames per joiner, O(N²) for the room: docs/BENCHMARKS.md, large rooms.) A page is
+/// its members' JSON, encoded once when they joined, copied side by side: serde would write
+/// the same bytes, for N times the work in a room of N.
+fn presence_frames(room: &str, conns: &[Arc<PresenceEntry>]) -> Vec<Frame> {
+    let mut pages: Vec<&[Arc<PresenceEntry>]> = Vec::new();
+    let (mut start, mut size) = (0, 0usize);
+    for (i, entry) in conns.iter().enumerate() {
+        // The connection's JSON and its comma.
+        let len = entry.json().len() + 1;
+        if i > start && size + len > SNAPSHOT_PAGE_BYTES {
+            pages.push(&conns[start..i]);
+            (start, size) = (i, 0);
         }
         size += len;
-        if let Some(page) = pages.last_mut() {
-            page.push(conn);
-        }
     }
+    pages.push(&conns[start..]);
     let mut pages = pages.into_iter();
     let first = pages.next().unwrap_or_default();
-    let mut frames = vec![encode_frame(&ServerFrame::PresenceSnapshot {
-        room: room.to_owned(),
-        conns: first,
+    let mut frames = vec![list_frame("conns", first, |conns| {
+        ServerFrame::PresenceSnapshot {
+            room: room.to_owned(),
+            conns,
+        }
     })];
-    frames.extend(pages.map(|joins| {
-        encode_frame(&ServerFrame::PresenceDiff {
+    frames.extend(pages.map(|page| {
+        list_frame("joins", page, |joins| ServerFrame::PresenceDiff {
             room: room.to_owned(),
             joins,
             leaves: Vec::new(),
         })
     }));
     frames
+}
+
+/// The frame `build` makes, with `entries` in its list `field`: the same bytes serde writes,
+/// from the JSON the entries already hold.
+fn list_frame(
+    field: &str,
+    entries: &[Arc<PresenceEntry>],
+    build: impl Fn(Vec<PresenceConn>) -> ServerFrame,
+) -> Frame {
+    let empty = encode_frame(&build(Vec::new()));
+    let key = format!("\"{field}\":[]");
+    let Some(at) = empty.find(&key).map(|i| i + key.len() - 1) else {
+        // Not reached (the frame has that list): encode it all instead.
+        return encode_frame(&build(entries.iter().map(|e| e.conn.clone()).collect()));
+    };
+    let (head, tail) = empty.split_at(at);
+    let len = entries.iter().map(|e| e.json().len() + 1).sum::<usize>();
+    let mut out = String::with_capacity(empty.len() + len);
+    out.push_str(head);
+    for (i, entry) in entries.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(entry.json());
+    }
+    out.push_str(tail);
+    Frame::from(out)
 }
 
 impl SessionState {
@@ -144,9 +175,9 @@ impl SessionState {
                 epoch: r.epoch.to_owned(),
             })));
         }
-        let self_in_snapshot = r.conns.iter().any(|c| c.session == r.own_session);
+        let self_in_snapshot = r.conns.iter().any(|e| e.conn.session == r.own_session);
         owed.extend(
-            presence_frames(r.room, r.conns)
+            presence_frames(r.room, &r.conns)
                 .into_iter()
                 .map(Owed::Frame),
         );
@@ -447,5 +478,84 @@ impl Hub {
 
     fn replay_step(session: &Session, stream: &mut ReplayStream) -> Progress {
         session.update(|st, m| st.continue_replay(stream, &session.claims.sub, &session.id, m))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rtlink_protocol::codec::decode_server;
+
+    use super::*;
+
+    /// Pages built from the entries' JSON are byte for byte what serde writes for the same
+    /// connections (escapes included), hold every connection once in order, and keep to the
+    /// page size.
+    #[test]
+    fn presence_pages_are_the_frames_serde_would_write() {
+        let entries: Vec<Arc<PresenceEntry>> = (0..1500)
+            .map(|i| {
+                PresenceEntry::new(PresenceConn {
+                    session: format!("s{i:05}"),
+                    user: format!("user \"{i}\""),
+                    name: format!("Zoë\\{i}\n"),
+                    meta: if i % 7 == 0 {
+                        format!(
+                            "{{\"status\":\"away\",\"n\":{i},\"pad\":\"{}\"}}",
+                            "x".repeat(i % 300)
+                        )
+                    } else {
+                        String::new()
+                    },
+                })
+            })
+            .collect();
+        let frames = presence_frames("lobby:1", &entries);
+        assert!(frames.len() >= 3, "{} frames", frames.len());
+        let mut seen = Vec::new();
+        for (i, frame) in frames.iter().enumerate() {
+            assert!(
+                frame.len() <= SNAPSHOT_PAGE_BYTES + 200,
+                "frame {i}: {} B",
+                frame.len()
+            );
+            let decoded = decode_server(frame.as_bytes(), usize::MAX).expect("a server frame");
+            let conns = match (i, decoded) {
+                (0, ServerFrame::PresenceSnapshot { room, conns }) if room == "lobby:1" => conns,
+                (
+                    1..,
+                    ServerFrame::PresenceDiff {
+                        room,
+                        joins,
+                        leaves,
+                    },
+                ) if room == "lobby:1" && leaves.is_empty() => joins,
+                (_, other) => panic!("frame {i}: {other:?}"),
+            };
+            let again = match i {
+                0 => ServerFrame::PresenceSnapshot {
+                    room: "lobby:1".into(),
+                    conns: conns.clone(),
+                },
+                _ => ServerFrame::PresenceDiff {
+                    room: "lobby:1".into(),
+                    joins: conns.clone(),
+                    leaves: Vec::new(),
+                },
+            };
+            assert_eq!(frame.as_str(), encode_frame(&again).as_str(), "frame {i}");
+            seen.extend(conns);
+        }
+        let want: Vec<PresenceConn> = entries.iter().map(|e| e.conn.clone()).collect();
+        assert_eq!(seen, want);
+    }
+
+    #[test]
+    fn an_empty_presence_is_one_empty_snapshot() {
+        let frames = presence_frames("r", &[]);
+        assert_eq!(frames.len(), 1);
+        assert_eq!(
+            frames[0].as_str(),
+            r#"{"t":"presence_snapshot","room":"r","conns":[]}"#
+        );
     }
 }

@@ -36,10 +36,10 @@ pub async fn presence(
     let total = conns.len();
     // BTreeMap: members sorted by user id, a stable answer.
     let mut members: BTreeMap<String, (String, Vec<Value>)> = BTreeMap::new();
-    for c in conns {
+    for c in conns.iter().map(|e| &e.conn) {
         let entry = members
-            .entry(c.user)
-            .or_insert_with(|| (c.name, Vec::new()));
+            .entry(c.user.clone())
+            .or_insert_with(|| (c.name.clone(), Vec::new()));
         entry
             .1
             .push(json!({ "session": c.session, "meta": c.meta }));

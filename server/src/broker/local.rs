@@ -15,8 +15,8 @@ use tokio::sync::broadcast;
 
 use super::tickets::{LocalTickets, TicketGrant, TicketRefusal};
 use super::{
-    now_ms, Broker, BrokerResult, BrokerStats, DedupeKey, HistoryPage, PublishOutcome,
-    PublishRequest, RoomEvent, RoomEventKind, StoredMessage,
+    now_ms, Broker, BrokerResult, BrokerStats, DedupeKey, HistoryPage, PresenceEntry,
+    PublishOutcome, PublishRequest, RoomEvent, RoomEventKind, StoredMessage,
 };
 use crate::presence::PresenceTable;
 
@@ -58,8 +58,8 @@ struct Room {
     epoch: Arc<str>,
     head: u64,
     history: VecDeque<Arc<StoredMessage>>,
-    /// Session → connection (small rooms in a vector: see [`PresenceTable`]); snapshots are
-    /// sorted when they are taken.
+    /// Session → connection, in session order (small rooms in a vector: see
+    /// [`PresenceTable`]); a snapshot shares the entries.
     presence: PresenceTable,
     last_active_ms: u64,
 }
@@ -309,6 +309,8 @@ impl Broker for LocalBroker {
     }
 
     async fn presence_join(&self, room: &str, conn: PresenceConn) -> BrokerResult<()> {
+        // Encoded before the lock is taken.
+        let entry = PresenceEntry::new(conn.clone());
         let mut guard = self.state.lock();
         let state = &mut *guard;
         let r = room_entry(
@@ -318,7 +320,7 @@ impl Broker for LocalBroker {
             room,
         );
         r.last_active_ms = now_ms();
-        let existed = r.presence.insert(conn.clone());
+        let existed = r.presence.insert(entry).is_some();
         if existed {
             self.emit(room, RoomEventKind::PresenceUpdate(conn));
         } else {
@@ -329,14 +331,15 @@ impl Broker for LocalBroker {
     }
 
     async fn presence_update(&self, room: &str, conn: PresenceConn) -> BrokerResult<bool> {
+        let entry = PresenceEntry::new(conn.clone());
         let mut guard = self.state.lock();
         let Some(r) = guard.rooms.get_mut(room) else {
             return Ok(false);
         };
-        let Some(slot) = r.presence.get_mut(&conn.session) else {
+        if r.presence.get(&conn.session).is_none() {
             return Ok(false);
-        };
-        *slot = conn.clone();
+        }
+        r.presence.insert(entry);
         self.emit(room, RoomEventKind::PresenceUpdate(conn));
         Ok(true)
     }
@@ -347,32 +350,29 @@ impl Broker for LocalBroker {
         let Some(r) = state.rooms.get_mut(room) else {
             return Ok(());
         };
-        if let Some(conn) = r.presence.remove(session) {
+        if let Some(entry) = r.presence.remove(session) {
             r.last_active_ms = now_ms();
             state.presence_members = state.presence_members.saturating_sub(1);
             self.emit(
                 room,
                 RoomEventKind::PresenceLeave {
-                    session: conn.session,
-                    user: conn.user,
+                    session: entry.conn.session.clone(),
+                    user: entry.conn.user.clone(),
                 },
             );
         }
         Ok(())
     }
 
-    async fn presence_snapshot(&self, room: &str) -> BrokerResult<Vec<PresenceConn>> {
-        let mut conns: Vec<PresenceConn> = {
-            let guard = self.state.lock();
-            guard
-                .rooms
-                .get(room)
-                .map(|r| r.presence.to_vec())
-                .unwrap_or_default()
-        };
-        // Sorted by session, as the Redis broker answers (outside the lock).
-        conns.sort_unstable_by(|a, b| a.session.cmp(&b.session));
-        Ok(conns)
+    async fn presence_snapshot(&self, room: &str) -> BrokerResult<Vec<Arc<PresenceEntry>>> {
+        // Already in session order (as the Redis broker answers): a reference count per
+        // member under the lock, no copy and no sort.
+        let guard = self.state.lock();
+        Ok(guard
+            .rooms
+            .get(room)
+            .map(|r| r.presence.snapshot())
+            .unwrap_or_default())
     }
 
     async fn typing(&self, room: &str, user: &str, name: &str, active: bool) -> BrokerResult<()> {

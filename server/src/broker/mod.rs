@@ -134,6 +134,29 @@ impl StoredMessage {
     }
 }
 
+/// One connection in a room's presence as a broker hands it out: the connection and its JSON,
+/// encoded once when it joined or changed, shared (`Arc`) by the room's table and every snapshot
+/// taken of it. A joiner's snapshot then costs a reference count per member, and its pages are
+/// the members' JSON copied side by side (`crate::replay`), not N fresh copies encoded again.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PresenceEntry {
+    pub conn: PresenceConn,
+    json: Box<str>,
+}
+
+impl PresenceEntry {
+    pub fn new(conn: PresenceConn) -> Arc<Self> {
+        // Four strings always serialise; the fallback is never taken.
+        let json = serde_json::to_string(&conn).unwrap_or_default().into();
+        Arc::new(Self { conn, json })
+    }
+
+    /// The connection as JSON (an element of `conns`/`joins` in presence frames).
+    pub fn json(&self) -> &str {
+        &self.json
+    }
+}
+
 /// What happened in a room.
 #[derive(Clone, Debug)]
 pub enum RoomEventKind {
@@ -320,8 +343,8 @@ pub trait Broker: Send + Sync + 'static {
     /// Removes a connection from a room's presence; sends `PresenceLeave` if it was present.
     async fn presence_leave(&self, room: &str, session: &str) -> BrokerResult<()>;
 
-    /// Every connection present in a room.
-    async fn presence_snapshot(&self, room: &str) -> BrokerResult<Vec<PresenceConn>>;
+    /// Every connection present in a room, sorted by session.
+    async fn presence_snapshot(&self, room: &str) -> BrokerResult<Vec<Arc<PresenceEntry>>>;
 
     /// Fans out a typing event (never stored).
     async fn typing(&self, room: &str, user: &str, name: &str, active: bool) -> BrokerResult<()>;

@@ -53,8 +53,8 @@ use self::wire::{int, message_tail, stored_from_entry, text, StoredConn, Wire};
 use super::local::LocalBrokerConfig;
 use super::tickets::{TicketGrant, TicketRefusal};
 use super::{
-    Broker, BrokerError, BrokerResult, BrokerStats, HistoryPage, PublishOutcome, PublishRequest,
-    RoomEvent, StoredMessage,
+    Broker, BrokerError, BrokerResult, BrokerStats, HistoryPage, PresenceEntry, PublishOutcome,
+    PublishRequest, RoomEvent, StoredMessage,
 };
 
 /// Settings of the Redis broker. The history and dedupe bounds mean what they mean for the
@@ -338,7 +338,7 @@ impl Shared {
         })
     }
 
-    async fn presence_snapshot(&self, room: &str) -> BrokerResult<Vec<PresenceConn>> {
+    async fn presence_snapshot(&self, room: &str) -> BrokerResult<Vec<Arc<PresenceEntry>>> {
         let entries: Vec<(String, String)> = redis::cmd("HGETALL")
             .arg(self.keys.presence(room))
             .query_async(&mut self.conn())
@@ -349,7 +349,7 @@ impl Shared {
             .filter_map(|(_, v)| StoredConn::decode(&v))
             .collect();
         conns.sort_by(|a, b| a.session.cmp(&b.session));
-        Ok(conns)
+        Ok(conns.into_iter().map(PresenceEntry::new).collect())
     }
 
     /// Runs the join script: stores the entry and publishes a join (new) or update (known).
@@ -511,7 +511,7 @@ impl Broker for RedisBroker {
         Ok(())
     }
 
-    async fn presence_snapshot(&self, room: &str) -> BrokerResult<Vec<PresenceConn>> {
+    async fn presence_snapshot(&self, room: &str) -> BrokerResult<Vec<Arc<PresenceEntry>>> {
         self.shared.presence_snapshot(room).await
     }
 

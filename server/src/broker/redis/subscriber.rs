@@ -107,8 +107,11 @@ impl Shared {
             // A message that arrived meanwhile already told the epoch.
             w.epoch
                 .get_or_insert_with(|| Arc::from(page.epoch.as_str()));
-            for conn in conns {
-                w.presence.entry(conn.session.clone()).or_insert(conn);
+            for entry in conns {
+                let conn = &entry.conn;
+                w.presence
+                    .entry(conn.session.clone())
+                    .or_insert_with(|| conn.clone());
             }
         }
         Ok(())
