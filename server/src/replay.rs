@@ -46,8 +46,9 @@ pub struct ReplayResult<'a> {
     pub gen: u64,
     pub head: u64,
     pub recovered: bool,
-    /// The room's current epoch, told to the client in `subscribed`.
-    pub epoch: &'a str,
+    /// The room's current epoch, told to the client in `subscribed` (and kept, shared, by the
+    /// subscription).
+    pub epoch: &'a Arc<str>,
     /// Set when the client's epoch was stale: deliver `history` after this offset (and tell
     /// the client to continue from it) instead of after its `since`.
     pub continue_after: Option<u64>,
@@ -172,7 +173,7 @@ impl SessionState {
                 room: r.room.to_owned(),
                 head: r.continue_after.unwrap_or(r.head),
                 recovered: r.recovered,
-                epoch: r.epoch.to_owned(),
+                epoch: r.epoch.to_string(),
             })));
         }
         let self_in_snapshot = r.conns.iter().any(|e| e.conn.session == r.own_session);
@@ -181,7 +182,7 @@ impl SessionState {
                 .into_iter()
                 .map(Owed::Frame),
         );
-        sub.epoch = Some(Arc::from(r.epoch));
+        sub.epoch = Some(r.epoch.clone());
         if let Some(start) = r.continue_after {
             sub.last_offset = start;
         }
@@ -370,7 +371,7 @@ impl Hub {
             None => self.broker.history(room, 0, 0).await,
         };
         let epoch_changed = |p: &HistoryPage| {
-            from.is_some() && client_epoch.is_some_and(|e| !e.is_empty() && e != p.epoch)
+            from.is_some() && client_epoch.is_some_and(|e| !e.is_empty() && e != &*p.epoch)
         };
         let reset = page.as_ref().is_ok_and(epoch_changed);
         if reset && from != Some(0) {

@@ -106,7 +106,7 @@ pub async fn history(
         .collect();
     ok(json!({
         "room": room,
-        "epoch": page.epoch,
+        "epoch": &*page.epoch,
         "head": page.head,
         "complete": page.complete,
         "messages": messages,

@@ -304,7 +304,7 @@ impl Broker for LocalBroker {
             messages,
             head: r.head,
             complete,
-            epoch: r.epoch.to_string(),
+            epoch: r.epoch.clone(),
         })
     }
 
@@ -510,6 +510,23 @@ mod tests {
         assert!(stats.history_bytes <= (3 * one + 100) as u64);
         assert_eq!(b.state.lock().totals.bytes as u64, stats.history_bytes);
         assert!(b.state.lock().history_order.len() <= 2 * stats.history_messages as usize + 1024);
+    }
+
+    /// Every subscription keeps the epoch its offsets count in: the room's own copy, shared.
+    #[tokio::test]
+    async fn history_pages_and_messages_share_the_rooms_epoch() {
+        let b = LocalBroker::new(LocalBrokerConfig::default());
+        let first = b.history("r", 0, 10).await.ok().unwrap_or_default();
+        let stored = b.publish(req("r", None)).await.ok();
+        let second = b.history("r", 0, 10).await.ok().unwrap_or_default();
+        assert!(!first.epoch.is_empty());
+        assert!(Arc::ptr_eq(&first.epoch, &second.epoch));
+        let Some(PublishOutcome::Stored(m)) = stored else {
+            panic!("not stored");
+        };
+        assert!(Arc::ptr_eq(&first.epoch, &m.epoch));
+        let other = b.history("o", 0, 10).await.ok().unwrap_or_default();
+        assert_ne!(first.epoch, other.epoch);
     }
 
     #[tokio::test]

@@ -279,8 +279,10 @@ pub struct HistoryPage {
     pub complete: bool,
     /// The incarnation of the room's offsets. It changes when offsets restart from 1 (history
     /// lost: an in-memory broker restarted, an idle room was swept, Redis data was flushed), so a
-    /// client's `since` from another epoch is recognised as meaningless.
-    pub epoch: String,
+    /// client's `since` from another epoch is recognised as meaningless. Shared: every
+    /// subscription keeps the epoch its offsets count in, and the in-process broker hands out
+    /// the room's own copy.
+    pub epoch: Arc<str>,
 }
 
 /// A broker failure (a backend that is down, a timeout). The caller nacks `internal` or closes

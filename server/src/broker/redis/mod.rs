@@ -324,10 +324,10 @@ impl Shared {
             return Err(bad());
         };
         let epoch: String = redis::from_redis_value(epoch).map_err(|_| bad())?;
-        let shared_epoch: Arc<str> = Arc::from(epoch.as_str());
+        let epoch: Arc<str> = Arc::from(epoch);
         let messages = entries
             .iter()
-            .filter_map(|e| stored_from_entry(room, e, &shared_epoch))
+            .filter_map(|e| stored_from_entry(room, e, &epoch))
             .map(Arc::new)
             .collect();
         Ok(HistoryPage {

@@ -105,8 +105,7 @@ impl Shared {
         if let Some(w) = watched.get_mut(room) {
             w.seeded = page.head;
             // A message that arrived meanwhile already told the epoch.
-            w.epoch
-                .get_or_insert_with(|| Arc::from(page.epoch.as_str()));
+            w.epoch.get_or_insert_with(|| page.epoch.clone());
             for entry in conns {
                 let conn = &entry.conn;
                 w.presence
@@ -250,7 +249,7 @@ impl Shared {
                 // its start (the messages carry it; the hub resyncs its subscribers).
                 let restarted = epoch
                     .as_deref()
-                    .is_some_and(|e| !e.is_empty() && e != page.epoch);
+                    .is_some_and(|e| !e.is_empty() && e != &*page.epoch);
                 if std::mem::take(&mut first) && restarted && since > 0 {
                     since = 0;
                     continue;
