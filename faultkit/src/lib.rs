@@ -89,3 +89,12 @@ pub use scenario::{Figures, Publisher, Stack};
 
 /// The client crate, for its core types (`Config`, `TransportKind`, ...).
 pub use rtlink;
+
+/// The `rtlink-server` binary cargo built for the calling integration test of the server crate
+/// (a `&'static Path`). A macro: `CARGO_BIN_EXE_*` is set when the *test* is compiled.
+#[macro_export]
+macro_rules! rtlink_server_bin {
+    () => {
+        ::std::path::Path::new(env!("CARGO_BIN_EXE_rtlink-server"))
+    };
+}

@@ -30,6 +30,23 @@ pub const FIRST_FRAME: Duration = Duration::from_secs(2);
 /// Client: how often a lower rung probes the one above.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(3);
 
+/// The longest any fault or abuse scenario may run: [`bounded`] fails it after that, so a hang
+/// is a named failure and not a stuck CI job. (The slowest scenarios, a reconnect storm or a
+/// node killed while a cluster publishes, take under a minute here.)
+pub const SCENARIO_LIMIT: Duration = Duration::from_secs(150);
+
+/// Runs a test scenario, panicking if it takes longer than [`SCENARIO_LIMIT`].
+pub async fn bounded<F: std::future::Future<Output = ()>>(scenario: F) {
+    bounded_by(SCENARIO_LIMIT, scenario).await;
+}
+
+/// Runs a test scenario, panicking if it takes longer than `limit`.
+pub async fn bounded_by<F: std::future::Future<Output = ()>>(limit: Duration, scenario: F) {
+    if tokio::time::timeout(limit, scenario).await.is_err() {
+        panic!("scenario timed out after {limit:?}");
+    }
+}
+
 /// Server flags with short timers, for every node of a scenario.
 pub fn fast_node(binary: &Path) -> NodeConfig {
     NodeConfig::new(binary).args([
@@ -334,5 +351,21 @@ impl fmt::Display for Figures {
             self.resyncs,
             self.tally
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    #[should_panic(expected = "scenario timed out after 20ms")]
+    async fn a_scenario_over_its_bound_fails() {
+        bounded_by(Duration::from_millis(20), std::future::pending()).await;
+    }
+
+    #[tokio::test]
+    async fn a_scenario_within_its_bound_passes() {
+        bounded_by(Duration::from_secs(5), async {}).await;
     }
 }

@@ -12,7 +12,6 @@ mod support {
     pub mod redis;
 }
 
-use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -20,18 +19,13 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{remote, resume_token, resumed, send_upstream, session_id, Poll, Server, Ws};
+use faultkit::scenario::bounded;
 use rtlink_protocol::{ClientFrame, ServerFrame};
 use support::redis::RedisServer;
 
 /// The nodes' liveness TTL: a killed node's users leave after about this long.
 const NODE_TTL: Duration = Duration::from_secs(1);
 const DRAIN_WINDOW_MS: u64 = 2000;
-
-async fn bounded<F: Future<Output = ()>>(test: F) {
-    tokio::time::timeout(Duration::from_secs(90), test)
-        .await
-        .expect("test timed out");
-}
 
 /// An `rtlink-server` child process. Killed (SIGKILL) on drop.
 struct Node {
@@ -42,7 +36,7 @@ struct Node {
 impl Node {
     /// Starts a node on a free port of 127.0.0.1 and waits (bounded) until it listens.
     fn start(redis: &RedisServer) -> Node {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_rtlink-server"))
+        let mut child = Command::new(faultkit::rtlink_server_bin!())
             // Nothing from the test's environment (RTLINK_*) leaks in.
             .env_clear()
             .env("RTLINK_LOG", "info")

@@ -5,12 +5,11 @@
 //! RELIABILITY.md; test names start with `fault_` (`make test-faults`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use faultkit::rtlink::core::TransportKind::{self, LongPoll, Sse, WebSocket};
-use faultkit::scenario::{self, wait_delivered};
+use faultkit::scenario::{self, bounded, wait_delivered};
 use faultkit::{
     ClientOptions, FaultProxy, Faults, Figures, Mode, ProxyBuilder, Publisher, Redis, Stack,
     TestClient,
@@ -19,16 +18,6 @@ use faultkit::{
 const ROOM: &str = "cluster";
 const ALL: &[TransportKind] = &[WebSocket, Sse, LongPoll];
 const WAIT: Duration = Duration::from_secs(30);
-
-fn binary() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_rtlink-server"))
-}
-
-async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
-    tokio::time::timeout(Duration::from_secs(150), test)
-        .await
-        .expect("scenario timed out");
-}
 
 /// A client pinned to `ladder`, opening a new TCP connection for every request, so every
 /// request of it may land on another node.
@@ -55,7 +44,7 @@ async fn subscribed(clients: &[&TestClient]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_round_robin_three_nodes_without_stickiness() {
     bounded(async {
-        let stack = Stack::cluster(3, scenario::fast_node(binary())).await.unwrap();
+        let stack = Stack::cluster(3, scenario::fast_node(faultkit::rtlink_server_bin!())).await.unwrap();
         let url = stack.url();
         let subscribers = [
             roaming(&url, "auto", ALL),
@@ -100,7 +89,7 @@ async fn fault_ticket_from_one_node_works_once_on_another() {
     bounded(async {
         let stack = Stack::cluster(
             2,
-            scenario::fast_node(binary()).args(["--ticket-ttl", "3s"]),
+            scenario::fast_node(faultkit::rtlink_server_bin!()).args(["--ticket-ttl", "3s"]),
         )
         .await
         .unwrap();
@@ -232,7 +221,7 @@ impl RedisCast {
 async fn fault_redis_killed_and_restarted_with_its_data() {
     bounded(async {
         let redis = Redis::start_durable().await.unwrap();
-        let stack = Stack::cluster_on(redis, 2, scenario::fast_node(binary()))
+        let stack = Stack::cluster_on(redis, 2, scenario::fast_node(faultkit::rtlink_server_bin!()))
             .await
             .unwrap();
         let mut cast = RedisCast::start(stack, Duration::from_millis(100)).await;
@@ -280,7 +269,7 @@ async fn fault_redis_killed_and_restarted_with_its_data() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_node_killed_clients_move_to_the_survivor() {
     bounded(async {
-        let mut stack = Stack::cluster(2, scenario::fast_node(binary()))
+        let mut stack = Stack::cluster(2, scenario::fast_node(faultkit::rtlink_server_bin!()))
             .await
             .unwrap();
         let (a, b) = (stack.nodes[0].addr(), stack.nodes[1].addr());
@@ -343,7 +332,7 @@ async fn fault_node_killed_clients_move_to_the_survivor() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_node_drained_clients_spread_to_the_survivor() {
     bounded(async {
-        let mut stack = Stack::cluster(2, scenario::fast_node(binary()))
+        let mut stack = Stack::cluster(2, scenario::fast_node(faultkit::rtlink_server_bin!()))
             .await
             .unwrap();
         let (a, b) = (stack.nodes[0].addr(), stack.nodes[1].addr());
@@ -421,7 +410,7 @@ async fn fault_node_drained_clients_spread_to_the_survivor() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_redis_restarted_empty_resyncs_live_subscribers() {
     bounded(async {
-        let stack = Stack::cluster(2, scenario::fast_node(binary()))
+        let stack = Stack::cluster(2, scenario::fast_node(faultkit::rtlink_server_bin!()))
             .await
             .unwrap();
         let mut cast = RedisCast::start(stack, Duration::from_millis(100)).await;
@@ -481,7 +470,7 @@ async fn fault_redis_restarted_empty_resyncs_live_subscribers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_redis_restarted_empty_while_a_subscriber_was_away() {
     bounded(async {
-        let stack = Stack::cluster(2, scenario::fast_node(binary()))
+        let stack = Stack::cluster(2, scenario::fast_node(faultkit::rtlink_server_bin!()))
             .await
             .unwrap();
         let away = roaming(&stack.url(), "away", ALL);
@@ -546,9 +535,14 @@ async fn fault_redis_slow() {
         let redis = Redis::start().await.unwrap();
         let slow = FaultProxy::tcp(redis.addr()).await.unwrap();
         let url = format!("redis://{}/", slow.addr());
-        let stack = Stack::cluster_via(redis, &url, 2, scenario::fast_node(binary()))
-            .await
-            .unwrap();
+        let stack = Stack::cluster_via(
+            redis,
+            &url,
+            2,
+            scenario::fast_node(faultkit::rtlink_server_bin!()),
+        )
+        .await
+        .unwrap();
         let cast = RedisCast::start(stack, Duration::from_millis(150)).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         slow.set(Faults::latency(100, 50));

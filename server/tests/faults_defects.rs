@@ -5,29 +5,18 @@
 //! (`make test-faults`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use faultkit::rtlink::core::TransportKind::{LongPoll, Sse, WebSocket};
 use faultkit::rtlink::core::{CloseReason, Config, ErrorCode, State};
-use faultkit::scenario::{self, FIRST_FRAME, PROBE_INTERVAL};
+use faultkit::scenario::{self, bounded, FIRST_FRAME, PROBE_INTERVAL};
 use faultkit::{
     tally, wait_until, ClientOptions, Faults, Figures, Opening, Publisher, Stack, TestClient,
 };
 
 const ROOM: &str = "defects";
 const WAIT: Duration = Duration::from_secs(20);
-
-fn binary() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_rtlink-server"))
-}
-
-async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
-    tokio::time::timeout(Duration::from_secs(120), test)
-        .await
-        .expect("scenario timed out");
-}
 
 async fn subscribed(c: &TestClient) {
     c.subscribe(ROOM);
@@ -56,7 +45,7 @@ fn reject(status: u16, retry_after_s: u64, only: &[Opening], skip: u64, limit: u
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_retry_after_is_jittered() {
     bounded(async {
-        let stack = Stack::single(scenario::fast_node(binary())).await.unwrap();
+        let stack = Stack::single(scenario::fast_node(faultkit::rtlink_server_bin!())).await.unwrap();
         let clients: Vec<TestClient> = (0..20)
             .map(|i| scenario::client(&stack.url(), &format!("c{i}"), &[WebSocket]))
             .collect();
@@ -112,7 +101,7 @@ async fn fault_retry_after_is_jittered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_server_full_between_ticket_and_upgrade_does_not_step_down() {
     bounded(async {
-        let stack = Stack::single(scenario::fast_node(binary())).await.unwrap();
+        let stack = Stack::single(scenario::fast_node(faultkit::rtlink_server_bin!())).await.unwrap();
         let c = scenario::client(&stack.url(), "auto", &[WebSocket, Sse, LongPoll]);
         c.wait_open(WAIT).await.unwrap();
         // Ticket passes, upgrade 503, ticket 503, ticket 503; then once more.
@@ -154,7 +143,7 @@ async fn fault_server_full_between_ticket_and_upgrade_does_not_step_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_failed_probe_never_costs_the_working_transport() {
     bounded(async {
-        let stack = Stack::single(scenario::fast_node(binary())).await.unwrap();
+        let stack = Stack::single(scenario::fast_node(faultkit::rtlink_server_bin!())).await.unwrap();
         stack.proxy.set(Faults::buffer_sse());
         let c = scenario::client(&stack.url(), "auto", &[Sse, LongPoll]);
         subscribed(&c).await;
@@ -198,7 +187,7 @@ async fn fault_failed_probe_never_costs_the_working_transport() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_offline_queue_larger_than_the_body_limit() {
     bounded(async {
-        let stack = Stack::single(scenario::fast_node(binary())).await.unwrap();
+        let stack = Stack::single(scenario::fast_node(faultkit::rtlink_server_bin!())).await.unwrap();
         let c = Arc::new(scenario::client(&stack.url(), "sse", &[Sse]));
         c.wait_open(WAIT).await.unwrap();
         subscribed(&c).await;
@@ -245,7 +234,7 @@ async fn fault_offline_queue_larger_than_the_body_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_publish_over_the_frame_limit_fails_alone() {
     bounded(async {
-        let stack = Stack::single(scenario::fast_node(binary())).await.unwrap();
+        let stack = Stack::single(scenario::fast_node(faultkit::rtlink_server_bin!())).await.unwrap();
         let c = Arc::new(scenario::client(&stack.url(), "ws", &[WebSocket]));
         c.wait_open(WAIT).await.unwrap();
         subscribed(&c).await;
@@ -277,7 +266,7 @@ async fn fault_publish_over_the_frame_limit_fails_alone() {
 /// A node that accepts a token exactly until its `exp` (no leeway), so tokens of a few seconds
 /// expire during a scenario.
 async fn strict_expiry_stack() -> Stack {
-    Stack::single(scenario::fast_node(binary()).args(["--auth-leeway", "0s"]))
+    Stack::single(scenario::fast_node(faultkit::rtlink_server_bin!()).args(["--auth-leeway", "0s"]))
         .await
         .unwrap()
 }
@@ -428,7 +417,7 @@ async fn fault_repeated_auth_failures_end_the_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_resend_after_the_dedupe_window_is_never_stored_twice() {
     bounded(async {
-        let stack = Stack::single(scenario::fast_node(binary()).args(["--dedupe-window", "2s"]))
+        let stack = Stack::single(scenario::fast_node(faultkit::rtlink_server_bin!()).args(["--dedupe-window", "2s"]))
             .await
             .unwrap();
         let watcher = scenario::client(&stack.nodes[0].url(), "watcher", &[WebSocket]);

@@ -7,12 +7,13 @@
 //! RELIABILITY.md collects them. Test names start with `fault_` (`make test-faults`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use faultkit::rtlink::core::TransportKind::{self, LongPoll, Sse, WebSocket};
-use faultkit::scenario::{self, wait_delivered, DETECTION_DEADLINE, FIRST_FRAME, PROBE_INTERVAL};
+use faultkit::scenario::{
+    self, bounded, wait_delivered, DETECTION_DEADLINE, FIRST_FRAME, PROBE_INTERVAL,
+};
 use faultkit::{Faults, Figures, Publisher, Stack, TestClient};
 
 const ROOM: &str = "edge";
@@ -23,16 +24,6 @@ const WAIT: Duration = Duration::from_secs(20);
 const CLIMB: Duration = Duration::from_millis(
     PROBE_INTERVAL.as_millis() as u64 * 5 / 2 + FIRST_FRAME.as_millis() as u64 * 2,
 );
-
-fn binary() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_rtlink-server"))
-}
-
-async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
-    tokio::time::timeout(Duration::from_secs(120), test)
-        .await
-        .expect("scenario timed out");
-}
 
 /// One scenario's cast: a publisher on the server directly, subscribers through the proxy.
 struct Cast {
@@ -45,7 +36,9 @@ impl Cast {
     /// Starts a node behind the proxy, `subscribers` (name, ladder) through it and a publisher
     /// (every 50 ms) on the node itself; returns once everyone is subscribed.
     async fn start(subscribers: &[(&str, &[TransportKind])]) -> Cast {
-        let stack = Stack::single(scenario::fast_node(binary())).await.unwrap();
+        let stack = Stack::single(scenario::fast_node(faultkit::rtlink_server_bin!()))
+            .await
+            .unwrap();
         let publisher = Arc::new(scenario::client(
             &stack.nodes[0].url(),
             "publisher",

@@ -4,13 +4,12 @@
 //! prints `FAULT-FIGURES` lines; test names start with `fault_` (`make test-faults`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use faultkit::rtlink::core::Config;
 use faultkit::rtlink::core::TransportKind::{self, LongPoll, Sse, WebSocket};
-use faultkit::scenario::{self, wait_delivered};
+use faultkit::scenario::{self, bounded, wait_delivered};
 use faultkit::{
     ClientOptions, Faults, Figures, Mode, ProxyBuilder, Publisher, Reject, Stack, TestClient,
 };
@@ -18,16 +17,6 @@ use faultkit::{
 const ROOM: &str = "failover";
 const ALL: &[TransportKind] = &[WebSocket, Sse, LongPoll];
 const WAIT: Duration = Duration::from_secs(30);
-
-fn binary() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_rtlink-server"))
-}
-
-async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
-    tokio::time::timeout(Duration::from_secs(150), test)
-        .await
-        .expect("scenario timed out");
-}
 
 /// A client given `urls` (preferred first), pinned to `ladder`.
 fn client(urls: &[String], user: &str, ladder: &[TransportKind]) -> TestClient {
@@ -50,7 +39,7 @@ async fn subscribed(clients: &[&TestClient]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_endpoints_preferred_node_killed_clients_fail_over_to_the_next_url() {
     bounded(async {
-        let mut stack = Stack::cluster(2, scenario::fast_node(binary()))
+        let mut stack = Stack::cluster(2, scenario::fast_node(faultkit::rtlink_server_bin!()))
             .await
             .unwrap();
         let urls = vec![stack.nodes[0].url(), stack.nodes[1].url()];
@@ -106,7 +95,7 @@ async fn fault_endpoints_preferred_node_killed_clients_fail_over_to_the_next_url
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_endpoints_overload_is_waited_out_on_the_same_url() {
     bounded(async {
-        let stack = Stack::cluster(2, scenario::fast_node(binary()))
+        let stack = Stack::cluster(2, scenario::fast_node(faultkit::rtlink_server_bin!()))
             .await
             .unwrap();
         let front = ProxyBuilder::new(Mode::Http, vec![stack.nodes[0].addr()])
@@ -166,7 +155,7 @@ async fn fault_endpoints_overload_is_waited_out_on_the_same_url() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_endpoints_silent_node_is_left_after_two_unanswered_tickets() {
     bounded(async {
-        let stack = Stack::cluster(2, scenario::fast_node(binary()))
+        let stack = Stack::cluster(2, scenario::fast_node(faultkit::rtlink_server_bin!()))
             .await
             .unwrap();
         let front = ProxyBuilder::new(Mode::Http, vec![stack.nodes[0].addr()])

@@ -56,12 +56,8 @@ pub async fn metric(client: &common::Server, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in {text}"))
 }
 
-/// Bounds a whole test.
-pub async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
-    tokio::time::timeout(Duration::from_secs(120), test)
-        .await
-        .expect("test timed out");
-}
+/// Bounds a whole test (the fault scenarios' bound).
+pub use faultkit::scenario::bounded;
 
 #[derive(Default)]
 struct Seen {

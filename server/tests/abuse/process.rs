@@ -23,7 +23,7 @@ fn command(args: &[&str]) -> Command {
 }
 
 fn command_with_env(args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rtlink-server"));
+    let mut cmd = Command::new(faultkit::rtlink_server_bin!());
     // Nothing from the test's environment (RTLINK_*) leaks in.
     cmd.env_clear()
         .env("RTLINK_LOG", "info")
