@@ -1,10 +1,12 @@
 // The I/O the module asks for (src/wasm/driver.rs `record`): the ticket request and the three
-// transports, each reporting through `t` (js/rtlink.js `_start`): `t.report(op, text, m)` while
-// it runs, `t.finish(op, text, m)` once at its end. Every outcome is reported from a browser
-// callback, never from inside the function that started it; `t.frame(value)` reports a server
-// frame. `stop()` (called by the client when
-// the module closes the transport, or by `finish`) closes the connection, aborts every request
-// and removes every listener: nothing outlives its transport.
+// transports, each reporting through `t` (js/rtlink.js `_start`): `t.report(op, text, m)` and
+// `t.frame(value)` (a server frame) while it runs, `t.finish(op, text, m)` once at its end. Every
+// outcome is reported from a browser callback, never from inside the function that started it.
+// `stop()` (called by the client when the module closes the transport, or by `finish`) closes the
+// connection, aborts every request and removes every listener: nothing outlives its transport.
+// A transport's close reason reaches the app only with a terminal close code (the server's, on a
+// WebSocket): the ends found here (a failed poll or upstream POST, a lost event stream, a poll
+// without `welcome`) report none.
 //
 // Opening takes two steps: `ticket` trades the bearer token for a single-use ticket (`POST
 // /v1/ticket`: browsers cannot set headers on WebSocket or EventSource; the body names the
@@ -21,7 +23,6 @@ const UNAUTHORIZED = 0, SESSION_UNKNOWN = 2, TOO_LARGE = 4, NETWORK = 5;
 // The module's reasons 4 and 5: no usable answer at the ticket step means the server is
 // unreachable; at the connection it is a strike against the transport.
 const UNREACHABLE = 4;
-const WHY = ["unauthorized", "forbidden", "unknown session", "server overloaded", "body too large"];
 
 /** Live DOM listeners and timers of every client (for `liveListeners()`). */
 export const live = { n: 0 };
@@ -37,9 +38,7 @@ function listen(target, listeners) {
   };
 }
 
-const message = (e) => (typeof e === "string" ? e : typeof e?.message === "string" ? e.message : "network error");
-
-/** What a refusing HTTP answer means: `{ k, ms, why }`, `k` a reason above, `ms` the
+/** What a refusing HTTP answer means: `{ k, ms }`, `k` a reason above, `ms` the
  * `retry_after_ms` of its JSON body, else its `Retry-After` seconds, else -1. */
 function failure(status, body, retryAfter) {
   let parsed;
@@ -54,7 +53,7 @@ function failure(status, body, retryAfter) {
   }
   const k = status === 401 ? UNAUTHORIZED : status === 403 ? 1 : status === 404 && code === "unknown_session" ? SESSION_UNKNOWN
     : status === 429 || status === 503 ? 3 : status === 413 ? TOO_LARGE : NETWORK;
-  return { k, ms, why: WHY[k] ?? `HTTP ${status} ${code}` };
+  return { k, ms };
 }
 
 /** `fetch`, then the body as text; rejects with a `failure` unless the answer is 2xx. */
@@ -62,14 +61,14 @@ async function request(url, init) {
   let response, body;
   try {
     response = await fetch(url, init);
-  } catch (e) {
-    throw { k: NETWORK, why: message(e) };
+  } catch {
+    throw { k: NETWORK };
   }
   try {
     body = await response.text();
-  } catch (e) {
+  } catch {
     // An error answer whose body cannot be read is still that error.
-    if (response.ok) throw { k: NETWORK, why: message(e) };
+    if (response.ok) throw { k: NETWORK };
     body = "";
   }
   if (response.ok) return body;
@@ -157,7 +156,7 @@ function eventSource(t, base, ticket) {
     },
     message: (e) => t.frame(parse(e.data)),
     error() {
-      if (opened) t.finish(CLOSED, "event stream ended");
+      if (opened) t.finish(CLOSED);
       else t.finish(FAILED + NETWORK);
     },
   });
@@ -186,7 +185,7 @@ function longPoll(t, base, ticket) {
       try {
         batch = JSON.parse(text);
       } catch {}
-      if (typeof batch !== "object" || !batch || Array.isArray(batch)) throw { k: NETWORK, why: "poll: malformed batch" };
+      if (typeof batch !== "object" || !batch || Array.isArray(batch)) throw { k: NETWORK };
       const cursor = Number.isInteger(batch.cursor) && batch.cursor >= 0 ? batch.cursor : 0;
       return [cursor, Array.isArray(batch.frames) ? batch.frames : []];
     });
@@ -198,14 +197,14 @@ function longPoll(t, base, ticket) {
   const next = (cursor) =>
     poll(`${base}/v1/poll`, `{"session":${JSON.stringify(session)},"cursor":${cursor}}`).then(
       ([cursor, frames]) => deliver(frames) && next(cursor),
-      (f) => t.finish(CLOSED, `poll failed: ${f.why}`, f.k === SESSION_UNKNOWN ? 4007 : 0),
+      (f) => t.finish(CLOSED, "", f.k === SESSION_UNKNOWN ? 4007 : 0),
     );
   poll(`${base}/v1/poll?v=1&ticket=${enc(ticket)}`).then(
     ([cursor, frames]) => {
       t.report(OPENED);
       // The batch carries `welcome`, which gives the session (`session` below).
       if (!deliver(frames)) return;
-      if (session === undefined) t.finish(CLOSED, "poll opened without welcome", 4012);
+      if (session === undefined) t.finish(CLOSED, "", 4012);
       else next(cursor);
     },
     (f) => t.finish(FAILED + (f.k < TOO_LARGE ? f.k : NETWORK), "", f.ms),
@@ -252,7 +251,7 @@ function upstream(t, base) {
       },
       // A lost upstream makes the transport unusable; the module reconnects and resends what
       // was not acknowledged.
-      (f) => t.finish(CLOSED, `upstream failed: ${f.why}`, f.k === SESSION_UNKNOWN ? 4007 : f.k === TOO_LARGE ? 4001 : 0),
+      (f) => t.finish(CLOSED, "", f.k === SESSION_UNKNOWN ? 4007 : f.k === TOO_LARGE ? 4001 : 0),
     );
   };
   return {

@@ -30,6 +30,9 @@ const CONNECT = 0, CLOSE = 1, SUBSCRIBE = 2, UNSUBSCRIBE = 3, SET_PRESENCE = 4, 
 const TRANSPORTS = ["websocket", "sse", "long-polling"];
 const STATES = ["idle", "connecting", "open", "backing-off", "offline", "closed"];
 // PUBLISH refusals (returned negated), by number.
+// The names of the close codes that end a client (CloseCode::action in protocol/src/close_code.rs:
+// only terminal ones do), for the message of a closed state.
+const TERMINAL = { 1000: "normal", 4002: "unsupported_version", 4010: "forbidden", 4013: "disconnected" };
 const REFUSALS = [, ["queue_full", "the send queue is full; nothing was dropped"],
   ["not_subscribed", "leave() was called on this room"], ["too_large", "payload is larger than the server allows"],
   ["closed", "the client is closed"]];
@@ -244,7 +247,7 @@ export class RealtimeClient {
           transport: TRANSPORTS[(extra & 3) - 1] ?? null,
           attempt: x,
           retryInMs: y < 0 ? null : y,
-          reason: a || null,
+          reason: extra >> 2 === 5 ? this._why : null,
         };
         return this._emit("", "state", this._state);
       case 1: // MESSAGE
@@ -277,7 +280,7 @@ export class RealtimeClient {
         return this._emit("", "transport", name);
       }
       case 12: // ERROR
-        this._emit("", "error", new RtlinkError(a, b));
+        this._emit("", "error", new RtlinkError(a, this._why));
         return this._shutdown();
       case 13: // TOKEN: asked in a microtask, so app code never runs inside the module's call.
         return void Promise.resolve()
@@ -307,6 +310,15 @@ export class RealtimeClient {
           }, x);
         }
         return;
+      case 19: // REASON: why the client closed (src/core/state.rs `CloseReason`).
+        this._why = [
+          "client closed",
+          `server closed (${x} ${TERMINAL[x] ?? "unknown"}): ${a}`,
+          "unauthorized: the server refused a fresh token",
+          "forbidden: this origin or user is not allowed",
+          "getToken failed",
+          `gave up after ${x} attempts`,
+        ][extra];
     }
   }
 

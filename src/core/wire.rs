@@ -73,6 +73,13 @@ impl<'a, I: Iterator<Item = &'a str>> Fields<I> {
     }
 }
 
+/// [`ErrorCode::as_str`], kept out of line: each inlined copy brought its own table of the
+/// names into the module.
+#[inline(never)]
+pub fn error_name(code: ErrorCode) -> &'static str {
+    code.as_str()
+}
+
 /// The server frame of `kind` (its index in js/wire.js `KINDS`; any other number: a frame type
 /// this client does not know) from its fields. The façade checked them: this only builds.
 pub fn server_frame<'a>(kind: u32, f: &mut Fields<impl Iterator<Item = &'a str>>) -> ServerFrame {
@@ -126,7 +133,14 @@ pub fn server_frame<'a>(kind: u32, f: &mut Fields<impl Iterator<Item = &'a str>>
         },
         7 => ServerFrame::Nack {
             id: f.string(),
-            code: ErrorCode::from_name(f.field()),
+            code: {
+                // `ErrorCode::from_name`, through the one copy of the names.
+                let name = f.field();
+                ErrorCode::ALL
+                    .into_iter()
+                    .find(|c| error_name(*c) == name)
+                    .unwrap_or(ErrorCode::Unknown)
+            },
             reason: f.string(),
         },
         8 => ServerFrame::PresenceSnapshot {

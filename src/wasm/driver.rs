@@ -7,7 +7,6 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use super::record as r;
-use crate::core::text::{concat, dec};
 use crate::core::wire::{self, Fields};
 use crate::core::{
     BackoffConfig, Client, CloseCode, CloseReason, Config, Event, Input, Instant, OpenError,
@@ -58,7 +57,7 @@ pub mod op {
 /// Unused strings are empty, unused numbers 0.
 pub mod record {
     /// `code >> 5` = state index × 4 + transport (0 none, 1 websocket, 2 sse, 3 long polling);
-    /// `x` attempt, `y` retry in ms (−1: none), `a` why it closed.
+    /// `x` attempt, `y` retry in ms (−1: none). A closed state follows a `REASON`.
     pub const STATE: u32 = 0;
     /// `code >> 5` = 1 if the sender's name is known; `a` room, `b` sender, `c` name, `d`
     /// payload (JSON text), `x` offset.
@@ -84,7 +83,7 @@ pub mod record {
     pub const TYPING: u32 = 10;
     /// `code >> 5` = the transport that worked (1 websocket, 2 sse, 3 long polling).
     pub const TRANSPORT: u32 = 11;
-    /// The client stopped for good: `a` error code, `b` message.
+    /// The client stopped for good: `a` error code; follows the `REASON`.
     pub const ERROR: u32 = 12;
     /// Call `getToken()` and answer with [`super::op::TOKEN`].
     pub const TOKEN: u32 = 13;
@@ -102,6 +101,10 @@ pub mod record {
     pub const CLOSE: u32 = 17;
     /// Arm the timer to fire in `x` ms (negative: disarm); it replaces the previous one.
     pub const TIMER: u32 = 18;
+    /// Why the client closed, for the closed `STATE` or the `ERROR` that follows: `code >> 5` =
+    /// the [`CloseReason`] (0 client closed, 1 server: close code `x`, reason `a`; 2
+    /// unauthorized, 3 forbidden, 4 token failed, 5 gave up after `x` attempts).
+    pub const REASON: u32 = 19;
 }
 
 /// Why `PUBLISH` refused (returned negated).
@@ -383,25 +386,18 @@ fn state_index(state: &State) -> u32 {
     }
 }
 
-/// The message of a terminal error and of a closed state's `reason`.
-fn close_reason(reason: &CloseReason) -> String {
-    match reason {
-        CloseReason::ClientClosed => "client closed".into(),
-        CloseReason::Server { code, reason } => concat(&[
-            "server closed (",
-            &dec(code.0.into()),
-            " ",
-            code.name(),
-            "): ",
-            reason,
-        ]),
-        CloseReason::Unauthorized => "unauthorized: the server refused a fresh token".into(),
-        CloseReason::Forbidden => "forbidden: this origin or user is not allowed".into(),
-        CloseReason::TokenFailed => "getToken failed".into(),
-        CloseReason::GaveUp { attempts } => {
-            concat(&["gave up after ", &dec((*attempts).into()), " attempts"])
-        }
-    }
+/// Tells the façade why the client closed, for the message of the closed `STATE` or the `ERROR`
+/// that follows (the façade builds it: its text in the module was about 0.5 KB gzip).
+fn why(reason: &CloseReason) {
+    let (kind, text, n) = match reason {
+        CloseReason::ClientClosed => (0, "", 0),
+        CloseReason::Server { code, reason } => (1, reason.as_str(), code.0.into()),
+        CloseReason::Unauthorized => (2, "", 0),
+        CloseReason::Forbidden => (3, "", 0),
+        CloseReason::TokenFailed => (4, "", 0),
+        CloseReason::GaveUp { attempts } => (5, "", *attempts),
+    };
+    r(record::REASON | kind << 5, text, "", "", "", n.into(), 0.0);
 }
 
 /// Reports one event of the core to the façade as records (see [`record`]).
@@ -413,15 +409,14 @@ fn report(event: Event) {
             attempt,
             retry_in_ms,
         } => {
-            let reason = match &state {
-                State::Closed { reason } => close_reason(reason),
-                _ => String::new(),
-            };
+            if let State::Closed { reason } = &state {
+                why(reason);
+            }
             let extra = state_index(&state) * 4 + transport.map_or(0, kind_index);
             let retry = retry_in_ms.map_or(-1.0, |ms| ms as f64);
             r(
                 record::STATE | extra << 5,
-                &reason,
+                "",
                 "",
                 "",
                 "",
@@ -462,7 +457,7 @@ fn report(event: Event) {
             reason,
         } => r(
             record::FAILED,
-            code.as_str(),
+            wire::error_name(code),
             &reason,
             "",
             "",
@@ -471,9 +466,15 @@ fn report(event: Event) {
         ),
         Event::Subscribed { room } => r(record::SUBSCRIBED, &room, "", "", "", 0.0, 0.0),
         Event::ResyncNeeded { room } => r(record::RESYNC, &room, "", "", "", 0.0, 0.0),
-        Event::SubscribeFailed { room, code, reason } => {
-            r(record::REFUSED, &room, code.as_str(), &reason, "", 0.0, 0.0)
-        }
+        Event::SubscribeFailed { room, code, reason } => r(
+            record::REFUSED,
+            &room,
+            wire::error_name(code),
+            &reason,
+            "",
+            0.0,
+            0.0,
+        ),
         Event::PresenceChanged { room, members } => {
             for m in &members {
                 r(
@@ -504,14 +505,9 @@ fn report(event: Event) {
             0.0,
         ),
         Event::Fallback(_) => {}
-        Event::Error { reason } => r(
-            record::ERROR,
-            reason.error_code(),
-            &close_reason(&reason),
-            "",
-            "",
-            0.0,
-            0.0,
-        ),
+        Event::Error { reason } => {
+            why(&reason);
+            r(record::ERROR, reason.error_code(), "", "", "", 0.0, 0.0)
+        }
     }
 }
