@@ -226,6 +226,13 @@ pub struct Config {
     #[arg(long, env = "RTLINK_SSE_KEEPALIVE", default_value = "15s", value_parser = parse_duration)]
     pub sse_keepalive: Duration,
 
+    /// Write coalescing: a WebSocket or SSE connection that wrote less than this long ago holds
+    /// new frames until this long after that write, then writes them all at once; one idle for
+    /// this long writes at once. Fewer system calls per delivery on busy connections, at most
+    /// this much more latency (0ms: write as soon as possible).
+    #[arg(long, env = "RTLINK_WRITE_WINDOW", default_value = "5ms", value_parser = parse_duration)]
+    pub write_window: Duration,
+
     /// Longest a long-poll request is held open.
     #[arg(long, env = "RTLINK_POLL_HOLD", default_value = "25s", value_parser = parse_duration)]
     pub poll_hold: Duration,

@@ -576,6 +576,8 @@ impl Hub {
                 .get_or_insert_with(|| room.by_session.values().cloned().collect())
                 .clone()
         };
+        // One clock read per event, not per subscriber: the write windows compare against it.
+        let direct = direct.then(tokio::time::Instant::now);
         for s in subs.iter() {
             // Written straight to an idle WebSocket's socket when it can be, else queued and
             // its transport woken (Session::deliver).

@@ -27,6 +27,7 @@ pub mod supervisor;
 pub mod tls;
 pub mod transport;
 pub mod typing;
+pub mod write_window;
 pub mod ws_wire;
 
 pub use app::{app, serve, AppState};

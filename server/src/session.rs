@@ -22,7 +22,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, MutexGuard};
 use rtlink_protocol::{CloseCode, ServerFrame};
@@ -35,6 +35,7 @@ use crate::config::TransportKind;
 use crate::limits::{ConnGuard, Strikes, TokenBucket};
 use crate::metrics::{DropReason, Metrics};
 use crate::replay::Replay;
+use crate::write_window::WriteWindow;
 use crate::ws_wire::{wire_len, DirectSocket};
 
 /// One queued frame.
@@ -149,6 +150,24 @@ struct WsWire {
     partial: Option<(Frame, usize)>,
     /// Control frames tungstenite's reader wants sent (pong, the close reply), already framed.
     control: Vec<u8>,
+    /// Write coalescing (`--write-window`): direct writes and the writer's batches both count.
+    window: WriteWindow,
+    /// The reader ended (the peer closed or went away): the writer writes what is queued at
+    /// once, window or not, then stops ([`Session::finish_ws`]).
+    finishing: bool,
+}
+
+/// What the WebSocket writer is to do next ([`Session::take_ws_batch`]).
+#[derive(Debug)]
+pub enum WsTake {
+    /// Its transport is neither attached nor the probe any more.
+    Gone,
+    /// Something is queued but the connection wrote less than its write window ago: come back
+    /// at this instant (nothing was taken).
+    Hold(tokio::time::Instant),
+    /// Write what was taken (possibly nothing), after the rest of this frame a direct write
+    /// left unfinished, if any.
+    Write(Option<(Frame, usize)>),
 }
 
 /// What became of a pushed frame.
@@ -329,30 +348,39 @@ impl SessionState {
     /// With nothing queued and the WebSocket writer idle, the frame is written to a plain-TCP
     /// socket at once instead (order holds: nothing else is pending or being written).
     pub fn push(&mut self, frame: Frame, metrics: &Metrics) -> Pushed {
-        self.push_to(frame, metrics, true)
+        self.push_to(frame, metrics, Some(tokio::time::Instant::now()))
     }
 
-    /// [`SessionState::push`], writing directly only if `direct` (see [`Session::deliver`]).
-    fn push_to(&mut self, frame: Frame, metrics: &Metrics, direct: bool) -> Pushed {
+    /// [`SessionState::push`], writing directly only with `direct`, the time now (see
+    /// [`Session::deliver`]), and only if the connection's write window allows it then.
+    fn push_to(
+        &mut self,
+        frame: Frame,
+        metrics: &Metrics,
+        direct: Option<tokio::time::Instant>,
+    ) -> Pushed {
         let ob = &mut self.outbox;
         if ob.closing {
             return Pushed::Dropped;
         }
-        if direct && ob.frames.is_empty() {
+        if let Some(now) = direct.filter(|_| ob.frames.is_empty()) {
             let attached = self.attachment.as_ref().map(|a| a.gen);
-            if let Some(w) = self
-                .ws
-                .as_deref_mut()
-                .filter(|w| !w.busy && w.partial.is_none() && attached == Some(w.gen))
-            {
+            if let Some(w) = self.ws.as_deref_mut().filter(|w| {
+                !w.busy
+                    && w.partial.is_none()
+                    && attached == Some(w.gen)
+                    && w.window.hold_until(now).is_none()
+            }) {
                 if let Some(direct) = &w.direct {
                     match direct.try_write_frame(&frame) {
                         Ok(n) if n >= wire_len(&frame) => {
+                            w.window.wrote(now);
                             metrics.frames_out(1);
                             return Pushed::Written;
                         }
                         Ok(n) => {
                             // The rest goes out through the writer, before anything else.
+                            w.window.wrote(now);
                             w.partial = Some((frame, n));
                             return Pushed::Queued;
                         }
@@ -377,8 +405,8 @@ impl SessionState {
     /// Starts the write side of WebSocket transport `gen` (attached or a probe): control frames
     /// can be queued for it, and with `direct`, frames can be written straight to its socket.
     /// The write side of the attached WebSocket is never replaced by another one's (a probe
-    /// beside it then has none: its pongs are dropped).
-    pub fn set_ws_wire(&mut self, gen: u64, direct: Option<DirectSocket>) {
+    /// beside it then has none: its pongs are dropped). `window`: `--write-window`.
+    pub fn set_ws_wire(&mut self, gen: u64, direct: Option<DirectSocket>, window: Duration) {
         let attached = self.attached_gen();
         if self.ws.as_ref().is_some_and(|w| attached == Some(w.gen)) {
             return;
@@ -389,6 +417,8 @@ impl SessionState {
             busy: false,
             partial: None,
             control: Vec::new(),
+            window: WriteWindow::new(window),
+            finishing: false,
         }));
     }
 
@@ -454,7 +484,7 @@ impl SessionState {
         ev: &RoomEvent,
         own_user: &str,
         metrics: &Metrics,
-        direct: bool,
+        direct: Option<tokio::time::Instant>,
     ) -> Delivery {
         const DROPPED: Delivery = Delivery::Pushed(Pushed::Dropped);
         let Some(sub) = self.rooms.get_mut(&*ev.room) else {
@@ -589,11 +619,12 @@ impl Session {
     /// Routes a room event to this session ([`SessionState::deliver`]), waking the transport
     /// only if a frame was queued for it. True if the subscription must be resynchronised.
     ///
-    /// With `direct`, an idle WebSocket gets the frame written at once by the caller. The hub
-    /// passes false while events wait behind this one: one task writing to every subscriber
-    /// one event at a time does a system call per delivery on one core, while queued frames
-    /// go out from each subscriber's writer, on every core, several per `writev`.
-    pub fn deliver(&self, ev: &RoomEvent, direct: bool) -> bool {
+    /// With `direct` (the time now), an idle WebSocket whose write window has passed gets the
+    /// frame written at once by the caller. The hub passes None while events wait behind this
+    /// one: one task writing to every subscriber one event at a time does a system call per
+    /// delivery on one core, while queued frames go out from each subscriber's writer, on
+    /// every core, several per `writev`.
+    pub fn deliver(&self, ev: &RoomEvent, direct: Option<tokio::time::Instant>) -> bool {
         let (delivery, waiters) = {
             let mut st = self.state.lock();
             let delivery = st.deliver(ev, &self.claims.sub, &self.metrics, direct);
@@ -616,24 +647,45 @@ impl Session {
         });
     }
 
-    /// For the WebSocket writer of `gen`: moves every queued frame into `frames` and the pending
-    /// control bytes into `control`, and hands over a frame a direct write left unfinished
-    /// (write its rest first); None once `gen` is neither attached nor the probe. Taking
-    /// nothing marks the writer idle (direct writes may go ahead); taking something marks it
-    /// busy until then.
+    /// For the WebSocket writer of `gen`, at `now`: moves every queued frame into `frames` and
+    /// the pending control bytes into `control`, and hands over a frame a direct write left
+    /// unfinished (write its rest first). Taking nothing marks the writer idle (direct writes
+    /// may go ahead); taking something marks it busy until then, and starts a write window.
+    /// Something queued within the window is left where it is: [`WsTake::Hold`].
     pub fn take_ws_batch(
         &self,
         gen: u64,
+        now: tokio::time::Instant,
         frames: &mut VecDeque<OutFrame>,
         control: &mut Vec<u8>,
-    ) -> Option<Option<(Frame, usize)>> {
+    ) -> WsTake {
         let (partial, replay_blocked) = {
             let mut guard = self.state.lock();
             let st = &mut *guard;
-            let blocked = if let Some(probe) = st.probe.as_mut().filter(|p| p.gen == gen) {
+            let is_probe = st.probe.as_ref().is_some_and(|p| p.gen == gen);
+            if !is_probe && st.attached_gen() != Some(gen) {
+                return WsTake::Gone;
+            }
+            if let Some(w) = st.ws.as_deref().filter(|w| w.gen == gen) {
+                let queued = !w.control.is_empty()
+                    || w.partial.is_some()
+                    || match &st.probe {
+                        Some(p) if is_probe => !p.frames.is_empty(),
+                        _ => !st.outbox.frames.is_empty(),
+                    };
+                if let Some(until) = w.window.hold_until(now).filter(|_| queued) {
+                    if !w.finishing {
+                        return WsTake::Hold(until);
+                    }
+                }
+                if w.finishing && !queued {
+                    return WsTake::Gone;
+                }
+            }
+            let blocked = if let Some(probe) = st.probe.as_mut().filter(|_| is_probe) {
                 frames.extend(probe.frames.drain(..));
                 false
-            } else if st.attached_gen() == Some(gen) {
+            } else {
                 st.outbox.bytes = 0;
                 if frames.is_empty() {
                     // The outbox's buffer goes to the writer, which frees it after writing: an
@@ -643,21 +695,33 @@ impl Session {
                     frames.extend(st.outbox.frames.drain(..));
                 }
                 !frames.is_empty() && std::mem::take(&mut st.replay_blocked)
-            } else {
-                return None;
             };
             let mut partial = None;
             if let Some(w) = st.ws.as_deref_mut().filter(|w| w.gen == gen) {
                 std::mem::swap(control, &mut w.control);
                 partial = w.partial.take();
                 w.busy = partial.is_some() || !frames.is_empty() || !control.is_empty();
+                if w.busy {
+                    w.window.wrote(now);
+                }
             }
             (partial, blocked)
         };
         if replay_blocked {
             self.drained.notify_waiters();
         }
-        Some(partial)
+        WsTake::Write(partial)
+    }
+
+    /// The reader of WebSocket transport `gen` ended: its writer is to write what is queued
+    /// now (frames its write window holds, the close reply) and then stop
+    /// ([`WsTake::Gone`]).
+    pub fn finish_ws(&self, gen: u64) {
+        self.update(|st, _| {
+            if let Some(w) = st.ws.as_deref_mut().filter(|w| w.gen == gen) {
+                w.finishing = true;
+            }
+        });
     }
 
     /// For the WebSocket writer of `gen` about to send a close frame after its transport was
@@ -672,8 +736,8 @@ impl Session {
     }
 
     /// Starts the write side of WebSocket transport `gen` (see [`SessionState::set_ws_wire`]).
-    pub fn set_ws_wire(&self, gen: u64, direct: Option<DirectSocket>) {
-        self.state.lock().set_ws_wire(gen, direct);
+    pub fn set_ws_wire(&self, gen: u64, direct: Option<DirectSocket>, window: Duration) {
+        self.state.lock().set_ws_wire(gen, direct, window);
     }
 
     /// Ends the write side of WebSocket transport `gen` (see [`SessionState::clear_ws_wire`]).

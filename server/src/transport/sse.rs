@@ -7,6 +7,11 @@
 //! (another protocol version, a probe of a session this node does not hold) is a stream of one
 //! `close` event: an `EventSource` cannot read HTTP statuses.
 //!
+//! Writes are coalesced like the WebSocket's (`--write-window`, [`crate::write_window`]): a
+//! stream that handed hyper a batch less than the window ago leaves what comes next queued
+//! until the window has passed, then hands it over at once (hyper writes what it is given
+//! before the stream waits again in one `writev`).
+//!
 //! A client that stops reading without going away leaves hyper stuck writing to it, and the
 //! body is no longer polled. A watchdog notices (the body has not been asked for more for a
 //! ping interval plus the heartbeat grace, while pings are queued every ping interval), closes
@@ -32,6 +37,7 @@ use crate::hub::Hub;
 use crate::listener::ConnectionKill;
 use crate::metrics::DropReason;
 use crate::session::{close_frame, Attached, Session};
+use crate::write_window::WriteWindow;
 
 pub async fn handler(State(state): State<AppState>, req: Request) -> Response {
     let ip = http::client_ip(&state, &req);
@@ -106,6 +112,7 @@ pub async fn handler(State(state): State<AppState>, req: Request) -> Response {
         pending: VecDeque::new(),
         done: false,
         pulls,
+        window: WriteWindow::new(state.config.write_window),
     };
     let body = Body::from_stream(futures_util::stream::unfold(stream, |mut s| async move {
         s.pulls.enter();
@@ -152,6 +159,7 @@ struct SseStream {
     pending: VecDeque<Bytes>,
     done: bool,
     pulls: Arc<Pulls>,
+    window: WriteWindow,
 }
 
 /// When hyper last asked the body for a chunk, and whether it is waiting for one now.
@@ -229,8 +237,17 @@ impl SseStream {
                 return None;
             }
             let session = &self.detach.session;
-            match session.take_frames(self.attached.gen) {
+            let now = Instant::now();
+            // Within the write window, what is queued stays queued (see below).
+            let take = match self.window.hold_until(now) {
+                None => session.take_frames(self.attached.gen),
+                Some(_) => Some(Vec::new()),
+            };
+            match take {
                 Some(frames) => {
+                    if !frames.is_empty() {
+                        self.window.wrote(now);
+                    }
                     session.metrics().frames_out(frames.len() as u64);
                     for f in frames {
                         // Three chunks, so the frame's shared bytes go out without a copy:
@@ -262,7 +279,25 @@ impl SseStream {
                     Ok(code) => self.push_close(code),
                     Err(_) => return None,
                 },
-                () = session.changed(&mut self.attached.seen) => {}
+                () = session.changed(&mut self.attached.seen) => {
+                    // Something was queued: within the write window it waits for the window's
+                    // end, with whatever else comes meanwhile. Boxed: the timer lives only while
+                    // a busy stream holds.
+                    if let Some(until) = self.window.hold_until(Instant::now()) {
+                        let force = &mut self.attached.force_close;
+                        let held = Box::pin(async {
+                            tokio::select! {
+                                code = force => Some(code),
+                                () = tokio::time::sleep_until(until) => None,
+                            }
+                        });
+                        match held.await {
+                            Some(Ok(code)) => self.push_close(code),
+                            Some(Err(_)) => return None,
+                            None => {}
+                        }
+                    }
+                }
                 _ = self.keepalive.tick() => self.pending.push_back(Bytes::from_static(SSE_KEEPALIVE)),
             }
         }

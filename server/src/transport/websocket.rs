@@ -10,6 +10,8 @@
 //! the session and goes out through the writer. Writing is ours ([`crate::ws_wire`]): a frame is
 //! a header in front of the encoded bytes every subscriber shares, several frames per `writev`,
 //! and on plain TCP routing writes an event straight to the socket while the writer is idle.
+//! Both honour the connection's write window ([`crate::write_window`]): a connection that
+//! wrote less than `--write-window` ago gets what comes next in one write at the window's end.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice};
@@ -40,7 +42,7 @@ use crate::http::{self, precheck, Admission};
 use crate::hub::{Hub, SessionRefusal};
 use crate::listener::TcpSlot;
 use crate::metrics::{DropReason, Metrics};
-use crate::session::{Attached, OutFrame, Session};
+use crate::session::{Attached, OutFrame, Session, WsTake};
 use crate::ws_wire::{close_frame_bytes, DirectSocket, Header, SharedTcp};
 
 pub async fn handler(State(state): State<AppState>, req: Request) -> Response {
@@ -500,7 +502,7 @@ where
         stall,
     } = open;
     let gen = attached.gen;
-    session.set_ws_wire(gen, direct);
+    session.set_ws_wire(gen, direct, hub.config.write_window);
     stream.get_mut().control = Some((session.clone(), gen));
     // Reader and writer run in this task (the upgrade's own), one task per connection, each
     // boxed once: inline, the task's future would hold room for both beside copies of what they
@@ -527,6 +529,13 @@ where
                 .await;
             }
             (end, mut stream) = &mut reader => {
+                if let ReadEnd::PeerGone = end {
+                    // What the write window holds (an ack, say) and tungstenite's close reply
+                    // still go out, at once, before the connection is dropped: bounded, the peer
+                    // may be gone.
+                    session.finish_ws(gen);
+                    let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), &mut writer)).await;
+                }
                 if let ReadEnd::Closing = end {
                     // Our close is queued: let the writer send it, then read (and discard) what the
                     // peer still sends until its close, so unread data does not turn into a reset
@@ -633,8 +642,9 @@ where
 /// Drains the session's outbox into the socket until the transport closes: everything queued
 /// (and a frame a direct write left unfinished, and control frames) goes out in one `writev`
 /// or a few, not one write per frame: with `TCP_NODELAY` a write is a packet, and a burst to a
-/// subscriber should not become hundreds of them. Generic over the output so it can be driven
-/// without a socket.
+/// subscriber should not become hundreds of them. Within the connection's write window
+/// ([`WsTake::Hold`]) it waits for the window's end instead of writing, so a busy connection
+/// writes once per window. Generic over the output so it can be driven without a socket.
 async fn write_loop<W>(
     mut out: W,
     session: Arc<Session>,
@@ -648,8 +658,30 @@ async fn write_loop<W>(
     let mut frames: VecDeque<OutFrame> = VecDeque::new();
     let mut control: Vec<u8> = Vec::new();
     loop {
-        let Some(unfinished) = session.take_ws_batch(att.gen, &mut frames, &mut control) else {
-            break;
+        let now = tokio::time::Instant::now();
+        let unfinished = match session.take_ws_batch(att.gen, now, &mut frames, &mut control) {
+            WsTake::Gone => break,
+            WsTake::Hold(until) => {
+                // Within the write window (`--write-window`): what comes meanwhile joins this
+                // batch without waking us. Boxed: the timer lives only while a busy connection
+                // holds, not in every idle connection's task.
+                let hold = Box::pin(async {
+                    tokio::select! {
+                        code = &mut att.force_close => Some(code),
+                        () = tokio::time::sleep_until(until) => None,
+                    }
+                });
+                if let Some(code) = hold.await {
+                    if let Ok(code) = code {
+                        let rest = session.take_ws_unfinished(att.gen);
+                        let limit = Duration::from_secs(1);
+                        Box::pin(send_close(&mut out, rest, code, code.name(), limit)).await;
+                    }
+                    return;
+                }
+                continue;
+            }
+            WsTake::Write(unfinished) => unfinished,
         };
         if unfinished.is_none() && frames.is_empty() && control.is_empty() {
             tokio::select! {
@@ -674,11 +706,13 @@ async fn write_loop<W>(
         if let (Some((frame, written)), Some(head)) = (&unfinished, &unfinished_head) {
             push_frame_rest(&mut chunks, head.as_bytes(), frame.as_bytes(), *written);
         }
-        chunks.push(&control);
         for (f, h) in data.zip(&headers) {
             chunks.push(h.as_bytes());
             chunks.push(f.frame.as_bytes());
         }
+        // Control frames after the data queued before them: a close reply must be the last
+        // frame, and a pong may wait behind a batch.
+        chunks.push(&control);
         // Most batches go out at once (the socket has room): the stall timer is armed only for
         // one that does not, rather than a timer entry per batch. A write stalled this long is
         // a consumer that stopped reading.
