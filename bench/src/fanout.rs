@@ -29,6 +29,8 @@ const PAYLOAD: usize = 100;
 #[derive(Clone, Debug)]
 pub struct Step {
     pub peer: Peer,
+    /// [`RtlinkOptions::variant`]: empty for the server as shipped.
+    pub variant: &'static str,
     pub transport: Transport,
     pub subscribers: usize,
     pub rate: f64,
@@ -50,6 +52,15 @@ pub struct Step {
 }
 
 impl Step {
+    /// The server's name in tables and plots, with its variant.
+    pub fn server(&self) -> String {
+        if self.variant.is_empty() {
+            self.peer.name().to_owned()
+        } else {
+            format!("{} ({})", self.peer.name(), self.variant)
+        }
+    }
+
     pub fn saturated(&self) -> bool {
         !self.complete || self.errors > 0 || self.delivered_per_sec < 0.9 * self.offered_per_sec
     }
@@ -96,8 +107,11 @@ pub async fn run(
             };
         }
     };
-    let out = drive(peer, server.port, server.pid(), transport, plan).await;
+    let mut out = drive(peer, server.port, server.pid(), transport, plan).await;
     drop(server);
+    for s in &mut out.steps {
+        s.variant = rtlink.variant;
+    }
     out
 }
 
@@ -227,6 +241,7 @@ pub async fn drive(peer: Peer, port: u16, pid: u32, transport: Transport, plan: 
         lat.sort_unstable();
         let step = Step {
             peer,
+            variant: "",
             transport,
             subscribers: plan.subscribers,
             rate,

@@ -475,6 +475,16 @@ async fn full(root: PathBuf, report_path: PathBuf, only: Vec<String>) -> anyhow:
                 eprintln!("fan-out: {} {} N={n}", peer.name(), transport.name());
                 let out = fanout::run(&paths, peer, transport, &plan, &opts).await;
                 r.fanout.push((n, peer, transport, out));
+                if (peer, transport) == (Peer::Rtlink, Transport::WebSocket) {
+                    // The same server without write coalescing: its latency and CPU beside
+                    // the default's, in the same run (the ratios use the default).
+                    let mut off = opts.clone();
+                    off.extra.extend(["--write-window".into(), "0ms".into()]);
+                    off.variant = report::WINDOW_OFF;
+                    eprintln!("fan-out: rtlink WebSocket N={n}, {}", off.variant);
+                    let out = fanout::run(&paths, peer, transport, &plan, &off).await;
+                    r.fanout.push((n, peer, transport, out));
+                }
             }
         }
     }

@@ -49,6 +49,44 @@ pub fn fmt_us(us: u64) -> String {
     }
 }
 
+/// [`RtlinkOptions::variant`] of the fan-out runs without write coalescing.
+///
+/// [`RtlinkOptions::variant`]: crate::procs::RtlinkOptions::variant
+pub const WINDOW_OFF: &str = "write window off";
+
+/// Write coalescing on (`on`, the server as shipped) against off, at each offered load both
+/// ran: server CPU per 1,000 deliveries, p50 and p99, on → off.
+pub fn window_summary(on: &[Step], off: &[Step]) -> String {
+    let each: Vec<String> = on
+        .iter()
+        .filter_map(|a| {
+            let b = off
+                .iter()
+                .find(|b| b.offered_per_sec == a.offered_per_sec)?;
+            Some(format!(
+                "{:.0}/s: CPU {:.2} vs {:.2} ms, p50 {} vs {}, p99 {} vs {}{}",
+                a.offered_per_sec,
+                a.cpu_ms_per_1000,
+                b.cpu_ms_per_1000,
+                fmt_us(a.p50_us),
+                fmt_us(b.p50_us),
+                fmt_us(a.p99_us),
+                fmt_us(b.p99_us),
+                if a.saturated() || b.saturated() {
+                    " (saturated)"
+                } else {
+                    ""
+                }
+            ))
+        })
+        .collect();
+    if each.is_empty() {
+        "no offered load that both ran".to_owned()
+    } else {
+        each.join("; ")
+    }
+}
+
 pub fn fanout_table(steps: &[Step]) -> String {
     let mut s = String::new();
     let _ = writeln!(
@@ -69,7 +107,7 @@ pub fn fanout_table(steps: &[Step]) -> String {
         let _ = writeln!(
             s,
             "| {} | {} | {} | {:.0} | {:.0}{} | {:.3} | {:.0} % | {} | {} | {} | {} |",
-            st.peer.name(),
+            st.server(),
             st.transport.name(),
             st.subscribers,
             st.offered_per_sec,
@@ -150,6 +188,17 @@ impl Report {
             .iter()
             .filter(|(m, p, t, _)| *m == n && *p == peer && *t == transport)
             .flat_map(|(_, _, _, o)| o.steps.clone())
+            .filter(|s| s.variant.is_empty())
+            .collect()
+    }
+
+    /// rtlink's WebSocket steps at `n` under `variant`.
+    fn variant_steps(&self, n: usize, variant: &str) -> Vec<Step> {
+        self.fanout
+            .iter()
+            .filter(|(m, p, t, _)| *m == n && *p == Peer::Rtlink && *t == Transport::WebSocket)
+            .flat_map(|(_, _, _, o)| o.steps.clone())
+            .filter(|s| s.variant == variant)
             .collect()
     }
 
@@ -181,7 +230,8 @@ impl Report {
         let _ = writeln!(md, "## Fan-out\n\nOne room, N subscribers, one publisher at rising rates (100-byte payloads) for 2 s per step until a peer saturates \
             (a step incomplete, or under 90 % of the offered deliveries/s). Every delivery is checked: no loss, no duplicate, in order. \
             rtlink's publisher uses WebSocket; its subscribers each transport in turn. The fan-out room is started without presence \
-            (`--presence-off bench`), as the peers have none.\n");
+            (`--presence-off bench`), as the peers have none. rtlink's WebSocket runs twice: as shipped (write coalescing on, the \
+            `--write-window` default) and with `--write-window 0ms` (\"write window off\"); the ratios are the shipped server's.\n");
         let mut ns: Vec<usize> = self.fanout.iter().map(|f| f.0).collect();
         ns.dedup();
         for n in ns {
@@ -216,15 +266,23 @@ impl Report {
                 "- p99 latency, rtlink ÷ Socket.IO, at each offered load both kept up with: {}",
                 crate::p99_summary(&crate::p99_pairs(&rt, &sio))
             );
+            let off = self.variant_steps(n, WINDOW_OFF);
+            if !off.is_empty() {
+                let _ = writeln!(
+                    md,
+                    "- write coalescing (`--write-window`, default) on ÷ off, at each offered load: {}",
+                    window_summary(&rt, &off)
+                );
+            }
             let series: Vec<Series> = self
                 .fanout
                 .iter()
                 .filter(|f| f.0 == n)
                 .map(|(_, p, t, o)| Series {
-                    name: if *p == Peer::Rtlink {
-                        format!("rtlink {}", t.name())
-                    } else {
-                        p.name().to_owned()
+                    name: match o.steps.first() {
+                        Some(s) if !s.variant.is_empty() => format!("{} {}", s.server(), t.name()),
+                        _ if *p == Peer::Rtlink => format!("rtlink {}", t.name()),
+                        _ => p.name().to_owned(),
                     },
                     points: o
                         .steps
