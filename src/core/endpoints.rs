@@ -86,33 +86,47 @@ impl Endpoints {
                 0
             }
         };
-        let mut pick = 0;
+        let (mut pick, mut best) = (0, u64::MAX);
         for (i, h) in self.health.iter().enumerate() {
-            if down_until(h) < down_until(&self.health[pick]) {
-                pick = i;
+            if down_until(h) < best {
+                (pick, best) = (i, down_until(h));
             }
         }
         self.current = pick;
     }
 
+    /// The current endpoint's entry. Always `Some`: `health` is never empty and `current` is
+    /// only set by `choose`, within it. (`get_mut`, not indexing: a bounds-check panic would
+    /// bring formatting code into the module.)
+    fn current_health(&mut self) -> Option<&mut Health> {
+        self.health.get_mut(self.current)
+    }
+
     /// The ticket step got an HTTP answer (a ticket, or any refusal but a 5xx): the node is there.
     pub fn on_answer(&mut self) {
-        self.health[self.current].misses = 0;
+        if let Some(h) = self.current_health() {
+            h.misses = 0;
+        }
     }
 
     /// A `welcome` arrived: the endpoint works.
     pub fn on_welcome(&mut self) {
-        self.health[self.current] = Health::default();
+        if let Some(h) = self.current_health() {
+            *h = Health::default();
+        }
     }
 
     /// The ticket step got no answer. Returns whether the endpoint is now down.
     pub fn on_unreachable(&mut self, now: Instant, rng: &mut Rng) -> bool {
+        let failover_after = self.failover_after;
         if self.health.len() < 2 {
             return false;
         }
-        let h = &mut self.health[self.current];
+        let Some(h) = self.current_health() else {
+            return false;
+        };
         h.misses += 1;
-        let needed = if h.downs > 0 { 1 } else { self.failover_after };
+        let needed = if h.downs > 0 { 1 } else { failover_after };
         if h.misses < needed {
             return false;
         }
@@ -128,10 +142,13 @@ impl Endpoints {
     }
 
     fn put_down(&mut self, now: Instant, rng: &mut Rng) {
-        let h = &mut self.health[self.current];
+        let (down_ms, down_cap_ms) = (self.down_ms, self.down_cap_ms);
+        let Some(h) = self.current_health() else {
+            return;
+        };
         h.misses = 0;
         // Doubling stops long before the shift could overflow a delay in milliseconds.
-        let envelope = (self.down_ms << h.downs.min(20)).min(self.down_cap_ms);
+        let envelope = (down_ms << h.downs.min(20)).min(down_cap_ms);
         h.downs += 1;
         h.down_until = now.plus(rng.between(envelope / 2, envelope));
     }

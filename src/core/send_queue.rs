@@ -45,6 +45,7 @@ pub struct SendQueue {
     items: Vec<Pending>,
     capacity: usize,
     ack_timeout_ms: u64,
+    /// The id prefix and its `-`.
     id_prefix: String,
     next: u64,
 }
@@ -81,7 +82,7 @@ impl SendQueue {
             items: Vec::new(),
             capacity,
             ack_timeout_ms,
-            id_prefix,
+            id_prefix: id_prefix + "-",
             next: 0,
         }
     }
@@ -105,7 +106,6 @@ impl SendQueue {
             return Err(SendError::QueueFull);
         }
         let mut msg_id = self.id_prefix.clone();
-        msg_id.push('-');
         super::text::push_dec(&mut msg_id, self.next + 1);
         if limits.max_frame_bytes > 0
             && publish_frame_len(&room, &msg_id, &payload) > limits.max_frame_bytes

@@ -105,7 +105,16 @@ impl<V> SmallMap<V> {
     }
 
     pub fn retain(&mut self, mut keep: impl FnMut(&String, &mut V) -> bool) {
-        self.entries.retain_mut(|(k, v)| keep(k, v));
+        // Removed one by one with the `Vec::remove` that `remove` compiles anyway (one body for
+        // every map, like the insert): `Vec::retain_mut` would add its own. The maps are short.
+        let mut i = 0;
+        while let Some((k, v)) = self.entries.get_mut(i) {
+            if keep(k, v) {
+                i += 1;
+            } else {
+                self.entries.remove(i);
+            }
+        }
     }
 
     pub fn clear(&mut self) {

@@ -4,32 +4,26 @@
 
 use alloc::string::String;
 
+/// `DIGITS[d]` is the digit `d` (hex digits for 10-15) as a `&str`: pushed with `push_str`, so
+/// the module needs no `String::push(char)` (its UTF-8 encoding), and indexed only by values the
+/// compiler can see are in range (`% 10`, `& 0xf`), so no bounds check can panic.
+const DIGITS: [&str; 16] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "a", "b", "c", "d", "e", "f",
+];
+
 /// Appends `n` in decimal.
-pub fn push_dec(out: &mut String, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+pub fn push_dec(out: &mut String, n: u64) {
+    if n >= 10 {
+        // At most 19 levels deep: u64::MAX has 20 digits.
+        push_dec(out, n / 10);
     }
-    for &b in &buf[i..] {
-        out.push(b as char);
-    }
+    out.push_str(DIGITS[(n % 10) as usize]);
 }
 
 /// Appends `n` as 16 lowercase hex digits (zero-padded, like `{:016x}`).
 pub fn push_hex16(out: &mut String, n: u64) {
     for shift in (0..16).rev() {
-        let d = ((n >> (shift * 4)) & 0xf) as u8;
-        out.push(if d < 10 {
-            (b'0' + d) as char
-        } else {
-            (b'a' + d - 10) as char
-        });
+        out.push_str(DIGITS[((n >> (shift * 4)) & 0xf) as usize]);
     }
 }
 
