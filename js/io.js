@@ -16,13 +16,13 @@
 import { encoder } from "./wasm.js";
 import { parse } from "./wire.js";
 
-// rt_input() operations of a transport (src/wasm/driver.rs `op`).
-const TICKET = 16, OPENED = 17, CLOSED = 19, FAILED = 20;
-// Why a request failed (`failure`), the first four as the module's `FAILED + reason`.
-const UNAUTHORIZED = 0, SESSION_UNKNOWN = 2, TOO_LARGE = 4, NETWORK = 5;
-// The module's reasons 4 and 5: no usable answer at the ticket step means the server is
-// unreachable; at the connection it is a strike against the transport.
-const UNREACHABLE = 4;
+// rt_input() operations of a transport (src/wasm/driver.rs `op`): 16 TICKET, 17 OPENED,
+// 19 CLOSED, 20 FAILED (+ a reason). Why a request failed (`failure`): 0 UNAUTHORIZED,
+// 1 forbidden, 2 SESSION_UNKNOWN, 3 overloaded, 4 TOO_LARGE, 5 NETWORK; the first four are the
+// module's reasons as they are. Its reasons 4 and 5: no usable answer at the ticket step means the
+// server is UNREACHABLE (4); at the connection it is a strike against the transport (NETWORK).
+// (Written as numbers with their names beside them: a bundled module's top-level constants are
+// not inlined by esbuild.)
 
 /** Live DOM listeners and timers of every client (for `liveListeners()`). */
 export const live = { n: 0 };
@@ -51,8 +51,8 @@ function failure(status, body, retryAfter) {
     const secs = retryAfter?.trim();
     ms = /^\+?\d+$/.test(secs) ? secs * 1000 : -1;
   }
-  const k = status === 401 ? UNAUTHORIZED : status === 403 ? 1 : status === 404 && code === "unknown_session" ? SESSION_UNKNOWN
-    : status === 429 || status === 503 ? 3 : status === 413 ? TOO_LARGE : NETWORK;
+  const k = status === 401 ? 0 /* UNAUTHORIZED */ : status === 403 ? 1 : status === 404 && code === "unknown_session" ? 2 /* SESSION_UNKNOWN */
+    : status === 429 || status === 503 ? 3 : status === 413 ? 4 /* TOO_LARGE */ : 5 /* NETWORK */;
   return { k, ms };
 }
 
@@ -62,13 +62,13 @@ async function request(url, init) {
   try {
     response = await fetch(url, init);
   } catch {
-    throw { k: NETWORK };
+    throw { k: 5 /* NETWORK */ };
   }
   try {
     body = await response.text();
   } catch {
     // An error answer whose body cannot be read is still that error.
-    if (response.ok) throw { k: NETWORK };
+    if (response.ok) throw { k: 5 /* NETWORK */ };
     body = "";
   }
   if (response.ok) return body;
@@ -87,9 +87,9 @@ export function ticket(t, base, token, resume, probe) {
     .then((text) => {
       const ticket = JSON.parse(text).ticket;
       if (typeof ticket !== "string") throw {};
-      t.finish(TICKET, ticket);
+      t.finish(16 /* TICKET */, ticket);
     })
-    .catch((f) => t.finish(FAILED + (f.k < TOO_LARGE ? f.k : UNREACHABLE), "", f.ms));
+    .catch((f) => t.finish(20 /* FAILED */ + (f.k < 4 /* TOO_LARGE */ ? f.k : 4 /* UNREACHABLE */), "", f.ms));
   return { stop: () => abort.abort() };
 }
 
@@ -100,7 +100,7 @@ export function open(t, kind, base, ticket) {
 
 // A constructor that refuses the URL: reported from a callback like every other outcome.
 function refused(t) {
-  queueMicrotask(() => t.finish(FAILED + NETWORK));
+  queueMicrotask(() => t.finish(20 /* FAILED */ + 5 /* NETWORK */));
   return { stop() {} };
 }
 
@@ -117,15 +117,15 @@ function webSocket(t, base, ticket) {
     open() {
       for (const text of pending) ws.send(text);
       pending = null;
-      t.report(OPENED);
+      t.report(17 /* OPENED */);
     },
     message(e) {
       if (typeof e.data === "string") t.frame(parse(e.data));
     },
     // Close codes are 1000-4999; 0 is a field-less synthetic event.
     close(e) {
-      if (pending) t.finish(FAILED + NETWORK);
-      else t.finish(CLOSED, e.code ? e.reason : "", e.code || 1006);
+      if (pending) t.finish(20 /* FAILED */ + 5 /* NETWORK */);
+      else t.finish(19 /* CLOSED */, e.code ? e.reason : "", e.code || 1006);
     },
   });
   return {
@@ -151,13 +151,13 @@ function eventSource(t, base, ticket) {
   const up = upstream(t, base);
   const off = listen(es, {
     open() {
-      if (!opened) t.report(OPENED);
+      if (!opened) t.report(17 /* OPENED */);
       opened = true;
     },
     message: (e) => t.frame(parse(e.data)),
     error() {
-      if (opened) t.finish(CLOSED);
-      else t.finish(FAILED + NETWORK);
+      if (opened) t.finish(19 /* CLOSED */);
+      else t.finish(20 /* FAILED */ + 5 /* NETWORK */);
     },
   });
   return {
@@ -185,7 +185,7 @@ function longPoll(t, base, ticket) {
       try {
         batch = JSON.parse(text);
       } catch {}
-      if (typeof batch !== "object" || !batch || Array.isArray(batch)) throw { k: NETWORK };
+      if (typeof batch !== "object" || !batch || Array.isArray(batch)) throw { k: 5 /* NETWORK */ };
       const cursor = Number.isInteger(batch.cursor) && batch.cursor >= 0 ? batch.cursor : 0;
       return [cursor, Array.isArray(batch.frames) ? batch.frames : []];
     });
@@ -197,17 +197,17 @@ function longPoll(t, base, ticket) {
   const next = (cursor) =>
     poll(`${base}/v1/poll`, `{"session":${JSON.stringify(session)},"cursor":${cursor}}`).then(
       ([cursor, frames]) => deliver(frames) && next(cursor),
-      (f) => t.finish(CLOSED, "", f.k === SESSION_UNKNOWN ? 4007 : 0),
+      (f) => t.finish(19 /* CLOSED */, "", f.k === 2 /* SESSION_UNKNOWN */ ? 4007 : 0),
     );
   poll(`${base}/v1/poll?v=1&ticket=${enc(ticket)}`).then(
     ([cursor, frames]) => {
-      t.report(OPENED);
+      t.report(17 /* OPENED */);
       // The batch carries `welcome`, which gives the session (`session` below).
       if (!deliver(frames)) return;
-      if (session === undefined) t.finish(CLOSED, "", 4012);
+      if (session === undefined) t.finish(19 /* CLOSED */, "", 4012);
       else next(cursor);
     },
-    (f) => t.finish(FAILED + (f.k < TOO_LARGE ? f.k : NETWORK), "", f.ms),
+    (f) => t.finish(20 /* FAILED */ + (f.k < 4 /* TOO_LARGE */ ? f.k : 5 /* NETWORK */), "", f.ms),
   );
   return {
     send: up.send,
@@ -251,7 +251,7 @@ function upstream(t, base) {
       },
       // A lost upstream makes the transport unusable; the module reconnects and resends what
       // was not acknowledged.
-      (f) => t.finish(CLOSED, "", f.k === SESSION_UNKNOWN ? 4007 : f.k === TOO_LARGE ? 4001 : 0),
+      (f) => t.finish(19 /* CLOSED */, "", f.k === 2 /* SESSION_UNKNOWN */ ? 4007 : f.k === 4 /* TOO_LARGE */ ? 4001 : 0),
     );
   };
   return {

@@ -22,10 +22,11 @@ export class RtlinkError extends Error {
   }
 }
 
-// rt_input() operations (src/wasm/driver.rs `op`).
-const CONNECT = 0, CLOSE = 1, SUBSCRIBE = 2, UNSUBSCRIBE = 3, SET_PRESENCE = 4, KEYSTROKE = 5,
-  TYPING_STOP = 6, PUBLISH = 7, TOKEN = 8, ONLINE = 9, OFFLINE = 10, HIDDEN = 11, VISIBLE = 12,
-  FROZEN = 13, RESUMED = 14, TIMEOUT = 15, FRAME = 18, CLOSED = 19;
+// rt_input() operations (src/wasm/driver.rs `op`), written as numbers with their names beside
+// them (esbuild does not inline a bundled module's top-level constants): 0 CONNECT, 1 CLOSE,
+// 2 SUBSCRIBE, 3 UNSUBSCRIBE, 4 SET_PRESENCE, 5 KEYSTROKE, 6 TYPING_STOP, 7 PUBLISH, 8 TOKEN,
+// 9 ONLINE, 10 OFFLINE, 11 HIDDEN, 12 VISIBLE, 13 FROZEN, 14 RESUMED, 15 TIMEOUT, 18 FRAME,
+// 19 CLOSED; the transports' in js/io.js.
 
 const TRANSPORTS = ["websocket", "sse", "long-polling"];
 const STATES = ["idle", "connecting", "open", "backing-off", "offline", "closed"];
@@ -94,19 +95,19 @@ function lifecycle(client) {
   const input = (op) => client._input(op);
   const doc = g.document;
   const listeners = [
-    [g, "online", () => input(ONLINE)],
-    [g, "offline", () => input(OFFLINE)],
+    [g, "online", () => input(9 /* ONLINE */)],
+    [g, "offline", () => input(10 /* OFFLINE */)],
   ];
   if (doc) {
     listeners.push(
       // A page entering the back/forward cache must not hold a connection; `persisted` tells
       // whether it may come back.
-      [g, "pagehide", (e) => e.persisted && input(FROZEN)],
-      [g, "pageshow", (e) => e.persisted && input(RESUMED)],
-      [doc, "visibilitychange", () => input(doc.hidden ? HIDDEN : VISIBLE)],
+      [g, "pagehide", (e) => e.persisted && input(13 /* FROZEN */)],
+      [g, "pageshow", (e) => e.persisted && input(14 /* RESUMED */)],
+      [doc, "visibilitychange", () => input(doc.hidden ? 11 /* HIDDEN */ : 12 /* VISIBLE */)],
       // Page Lifecycle API (Chromium): frozen tabs run no timers or network.
-      [doc, "freeze", () => input(FROZEN)],
-      [doc, "resume", () => input(RESUMED)],
+      [doc, "freeze", () => input(13 /* FROZEN */)],
+      [doc, "resume", () => input(14 /* RESUMED */)],
     );
   }
   const added = listeners.filter(([target]) => target && target.addEventListener);
@@ -286,7 +287,7 @@ export class RealtimeClient {
         return void Promise.resolve()
           .then(() => (0, this._getToken)())
           .then((token) => (typeof token === "string" ? token : ""), () => "")
-          .then((token) => this._input(TOKEN, [token]));
+          .then((token) => this._input(8 /* TOKEN */, [token]));
       case 14: // FETCH_TICKET
         return this._start(x, (t) => ticket(t, this._urls[extra >> 1], a, b, extra & 1));
       case 15: // OPEN
@@ -306,7 +307,7 @@ export class RealtimeClient {
           this._timer = setTimeout(() => {
             this._timer = 0;
             live.n--;
-            this._input(TIMEOUT);
+            this._input(15 /* TIMEOUT */);
           }, x);
         }
         return;
@@ -343,11 +344,11 @@ export class RealtimeClient {
         if (kind < 0) {
           // A frame the client cannot use ends the transport, as a close of that code would.
           this._stop(id, 4000, "malformed frame from server");
-          this._input(CLOSED, [fields], id, -kind);
+          this._input(19 /* CLOSED */, [fields], id, -kind);
         } else {
           // A `welcome`: the upstream (SSE, long polling) learns its session first.
           if (session) t.session?.(...session);
-          this._input(FRAME, fields, id, kind);
+          this._input(18 /* FRAME */, fields, id, kind);
         }
       },
     };
@@ -392,11 +393,11 @@ export class RealtimeClient {
       connected.add(this);
       this._unlisten ??= lifecycle(this);
     }
-    this._input(CONNECT);
+    this._input(0 /* CONNECT */);
   }
 
   close() {
-    this._input(CLOSE);
+    this._input(1 /* CLOSE */);
     this._shutdown();
     this._listeners = [];
   }
@@ -416,7 +417,7 @@ export class RealtimeClient {
         history = h;
       }
     }
-    this._input(SUBSCRIBE, [name], history);
+    this._input(2 /* SUBSCRIBE */, [name], history);
     return new Room(this, name);
   }
 
@@ -461,14 +462,14 @@ export class Room {
       return Promise.reject(new RtlinkError("invalid_argument", "payload must be JSON-serialisable"));
     }
     return new Promise((resolve, reject) => {
-      const id = this._c._input(PUBLISH, [this.name, text]);
+      const id = this._c._input(7 /* PUBLISH */, [this.name, text]);
       if (id > 0) this._c._pending.set(id, [resolve, reject]);
       else reject(new RtlinkError(...REFUSALS[-id]));
     });
   }
 
   leave() {
-    this._c._input(UNSUBSCRIBE, [this.name]);
+    this._c._input(3 /* UNSUBSCRIBE */, [this.name]);
   }
 
   get presence() {
@@ -492,7 +493,7 @@ export class Presence {
   set(meta) {
     const text = jsonText(meta);
     if (text === undefined) throw new RtlinkError("invalid_argument", "presence metadata must be JSON-serialisable");
-    this._c._input(SET_PRESENCE, [this._room, text]);
+    this._c._input(4 /* SET_PRESENCE */, [this._room, text]);
   }
 
   list() {
@@ -515,11 +516,11 @@ export class Typing {
   }
 
   keystroke() {
-    this._c._input(KEYSTROKE, [this._room]);
+    this._c._input(5 /* KEYSTROKE */, [this._room]);
   }
 
   stop() {
-    this._c._input(TYPING_STOP, [this._room]);
+    this._c._input(6 /* TYPING_STOP */, [this._room]);
   }
 
   list() {

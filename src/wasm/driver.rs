@@ -9,8 +9,8 @@ use alloc::vec::Vec;
 use super::record as r;
 use crate::core::wire::{self, Fields};
 use crate::core::{
-    BackoffConfig, Client, CloseCode, CloseReason, Config, Event, Input, Instant, OpenError,
-    Output, SendError, State, TransportId, TransportKind,
+    Client, CloseCode, CloseReason, Config, Event, Input, Instant, OpenError, Output, SendError,
+    State, TransportId, TransportKind,
 };
 
 /// The façade's operations: `rt_input(driver, op, strings, n, m, now)` (js/rtlink.js has the same
@@ -167,32 +167,29 @@ impl Driver {
         seed_lo: u32,
         now: f64,
     ) -> Driver {
+        // The defaults, changed in place where the façade set an option (no copies of them).
+        let mut config = Config::default();
         let mut transports = Vec::new();
         let mut rest = ladder;
         while let Some(kind) = kind_of(rest % 4) {
             transports.push(kind);
             rest /= 4;
         }
-        let defaults = Config::default();
-        let backoff = BackoffConfig {
-            base_ms: ms(base_ms).unwrap_or(defaults.backoff.base_ms),
-            cap_ms: ms(cap_ms).unwrap_or(defaults.backoff.cap_ms),
-            max_attempts: ms(max_attempts).map(|n| n as u32),
-            ..defaults.backoff.clone()
+        if !transports.is_empty() {
+            config.transports = transports;
+        }
+        config.start_transport = kind_of(start);
+        let set = |field: &mut u64, v: f64| {
+            if let Some(v) = ms(v) {
+                *field = v;
+            }
         };
-        let config = Config {
-            transports: if transports.is_empty() {
-                defaults.transports.clone()
-            } else {
-                transports
-            },
-            start_transport: kind_of(start),
-            backoff,
-            heartbeat_grace_ms: ms(grace_ms).unwrap_or(defaults.heartbeat_grace_ms),
-            probe_interval_ms: ms(probe_ms).unwrap_or(defaults.probe_interval_ms),
-            endpoints: endpoints.max(1) as usize,
-            ..defaults
-        };
+        set(&mut config.backoff.base_ms, base_ms);
+        set(&mut config.backoff.cap_ms, cap_ms);
+        config.backoff.max_attempts = ms(max_attempts).map(|n| n as u32);
+        set(&mut config.heartbeat_grace_ms, grace_ms);
+        set(&mut config.probe_interval_ms, probe_ms);
+        config.endpoints = endpoints.max(1) as usize;
         let now = Instant::from_f64_millis(now);
         let core = Client::new(config, now, u64::from(seed_hi) << 32 | u64::from(seed_lo));
         Driver {
