@@ -40,6 +40,16 @@ pub struct Replay {
     pub send_subscribed: bool,
 }
 
+/// Where a replay starts ([`Hub::begin_replay`]).
+pub(crate) struct ReplayStart {
+    /// The replay's generation.
+    gen: u64,
+    /// The offset to read history after (`None`: from the head).
+    from: Option<u64>,
+    /// The room epoch `from` counts in, if known.
+    epoch: Option<Arc<str>>,
+}
+
 /// What a replay read, handed to [`SessionState::start_replay`].
 pub struct ReplayResult<'a> {
     pub room: &'a str,
@@ -60,6 +70,8 @@ pub struct ReplayResult<'a> {
 
 /// A frame a replay owes the client.
 enum Owed {
+    /// `subscribed`: once queued, the client is told the room's epoch.
+    Subscribed(Frame, Arc<str>),
     Frame(Frame),
     /// A history message: skipped if the subscription is already past it.
     Message(u64, Frame),
@@ -68,7 +80,7 @@ enum Owed {
 impl Owed {
     fn len(&self) -> usize {
         match self {
-            Self::Frame(f) | Self::Message(_, f) => f.len(),
+            Self::Subscribed(f, _) | Self::Frame(f) | Self::Message(_, f) => f.len(),
         }
     }
 }
@@ -169,12 +181,16 @@ impl SessionState {
         let replay = sub.replay.as_ref().filter(|p| p.gen == r.gen)?;
         let mut owed = VecDeque::with_capacity(r.history.len() + 2);
         if replay.send_subscribed || !r.recovered {
-            owed.push_back(Owed::Frame(encode_frame(&ServerFrame::Subscribed {
+            let frame = encode_frame(&ServerFrame::Subscribed {
                 room: r.room.to_owned(),
                 head: r.continue_after.unwrap_or(r.head),
                 recovered: r.recovered,
                 epoch: r.epoch.to_string(),
-            })));
+            });
+            owed.push_back(Owed::Subscribed(frame, r.epoch.clone()));
+        } else {
+            // Recovered in the epoch the client holds: nothing to tell.
+            sub.epoch = Some(r.epoch.clone());
         }
         let self_in_snapshot = r.conns.iter().any(|e| e.conn.session == r.own_session);
         owed.extend(
@@ -182,7 +198,6 @@ impl SessionState {
                 .into_iter()
                 .map(Owed::Frame),
         );
-        sub.epoch = Some(r.epoch.clone());
         if let Some(start) = r.continue_after {
             sub.last_offset = start;
         }
@@ -237,6 +252,10 @@ impl SessionState {
                 return Progress::Abandoned;
             };
             let frame = match stream.owed.pop_front() {
+                Some(Owed::Subscribed(f, epoch)) => {
+                    sub.epoch = Some(epoch);
+                    f
+                }
                 Some(Owed::Frame(f)) => f,
                 Some(Owed::Message(offset, f)) => {
                     if offset <= sub.last_offset {
@@ -307,32 +326,44 @@ impl Hub {
         recent: u32,
         send_subscribed: bool,
     ) {
-        if let Some((gen, from)) = Self::begin_replay(session, room, since, send_subscribed) {
-            self.complete_replay(session, room, gen, from, epoch, recent)
+        let start = Self::begin_replay(session, room, since, epoch, send_subscribed);
+        if let Some(ReplayStart { gen, from, epoch }) = start {
+            self.complete_replay(session, room, gen, from, epoch.as_deref(), recent)
                 .await;
         }
     }
 
     /// First half of a replay, synchronous: from now on live events of the room are buffered.
-    /// Returns the replay's generation and the offset to read history after (`None`: from the
-    /// head). A resync (`send_subscribed` false, no `since`) continues from what the client
-    /// already has.
+    /// Returns where to read history from. A resync (`send_subscribed` false, no `since`)
+    /// continues from what the client already has.
+    ///
+    /// A `since` in an epoch other than the one this session already told the client in
+    /// `subscribed` predates that frame (a client learns epochs only from `subscribed`, and
+    /// frames reach it in order): the client sent it before it read the room's reset. The
+    /// reset is already on its way, so the replay continues from what the session queued
+    /// instead of resetting the room a second time.
     pub(crate) fn begin_replay(
         session: &Session,
         room: &str,
         since: Option<u64>,
+        epoch: Option<&str>,
         send_subscribed: bool,
-    ) -> Option<(u64, Option<u64>)> {
+    ) -> Option<ReplayStart> {
         session.update(|st, _| {
             let gen = st.next_replay_gen();
             let sub = st.rooms.get_mut(room)?;
-            let from = match since {
+            let told = sub.epoch.clone();
+            let superseded = since.is_some()
+                && epoch.is_some_and(|e| !e.is_empty())
+                && told.as_deref().is_some_and(|t| Some(t) != epoch);
+            let (from, epoch) = match since {
+                Some(_) if superseded => (Some(sub.last_offset), told),
                 Some(s) => {
                     sub.last_offset = s;
-                    Some(s)
+                    (Some(s), epoch.map(Arc::from))
                 }
-                None if !send_subscribed => Some(sub.last_offset),
-                None => None,
+                None if !send_subscribed => (Some(sub.last_offset), told),
+                None => (None, None),
             };
             let prev = sub.replay.take();
             let owed = send_subscribed || prev.as_ref().is_some_and(|r| r.send_subscribed);
@@ -345,7 +376,7 @@ impl Hub {
                 buffered_bytes,
                 send_subscribed: owed,
             }));
-            Some((gen, from))
+            Some(ReplayStart { gen, from, epoch })
         })
     }
 
@@ -466,8 +497,9 @@ impl Hub {
     /// {recovered: false}` and the new epoch's messages), and after the hub lagged. Live events
     /// are buffered from the moment this returns.
     pub(crate) fn resync(self: &Arc<Self>, session: &Arc<Session>, room: &str) {
-        let epoch = session.lock().rooms.get(room).and_then(|s| s.epoch.clone());
-        let Some((gen, from)) = Self::begin_replay(session, room, None, false) else {
+        let Some(ReplayStart { gen, from, epoch }) =
+            Self::begin_replay(session, room, None, None, false)
+        else {
             return;
         };
         let (hub, session, room) = (self.clone(), session.clone(), room.to_owned());

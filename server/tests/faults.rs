@@ -346,3 +346,94 @@ async fn fault_sigterm_drain_moves_clients_to_other_node_spread_over_window() {
     })
     .await;
 }
+
+/// Publishes until the node takes it (it nacks `internal` while its Redis reconnects); returns
+/// the offset.
+async fn publish_when_up(ws: &mut Ws, room: &str, id: &str) -> u64 {
+    loop {
+        ws.send(&ClientFrame::Publish {
+            room: room.into(),
+            id: id.into(),
+            payload: id.into(),
+        })
+        .await;
+        let answer = ws
+            .recv_until(|f| matches!(f, ServerFrame::Ack { id: i, .. } | ServerFrame::Nack { id: i, .. } if i == id))
+            .await;
+        if let ServerFrame::Ack { offset, .. } = answer {
+            return offset;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Redis restarts empty while a subscriber is away: its session is told the room's new epoch
+/// once (`subscribed {recovered: false}` and the new epoch's messages, waiting in its outbox).
+/// A subscribe it sent before it read that, with its old epoch and offset, is answered from
+/// what the session already sent (`recovered: true`, nothing sent twice), not with a second
+/// reset of the room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_redis_restarted_empty_a_stale_subscribe_resets_the_room_once() {
+    bounded(async {
+        let mut redis = RedisServer::start();
+        let node = Node::start(&redis);
+        let c = node.client();
+        let mut publisher = c.ws("publisher").await;
+        publisher.subscribe("room", None).await;
+        let mut away = c.ws("away").await;
+        let token = resume_token(away.welcome());
+        let first = away.subscribe("room", None).await;
+        let ServerFrame::Subscribed { epoch: old, .. } = first else {
+            panic!("not subscribed: {first:?}")
+        };
+        for i in 1..=5 {
+            publisher.publish("room", &format!("old{i}"), "x").await;
+        }
+        assert_eq!(offsets_until(&mut away, 5).await, vec![1, 2, 3, 4, 5]);
+        drop(away);
+
+        redis.restart();
+        for i in 1..=3 {
+            assert_eq!(publish_when_up(&mut publisher, "room", &format!("new{i}")).await, i);
+        }
+        // The session that is away is resynchronised like the publisher's.
+        let mut back = c.ws_resume("away", Some(&token)).await;
+        assert!(resumed(back.welcome()));
+        let reset = back
+            .recv_until(|f| matches!(f, ServerFrame::Subscribed { .. }))
+            .await;
+        let ServerFrame::Subscribed {
+            recovered: false,
+            epoch: new,
+            ..
+        } = reset
+        else {
+            panic!("not a reset: {reset:?}")
+        };
+        assert_ne!(new, old);
+        assert_eq!(offsets_until(&mut back, 3).await, vec![1, 2, 3]);
+
+        // What the client sent before it read the reset: its old epoch and offset.
+        back.send(&ClientFrame::Subscribe {
+            room: "room".into(),
+            since: Some(5),
+            epoch: Some(old.clone()),
+            history: None,
+        })
+        .await;
+        let answer = back
+            .recv_until(|f| matches!(f, ServerFrame::Subscribed { .. }))
+            .await;
+        assert!(
+            matches!(&answer, ServerFrame::Subscribed { recovered: true, head: 3, epoch, .. } if *epoch == new),
+            "a second reset: {answer:?}"
+        );
+        assert_eq!(publish_when_up(&mut publisher, "room", "new4").await, 4);
+        assert_eq!(
+            offsets_until(&mut back, 4).await,
+            vec![4],
+            "nothing is sent twice"
+        );
+    })
+    .await;
+}
