@@ -98,6 +98,9 @@ enum Cmd {
         /// Shell command run after each step's deliveries (e.g. `callgrind_control -d PID`).
         #[arg(long)]
         after_step: Option<String>,
+        /// How rtlink's subscribers connect: ws, sse or poll (other peers: ws only).
+        #[arg(long, default_value = "ws", value_parser = parse_transport)]
+        transport: Transport,
     },
     /// Opens `connections` WebSockets to a server already listening, each in a room of its own
     /// (`--room-each`) or in none, holds them for `--hold` and exits: for a heap profiler
@@ -196,6 +199,7 @@ fn main() -> anyhow::Result<()> {
             step,
             before_step,
             after_step,
+            transport,
         } => rt.block_on(async move {
             let peer = parse_peer(&peer)?;
             let hooks = before_step.zip(after_step);
@@ -206,7 +210,10 @@ fn main() -> anyhow::Result<()> {
                 readers: 1,
                 hooks,
             };
-            let out = fanout::drive(peer, port, pid, Transport::WebSocket, &plan).await;
+            if peer != Peer::Rtlink && transport != Transport::WebSocket {
+                anyhow::bail!("only rtlink speaks SSE and long polling");
+            }
+            let out = fanout::drive(peer, port, pid, transport, &plan).await;
             println!("{}", report::fanout_table(&out.steps));
             // For scripts (bench/callgrind divides instruction counts by it).
             for s in &out.steps {
@@ -327,6 +334,15 @@ fn parse_peer(name: &str) -> anyhow::Result<Peer> {
         "socketio" => Peer::SocketIo,
         "raw" => Peer::Raw,
         other => anyhow::bail!("unknown peer {other} (rtlink, socketio, raw)"),
+    })
+}
+
+fn parse_transport(name: &str) -> Result<Transport, String> {
+    Ok(match name {
+        "ws" => Transport::WebSocket,
+        "sse" => Transport::Sse,
+        "poll" => Transport::Poll,
+        other => return Err(format!("unknown transport {other} (ws, sse, poll)")),
     })
 }
 
