@@ -7,8 +7,6 @@
 
 use alloc::vec::Vec;
 
-use super::small_map::SmallMap;
-
 use rtlink_protocol::{PresenceConn, PresenceLeft};
 
 use super::event::Member;
@@ -16,12 +14,12 @@ use super::event::Member;
 /// One room's presence (kept in the room's entry, see `rooms.rs`).
 #[derive(Clone, Debug, Default)]
 pub struct RoomPresence {
-    /// session → (connection, sequence number of its last change).
-    conns: SmallMap<(PresenceConn, u64)>,
+    /// The server's connections, one per session, in the order they last changed (oldest
+    /// first): a user's member shows the name and metadata of their last one. (A list, not a map
+    /// by session: the order is the information, and a room's list is searched once per change.)
+    conns: Vec<PresenceConn>,
     /// What the app was last told.
     members: Vec<Member>,
-    /// Orders changes, to pick a user's latest metadata across connections.
-    seq: u64,
 }
 
 impl RoomPresence {
@@ -39,13 +37,20 @@ impl RoomPresence {
             self.conns.clear();
         }
         for left in leaves {
-            self.conns.remove(&left.session);
+            self.forget(&left.session);
         }
         for conn in joins {
-            self.seq += 1;
-            self.conns.insert(conn.session.clone(), (conn, self.seq));
+            // A change moves the connection to the end: it is now the latest.
+            self.forget(&conn.session);
+            self.conns.push(conn);
         }
         recompute(self)
+    }
+
+    fn forget(&mut self, session: &str) {
+        if let Some(i) = self.conns.iter().position(|c| c.session == session) {
+            self.conns.remove(i);
+        }
     }
 
     /// The members, sorted by user, as the app was last told.
@@ -55,41 +60,32 @@ impl RoomPresence {
 
     /// Whether `user` still has a connection here.
     pub fn is_present(&self, user: &str) -> bool {
-        self.conns.values().any(|(c, _)| c.user == user)
+        self.conns.iter().any(|c| c.user == user)
     }
 }
 
 fn recompute(r: &mut RoomPresence) -> Option<Vec<Member>> {
-    // Members sorted by user, and beside each the sequence number of the connection whose name
-    // and metadata it shows (two vectors: no map instantiation for this one use).
+    // Members sorted by user. Connections come oldest change first, so the last one of a user
+    // sets the name and metadata shown.
     let mut members: Vec<Member> = Vec::new();
-    let mut latest: Vec<u64> = Vec::new();
-    for (conn, seq) in r.conns.values() {
-        let seq = *seq;
+    for conn in &r.conns {
         match members.binary_search_by(|m| m.user.as_str().cmp(&conn.user)) {
             Ok(i) => {
-                let (Some(m), Some(at)) = (members.get_mut(i), latest.get_mut(i)) else {
-                    continue;
-                };
-                m.connections += 1;
-                if seq > *at {
+                if let Some(m) = members.get_mut(i) {
+                    m.connections += 1;
                     m.name = conn.name.clone();
                     m.meta = conn.meta.clone();
-                    *at = seq;
                 }
             }
-            Err(i) => {
-                let member = Member {
+            Err(i) => members.insert(
+                i,
+                Member {
                     user: conn.user.clone(),
                     name: conn.name.clone(),
                     meta: conn.meta.clone(),
                     connections: 1,
-                };
-                members.insert(i, member);
-                // Always at `i` (the two grow together); the clamp leaves out a bounds-check
-                // panic, whose message would bring formatting code into the module.
-                latest.insert(i.min(latest.len()), seq);
-            }
+                },
+            ),
         }
     }
     if members == r.members {
@@ -153,5 +149,25 @@ mod tests {
         assert!(batched.is_present("bob"));
         // An empty diff changes nothing.
         assert_eq!(batched.apply(false, Vec::new(), &[]), None);
+    }
+
+    #[test]
+    fn a_user_shows_the_metadata_of_their_latest_change() {
+        let mut p = RoomPresence::default();
+        let meta = |p: &RoomPresence| p.members()[0].meta.clone();
+        p.apply(
+            true,
+            vec![conn("s2", "ana", "b"), conn("s1", "ana", "a")],
+            &[],
+        );
+        assert_eq!((meta(&p), p.members()[0].connections), ("a".into(), 2));
+        // An update moves a connection to the end, whatever its session sorts as.
+        p.apply(false, vec![conn("s2", "ana", "b2")], &[]);
+        assert_eq!(meta(&p), "b2");
+        p.apply(false, vec![conn("s1", "ana", "a")], &[]);
+        assert_eq!(meta(&p), "a");
+        // The latest one leaving shows the one before.
+        p.apply(false, Vec::new(), &[left("s1")]);
+        assert_eq!((meta(&p), p.members()[0].connections), ("b2".into(), 1));
     }
 }

@@ -47,15 +47,15 @@ pub fn dec(n: u64) -> String {
 /// and serde_json write it: `"` and `\\` and the short control escapes take two bytes, other
 /// control characters six (`\u00XX`), everything else stays as it is (UTF-8).
 pub fn json_str_len(s: &str) -> usize {
-    let escapes: usize = s
-        .bytes()
-        .map(|b| match b {
+    let mut len = s.len() + 2;
+    for b in s.bytes() {
+        len += match b {
             b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 1,
             0..=0x1f => 5,
             _ => 0,
-        })
-        .sum();
-    s.len() + escapes + 2
+        };
+    }
+    len
 }
 
 /// Appends `s` as a JSON string (quotes included), escaped as [`json_str_len`] counts.
