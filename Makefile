@@ -66,7 +66,8 @@ package: setup
 	scripts/package
 
 # Playwright (playwright-core + Debian's Chromium) drives the demo against a real server and Redis,
-# and a Vite app installs the packed tarball from pkg/.
+# a Vite app installs the packed tarball from pkg/, and a scripted WebSocket server sends the
+# package frames no real server sends (tests/e2e/bad-frames.test.mjs).
 test-e2e: setup package
 	cargo build -p rtlink-server
 	rm -rf www/pkg && cp -r pkg www/pkg
