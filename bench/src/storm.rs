@@ -68,9 +68,10 @@ pub async fn run_all(paths: &Paths, clients: usize) -> Vec<Storm> {
         eprintln!("storm: {} with {clients} clients", peer.name());
         let s = run(paths, peer, clients).await;
         eprintln!(
-            "  peak {} accepts / 100 ms, all back after {:?} s, {} failed attempts{}",
+            "  peak {} accepts / 100 ms, all back after {}, {} failed attempts{}",
             s.peak(),
-            s.all_back_s(),
+            s.all_back_s()
+                .map_or_else(|| "never".to_owned(), |t| format!("{t:.1} s")),
             s.failed_attempts,
             s.failure
                 .as_deref()
