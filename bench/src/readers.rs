@@ -322,28 +322,13 @@ impl Conn {
 
     /// Writes pending keep-alive answers; asks for writability while some remain.
     fn flush_out(&mut self, registry: &mio::Registry, token: Token) -> std::io::Result<()> {
-        while !self.out.is_empty() {
-            match self.stream.write(&self.out) {
-                Ok(0) => return Err(ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.out.drain(..n);
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        let want = !self.out.is_empty();
-        if want != self.writable_interest {
-            let interest = if want {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            registry.reregister(&mut self.stream, token, interest)?;
-            self.writable_interest = want;
-        }
-        Ok(())
+        flush_pending(
+            &mut self.stream,
+            &mut self.out,
+            &mut self.writable_interest,
+            registry,
+            token,
+        )
     }
 }
 
@@ -385,6 +370,40 @@ pub fn marker(text: &[u8]) -> Option<(u64, u64)> {
         return None;
     }
     Some((seq, us))
+}
+
+/// Writes what `out` holds to a non-blocking `stream` until it would block, and keeps the
+/// stream's registration asking for writability exactly while bytes remain (the member loops of
+/// this file and of `rooms.rs` share it).
+pub fn flush_pending(
+    stream: &mut TcpStream,
+    out: &mut Vec<u8>,
+    writable_interest: &mut bool,
+    registry: &mio::Registry,
+    token: Token,
+) -> std::io::Result<()> {
+    while !out.is_empty() {
+        match stream.write(out) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                out.drain(..n);
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let want = !out.is_empty();
+    if want != *writable_interest {
+        let interest = if want {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        registry.reregister(stream, token, interest)?;
+        *writable_interest = want;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

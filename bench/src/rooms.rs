@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -551,28 +551,13 @@ impl Member {
 
     /// Writes pending frames; asks for writability while some remain.
     fn flush_out(&mut self, registry: &mio::Registry, token: Token) -> std::io::Result<()> {
-        while !self.out.is_empty() {
-            match self.stream.write(&self.out) {
-                Ok(0) => return Err(ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.out.drain(..n);
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        let want = !self.out.is_empty();
-        if want != self.writable_interest {
-            let interest = if want {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            registry.reregister(&mut self.stream, token, interest)?;
-            self.writable_interest = want;
-        }
-        Ok(())
+        crate::readers::flush_pending(
+            &mut self.stream,
+            &mut self.out,
+            &mut self.writable_interest,
+            registry,
+            token,
+        )
     }
 }
 
