@@ -8,12 +8,12 @@ DEMO_ADDR ?= 127.0.0.1:8080
 # The demo's server API key, for examples/metrics-pusher.py (the demo is not for production).
 DEMO_API_KEY ?= rtlink-demo-api-key
 
-.PHONY: help setup build build-server build-wasm package demo demo-screenshot test test-native test-browser test-e2e test-faults test-abuse bench bench-quick bench-client fuzz
+.PHONY: help setup build build-server build-wasm package demo demo-screenshot test test-native test-protocol test-browser test-e2e test-faults test-abuse bench bench-quick bench-client fuzz
 
 help:
 	@echo "make demo    build and run the demo chat at http://$(DEMO_ADDR)"
-	@echo "make test    run every test suite (native, browser, end-to-end, faults, abuse)"
-	@echo "sub-targets: setup build test-native test-browser test-e2e test-faults test-abuse bench bench-quick bench-client demo-screenshot fuzz"
+	@echo "make test    run every test suite (native, protocol, browser, end-to-end, faults, abuse)"
+	@echo "sub-targets: setup build test-native test-protocol test-browser test-e2e test-faults test-abuse bench bench-quick bench-client demo-screenshot fuzz"
 
 setup:
 	@scripts/setup
@@ -35,6 +35,7 @@ demo: setup build
 
 test: setup
 	$(MAKE) test-native
+	$(MAKE) test-protocol
 	$(MAKE) test-browser
 	$(MAKE) test-e2e
 	$(MAKE) test-faults
@@ -48,6 +49,15 @@ test-native: setup
 	  || { echo "rustfmt: the workspace is not formatted; run cargo fmt --all"; exit 1; }; \
 	else echo "rustfmt is not installed: format check skipped"; fi
 	cargo test --workspace -- --skip fault_ --skip abuse_
+
+# The protocol conformance suite (tests/protocol/): a third-party client written only from
+# docs/PROTOCOL.md (Python 3 standard library: raw HTTP, a minimal WebSocket client, an SSE
+# parser, its own JWTs) against real rtlink-server processes on 127.0.0.1 it starts and stops.
+# It checks what our own codec cannot: field names, statuses, bodies, headers, close codes as the
+# document states them. About 20 seconds.
+test-protocol: setup
+	cargo build -p rtlink-server
+	python3 -m unittest discover -s tests/protocol -t tests/protocol
 
 # The npm package (size report), its .d.ts under tsc --strict, then the package in headless
 # Chromium against real servers (scripts/with-servers starts and stops them), and the transport
