@@ -135,6 +135,13 @@ enum Cmd {
         /// Modes to run (one-by-one, coalesced, opt-out); all by default.
         #[arg(long, value_delimiter = ',')]
         modes: Vec<String>,
+        /// Also run each mode over a real Redis (`redis-server` started on a free loopback
+        /// port and stopped after), side by side with the embedded broker.
+        #[arg(long)]
+        redis: bool,
+        /// Only over Redis (implies `--redis`).
+        #[arg(long)]
+        redis_only: bool,
     },
     /// Idle memory of rtlink alone, without and with one room per connection (each against its
     /// own server); prints the table.
@@ -232,8 +239,17 @@ fn main() -> anyhow::Result<()> {
             root,
             members,
             modes,
+            redis,
+            redis_only,
         } => rt.block_on(async move {
             let paths = Paths::new(&std::fs::canonicalize(&root)?)?;
+            let mut brokers = Vec::new();
+            if !redis_only {
+                brokers.push(rooms::BrokerKind::Embedded);
+            }
+            if redis || redis_only {
+                brokers.push(rooms::BrokerKind::Redis);
+            }
             let mut r = Vec::new();
             for mode in [
                 rooms::Mode::OneByOne,
@@ -241,7 +257,9 @@ fn main() -> anyhow::Result<()> {
                 rooms::Mode::OptOut,
             ] {
                 if modes.is_empty() || modes.iter().any(|m| m == mode.flag_name()) {
-                    r.push(rooms::run_mode(&paths, mode, members).await);
+                    for &broker in &brokers {
+                        r.push(rooms::run_mode(&paths, mode, broker, members).await);
+                    }
                 }
             }
             println!("{}", report::machine_line());

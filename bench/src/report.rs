@@ -409,13 +409,18 @@ pub fn rooms_table(rooms: &[LargeRoom]) -> String {
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {:.1} MB | {:.1} s | {} |",
-            r.mode.name(),
+            r.label(),
             r.members,
             r.consistent_s.map_or("—".into(), |s| format!("{s:.1} s")),
             r.frames,
             r.bytes as f64 / 1e6,
             r.server_cpu_s,
-            r.failure.as_deref().unwrap_or("")
+            [r.redis_note(), r.failure.clone().unwrap_or_default()]
+                .iter()
+                .filter(|s| !s.is_empty())
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ")
         );
     }
     md

@@ -16,6 +16,11 @@
 //! members are now read like the fan-out subscribers ([`crate::readers`]): a few threads, each
 //! polling its share of the sockets with epoll, parsing frames in place out of one read buffer,
 //! and looking session ids up in the read-only directory; a member's list is a bitset.
+//!
+//! Each mode runs against the embedded broker and, with `--redis`, also against a
+//! `redis-server` the harness starts on a free loopback port (no persistence) and stops after
+//! (the server gets `--redis URL`): the same figures, plus the bytes Redis sent (`INFO stats`
+//! `total_net_output_bytes`, before and after) and Redis's CPU time.
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
@@ -77,9 +82,29 @@ impl Mode {
     }
 }
 
+/// Where the server keeps presence and history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BrokerKind {
+    /// In process (the default).
+    Embedded,
+    /// A real `redis-server` (`--redis URL`), one node.
+    Redis,
+}
+
+/// What Redis spent on a run (from the clock's start until the server settled).
+#[derive(Clone, Copy, Debug)]
+pub struct RedisCost {
+    /// Bytes Redis sent to its clients (`total_net_output_bytes`).
+    pub out_bytes: u64,
+    pub cpu_s: f64,
+}
+
 #[derive(Clone, Debug)]
 pub struct LargeRoom {
     pub mode: Mode,
+    pub broker: BrokerKind,
+    /// Set for runs over Redis.
+    pub redis: Option<RedisCost>,
     pub members: usize,
     /// From the first subscribe until every member's list was complete (or all subscribed).
     pub consistent_s: Option<f64>,
@@ -89,24 +114,51 @@ pub struct LargeRoom {
     pub failure: Option<String>,
 }
 
+impl LargeRoom {
+    /// The mode, and the broker when it is Redis.
+    pub fn label(&self) -> String {
+        match self.broker {
+            BrokerKind::Embedded => self.mode.name().to_owned(),
+            BrokerKind::Redis => format!("{}, over Redis", self.mode.name()),
+        }
+    }
+
+    /// Redis's share of the run, for the table's note column.
+    pub fn redis_note(&self) -> String {
+        self.redis.map_or_else(String::new, |c| {
+            format!(
+                "Redis sent {:.1} MB, Redis CPU {:.1} s",
+                c.out_bytes as f64 / 1e6,
+                c.cpu_s
+            )
+        })
+    }
+}
+
 pub async fn run_all(paths: &Paths, members: usize) -> Vec<LargeRoom> {
     let mut out = Vec::new();
     for mode in [Mode::OneByOne, Mode::Coalesced, Mode::OptOut] {
-        out.push(run_mode(paths, mode, members).await);
+        out.push(run_mode(paths, mode, BrokerKind::Embedded, members).await);
     }
     out
 }
 
 /// One mode, logged as it ends.
-pub async fn run_mode(paths: &Paths, mode: Mode, members: usize) -> LargeRoom {
-    eprintln!("large room: {} with {members} members", mode.name());
-    let r = run(paths, mode, members).await;
+pub async fn run_mode(paths: &Paths, mode: Mode, broker: BrokerKind, members: usize) -> LargeRoom {
+    let over = match broker {
+        BrokerKind::Embedded => "",
+        BrokerKind::Redis => " over Redis",
+    };
+    eprintln!("large room: {}{over} with {members} members", mode.name());
+    let r = run(paths, mode, broker, members).await;
     eprintln!(
-        "  consistent after {:?} s, {} frames, {:.1} MB, server CPU {:.1} s{}",
+        "  consistent after {:?} s, {} frames, {:.1} MB, server CPU {:.1} s{}{}",
         r.consistent_s,
         r.frames,
         r.bytes as f64 / 1e6,
         r.server_cpu_s,
+        r.redis
+            .map_or_else(String::new, |_| format!(", {}", r.redis_note())),
         r.failure
             .as_deref()
             .map(|f| format!(" FAILED: {f}"))
@@ -138,9 +190,11 @@ struct Shared {
     started: Instant,
 }
 
-async fn run(paths: &Paths, mode: Mode, n: usize) -> LargeRoom {
+async fn run(paths: &Paths, mode: Mode, broker: BrokerKind, n: usize) -> LargeRoom {
     let mut out = LargeRoom {
         mode,
+        broker,
+        redis: None,
         members: n,
         consistent_s: None,
         frames: 0,
@@ -148,8 +202,22 @@ async fn run(paths: &Paths, mode: Mode, n: usize) -> LargeRoom {
         server_cpu_s: 0.0,
         failure: None,
     };
+    let redis = match broker {
+        BrokerKind::Embedded => None,
+        BrokerKind::Redis => match RedisServer::start() {
+            Ok(r) => Some(r),
+            Err(e) => {
+                out.failure = Some(format!("redis-server: {e:#}"));
+                return out;
+            }
+        },
+    };
+    let mut extra = mode.flags();
+    if let Some(r) = &redis {
+        extra.extend(["--redis".into(), r.url()]);
+    }
     let opts = RtlinkOptions {
-        extra: mode.flags(),
+        extra,
         ..RtlinkOptions::default()
     };
     let server = match Server::start(paths, Peer::Rtlink, &opts) {
@@ -177,6 +245,7 @@ async fn run(paths: &Paths, mode: Mode, n: usize) -> LargeRoom {
     }
     quiesce_server(&server).await;
     let cpu0 = server.cpu();
+    let redis0 = redis.as_ref().map(RedisServer::cost);
     let shared = Arc::new(Shared {
         mode,
         n,
@@ -220,6 +289,18 @@ async fn run(paths: &Paths, mode: Mode, n: usize) -> LargeRoom {
     }
     quiesce_server(&server).await;
     out.server_cpu_s = server.cpu().saturating_sub(cpu0).as_secs_f64();
+    if let (Some(r), Some(Ok(before))) = (&redis, redis0) {
+        out.redis = match r.cost() {
+            Ok(after) => Some(RedisCost {
+                out_bytes: after.out_bytes.saturating_sub(before.out_bytes),
+                cpu_s: (after.cpu_s - before.cpu_s).max(0.0),
+            }),
+            Err(e) => {
+                out.failure = Some(format!("redis INFO: {e:#}"));
+                None
+            }
+        };
+    }
     out.frames = shared.frames.load(Ordering::Relaxed);
     out.bytes = shared.bytes.load(Ordering::Relaxed);
     shared.stop.store(true, Ordering::Relaxed);
@@ -238,6 +319,90 @@ async fn run(paths: &Paths, mode: Mode, n: usize) -> LargeRoom {
         });
     }
     out
+}
+
+/// A throwaway `redis-server` (or `$REDIS_SERVER`) on a free loopback port, without
+/// persistence; killed on drop.
+struct RedisServer {
+    port: u16,
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl RedisServer {
+    fn start() -> anyhow::Result<Self> {
+        let port = crate::procs::free_port()?;
+        let dir = std::env::temp_dir().join(format!("rtlink-bench-redis-{port}"));
+        std::fs::create_dir_all(&dir)?;
+        let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let child = std::process::Command::new(&binary)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("starting {binary}: {e} (is redis-server installed?)"))?;
+        let mut server = Self { port, child, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server.info_stats().is_err() {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                anyhow::bail!("redis-server exited at start: {status}");
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("redis-server did not answer on port {port}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(server)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// `INFO stats` over a plain connection (RESP: one bulk string).
+    fn info_stats(&self) -> anyhow::Result<String> {
+        use std::io::{BufRead, BufReader, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.write_all(b"*2\r\n$4\r\nINFO\r\n$5\r\nstats\r\n")?;
+        let mut reader = BufReader::new(stream);
+        let mut header = String::new();
+        reader.read_line(&mut header)?;
+        let len: usize = header
+            .trim_end()
+            .strip_prefix('$')
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("unexpected INFO reply {header:?}"))?;
+        let mut body = vec![0u8; len];
+        reader.read_exact(&mut body)?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// Bytes sent to clients so far, and CPU time.
+    fn cost(&self) -> anyhow::Result<RedisCost> {
+        let info = self.info_stats()?;
+        let out_bytes = info
+            .lines()
+            .find_map(|l| l.strip_prefix("total_net_output_bytes:"))
+            .and_then(|n| n.trim().parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no total_net_output_bytes in INFO stats"))?;
+        let cpu_s = crate::procs::cpu_time(self.child.id())
+            .unwrap_or_default()
+            .as_secs_f64();
+        Ok(RedisCost { out_bytes, cpu_s })
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Waits until the server's CPU use settles (its setup work done), at most a few seconds.
