@@ -845,3 +845,29 @@ async fn the_reaper_walks_many_rooms_over_several_ticks() {
     })
     .await;
 }
+
+/// Every subscription of a watched room keeps the epoch its offsets count in: the node's one
+/// copy, shared by history pages and live messages (as the in-process broker shares its own).
+#[tokio::test]
+async fn history_pages_and_messages_share_the_rooms_epoch() {
+    bounded(async {
+        let server = RedisServer::start();
+        let (a, b) = two_nodes(&server, opts()).await;
+        let mut rx = b.events();
+        b.watch("r").await.expect("watch");
+        a.publish(req("r", "u", "p", None)).await.expect("publish");
+        let RoomEventKind::Message(m) = next(&mut rx, "r").await.kind else {
+            panic!("a message");
+        };
+        let first = b.history("r", 0, 10).await.expect("history");
+        let second = b.history("r", 0, 10).await.expect("history");
+        assert!(!first.epoch.is_empty());
+        assert!(Arc::ptr_eq(&first.epoch, &second.epoch));
+        assert!(Arc::ptr_eq(&first.epoch, &m.epoch));
+        assert!(Arc::ptr_eq(&first.epoch, &first.messages[0].epoch));
+        // A room the node does not watch gets its own.
+        let other = b.history("other", 0, 10).await.expect("history");
+        assert_ne!(first.epoch, other.epoch);
+    })
+    .await;
+}

@@ -324,7 +324,7 @@ impl Shared {
             return Err(bad());
         };
         let epoch: String = redis::from_redis_value(epoch).map_err(|_| bad())?;
-        let epoch: Arc<str> = Arc::from(epoch);
+        let epoch = self.room_epoch(room, epoch);
         let messages = entries
             .iter()
             .filter_map(|e| stored_from_entry(room, e, &epoch))

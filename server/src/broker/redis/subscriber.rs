@@ -151,8 +151,18 @@ impl Shared {
             }
             return;
         }
-        if let Some(kind) = wire.into_kind(room) {
+        if let Some(kind) = wire.into_kind(room, |e| self.room_epoch(room, e)) {
             self.emit(room, kind, true);
+        }
+    }
+
+    /// The room's epoch as this node shares it (every message and subscription of a watched
+    /// room holds the same `Arc`), or a new one if it is not the watched room's.
+    pub(super) fn room_epoch(&self, room: &str, epoch: String) -> Arc<str> {
+        let watched = self.subs.watched.lock();
+        match watched.get(room).and_then(|w| w.epoch.as_ref()) {
+            Some(known) if **known == *epoch => known.clone(),
+            _ => Arc::from(epoch),
         }
     }
 

@@ -82,11 +82,16 @@ pub(super) enum Wire {
 
 impl Wire {
     /// Turns an event of `room` into what the hub sees (encoding the frame happens in
-    /// `RoomEvent::new`, once, by the caller); `None` for a marker.
-    pub(super) fn into_kind(self, room: &str) -> Option<RoomEventKind> {
+    /// `RoomEvent::new`, once, by the caller); `None` for a marker. `epoch` gives a message
+    /// its room epoch (the node's shared copy when it is the known one).
+    pub(super) fn into_kind(
+        self,
+        room: &str,
+        epoch: impl FnOnce(String) -> Arc<str>,
+    ) -> Option<RoomEventKind> {
         Some(match self {
             Self::Message { o, at, s, n, p, e } => RoomEventKind::Message(Arc::new(
-                StoredMessage::new(room.to_owned(), o, s, n, p, at, Arc::from(e)),
+                StoredMessage::new(room.to_owned(), o, s, n, p, at, epoch(e)),
             )),
             Self::Join { c } => RoomEventKind::PresenceJoin(c.into_conn()),
             Self::Update { c } => RoomEventKind::PresenceUpdate(c.into_conn()),
@@ -187,7 +192,7 @@ mod tests {
             message_tail("u", None, "{\"x\":\"é\"}")
         );
         let wire: Result<Wire, _> = serde_json::from_str(&json);
-        match wire.map(|w| w.into_kind("r")) {
+        match wire.map(|w| w.into_kind("r", Arc::from)) {
             Ok(Some(RoomEventKind::Message(m))) => {
                 assert_eq!((m.offset, m.stored_at_ms, m.name.as_deref()), (7, 9, None));
                 assert_eq!(&*m.epoch, "E");
