@@ -38,6 +38,16 @@
 //! - **Presence** is per connection (session id), keyed by room. `presence_join` on an already
 //!   present session is an update. `presence_leave` of an absent session is a no-op and sends no
 //!   event. Each effective change sends exactly one event to the room.
+//! - **Race-free presence snapshot**: like history, a [`Broker::presence_snapshot`] taken
+//!   after the caller registered for live events holds every change whose event was sent on
+//!   the channel before the call returned; a change it misses is sent after. It may also hold
+//!   changes whose events are still to come (a snapshot read from Redis is newer than the
+//!   event stream): the hub applies those events again, which changes nothing (a join or
+//!   update sets the connection, a leave of an absent one is ignored).
+//! - **Snapshot order**: by session id (byte order), on both brokers and every node: two
+//!   snapshots of the same presence are the same list, whichever node took them and in
+//!   whatever order the changes arrived. (Not the order of the changes: a node that filled its
+//!   copy of a room from Redis does not know it.)
 //! - **Typing** is never stored: [`Broker::typing`] only fans out.
 //! - **Tickets** ([`tickets`]) are stored where every node can redeem them: a ticket stored by
 //!   [`Broker::issue_ticket`] on one node is returned by [`Broker::redeem_ticket`] on any node,
@@ -345,7 +355,11 @@ pub trait Broker: Send + Sync + 'static {
     /// Removes a connection from a room's presence; sends `PresenceLeave` if it was present.
     async fn presence_leave(&self, room: &str, session: &str) -> BrokerResult<()>;
 
-    /// Every connection present in a room, sorted by session.
+    /// Every connection present in a room, sorted by session id (byte order) whichever broker
+    /// and node answers; race-free with the event channel (see the module docs). The local
+    /// broker shares its table's entries; the Redis broker answers from its mirror of a
+    /// watched room (filled once from Redis, kept current from the room's events), and reads
+    /// Redis for a room it does not watch or while the mirror is being (re)filled.
     async fn presence_snapshot(&self, room: &str) -> BrokerResult<Vec<Arc<PresenceEntry>>>;
 
     /// Fans out a typing event (never stored).

@@ -15,7 +15,9 @@
 //! - **Presence**: a hash per room, session -> connection and owning node. Each node refreshes
 //!   a liveness key with a TTL; every node's reaper removes (and announces the leave of) the
 //!   entries of nodes whose key expired, so the users of a crashed node leave after about one
-//!   TTL (`upkeep.rs`).
+//!   TTL (`upkeep.rs`). Each node mirrors the presence of the rooms it watches, filled once
+//!   from the hash and kept current from the room's events, and answers snapshots from it
+//!   (`mirror.rs`): a join costs a reference count per member, not a read of the whole room.
 //! - **Typing** is a bare `PUBLISH`.
 //! - **Tickets**: a hash per ticket with a time to live, and per user a sorted set of live
 //!   tickets scored by expiry (the per-user cap); issue and redeem are one script each, so a
@@ -28,6 +30,7 @@
 
 mod budget;
 mod keys;
+mod mirror;
 mod scripts;
 mod subscriber;
 mod upkeep;
@@ -338,7 +341,9 @@ impl Shared {
         })
     }
 
-    async fn presence_snapshot(&self, room: &str) -> BrokerResult<Vec<Arc<PresenceEntry>>> {
+    /// A room's presence read from Redis, sorted by session (for a room this node does not
+    /// watch, or whose mirror is not exact and already being filled).
+    async fn read_presence(&self, room: &str) -> BrokerResult<Vec<Arc<PresenceEntry>>> {
         let entries: Vec<(String, String)> = redis::cmd("HGETALL")
             .arg(self.keys.presence(room))
             .query_async(&mut self.conn())

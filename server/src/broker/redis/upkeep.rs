@@ -323,6 +323,9 @@ pub(super) async fn run(shared: Arc<Shared>) {
                 tracing::warn!(
                     "redis broker: this node's liveness had expired, re-announcing its presence"
                 );
+                // Redis lost its data (presence gone without events), or this node was away
+                // long enough to be reaped: the presence mirrors may be wrong.
+                shared.invalidate_mirrors();
                 if let Err(e) = shared.reannounce().await {
                     tracing::warn!(error = %e, "redis broker: re-announcing presence failed");
                 }
