@@ -23,6 +23,7 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::auth::{random_token, Claims};
 use crate::broker::{Broker, RoomEvent};
 use crate::config::{Config, TransportKind};
+use crate::ended_polls::EndedPolls;
 use crate::limits::{ConnGuard, PublishBudget, TokenBucket};
 use crate::metrics::{DropReason, Metrics};
 use crate::presence_batch::PresenceBatcher;
@@ -82,6 +83,8 @@ pub struct Hub {
     pub publish_budget: PublishBudget,
     sessions: Mutex<Sessions>,
     rooms: Mutex<LocalRooms>,
+    /// How sessions that ended while long polling ended, for their next poll.
+    ended_polls: Mutex<EndedPolls>,
     /// Debug builds only (never the shipped `server` profile): see [`DispatchPanicHook`].
     #[cfg(debug_assertions)]
     panic_hook: DispatchPanicHook,
@@ -160,6 +163,8 @@ impl Hub {
                 .publish_bytes_burst
                 .max(u32::try_from(config.max_frame_bytes).unwrap_or(u32::MAX)),
         );
+        // A poll client silent for longer counts as gone (see `beat`): no poll is coming.
+        let poll_deadline = config.poll_hold + config.ping_interval + config.heartbeat_grace;
         Arc::new(Self {
             config,
             broker,
@@ -167,6 +172,7 @@ impl Hub {
             publish_budget,
             sessions: Mutex::new(Sessions::default()),
             rooms: Mutex::new(LocalRooms::default()),
+            ended_polls: Mutex::new(EndedPolls::new(poll_deadline)),
             #[cfg(debug_assertions)]
             panic_hook: DispatchPanicHook::from_env(),
         })
@@ -300,6 +306,12 @@ impl Hub {
 
     pub fn session_by_token(&self, token: &str) -> Option<Arc<Session>> {
         self.sessions.lock().by_token.get(token).cloned()
+    }
+
+    /// The close code of the session of `token` if it ended (recently) while long polling:
+    /// its next poll is answered with that close instead of `unknown_session`.
+    pub fn ended_poll(&self, token: &str) -> Option<CloseCode> {
+        self.ended_polls.lock().get(token, Instant::now())
     }
 
     pub fn all_sessions(&self) -> Vec<Arc<Session>> {
@@ -453,6 +465,11 @@ impl Hub {
     /// subscriptions dropped.
     async fn finish_ending(self: &Arc<Self>, session: &Arc<Session>, code: CloseCode) {
         tracing::debug!(session = %session.id, code = code.0, "session ended");
+        if session.lock().attached_kind() == Some(TransportKind::Poll) {
+            self.ended_polls
+                .lock()
+                .insert(&session.resume_token, code, Instant::now());
+        }
         session.close_transport(code, "session ended");
         self.leave_presence_all(session, false).await;
         let rooms: Vec<String> = session.lock().rooms.drain().map(|(r, _)| r).collect();

@@ -13,7 +13,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use common::{fast_config, resumed, start, start_state, Server, Ws};
-use rtlink_protocol::{ClientFrame, ServerFrame};
+use rtlink_protocol::{ClientFrame, CloseCode, ServerFrame};
 use rtlink_server::{AppState, Config};
 use serde_json::{json, Value};
 use support::redis::RedisServer;
@@ -517,6 +517,35 @@ async fn presence_and_history_for_backends() {
                 "{path}: {err}"
             );
         }
+    })
+    .await;
+}
+
+/// A long-polling client that is between two polls when its user is disconnected learns `4013`
+/// from its next poll, not `404 unknown_session` (which would mean "start a new session").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_polling_session_learns_disconnected_from_its_next_poll() {
+    both(|s| async move {
+        let s = s; // the whole setup, Redis included, lives as long as the test
+        let token = s.users.token_for("ana", &["*"], 3600);
+        let ticket = s.users.ticket_with(&token).await;
+        let (mut poll, _) = common::Poll::open(&s.users, &ticket, None).await;
+        let (status, body) = call(
+            &s.api,
+            reqwest::Method::DELETE,
+            "/v1/users/ana/sessions",
+            None,
+        )
+        .await;
+        assert_eq!((status, body["closed"].as_u64()), (200, Some(1)), "{body}");
+        let frames = poll.poll(&s.users).await;
+        assert!(
+            matches!(
+                frames.as_slice(),
+                [ServerFrame::Close { code, .. }] if *code == CloseCode::DISCONNECTED
+            ),
+            "{frames:?}"
+        );
     })
     .await;
 }

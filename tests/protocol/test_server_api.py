@@ -4,7 +4,8 @@ import time
 import unittest
 import urllib.parse
 
-from client import assert_error, await_frame, await_presence_of, ws_open, ws_publish, ws_subscribe
+from client import (assert_error, await_frame, await_presence_of, poll, poll_open, poll_until, send, sse_open,
+                    ws_open, ws_publish, ws_subscribe)
 from server import API_KEY, SECRET, start_for_module, token, unique
 from wire import bearer, request
 
@@ -277,6 +278,22 @@ class DisconnectUser(unittest.TestCase):
         again, welcome = ws_open(server, tok, resume=first_w["resume_token"])
         self.addCleanup(again.close)
         self.assertIs(welcome["resumed"], False)
+
+    def test_sse_and_long_poll_sessions_get_close_4013_in_band(self):
+        sub = unique("ana")
+        stream, sse_welcome = sse_open(server, token(sub=sub))
+        self.addCleanup(stream.close)
+        opened = poll_open(server, token(sub=sub)).json()
+        resume, cursor = opened["frames"][0]["resume_token"], opened["cursor"]
+
+        self.assertEqual(api("DELETE", f"/v1/users/{sub}/sessions").json(), {"user": sub, "closed": 2})
+        closed, _ = await_frame(stream, "close")
+        self.assertEqual(closed["code"], 4013)
+        # The long-polling client was between two polls: its next poll carries the close.
+        polled = poll(server, resume, cursor)
+        self.assertEqual(polled.status, 200, polled)
+        self.assertEqual([(f["t"], f["code"]) for f in polled.json()["frames"]], [("close", 4013)])
+        assert_error(self, send(server, sse_welcome["resume_token"], [{"t": "ping"}]), 404, "unknown_session")
 
     def test_a_user_without_sessions_is_closed_0(self):
         sub = unique("nobody")

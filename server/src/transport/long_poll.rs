@@ -109,7 +109,11 @@ pub(crate) async fn poll_local(
     max_bytes: usize,
 ) -> Response {
     let Some(session) = state.hub.session_by_token(token) else {
-        return http::unknown_session();
+        // Ended between two polls: tell the client how (a 4013 must not read as "start over").
+        return match state.hub.ended_poll(token) {
+            Some(code) => close_batch(cursor, code),
+            None => http::unknown_session(),
+        };
     };
     wait(state, &session, cursor, max_bytes).await
 }
