@@ -41,7 +41,8 @@ class Server:
     """One rtlink-server process. `flags` are the command-line flags after `--listen`."""
 
     # Every test opens transports from 127.0.0.1: the per-address accept budget (default burst
-    # 100) would otherwise throttle the suite itself, which is not what it checks.
+    # 100) would otherwise throttle the suite itself, which is not what it checks (a server given
+    # its own --accept-rate-per-ip keeps it).
     BASE_FLAGS = ["--accept-rate-per-ip", "10000", "--accept-burst-per-ip", "10000"]
 
     def __init__(self, flags):
@@ -54,7 +55,8 @@ class Server:
     def start(self, timeout=20.0):
         for _attempt in range(3):
             self.port = _free_port()
-            args = [server_binary(), "--listen", f"127.0.0.1:{self.port}", *self.BASE_FLAGS, *self.flags]
+            base = [] if "--accept-rate-per-ip" in self.flags else self.BASE_FLAGS
+            args = [server_binary(), "--listen", f"127.0.0.1:{self.port}", *base, *self.flags]
             env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
             self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env)
             if self._wait_healthy(timeout):
@@ -97,6 +99,13 @@ class Server:
     def log_tail(self, n=4000):
         with open(self.log.name, "rb") as f:
             return f.read()[-n:].decode("utf-8", "replace")
+
+
+def start_for_test(test, *flags):
+    """A server for one test, stopped when the test ends whatever happens."""
+    server = Server(flags)
+    test.addCleanup(server.stop)
+    return server.start()
 
 
 def start_for_module(*flags):

@@ -8,12 +8,14 @@ import unittest
 
 from client import assert_error, await_frame, ticket, ticket_response, ws_open, ws_subscribe
 from server import SECRET, Server, start_for_module, token, unique
-from wire import Closed, WebSocket, bearer, query, request
+from wire import Closed, WebSocket, bearer, query, recv_until, request
 
 DRAIN_WINDOW_MS = 2000
 RATE_BURST = 3
 RATE_STRIKES = 3
 SESSIONS_PER_USER = 2
+PRESENCE_BATCH_MIN_MEMBERS = 3
+MAX_ROOM_MEMBERS = 5
 PING_INTERVAL_MS = 1000
 HEARTBEAT_GRACE_MS = 1000
 
@@ -32,6 +34,9 @@ def setUpModule():
         "--max-sessions-per-user", str(SESSIONS_PER_USER),
         "--ping-interval", f"{PING_INTERVAL_MS}ms",
         "--heartbeat-grace", f"{HEARTBEAT_GRACE_MS}ms",
+        "--presence-batch-min-members", str(PRESENCE_BATCH_MIN_MEMBERS),
+        "--presence-off", "audience:*",
+        "--max-room-members", str(MAX_ROOM_MEMBERS),
     )
 
 
@@ -153,6 +158,59 @@ class SessionCaps(unittest.TestCase):
         response = request(server.port, "GET", "/v1/poll?" + query(ticket=ticket(server, tok), v=1))
         assert_error(self, response, 429, "overloaded")
         self.assertIn("retry-after", response.headers)
+
+
+class Rooms(unittest.TestCase):
+    def members(self, room, n):
+        out = []
+        for _ in range(n):
+            ws, welcome = ws_open(server)
+            self.addCleanup(ws.close)
+            ws_subscribe(ws, room)
+            out.append((ws, welcome))
+        return out
+
+    def test_a_large_room_sends_presence_diffs(self):
+        room = unique("room")
+        (watcher, _), *_ = self.members(room, PRESENCE_BATCH_MIN_MEMBERS)
+        newcomer, newcomer_welcome = ws_open(server, token(name="Newcomer"))
+        self.addCleanup(newcomer.close)
+        ws_subscribe(newcomer, room)
+
+        def about_newcomer(frame):
+            return frame.get("t") in ("presence_diff", "presence_join") and frame.get("room") == room and (
+                frame.get("conn", {}).get("session") == newcomer_welcome["session"]
+                or newcomer_welcome["session"] in [c["session"] for c in frame.get("joins", [])])
+
+        frame, _ = recv_until(watcher, about_newcomer, answer_pings=watcher.send)
+        self.assertEqual(frame["t"], "presence_diff")
+        self.assertEqual(frame["leaves"], [])
+        self.assertIn({"session": newcomer_welcome["session"], "user": newcomer_welcome["user"]["id"],
+                       "name": "Newcomer", "meta": ""}, frame["joins"])
+        newcomer.send({"t": "unsubscribe", "room": room})
+        leave, _ = recv_until(watcher, lambda f: f.get("t") == "presence_diff" and f.get("leaves"),
+                              answer_pings=watcher.send)
+        self.assertEqual(leave["leaves"], [{"session": newcomer_welcome["session"],
+                                            "user": newcomer_welcome["user"]["id"]}])
+
+    def test_a_room_without_presence_has_an_empty_snapshot_and_refuses_presence(self):
+        room = unique("audience:")
+        ws, _ = ws_open(server)
+        self.addCleanup(ws.close)
+        _, after = ws_subscribe(ws, room)
+        self.assertEqual(after[-1]["conns"], [])
+        ws.send({"t": "presence", "room": room, "meta": "x"})
+        nack, _ = await_frame(ws, "nack", id=room)
+        self.assertEqual(nack["code"], "forbidden")
+
+    def test_a_full_room_is_nacked_overloaded(self):
+        room = unique("room")
+        self.members(room, MAX_ROOM_MEMBERS)
+        ws, _ = ws_open(server)
+        self.addCleanup(ws.close)
+        ws.send({"t": "subscribe", "room": room})
+        nack, _ = await_frame(ws, "nack", id=room)
+        self.assertEqual((nack["code"], nack["reason"]), ("overloaded", "the room is full"))
 
 
 class Heartbeat(unittest.TestCase):

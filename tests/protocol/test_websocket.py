@@ -329,6 +329,29 @@ class Resume(unittest.TestCase):
             offsets.append(message["offset"])
         self.assertEqual(offsets, [2, 3, 4])
 
+    def test_a_client_close_ends_the_session_with_1000(self):
+        tok = token()
+        ws, welcome = connect(tok)
+        ws.send({"t": "close", "code": 1000, "reason": "bye"})
+        self.assertEqual(ws.expect_close()[0], 1000)
+        again, resumed = connect(tok, resume=welcome["resume_token"])
+        self.addCleanup(again.close)
+        self.assertIs(resumed["resumed"], False)
+
+    def test_a_resume_with_narrower_rooms_leaves_the_rooms_no_longer_allowed(self):
+        sub = unique("user")
+        ws, welcome = connect(token(sub=sub, rooms=["chat:*", "lobby"]))
+        room = unique("chat:")
+        ws_subscribe(ws, room)
+        ws_subscribe(ws, "lobby")
+        ws.drop()
+        again, resumed = connect(token(sub=sub, rooms=["lobby"]), resume=welcome["resume_token"])
+        self.addCleanup(again.close)
+        self.assertIs(resumed["resumed"], True)
+        nack, _ = await_frame(again, "nack", id=room)
+        self.assertEqual(nack["code"], "forbidden")
+        await_frame(again, "unsubscribed", room=room)
+
     def test_a_since_from_another_epoch_is_not_recovered(self):
         room = unique("room")
         ws, _ = connect()
