@@ -1,6 +1,7 @@
 """Server-Sent Events and long polling, with `POST /v1/send` upstream (docs/PROTOCOL.md
 *Endpoints*, *Transports*, *Switching transport*)."""
 
+import json
 import queue
 import threading
 import time
@@ -213,6 +214,11 @@ class LongPolling(unittest.TestCase):
 
     def test_polling_an_unknown_session_is_404_unknown_session(self):
         assert_error(self, poll(server, "no-such-session", 0), 404, "unknown_session")
+
+    def test_a_poll_body_over_4_kib_is_400_bad_request(self):
+        body = json.dumps({"session": "x" * 5000, "cursor": 0})
+        response = request(server.port, "POST", "/v1/poll", body=body, headers={"Content-Type": "text/plain"})
+        assert_error(self, response, 400, "bad_request")
 
     def test_a_poll_body_that_does_not_parse_is_400_bad_request(self):
         response = request(server.port, "POST", "/v1/poll", body='{"cursor": 1}', headers={"Content-Type": "text/plain"})

@@ -352,6 +352,37 @@ class Resume(unittest.TestCase):
         self.assertEqual(nack["code"], "forbidden")
         await_frame(again, "unsubscribed", room=room)
 
+    def test_another_users_resume_token_opens_a_new_session(self):
+        ana, ana_welcome = connect()
+        self.addCleanup(ana.close)
+        bob, bob_welcome = connect(resume=ana_welcome["resume_token"])
+        self.addCleanup(bob.close)
+        self.assertIs(bob_welcome["resumed"], False)
+        self.assertNotEqual(bob_welcome["session"], ana_welcome["session"])
+
+    def test_a_probe_of_another_users_session_is_closed_4007(self):
+        ana, ana_welcome = connect()
+        self.addCleanup(ana.close)
+        probe = ticket(server, body={"resume": ana_welcome["resume_token"], "probe": True})
+        ws = WebSocket.connect(server.port, "/v1/ws?" + query(ticket=probe))
+        self.addCleanup(ws.close)
+        ws.send({"t": "hello", "v": 1, "resume": ana_welcome["resume_token"]})
+        self.assertEqual(ws.expect_close()[0], 4007)
+        ana.send({"t": "ping"})
+        await_frame(ana, "pong")
+
+    def test_a_since_past_the_rooms_head_is_not_recovered(self):
+        room = unique("room")
+        ws, _ = connect()
+        self.addCleanup(ws.close)
+        subscribed, _ = ws_subscribe(ws, room)
+        ws_publish(ws, room, "a", "h1")
+        other, _ = connect()
+        self.addCleanup(other.close)
+        other.send({"t": "subscribe", "room": room, "since": 100, "epoch": subscribed["epoch"]})
+        answer, _ = await_frame(other, "subscribed", room=room)
+        self.assertEqual((answer["recovered"], answer["head"]), (False, 1))
+
     def test_a_since_from_another_epoch_is_not_recovered(self):
         room = unique("room")
         ws, _ = connect()
