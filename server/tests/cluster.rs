@@ -332,3 +332,158 @@ async fn resume_on_another_node_opens_a_new_session() {
     })
     .await;
 }
+
+/// One member of a room in [`a_room_joined_in_two_waves_converges_for_every_member`]: subscribes,
+/// then keeps its presence view (session -> meta) the way `docs/PROTOCOL.md` says to, setting
+/// its own metadata once subscribed, or closing at once if it is one of the leavers.
+fn room_member(
+    mut ws: common::Ws,
+    i: usize,
+    leaves: bool,
+    views: std::sync::Arc<std::sync::Mutex<Vec<std::collections::BTreeMap<String, String>>>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        ws.send(&ClientFrame::Subscribe {
+            room: "big".into(),
+            since: None,
+            epoch: None,
+            history: None,
+        })
+        .await;
+        loop {
+            let frame =
+                match tokio::time::timeout(Duration::from_millis(4500), ws.next_event()).await {
+                    Ok(WsEvent::Frame(f)) => f,
+                    Ok(WsEvent::Closed(_)) | Err(_) => return,
+                };
+            {
+                let mut views = views.lock().unwrap();
+                let view = &mut views[i];
+                match &frame {
+                    ServerFrame::PresenceSnapshot { conns, .. } => {
+                        view.clear();
+                        view.extend(conns.iter().map(|c| (c.session.clone(), c.meta.clone())));
+                    }
+                    ServerFrame::PresenceJoin { conn, .. }
+                    | ServerFrame::PresenceUpdate { conn, .. } => {
+                        view.insert(conn.session.clone(), conn.meta.clone());
+                    }
+                    ServerFrame::PresenceLeave { session, .. } => {
+                        view.remove(session);
+                    }
+                    ServerFrame::PresenceDiff { joins, leaves, .. } => {
+                        for l in leaves {
+                            view.remove(&l.session);
+                        }
+                        view.extend(joins.iter().map(|c| (c.session.clone(), c.meta.clone())));
+                    }
+                    _ => {}
+                }
+            }
+            if matches!(frame, ServerFrame::Subscribed { .. }) {
+                if leaves {
+                    ws.send(&ClientFrame::Close {
+                        code: rtlink_protocol::CloseCode::NORMAL,
+                        reason: "bye".into(),
+                    })
+                    .await;
+                    return;
+                }
+                ws.send(&ClientFrame::Presence {
+                    room: "big".into(),
+                    meta: format!("{{\"n\":{i}}}"),
+                })
+                .await;
+            }
+        }
+    })
+}
+
+/// A room over Redis, end to end, in two waves on two nodes: 30 members subscribe at once (10
+/// of them leave again, the others set their metadata), then 30 more subscribe at once. Every
+/// member that stays ends with the room's presence, metadata included, whichever node it is
+/// on: the second wave's snapshots come from each node's mirror of the room, which followed
+/// the first wave's joins, updates and leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_joined_in_two_waves_converges_for_every_member() {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::{Arc, Mutex};
+
+    const WAVE: usize = 30;
+    const LEAVING: usize = 10;
+    bounded(async {
+        let redis = RedisServer::start();
+        let node = |r: &RedisServer| {
+            let mut c = fast_config();
+            c.redis = Some(r.url());
+            c.redis_node_ttl = Duration::from_secs(1);
+            // Coalesced diffs from 8 local members on (the default is 64).
+            c.presence_batch_min_members = 8;
+            async move { start_state(AppState::from_config(c).await.unwrap()).await }
+        };
+        let (a, b) = (node(&redis).await, node(&redis).await);
+        let mut members = Vec::new();
+        for i in 0..2 * WAVE {
+            let server = if i.is_multiple_of(2) { &a } else { &b };
+            let ws = server.ws(&format!("user{i}")).await;
+            members.push((session_id(ws.welcome()), ws));
+        }
+        // What every member that stays must end with: session -> meta.
+        let sessions: Vec<String> = members.iter().map(|(s, _)| s.clone()).collect();
+        let expected = |upto: usize| -> BTreeMap<String, String> {
+            (LEAVING..upto)
+                .map(|i| (sessions[i].clone(), format!("{{\"n\":{i}}}")))
+                .collect()
+        };
+        let views: Arc<Mutex<Vec<BTreeMap<String, String>>>> =
+            Arc::new(Mutex::new(vec![BTreeMap::new(); 2 * WAVE]));
+        let wait_converged = |upto: usize| {
+            let (views, want) = (views.clone(), expected(upto));
+            async move {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+                loop {
+                    let snapshot = views.lock().unwrap().clone();
+                    let wrong: Vec<usize> =
+                        (LEAVING..upto).filter(|i| snapshot[*i] != want).collect();
+                    if wrong.is_empty() {
+                        return;
+                    }
+                    if tokio::time::Instant::now() > deadline {
+                        let i = wrong[0];
+                        let seen: BTreeSet<&String> = snapshot[i].keys().collect();
+                        let should: BTreeSet<&String> = want.keys().collect();
+                        panic!(
+                            "{} members of {upto} never agreed; member {i} (node {}): missing \
+                             {:?}, extra {:?}, other metadata {:?}",
+                            wrong.len(),
+                            if i.is_multiple_of(2) { "a" } else { "b" },
+                            should.difference(&seen).collect::<Vec<_>>(),
+                            seen.difference(&should).collect::<Vec<_>>(),
+                            snapshot[i]
+                                .iter()
+                                .filter(|(s, m)| want.get(*s).is_some_and(|w| w != *m))
+                                .collect::<Vec<_>>()
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        let mut members = members.into_iter().map(|(_, ws)| ws);
+        let mut tasks = Vec::new();
+        for i in 0..WAVE {
+            let ws = members.next().unwrap();
+            tasks.push(room_member(ws, i, i < LEAVING, views.clone()));
+        }
+        wait_converged(WAVE).await;
+        for i in WAVE..2 * WAVE {
+            let ws = members.next().unwrap();
+            tasks.push(room_member(ws, i, false, views.clone()));
+        }
+        wait_converged(2 * WAVE).await;
+        for t in tasks {
+            t.abort();
+        }
+    })
+    .await;
+}
