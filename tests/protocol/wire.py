@@ -21,19 +21,19 @@ TIMEOUT = 10.0  # seconds: the longest any single wait in the suite may take
 
 # ---------------------------------------------------------------- tokens (RFC 7519, HS256)
 
-def _b64url(data):
+def b64url(data):
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def make_jwt(secret, claims, alg="HS256"):
     """A JWT signed with `secret` (HS256), or unsigned when `alg` is "none"."""
-    header = _b64url(json.dumps({"alg": alg, "typ": "JWT"}).encode())
-    body = _b64url(json.dumps(claims).encode())
+    header = b64url(json.dumps({"alg": alg, "typ": "JWT"}).encode())
+    body = b64url(json.dumps(claims).encode())
     signing_input = f"{header}.{body}".encode()
     if alg == "none":
         return f"{header}.{body}."
     sig = hmac.new(secret.encode(), signing_input, hashlib.sha256).digest()
-    return f"{header}.{body}.{_b64url(sig)}"
+    return f"{header}.{body}.{b64url(sig)}"
 
 
 # ---------------------------------------------------------------- plain HTTP
