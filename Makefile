@@ -52,7 +52,8 @@ test-native: setup
 
 # The protocol conformance suite (tests/protocol/): a third-party client written only from
 # docs/PROTOCOL.md (Python 3 standard library: raw HTTP, a minimal WebSocket client, an SSE
-# parser, its own JWTs) against real rtlink-server processes on 127.0.0.1 it starts and stops.
+# parser, its own JWTs) against real rtlink-server processes (and a redis-server for the two-node
+# scenarios) on 127.0.0.1 it starts and stops.
 # It checks what our own codec cannot: field names, statuses, bodies, headers, close codes as the
 # document states them. About 20 seconds.
 test-protocol: setup

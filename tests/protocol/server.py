@@ -6,6 +6,7 @@ test module ends (`unittest.addModuleCleanup`), also when a test or the start-up
 
 import http.client
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -99,6 +100,44 @@ class Server:
     def log_tail(self, n=4000):
         with open(self.log.name, "rb") as f:
             return f.read()[-n:].decode("utf-8", "replace")
+
+
+class Redis:
+    """A throwaway redis-server (no persistence) on a free 127.0.0.1 port."""
+
+    def __init__(self):
+        self.port = None
+        self.proc = None
+
+    def start(self, timeout=10.0):
+        if shutil.which("redis-server") is None:
+            raise unittest.SkipTest("redis-server is not installed (scripts/setup installs it)")
+        self.port = _free_port()
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(64).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.05)  # a process that is starting: there is nothing to await instead
+        self.stop()
+        raise RuntimeError("redis-server did not start")
+
+    @property
+    def url(self):
+        return f"redis://127.0.0.1:{self.port}"
+
+    def stop(self):
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
 
 
 def start_for_test(test, *flags):
