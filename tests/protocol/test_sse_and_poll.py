@@ -9,8 +9,8 @@ import unittest
 
 from client import (assert_error, await_frame, poll, poll_open, poll_until, send, sse_open, ticket,
                     ws_open, ws_publish, ws_subscribe)
-from server import SECRET, start_for_module, token, unique
-from wire import EventStream, WebSocket, query, request
+from server import API_KEY, SECRET, start_for_module, start_for_test, token, unique
+from wire import EventStream, WebSocket, bearer, query, request
 
 POLL_HOLD_S = 2
 SSE_KEEPALIVE_MS = 300
@@ -243,7 +243,51 @@ class LongPolling(unittest.TestCase):
         self.assertEqual(offsets, [1, 2, 3])
 
 
+class InBandCloses(unittest.TestCase):
+    """Closes SSE and long-polling clients read as frames, not as statuses."""
+
+    def test_a_drain_reaches_sse_and_long_polling_as_reconnect_after_then_close_4008(self):
+        drained = start_for_test(self, "--auth-secret", SECRET, "--demo-auth", "--drain-window", "2s")
+        stream, _ = sse_open(drained)
+        self.addCleanup(stream.close)
+        opened = poll_open(drained).json()
+        resume, cursor = opened["frames"][0]["resume_token"], opened["cursor"]
+        self.assertEqual(request(drained.port, "POST", "/v1/demo/drain").status, 202)
+        announce, _ = await_frame(stream, "reconnect_after")
+        self.assertEqual((announce["min_ms"], announce["max_ms"]), (0, 2000))
+        self.assertEqual(await_frame(stream, "close")[0]["code"], 4008)
+        _, _, seen = poll_until(drained, resume, cursor, lambda f: f["t"] == "close")
+        self.assertEqual([(f["t"], f.get("code")) for f in seen if f["t"] != "ping"],
+                         [("reconnect_after", None), ("close", 4008)])
+
+    def test_a_long_poll_session_whose_buffer_overflows_is_closed_4004(self):
+        small = start_for_test(self, "--auth-secret", SECRET, "--api-key", API_KEY, "--outbox-max-frames", "16")
+        opened = poll_open(small).json()
+        resume, cursor = opened["frames"][0]["resume_token"], opened["cursor"]
+        room = unique("room")
+        send(small, resume, [{"t": "subscribe", "room": room}])
+        for n in range(30):  # the client does not poll meanwhile
+            request(small.port, "POST", "/v1/publish", body={"room": room, "payload": n}, headers=bearer(API_KEY))
+        closed, _, _ = poll_until(small, resume, cursor, lambda f: f["t"] == "close")
+        self.assertEqual(closed["code"], 4004)
+
+
 class Probe(unittest.TestCase):
+    def test_an_sse_probe_takes_over_a_long_poll_session_on_a_switch_sent_upstream(self):
+        tok = token()
+        opened = poll_open(server, tok).json()
+        resume, cursor = opened["frames"][0]["resume_token"], opened["cursor"]
+        probe_ticket = ticket(server, tok, body={"resume": resume, "probe": True})
+        stream = EventStream.open(server.port, "/v1/sse?" + query(ticket=probe_ticket, v=1))
+        self.addCleanup(stream.close)
+        probe_welcome = stream.recv()
+        self.assertEqual((probe_welcome["t"], probe_welcome["resumed"]), ("welcome", True))
+        self.assertEqual(send(server, resume, [{"t": "switch"}]).status, 204)
+        closed, _, _ = poll_until(server, resume, cursor, lambda f: f["t"] == "close")
+        self.assertEqual(closed["code"], 4006)
+        send(server, resume, [{"t": "ping"}])
+        await_frame(stream, "pong")
+
     def test_a_websocket_probe_takes_over_an_sse_session_on_switch(self):
         tok = token()
         stream, welcome = sse_open(server, tok)

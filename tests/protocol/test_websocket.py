@@ -13,6 +13,7 @@ from wire import OP_TEXT, WebSocket, encode_frame, query
 PRESENCE_GRACE_MS = 1000
 TYPING_TTL_MS = 1000
 MAX_ROOMS = 4
+MAX_ROOMS_PER_USER = 6
 
 
 def setUpModule():
@@ -22,6 +23,7 @@ def setUpModule():
         "--presence-grace", f"{PRESENCE_GRACE_MS}ms",
         "--typing-ttl", f"{TYPING_TTL_MS}ms",
         "--max-rooms", str(MAX_ROOMS),
+        "--max-rooms-per-user", str(MAX_ROOMS_PER_USER),
     )
 
 
@@ -282,6 +284,29 @@ class RoomsAndMessages(unittest.TestCase):
         bob.send({"t": "ping"})
         _, skipped = await_frame(bob, "pong")
         self.assertEqual([f for f in skipped if f["t"] == "message"], [])
+
+    def test_unsubscribing_a_room_not_subscribed_is_answered_unsubscribed(self):
+        ws, _ = connect()
+        self.addCleanup(ws.close)
+        room = unique("room")
+        ws.send({"t": "unsubscribe", "room": room})
+        await_frame(ws, "unsubscribed", room=room)
+
+    def test_more_subscriptions_than_the_users_cap_are_nacked_too_many_rooms(self):
+        tok = token()
+        first, _ = connect(tok)
+        second, _ = connect(tok)
+        for ws in (first, second):
+            self.addCleanup(ws.close)
+        # Below each session's max_rooms, at the user's cap over both sessions.
+        for _ in range(MAX_ROOMS):
+            ws_subscribe(first, unique("room"))
+        for _ in range(MAX_ROOMS_PER_USER - MAX_ROOMS):
+            ws_subscribe(second, unique("room"))
+        extra = unique("room")
+        second.send({"t": "subscribe", "room": extra})
+        nack, _ = await_frame(second, "nack", id=extra)
+        self.assertEqual(nack["code"], "too_many_rooms")
 
     def test_history_n_replays_the_most_recent_messages(self):
         room = unique("room")
