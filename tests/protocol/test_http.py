@@ -146,6 +146,32 @@ class Origins(unittest.TestCase):
         self.assertEqual(response.status, 200, response)
 
 
+class OpenCheckOrder(unittest.TestCase):
+    """Origin (403), then the request itself (400), then the ticket (401)."""
+
+    FOREIGN = {"Origin": "https://evil.example.com"}
+
+    def test_a_foreign_origin_is_reported_before_a_bad_ticket(self):
+        for path in ("/v1/sse", "/v1/poll"):
+            with self.subTest(path=path):
+                response = request(server.port, "GET", f"{path}?" + query(ticket="forged", v=1), headers=self.FOREIGN)
+                assert_error(self, response, 403, "origin_not_allowed")
+        with self.assertRaises(UpgradeRefused) as refused:
+            WebSocket.connect(server.port, "/v1/ws?ticket=forged", origin=self.FOREIGN["Origin"])
+        assert_error(self, refused.exception.response, 403, "origin_not_allowed")
+
+    def test_a_bad_request_is_reported_before_a_bad_ticket(self):
+        assert_error(self, request(server.port, "GET", "/v1/ws?ticket=forged"), 400, "bad_request")
+        url = "/v1/sse?" + query(ticket="forged", v=1, resume="some-token")
+        assert_error(self, request(server.port, "GET", url), 400, "bad_request")
+
+    def test_another_version_is_answered_in_band_and_leaves_the_ticket_usable(self):
+        t = ticket(server)
+        response = request(server.port, "GET", "/v1/poll?" + query(ticket=t, v=2))
+        self.assertEqual([f["code"] for f in response.json()["frames"]], [4002])
+        self.assertEqual(request(server.port, "GET", "/v1/poll?" + query(ticket=t, v=1)).status, 200)
+
+
 class Operations(unittest.TestCase):
     def test_healthz_is_200_while_serving(self):
         self.assertEqual(request(server.port, "GET", "/healthz").status, 200)
