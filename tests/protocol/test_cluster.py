@@ -2,6 +2,7 @@
 sessions, tickets and offsets shared, upstream POSTs and polls forwarded, the server API covering
 every node."""
 
+import time
 import unittest
 
 from client import (assert_error, await_frame, await_presence_of, poll, poll_open, poll_until, send,
@@ -116,8 +117,14 @@ class ServerApiOnEveryNode(unittest.TestCase):
         watcher, _ = ws_open(node_b)
         self.addCleanup(watcher.close)
         ws_subscribe(watcher, room)
-        presence = request(node_b.port, "GET", f"/v1/rooms/{room}/presence", headers=bearer(API_KEY)).json()
-        self.assertIn(sub, [m["user"] for m in presence["members"]])
+        # Presence is shared through Redis: wait (bounded) until node B's API lists ana.
+        deadline = time.monotonic() + 5
+        while True:
+            presence = request(node_b.port, "GET", f"/v1/rooms/{room}/presence", headers=bearer(API_KEY)).json()
+            if sub in [m["user"] for m in presence["members"]]:
+                break
+            self.assertLess(time.monotonic(), deadline, presence)
+            time.sleep(0.05)  # polling state the API exposes; there is no frame to await
 
         response = request(node_b.port, "DELETE", f"/v1/users/{sub}/sessions", headers=bearer(API_KEY))
         self.assertEqual(response.json(), {"user": sub, "closed": 1})

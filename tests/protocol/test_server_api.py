@@ -15,7 +15,7 @@ HISTORY_SIZE = 6
 
 def setUpModule():
     global server
-    server = start_for_module("--auth-secret", SECRET, "--api-key", API_KEY, "--presence-grace", "1s",
+    server = start_for_module("--auth-secret", SECRET, "--api-key", API_KEY, "--presence-grace", "3s",
                               "--history-max-messages", str(HISTORY_SIZE))
 
 
@@ -273,7 +273,8 @@ class DisconnectUser(unittest.TestCase):
         self.assertEqual(response.json(), {"user": sub, "closed": 2})
         for ws in (first, second):
             self.assertEqual(ws.expect_close()[0], 4013)
-        await_presence_of(watcher, "presence_leave", room, first_w["session"], timeout=0.9)
+        # At once: well before the presence grace period (3 s) would have ended it.
+        await_presence_of(watcher, "presence_leave", room, first_w["session"], timeout=2)
 
         again, welcome = ws_open(server, tok, resume=first_w["resume_token"])
         self.addCleanup(again.close)

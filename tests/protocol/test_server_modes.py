@@ -27,7 +27,7 @@ def setUpModule():
         "--demo-auth",
         "--disable-transport", "sse",
         "--drain-window", f"{DRAIN_WINDOW_MS}ms",
-        "--drain-grace", "1s",
+        "--drain-grace", "3s",
         "--rate-per-sec", "1",
         "--rate-burst", str(RATE_BURST),
         "--rate-strikes", str(RATE_STRIKES),
