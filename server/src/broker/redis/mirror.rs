@@ -15,11 +15,14 @@
 //!   leaves that state (a join or update sets the connection, a leave removes it: the last
 //!   change of each session wins either way). The same argument is why the hub may apply live
 //!   events over a snapshot that already holds some of them.
+//! - A fill only starts while the reader receives the room's events in order
+//!   ([`Mirror::following`]): after the room's `SUBSCRIBE` was confirmed (a read before it could
+//!   miss changes published before the subscription took effect, for good), and not between a
+//!   lost Pub/Sub connection and the gap fill that re-installs the copy (`subscriber.rs`).
 //! - The copy stops being exact ([`FillState::Stale`]) when it may have missed changes: the
-//!   Pub/Sub connection was lost (until the gap is filled, see `subscriber.rs`), the room's
-//!   offsets restarted under a new epoch, or this node's liveness key was gone (both: Redis
-//!   lost its data, which removes presence without events). The next snapshot reads Redis and
-//!   fills the copy again.
+//!   Pub/Sub connection was lost (until the gap is filled), the room's offsets restarted under
+//!   a new epoch, or this node's liveness key was gone (both: Redis lost its data, which
+//!   removes presence without events). The next snapshot reads Redis and fills the copy again.
 //!
 //! Snapshots served from an exact copy hold every change whose event was sent before them, and
 //! the events sent after them hold every change they miss: the contract of
@@ -55,6 +58,8 @@ pub(super) struct Mirror {
     /// The presence as the events sent so far describe it (and, when exact, as it is).
     pub conns: Conns,
     pub state: FillState,
+    /// The reader receives the room's events in order: a fill may start.
+    following: bool,
 }
 
 /// The connections of a presence read, by session.
@@ -127,7 +132,7 @@ impl Mirror {
     /// Starts fill number `fill` unless one is under way or the copy is exact; returns whether
     /// it did (the caller then reads the hash and hands the reply to [`Self::read`]).
     pub fn begin_fill(&mut self, fill: u64) -> bool {
-        if !matches!(self.state, FillState::Stale) {
+        if !self.following || !matches!(self.state, FillState::Stale) {
             return false;
         }
         self.state = FillState::Filling {
@@ -159,6 +164,18 @@ impl Mirror {
 
     /// The copy may have missed changes.
     pub fn invalidate(&mut self) {
+        self.state = FillState::Stale;
+    }
+
+    /// The reader receives the room's events in order from now on (its `SUBSCRIBE` was
+    /// confirmed, or a gap fill re-installed the copy after a reconnect).
+    pub fn following(&mut self) {
+        self.following = true;
+    }
+
+    /// The Pub/Sub connection was lost: not exact, and no fill until the gap fill.
+    pub fn stream_lost(&mut self) {
+        self.following = false;
         self.state = FillState::Stale;
     }
 
@@ -215,8 +232,25 @@ mod tests {
     /// The reply lacks what was published after the read (`c` joined, `a` left, `b` changed)
     /// and holds some of what was published before it (`x` joined and left, `b` joined).
     #[test]
+    fn no_fill_while_the_events_are_not_followed() {
+        let mut m = Mirror::default();
+        assert!(!m.begin_fill(1), "not subscribed yet");
+        m.following();
+        assert!(m.begin_fill(2));
+        m.read(2, conns_of(vec![conn("a", "")]));
+        assert!(m.snapshot().is_some());
+        m.stream_lost();
+        assert!(m.snapshot().is_none());
+        assert!(!m.begin_fill(3), "until the gap fill re-installs the copy");
+        m.install(conns_of(vec![conn("b", "")]));
+        m.following();
+        assert_eq!(sessions(&m), Some(vec!["b".into()]));
+    }
+
+    #[test]
     fn a_read_gets_the_changes_sent_while_it_was_under_way() {
         let mut m = Mirror::default();
+        m.following();
         assert!(m.begin_fill(1));
         assert!(!m.begin_fill(2), "one fill at a time");
         m.follow(join("x", ""));
@@ -237,6 +271,7 @@ mod tests {
     #[test]
     fn a_superseded_or_failed_fill_changes_nothing() {
         let mut m = Mirror::default();
+        m.following();
         assert!(m.begin_fill(1));
         m.fill_failed(2);
         m.fill_failed(1);

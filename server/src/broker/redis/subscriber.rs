@@ -97,6 +97,9 @@ impl Shared {
             self.subs.watched.lock().remove(room);
             return Err(e);
         }
+        if let Some(w) = self.subs.watched.lock().get_mut(room) {
+            w.presence.following();
+        }
         drop(guard);
         // Only needed to recover after a Pub/Sub outage, so a failure here is not the caller's.
         if let Err(e) = self.seed(room).await {
@@ -153,11 +156,19 @@ impl Shared {
         read
     }
 
-    /// The mirrors may have missed changes (Redis lost data, the Pub/Sub link was lost):
-    /// snapshots read Redis until each is filled again.
+    /// The mirrors may have missed changes (Redis lost its data): snapshots read Redis until
+    /// each is filled again.
     pub(super) fn invalidate_mirrors(&self) {
         for w in self.subs.watched.lock().values_mut() {
             w.presence.invalidate();
+        }
+    }
+
+    /// The Pub/Sub connection is lost: snapshots read Redis, and no mirror is filled until the
+    /// gap fill after the reconnect re-installs it.
+    fn mirrors_lost_stream(&self) {
+        for w in self.subs.watched.lock().values_mut() {
+            w.presence.stream_lost();
         }
     }
 
@@ -339,6 +350,7 @@ impl Shared {
                 // Live presence events before the marker are dropped: from here on the mirror
                 // follows exactly what the hub is sent.
                 w.presence.install(now);
+                w.presence.following();
                 changes
             };
             presence += changes.len();
@@ -430,7 +442,7 @@ pub(super) async fn run(shared: Arc<Shared>, mut stream: PubSubStream) {
         pump(&shared, &mut stream).await;
         *shared.subs.sink.lock().await = None;
         // Changes published from now until the gap is filled are not seen.
-        shared.invalidate_mirrors();
+        shared.mirrors_lost_stream();
         tracing::warn!("redis broker: pub/sub connection lost, reconnecting");
         let mut backoff = RECONNECT_MIN;
         stream = loop {
@@ -439,7 +451,7 @@ pub(super) async fn run(shared: Arc<Shared>, mut stream: PubSubStream) {
                 Err(e) => {
                     // A resync that failed half way may have marked mirrors exact that the
                     // next connection's events will not follow.
-                    shared.invalidate_mirrors();
+                    shared.mirrors_lost_stream();
                     tracing::warn!(error = %e, "redis broker: pub/sub reconnect failed");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(RECONNECT_MAX);
