@@ -293,9 +293,11 @@ async fn healthz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let body = state
-        .metrics
-        .render(&state.hub.broker.stats(), state.is_draining());
+    let body = state.metrics.render(
+        &state.hub.broker.stats(),
+        state.is_draining(),
+        state.hub.coalescing.engaged(),
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 

@@ -38,6 +38,19 @@ pub enum LogFormat {
 }
 
 /// Parses `250ms`, `10s`, `2m`, `1h` or a bare number of seconds.
+/// A percentage, `25` or `25%`, as a fraction (0.25); 0 to 100.
+pub fn parse_percent(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|e| format!("{s:?}: {e}"))?;
+    if !(0.0..=100.0).contains(&v) {
+        return Err(format!("{s:?}: a percentage from 0 to 100"));
+    }
+    Ok(v / 100.0)
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
@@ -229,9 +242,16 @@ pub struct Config {
     /// Write coalescing: a WebSocket or SSE connection that wrote less than this long ago holds
     /// new frames until this long after that write, then writes them all at once; one idle for
     /// this long writes at once. Fewer system calls per delivery on busy connections, at most
-    /// this much more latency (0ms: write as soon as possible).
+    /// this much more latency (0ms: write as soon as possible). Only while the server is busy:
+    /// see `--write-window-above-cpu`.
     #[arg(long, env = "RTLINK_WRITE_WINDOW", default_value = "5ms", value_parser = parse_duration)]
     pub write_window: Duration,
+
+    /// Write windows hold frames only while the server's CPU use, sampled every 100 ms, is at
+    /// least this percentage of the cores it may use (released below a quarter of it): an
+    /// idle server writes every frame at once. 0: windows always hold.
+    #[arg(long, env = "RTLINK_WRITE_WINDOW_ABOVE_CPU", default_value = "25", value_parser = parse_percent)]
+    pub write_window_above_cpu: f64,
 
     /// Longest a long-poll request is held open.
     #[arg(long, env = "RTLINK_POLL_HOLD", default_value = "25s", value_parser = parse_duration)]
@@ -511,6 +531,18 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("x").is_err());
         assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn percentages() {
+        assert_eq!(parse_percent("25"), Ok(0.25));
+        assert_eq!(parse_percent("50%"), Ok(0.5));
+        assert_eq!(parse_percent("0"), Ok(0.0));
+        assert!(parse_percent("101").is_err());
+        assert!(parse_percent("-1").is_err());
+        assert!(parse_percent("a lot").is_err());
+        let c = Config::parse_from(["rtlink-server"]);
+        assert_eq!(c.write_window_above_cpu, 0.25);
     }
 
     #[test]

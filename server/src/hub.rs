@@ -29,6 +29,7 @@ use crate::metrics::{DropReason, Metrics};
 use crate::presence_batch::PresenceBatcher;
 use crate::session::{Attached, OutboxLimits, Session};
 use crate::supervisor::{supervise, Start};
+use crate::write_window::Coalescing;
 
 #[derive(Default)]
 struct Sessions {
@@ -81,6 +82,8 @@ pub struct Hub {
     pub metrics: Arc<Metrics>,
     /// Payload bytes per second of each user (`--publish-bytes-per-sec`).
     pub publish_budget: PublishBudget,
+    /// Write windows of every WebSocket and SSE connection (`--write-window`).
+    pub coalescing: Arc<Coalescing>,
     sessions: Mutex<Sessions>,
     rooms: Mutex<LocalRooms>,
     /// How sessions that ended while long polling ended, for their next poll.
@@ -165,11 +168,13 @@ impl Hub {
         );
         // A poll client silent for longer counts as gone (see `beat`): no poll is coming.
         let poll_deadline = config.poll_hold + config.ping_interval + config.heartbeat_grace;
+        let coalescing = Coalescing::new(config.write_window, config.write_window_above_cpu);
         Arc::new(Self {
             config,
             broker,
             metrics,
             publish_budget,
+            coalescing,
             sessions: Mutex::new(Sessions::default()),
             rooms: Mutex::new(LocalRooms::default()),
             ended_polls: Mutex::new(EndedPolls::new(poll_deadline)),
@@ -199,6 +204,12 @@ impl Hub {
         supervise("hub heartbeat", self.metrics.clone(), move |_| {
             Some(heartbeat(hub.clone(), every))
         });
+        if self.coalescing.adaptive() {
+            let coalescing = Arc::downgrade(&self.coalescing);
+            supervise("write window sampler", self.metrics.clone(), move |_| {
+                Some(crate::write_window::sample_cpu(coalescing.clone()))
+            });
+        }
     }
 
     /// Resumes the session of `resume` if it exists and belongs to this user, else opens a new

@@ -104,8 +104,8 @@ impl Metrics {
         self.frames_out.fetch_add(n, Relaxed);
     }
 
-    /// Renders the Prometheus text exposition format.
-    pub fn render(&self, broker: &BrokerStats, draining: bool) -> String {
+    /// Renders the Prometheus text exposition format. `coalescing`: write windows hold now.
+    pub fn render(&self, broker: &BrokerStats, draining: bool, coalescing: bool) -> String {
         let mut out = String::with_capacity(2048);
         let mut gauge = |name: &str, help: &str, value: u64| {
             let _ = write!(
@@ -157,6 +157,11 @@ impl Metrics {
             "rtlink_draining",
             "1 while the server drains.",
             u64::from(draining),
+        );
+        gauge(
+            "rtlink_write_coalescing",
+            "1 while write windows hold frames (the server is busy, or --write-window-above-cpu 0).",
+            u64::from(coalescing),
         );
         let _ = writeln!(
             out,

@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use rtlink_protocol::envelope::HttpError;
 use rtlink_protocol::{ClientFrame, ErrorCode, ServerFrame};
@@ -177,6 +179,33 @@ async fn healthz_and_metrics() {
     );
     assert!(text.contains("rtlink_sessions 1"));
     assert!(text.contains("rtlink_drops_total{reason=\"slow_consumer\"}"));
+}
+
+/// `rtlink_write_coalescing` says whether write windows hold frames now: always with
+/// `--write-window-above-cpu 0`, never with `--write-window 0ms` (by default it follows the
+/// server's CPU use, which a test cannot pin down).
+#[tokio::test]
+async fn metrics_say_whether_write_windows_hold() {
+    for (window, above_cpu, expect) in [
+        (Duration::from_millis(5), 0.0, "rtlink_write_coalescing 1\n"),
+        (Duration::ZERO, 0.0, "rtlink_write_coalescing 0\n"),
+        (Duration::ZERO, 0.25, "rtlink_write_coalescing 0\n"),
+    ] {
+        let mut config = fast_config();
+        config.write_window = window;
+        config.write_window_above_cpu = above_cpu;
+        let s = start(config).await;
+        let text = s
+            .http
+            .get(s.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(text.contains(expect), "{window:?} {above_cpu}: {text}");
+    }
 }
 
 #[tokio::test]

@@ -2,11 +2,11 @@
 //! writes to an idle plain-TCP socket, the writer's batches, control frames, the write window.
 
 use std::collections::VecDeque;
-use std::time::Duration;
+use std::sync::Arc;
 
 use super::{OutFrame, Session, SessionState};
 use crate::broker::Frame;
-use crate::write_window::WriteWindow;
+use crate::write_window::{Coalescing, WriteWindow};
 use crate::ws_wire::DirectSocket;
 
 /// The write side of a WebSocket transport of this session, as routing sees it
@@ -51,8 +51,13 @@ impl SessionState {
     /// Starts the write side of WebSocket transport `gen` (attached or a probe): control frames
     /// can be queued for it, and with `direct`, frames can be written straight to its socket.
     /// The write side of the attached WebSocket is never replaced by another one's (a probe
-    /// beside it then has none: its pongs are dropped). `window`: `--write-window`.
-    pub fn set_ws_wire(&mut self, gen: u64, direct: Option<DirectSocket>, window: Duration) {
+    /// beside it then has none: its pongs are dropped). `coalescing`: the server's write windows.
+    pub fn set_ws_wire(
+        &mut self,
+        gen: u64,
+        direct: Option<DirectSocket>,
+        coalescing: Arc<Coalescing>,
+    ) {
         let attached = self.attached_gen();
         if self.ws.as_ref().is_some_and(|w| attached == Some(w.gen)) {
             return;
@@ -63,7 +68,7 @@ impl SessionState {
             busy: false,
             partial: None,
             control: Vec::new(),
-            window: WriteWindow::new(window),
+            window: WriteWindow::new(coalescing),
             finishing: false,
         }));
     }
@@ -177,8 +182,8 @@ impl Session {
     }
 
     /// Starts the write side of WebSocket transport `gen` (see [`SessionState::set_ws_wire`]).
-    pub fn set_ws_wire(&self, gen: u64, direct: Option<DirectSocket>, window: Duration) {
-        self.state.lock().set_ws_wire(gen, direct, window);
+    pub fn set_ws_wire(&self, gen: u64, direct: Option<DirectSocket>, coalescing: Arc<Coalescing>) {
+        self.state.lock().set_ws_wire(gen, direct, coalescing);
     }
 
     /// Ends the write side of WebSocket transport `gen` (see [`SessionState::clear_ws_wire`]).

@@ -112,7 +112,7 @@ pub async fn handler(State(state): State<AppState>, req: Request) -> Response {
         pending: VecDeque::new(),
         done: false,
         pulls,
-        window: WriteWindow::new(state.config.write_window),
+        window: WriteWindow::new(state.hub.coalescing.clone()),
     };
     let body = Body::from_stream(futures_util::stream::unfold(stream, |mut s| async move {
         s.pulls.enter();

@@ -218,7 +218,7 @@ where
         stall,
     } = open;
     let gen = attached.gen;
-    session.set_ws_wire(gen, direct, hub.config.write_window);
+    session.set_ws_wire(gen, direct, hub.coalescing.clone());
     stream.get_mut().control = Some((session.clone(), gen));
     // Reader and writer run in this task (the upgrade's own), one task per connection, each
     // boxed once: inline, the task's future would hold room for both beside copies of what they
