@@ -30,7 +30,7 @@ const PAYLOAD: usize = 100;
 pub struct Step {
     pub peer: Peer,
     /// [`RtlinkOptions::variant`]: empty for the server as shipped.
-    pub variant: &'static str,
+    pub variant: String,
     pub transport: Transport,
     pub subscribers: usize,
     pub rate: f64,
@@ -110,7 +110,7 @@ pub async fn run(
     let mut out = drive(peer, server.port, server.pid(), transport, plan).await;
     drop(server);
     for s in &mut out.steps {
-        s.variant = rtlink.variant;
+        s.variant.clone_from(&rtlink.variant);
     }
     out
 }
@@ -241,7 +241,7 @@ pub async fn drive(peer: Peer, port: u16, pid: u32, transport: Transport, plan: 
         lat.sort_unstable();
         let step = Step {
             peer,
-            variant: "",
+            variant: String::new(),
             transport,
             subscribers: plan.subscribers,
             rate,

@@ -151,6 +151,29 @@ enum Cmd {
         #[arg(long, default_value_t = 10_000)]
         connections: usize,
     },
+    /// rtlink's WebSocket fan-out under several write windows (`--write-window`), beside
+    /// Socket.IO and raw in the same run: the server CPU each window saves and the latency it
+    /// costs, at each offered load; prints the tables.
+    Windows {
+        #[arg(long, default_value = ".")]
+        root: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        /// Offered deliveries per second, one step each (comma separated).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "10000,25000,50000,100000,200000"
+        )]
+        loads: Vec<f64>,
+        /// Write windows in milliseconds (comma separated); 0 is write-at-once.
+        #[arg(long, value_delimiter = ',', default_value = "0,5,10,20,50")]
+        windows_ms: Vec<u64>,
+        /// rtlink's `--write-window-above-cpu` (percent; 0: windows always hold); the server's
+        /// default if not given.
+        #[arg(long)]
+        above_cpu: Option<String>,
+    },
     /// The raw WebSocket broadcast peer.
     RawServer {
         #[arg(long)]
@@ -182,6 +205,13 @@ fn main() -> anyhow::Result<()> {
             rate,
         } => rt.block_on(publish(&peer, port, &room, count, rate)),
         Cmd::Quick { root } => rt.block_on(quick(root)),
+        Cmd::Windows {
+            root,
+            subscribers,
+            loads,
+            windows_ms,
+            above_cpu,
+        } => rt.block_on(windows(root, subscribers, loads, windows_ms, above_cpu)),
         Cmd::Hold {
             peer,
             port,
@@ -469,6 +499,79 @@ async fn quick(root: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The `windows` sweep: Socket.IO and raw once, then rtlink once per write window, all with the
+/// same plan; one table of every step, then per window and load what it cost against Socket.IO.
+async fn windows(
+    root: PathBuf,
+    subscribers: usize,
+    loads: Vec<f64>,
+    windows_ms: Vec<u64>,
+    above_cpu: Option<String>,
+) -> anyhow::Result<()> {
+    let paths = Paths::new(&std::fs::canonicalize(&root)?)?;
+    println!("{}", report::machine_line());
+    let plan = Plan {
+        subscribers,
+        loads,
+        step_time: Duration::from_secs(2),
+        readers: 1,
+        hooks: None,
+    };
+    let mut runs: Vec<(Peer, RtlinkOptions)> = vec![
+        (Peer::SocketIo, fanout_options()),
+        (Peer::Raw, fanout_options()),
+    ];
+    for ms in windows_ms {
+        let mut opts = fanout_options();
+        opts.extra
+            .extend(["--write-window".into(), format!("{ms}ms")]);
+        opts.variant = format!("window {ms} ms");
+        if let Some(p) = &above_cpu {
+            opts.extra
+                .extend(["--write-window-above-cpu".into(), p.clone()]);
+            opts.variant = format!("window {ms} ms above {p} % CPU");
+        }
+        runs.push((Peer::Rtlink, opts));
+    }
+    let mut steps: Vec<Vec<fanout::Step>> = Vec::new();
+    for (peer, opts) in &runs {
+        let name = if opts.variant.is_empty() {
+            peer.name().to_owned()
+        } else {
+            opts.variant.clone()
+        };
+        eprintln!("windows: {name} N={subscribers}");
+        let out = fanout::run(&paths, *peer, Transport::WebSocket, &plan, opts).await;
+        if let Some(f) = &out.failure {
+            println!("{name}: FAILED: {f}");
+        }
+        steps.push(out.steps);
+    }
+    println!();
+    println!("{}", report::fanout_table(&steps.concat()));
+    let (sio, raw) = (&steps[0], &steps[1]);
+    println!(
+        "| write window | Socket.IO ÷ rtlink (CPU) | raw ÷ rtlink (CPU) | p99 rtlink ÷ Socket.IO |"
+    );
+    println!("|---|---|---|---|");
+    for rt in &steps[2..] {
+        let Some(first) = rt.first() else { continue };
+        let ratio = |peer: &[fanout::Step]| {
+            cpu_ratio(rt, peer).map_or("no load both completed".to_owned(), |(load, r)| {
+                format!("{r:.2} at {load:.0}/s")
+            })
+        };
+        println!(
+            "| {} | {} | {} | {} |",
+            first.variant,
+            ratio(sio),
+            ratio(raw),
+            p99_summary(&p99_pairs(rt, sio))
+        );
+    }
+    Ok(())
+}
+
 async fn full(root: PathBuf, report_path: PathBuf, only: Vec<String>) -> anyhow::Result<()> {
     let root = std::fs::canonicalize(&root)?;
     let paths = Paths::new(&root)?;
@@ -510,14 +613,20 @@ async fn full(root: PathBuf, report_path: PathBuf, only: Vec<String>) -> anyhow:
                 let out = fanout::run(&paths, peer, transport, &plan, &opts).await;
                 r.fanout.push((n, peer, transport, out));
                 if (peer, transport) == (Peer::Rtlink, Transport::WebSocket) {
-                    // The same server without write coalescing: its latency and CPU beside
-                    // the default's, in the same run (the ratios use the default).
-                    let mut off = opts.clone();
-                    off.extra.extend(["--write-window".into(), "0ms".into()]);
-                    off.variant = report::WINDOW_OFF;
-                    eprintln!("fan-out: rtlink WebSocket N={n}, {}", off.variant);
-                    let out = fanout::run(&paths, peer, transport, &plan, &off).await;
-                    r.fanout.push((n, peer, transport, out));
+                    // The same server with write windows that always hold and without them:
+                    // their latency and CPU beside the default's, in the same run (the ratios
+                    // use the default).
+                    for (variant, flags) in [
+                        (report::WINDOW_ALWAYS, ["--write-window-above-cpu", "0"]),
+                        (report::WINDOW_OFF, ["--write-window", "0ms"]),
+                    ] {
+                        let mut o = opts.clone();
+                        o.extra.extend(flags.map(String::from));
+                        o.variant = variant.into();
+                        eprintln!("fan-out: rtlink WebSocket N={n}, {variant}");
+                        let out = fanout::run(&paths, peer, transport, &plan, &o).await;
+                        r.fanout.push((n, peer, transport, out));
+                    }
                 }
             }
         }

@@ -68,7 +68,7 @@ pub struct RtlinkOptions {
     pub extra: Vec<String>,
     /// Names a run with non-default `extra` flags in the report (e.g. "write window off");
     /// empty for the server as shipped, whose runs the ratios are taken from.
-    pub variant: &'static str,
+    pub variant: String,
     /// Fixed port (the reconnect storm restarts on the same one).
     pub port: Option<u16>,
     /// Keep the server's total accept-rate budget (the reconnect storm measures it); otherwise

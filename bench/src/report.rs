@@ -54,6 +54,12 @@ pub fn fmt_us(us: u64) -> String {
 /// [`RtlinkOptions::variant`]: crate::procs::RtlinkOptions::variant
 pub const WINDOW_OFF: &str = "write window off";
 
+/// [`RtlinkOptions::variant`] of the fan-out runs whose write windows hold whatever the
+/// server's CPU use (`--write-window-above-cpu 0`).
+///
+/// [`RtlinkOptions::variant`]: crate::procs::RtlinkOptions::variant
+pub const WINDOW_ALWAYS: &str = "write window always";
+
 /// Write coalescing on (`on`, the server as shipped) against off, at each offered load both
 /// ran: server CPU per 1,000 deliveries, p50 and p99, on → off.
 pub fn window_summary(on: &[Step], off: &[Step]) -> String {
@@ -230,8 +236,10 @@ impl Report {
         let _ = writeln!(md, "## Fan-out\n\nOne room, N subscribers, one publisher at rising rates (100-byte payloads) for 2 s per step until a peer saturates \
             (a step incomplete, or under 90 % of the offered deliveries/s). Every delivery is checked: no loss, no duplicate, in order. \
             rtlink's publisher uses WebSocket; its subscribers each transport in turn. The fan-out room is started without presence \
-            (`--presence-off bench`), as the peers have none. rtlink's WebSocket runs twice: as shipped (write coalescing on, the \
-            `--write-window` default) and with `--write-window 0ms` (\"write window off\"); the ratios are the shipped server's.\n");
+            (`--presence-off bench`), as the peers have none. rtlink's WebSocket runs three times: as shipped (5 ms write windows that hold \
+            only while the server uses at least a quarter of its cores, the `--write-window` and `--write-window-above-cpu` defaults), \
+            with windows that always hold (`--write-window-above-cpu 0`, \"write window always\") and without (`--write-window 0ms`, \
+            \"write window off\"); the ratios are the shipped server's.\n");
         let mut ns: Vec<usize> = self.fanout.iter().map(|f| f.0).collect();
         ns.dedup();
         for n in ns {
@@ -270,9 +278,17 @@ impl Report {
             if !off.is_empty() {
                 let _ = writeln!(
                     md,
-                    "- write coalescing (`--write-window`, default) on ÷ off, at each offered load: {}",
+                    "- write coalescing as shipped (while busy) ÷ off, at each offered load: {}",
                     window_summary(&rt, &off)
                 );
+                let always = self.variant_steps(n, WINDOW_ALWAYS);
+                if !always.is_empty() {
+                    let _ = writeln!(
+                        md,
+                        "- write coalescing always ÷ off, at each offered load: {}",
+                        window_summary(&always, &off)
+                    );
+                }
             }
             let series: Vec<Series> = self
                 .fanout
