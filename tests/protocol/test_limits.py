@@ -8,8 +8,9 @@ import socket
 import time
 import unittest
 
-from client import assert_error, await_frame, ticket, ticket_response, ws_open, ws_publish, ws_subscribe
-from server import API_KEY, SECRET, start_for_test, token, unique
+from client import (assert_error, await_frame, poll_open, ticket, ticket_response, ws_open, ws_publish,
+                    ws_subscribe)
+from server import API_KEY, SECRET, Redis, start_for_test, token, unique
 from wire import Closed, UpgradeRefused, WebSocket, bearer, query, request
 
 
@@ -89,6 +90,43 @@ class Admission(unittest.TestCase):
         time.sleep(1.5)  # letting the ticket expire: time has to pass, there is no event to await
         opened = request(server.port, "GET", "/v1/poll?" + query(ticket=response.json()["ticket"], v=1))
         assert_error(self, opened, 401, "unauthorized")
+
+
+class SessionCaps(unittest.TestCase):
+    def test_sessions_from_one_address_over_the_cap_are_429_or_close_1013_after_hello(self):
+        server = start_for_test(self, "--auth-secret", SECRET, "--max-sessions-per-ip", "2")
+        for _ in range(2):
+            ws, _ = ws_open(server)
+            self.addCleanup(ws.close)
+        refused = poll_open(server)
+        assert_retry_after_matches(self, refused, assert_error(self, refused, 429, "overloaded"))
+        ws = WebSocket.connect(server.port, "/v1/ws?" + query(ticket=ticket(server)))
+        self.addCleanup(ws.close)
+        ws.send({"t": "hello", "v": 1})
+        code, _, frames = ws.expect_close()
+        self.assertEqual((code, frames), (1013, []))
+
+    def test_sessions_over_the_total_cap_are_503(self):
+        server = start_for_test(self, "--auth-secret", SECRET, "--max-sessions", "2")
+        for _ in range(2):
+            ws, _ = ws_open(server)
+            self.addCleanup(ws.close)
+        refused = poll_open(server)
+        assert_retry_after_matches(self, refused, assert_error(self, refused, 503, "overloaded"))
+
+
+class BrokerLoss(unittest.TestCase):
+    def test_a_node_that_lost_redis_answers_tickets_503_after_about_a_second(self):
+        redis = Redis()
+        self.addCleanup(redis.stop)
+        redis.start()
+        server = start_for_test(self, "--auth-secret", SECRET, "--redis", redis.url)
+        self.assertEqual(ticket_response(server, token()).status, 200)
+        redis.stop()
+        refused = ticket_response(server, token())
+        body = assert_error(self, refused, 503, "overloaded")
+        self.assertTrue(1000 <= body["retry_after_ms"] < 2000, body)  # 1 s, spread like every delay
+        assert_retry_after_matches(self, refused, body)
 
 
 class PublishBudgets(unittest.TestCase):
