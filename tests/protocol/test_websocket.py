@@ -408,6 +408,25 @@ class Resume(unittest.TestCase):
         answer, _ = await_frame(other, "subscribed", room=room)
         self.assertEqual((answer["recovered"], answer["head"]), (False, 1))
 
+    def test_subscribing_again_replays_without_a_second_presence_join(self):
+        room = unique("room")
+        ana, ana_welcome = connect()
+        bob, _ = connect()
+        for ws in (ana, bob):
+            self.addCleanup(ws.close)
+        subscribed, _ = ws_subscribe(bob, room)
+        ws_subscribe(ana, room)
+        await_presence_of(bob, "presence_join", room, ana_welcome["session"])
+        ws_publish(bob, room, "one", "again1")
+        ana.send({"t": "subscribe", "room": room, "since": 0, "epoch": subscribed["epoch"]})
+        again, _ = await_frame(ana, "subscribed", room=room)
+        self.assertEqual((again["recovered"], again["head"]), (True, 1))
+        replayed, _ = await_frame(ana, "message", room=room)
+        self.assertEqual(replayed["offset"], 1)
+        bob.send({"t": "ping"})
+        _, before_pong = await_frame(bob, "pong")
+        self.assertEqual([f for f in before_pong if f["t"].startswith("presence")], [])
+
     def test_a_since_from_another_epoch_is_not_recovered(self):
         room = unique("room")
         ws, _ = connect()
