@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use rtlink_protocol::envelope::max_batch_bytes;
-use rtlink_protocol::{CloseCode, Limits, ServerFrame, UserInfo, PROTOCOL_VERSION};
+use rtlink_protocol::{CloseAction, CloseCode, Limits, ServerFrame, UserInfo, PROTOCOL_VERSION};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::auth::{random_token, Claims};
@@ -86,7 +86,7 @@ pub struct Hub {
     pub coalescing: Arc<Coalescing>,
     sessions: Mutex<Sessions>,
     rooms: Mutex<LocalRooms>,
-    /// How sessions that ended while long polling ended, for their next poll.
+    /// How sessions ended whose client may not have been told (see [`EndedPolls`]).
     ended_polls: Mutex<EndedPolls>,
     /// Debug builds only (never the shipped `server` profile): see [`DispatchPanicHook`].
     #[cfg(debug_assertions)]
@@ -166,8 +166,10 @@ impl Hub {
                 .publish_bytes_burst
                 .max(u32::try_from(config.max_frame_bytes).unwrap_or(u32::MAX)),
         );
-        // A poll client silent for longer counts as gone (see `beat`): no poll is coming.
+        // A poll client silent for longer counts as gone (see `beat`): no poll is coming. A
+        // detached client may come back to resume until the resume window ends.
         let poll_deadline = config.poll_hold + config.ping_interval + config.heartbeat_grace;
+        let keep_ended = poll_deadline.max(config.resume_window);
         let coalescing = Coalescing::new(config.write_window, config.write_window_above_cpu);
         Arc::new(Self {
             config,
@@ -177,7 +179,7 @@ impl Hub {
             coalescing,
             sessions: Mutex::new(Sessions::default()),
             rooms: Mutex::new(LocalRooms::default()),
-            ended_polls: Mutex::new(EndedPolls::new(poll_deadline)),
+            ended_polls: Mutex::new(EndedPolls::new(keep_ended)),
             #[cfg(debug_assertions)]
             panic_hook: DispatchPanicHook::from_env(),
         })
@@ -262,7 +264,7 @@ impl Hub {
             }
         }
         if let Some(old) = evict {
-            if self.retire(&mut sessions, &old) {
+            if self.retire(&mut sessions, &old, CloseCode::SESSION_EXPIRED) {
                 tracing::debug!(session = %old.id, user = %old.claims.sub, "oldest detached session of a user at the cap ended");
                 let hub = self.clone();
                 tokio::spawn(
@@ -298,17 +300,36 @@ impl Hub {
         Ok((session, false))
     }
 
-    /// Marks a session ended and forgets it (the synchronous half of ending it). False if it
-    /// had already ended.
-    fn retire(&self, sessions: &mut Sessions, session: &Session) -> bool {
-        {
+    /// Marks a session ended with `code` and forgets it (the synchronous half of ending it).
+    /// False if it had already ended.
+    fn retire(&self, sessions: &mut Sessions, session: &Session, code: CloseCode) -> bool {
+        let attached = {
             let mut st = session.lock();
             if st.ended {
                 return false;
             }
             st.ended = true;
-        }
+            st.attached_kind()
+        };
         sessions.remove(session);
+        // A WebSocket client gets the close on the connection that carries both its directions.
+        // A long-polling or SSE one may not have heard (between polls, a send crossing the close
+        // on the stream); one with no connection has not, which matters when the close is
+        // terminal (a non-terminal one means "new session", as `unknown_session` does).
+        // Remembered before the session stops being found, so no request sees neither.
+        let unheard = match attached {
+            Some(TransportKind::WebSocket) => false,
+            Some(_) => true,
+            None => code.action() == CloseAction::Terminal,
+        };
+        if unheard {
+            self.ended_polls.lock().insert(
+                &session.resume_token,
+                &session.claims.sub,
+                code,
+                Instant::now(),
+            );
+        }
         self.metrics
             .sessions
             .store(sessions.by_id.len() as u64, Relaxed);
@@ -319,10 +340,23 @@ impl Hub {
         self.sessions.lock().by_token.get(token).cloned()
     }
 
-    /// The close code of the session of `token` if it ended (recently) while long polling:
-    /// its next poll is answered with that close instead of `unknown_session`.
-    pub fn ended_poll(&self, token: &str) -> Option<CloseCode> {
-        self.ended_polls.lock().get(token, Instant::now())
+    /// The close code of the session of `token` if it ended recently while its client may not
+    /// have been told: a poll is answered with that close, a send is dropped (the close reaches
+    /// the client on its downstream), instead of `unknown_session`.
+    pub fn ended_session(&self, token: &str) -> Option<CloseCode> {
+        self.ended_polls
+            .lock()
+            .get(token, Instant::now())
+            .map(|e| e.code)
+    }
+
+    /// The terminal close code of `user`'s session of `token` if it ended for good recently
+    /// while its client may not have been told: an open that resumes it is answered with that
+    /// close instead of a new session (after a 4013 the client must stop, not start over).
+    pub fn ended_for_good(&self, token: &str, user: &str) -> Option<CloseCode> {
+        let mut ended = self.ended_polls.lock();
+        let e = ended.get(token, Instant::now())?;
+        (e.user == user && e.code.action() == CloseAction::Terminal).then_some(e.code)
     }
 
     pub fn all_sessions(&self) -> Vec<Arc<Session>> {
@@ -465,7 +499,7 @@ impl Hub {
     pub async fn end_session(self: &Arc<Self>, session: &Arc<Session>, code: CloseCode) {
         let retired = {
             let mut sessions = self.sessions.lock();
-            self.retire(&mut sessions, session)
+            self.retire(&mut sessions, session, code)
         };
         if retired {
             self.finish_ending(session, code).await;
@@ -476,11 +510,6 @@ impl Hub {
     /// subscriptions dropped.
     async fn finish_ending(self: &Arc<Self>, session: &Arc<Session>, code: CloseCode) {
         tracing::debug!(session = %session.id, code = code.0, "session ended");
-        if session.lock().attached_kind() == Some(TransportKind::Poll) {
-            self.ended_polls
-                .lock()
-                .insert(&session.resume_token, code, Instant::now());
-        }
         session.close_transport(code, "session ended");
         self.leave_presence_all(session, false).await;
         let rooms: Vec<String> = session.lock().rooms.drain().map(|(r, _)| r).collect();

@@ -522,7 +522,8 @@ async fn presence_and_history_for_backends() {
 }
 
 /// A long-polling client that is between two polls when its user is disconnected learns `4013`
-/// from its next poll, not `404 unknown_session` (which would mean "start a new session").
+/// from its next poll, not `404 unknown_session` (which would mean "start a new session"); a
+/// send it makes first is taken (`204`, dropped) instead of answered `404` for the same reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_polling_session_learns_disconnected_from_its_next_poll() {
     both(|s| async move {
@@ -530,24 +531,88 @@ async fn a_long_polling_session_learns_disconnected_from_its_next_poll() {
         let token = s.users.token_for("ana", &["*"], 3600);
         let ticket = s.users.ticket_with(&token).await;
         let (mut poll, _) = common::Poll::open(&s.users, &ticket, None).await;
-        let (status, body) = call(
-            &s.api,
-            reqwest::Method::DELETE,
-            "/v1/users/ana/sessions",
-            None,
-        )
-        .await;
-        assert_eq!((status, body["closed"].as_u64()), (200, Some(1)), "{body}");
+        disconnect(&s.api, "ana", 1).await;
+        assert_eq!(poll.send(&s.users, vec![ClientFrame::Ping]).await, 204);
         let frames = poll.poll(&s.users).await;
-        assert!(
-            matches!(
-                frames.as_slice(),
-                [ServerFrame::Close { code, .. }] if *code == CloseCode::DISCONNECTED
-            ),
-            "{frames:?}"
-        );
+        assert!(is_close(&frames, CloseCode::DISCONNECTED), "{frames:?}");
+        assert_eq!(poll.send(&s.users, vec![ClientFrame::Ping]).await, 204);
     })
     .await;
+}
+
+/// A session ended by the server API while its client's connection was down (detached, here a
+/// WebSocket's) is not started over when the client comes back: whichever transport resumes it
+/// gets the close `4013`, a send is dropped. Another user holding the token gets a new session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_disconnected_while_detached_closes_the_open_that_resumes_it() {
+    both(|s| async move {
+        let s = s;
+        let mut bob = subscribed(&s.users, "bob", &["*"], "lobby").await;
+        let ana = subscribed(&s.users, "ana", &["*"], "lobby").await;
+        let (ana_session, resume) = (
+            common::session_id(ana.welcome()),
+            common::resume_token(ana.welcome()),
+        );
+        drop(ana); // the connection is cut, the session detached until the resume window ends
+        bob.recv_until(
+            |f| matches!(f, ServerFrame::PresenceLeave { session, .. } if *session == ana_session),
+        )
+        .await;
+        disconnect(&s.api, "ana", 1).await;
+
+        let ticket = s.users.ticket_resuming("ana", &resume, false).await;
+        let mut ws = Ws::connect(&s.users.ws_url(&format!("/v1/ws?ticket={ticket}"))).await;
+        ws.send(&ClientFrame::Hello {
+            v: 1,
+            resume: Some(resume.clone()),
+        })
+        .await;
+        assert_eq!(ws.recv_close().await, (Some(4013), vec![]));
+
+        let ticket = s.users.ticket_resuming("ana", &resume, false).await;
+        let mut sse = common::Sse::open(&s.users, &format!("ticket={ticket}&v=1"))
+            .await
+            .expect("an SSE stream");
+        let closed = sse.next().await.expect("a close event");
+        assert!(is_close(&[closed], CloseCode::DISCONNECTED));
+        assert!(sse.next().await.is_none(), "the stream ends after it");
+
+        let ticket = s.users.ticket_resuming("ana", &resume, false).await;
+        let url = s.users.url(&format!("/v1/poll?ticket={ticket}&v=1"));
+        let resp = s.users.http.get(url).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let batch =
+            rtlink_protocol::codec::decode_poll(&resp.bytes().await.unwrap(), usize::MAX).unwrap();
+        assert!(
+            is_close(&batch.frames, CloseCode::DISCONNECTED),
+            "{batch:?}"
+        );
+
+        assert_eq!(
+            common::send_upstream(&s.users, &resume, vec![ClientFrame::Ping]).await,
+            204
+        );
+        // The resume token is not a way to stop someone else.
+        let other = s.users.ws_resume("eve", Some(&resume)).await;
+        assert!(!resumed(other.welcome()));
+    })
+    .await;
+}
+
+/// `DELETE /v1/users/{user}/sessions`, expecting `closed` sessions.
+async fn disconnect(api: &Server, user: &str, closed: u64) {
+    let path = format!("/v1/users/{user}/sessions");
+    let (status, body) = call(api, reqwest::Method::DELETE, &path, None).await;
+    assert_eq!(
+        (status, body["closed"].as_u64()),
+        (200, Some(closed)),
+        "{body}"
+    );
+}
+
+/// `frames` is exactly one `close` with `code`.
+fn is_close(frames: &[ServerFrame], code: CloseCode) -> bool {
+    matches!(frames, [ServerFrame::Close { code: c, .. }] if *c == code)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

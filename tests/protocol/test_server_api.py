@@ -5,9 +5,9 @@ import unittest
 import urllib.parse
 
 from client import (assert_error, await_frame, await_presence_of, poll, poll_open, poll_until, send, sse_open,
-                    ws_open, ws_publish, ws_subscribe)
+                    ticket, ws_open, ws_publish, ws_subscribe)
 from server import API_KEY, SECRET, start_for_module, token, unique
-from wire import bearer, request
+from wire import WebSocket, bearer, query, request
 
 
 HISTORY_SIZE = 6
@@ -290,11 +290,49 @@ class DisconnectUser(unittest.TestCase):
         self.assertEqual(api("DELETE", f"/v1/users/{sub}/sessions").json(), {"user": sub, "closed": 2})
         closed, _ = await_frame(stream, "close")
         self.assertEqual(closed["code"], 4013)
-        # The long-polling client was between two polls: its next poll carries the close.
+        # The long-polling client was between two polls: a send it makes first is taken (not
+        # `404 unknown_session`, which would mean "start a new session"), its next poll carries
+        # the close.
+        self.assertEqual(send(server, resume, [{"t": "ping"}]).status, 204)
         polled = poll(server, resume, cursor)
         self.assertEqual(polled.status, 200, polled)
         self.assertEqual([(f["t"], f["code"]) for f in polled.json()["frames"]], [("close", 4013)])
-        assert_error(self, send(server, sse_welcome["resume_token"], [{"t": "ping"}]), 404, "unknown_session")
+        # A send of the SSE client crossing the close on its stream is taken too.
+        self.assertEqual(send(server, sse_welcome["resume_token"], [{"t": "ping"}]).status, 204)
+
+    def test_a_session_ended_while_its_connection_was_down_closes_every_open_resuming_it_4013(self):
+        sub = unique("ana")
+        room = unique("room")
+        watcher, _ = ws_open(server)
+        self.addCleanup(watcher.close)
+        ws_subscribe(watcher, room)
+        ws, welcome = ws_open(server, token(sub=sub))
+        ws_subscribe(ws, room)
+        resume = welcome["resume_token"]
+        ws.sock.close()  # the connection is cut: the session waits to be resumed
+        # The presence grace period (3 s) passes only while the session is detached.
+        await_presence_of(watcher, "presence_leave", room, welcome["session"])
+        self.assertEqual(api("DELETE", f"/v1/users/{sub}/sessions").json(), {"user": sub, "closed": 1})
+
+        # Every transport that resumes it gets the close instead of a new session.
+        t = ticket(server, token(sub=sub), {"resume": resume})
+        again = WebSocket.connect(server.port, "/v1/ws?" + query(ticket=t))
+        self.addCleanup(again.close)
+        again.send({"t": "hello", "v": 1, "resume": resume})
+        self.assertEqual(again.expect_close()[::2], (4013, []))
+        stream, first = sse_open(server, token(sub=sub), ticket_body={"resume": resume})
+        self.addCleanup(stream.close)
+        self.assertEqual((first["t"], first["code"]), ("close", 4013))
+        self.assertIsNone(stream.next_event(timeout=5), "nothing follows the close")
+        t = ticket(server, token(sub=sub), {"resume": resume})
+        opened = request(server.port, "GET", "/v1/poll?" + query(ticket=t, v=1))
+        self.assertEqual(opened.status, 200, opened)
+        self.assertEqual([(f["t"], f["code"]) for f in opened.json()["frames"]], [("close", 4013)])
+        self.assertEqual(send(server, resume, [{"t": "ping"}]).status, 204)
+        # The token of another user's ended session is no way to stop someone: a new session.
+        other, other_welcome = ws_open(server, token(sub=unique("eve")), resume=resume)
+        self.addCleanup(other.close)
+        self.assertIs(other_welcome["resumed"], False)
 
     def test_a_user_without_sessions_is_closed_0(self):
         sub = unique("nobody")

@@ -56,6 +56,12 @@ pub async fn handler(State(state): State<AppState>, req: Request) -> Response {
         return http::bad_request("long polling is the lowest rung: it cannot be a probe");
     }
     let hub = &state.hub;
+    // Resuming a session that ended for good (4013) before its client heard: stop it.
+    let ended = (admission.resume.as_deref())
+        .and_then(|resume| hub.ended_for_good(resume, &admission.claims.sub));
+    if let Some(code) = ended {
+        return close_batch(0, code);
+    }
     let opened = cluster::open_session(&state, admission.claims, admission.resume.as_deref(), ip);
     let (session, resumed) = match opened {
         Ok(opened) => opened,
@@ -110,7 +116,7 @@ pub(crate) async fn poll_local(
 ) -> Response {
     let Some(session) = state.hub.session_by_token(token) else {
         // Ended between two polls: tell the client how (a 4013 must not read as "start over").
-        return match state.hub.ended_poll(token) {
+        return match state.hub.ended_session(token) {
             Some(code) => close_batch(cursor, code),
             None => http::unknown_session(),
         };

@@ -1,8 +1,9 @@
 //! `POST /v1/send`: upstream frames for SSE and long polling, as an `UpstreamBatch`
 //! `{"session": R, "frames": [...]}`. Sent as `text/plain` by browsers to avoid a preflight; the
-//! content type is not checked. `204` on success. A body may be `max_batch_bytes` long (the frame
-//! limit plus the envelope's allowance, announced in `welcome`), each frame in it at most
-//! `max_frame_bytes`; over either: `413 too_large`.
+//! content type is not checked. `204` on success (and, frames dropped, for a session that ended
+//! while its client may not have been told: [`crate::ended_polls`]). A body may be
+//! `max_batch_bytes` long (the frame limit plus the envelope's allowance, announced in
+//! `welcome`), each frame in it at most `max_frame_bytes`; over either: `413 too_large`.
 //!
 //! A batch for a session of another node is forwarded to that node, which applies it as if it
 //! had been posted there ([`crate::cluster`]).
@@ -85,11 +86,11 @@ fn decode(state: &AppState, bytes: &[u8]) -> Result<UpstreamBatch, Response> {
 /// Applies the frames of a batch to a session of this node.
 async fn apply(state: &AppState, batch: UpstreamBatch) -> Response {
     let Some(session) = state.hub.session_by_token(&batch.session) else {
-        return http::unknown_session();
+        return ended(state, &batch.session);
     };
     let _serial = session.inbound.lock().await;
     if session.lock().ended {
-        return http::unknown_session();
+        return ended(state, &batch.session);
     }
     for frame in batch.frames {
         if state.hub.handle_frame(&session, frame).await.is_err() {
@@ -97,4 +98,17 @@ async fn apply(state: &AppState, batch: UpstreamBatch) -> Response {
         }
     }
     StatusCode::NO_CONTENT.into_response()
+}
+
+/// A batch for a session that is gone. One that ended while its client may not have been told
+/// (between two polls, a send crossing the close on the SSE stream) is taken and its frames
+/// dropped: `404 unknown_session` would tell the client to start a new session, wrong after a
+/// terminal close (4013: logout, ban), and the close reaches it on its downstream (its next
+/// poll, the stream, or the open that resumes it), as on a WebSocket, whose close never
+/// travels upstream either.
+fn ended(state: &AppState, token: &str) -> Response {
+    match state.hub.ended_session(token) {
+        Some(_) => StatusCode::NO_CONTENT.into_response(),
+        None => http::unknown_session(),
+    }
 }

@@ -73,6 +73,12 @@ pub async fn handler(State(state): State<AppState>, req: Request) -> Response {
             }
         }
         (_, resume) => {
+            // Resuming a session that ended for good (4013) before its client heard: stop it.
+            let ended = (resume.as_deref())
+                .and_then(|resume| hub.ended_for_good(resume, &admission.claims.sub));
+            if let Some(code) = ended {
+                return closed_stream(code);
+            }
             let opened =
                 crate::cluster::open_session(&state, admission.claims, resume.as_deref(), ip);
             let (session, resumed) = match opened {

@@ -168,6 +168,13 @@ where
             }
         }
         (_, resume) => {
+            // Resuming a session that ended for good (4013) while the socket was down: stop it.
+            let ended =
+                (resume.as_deref()).and_then(|resume| hub.ended_for_good(resume, &claims.sub));
+            if let Some(code) = ended {
+                send_close(&mut out, None, code, code.name(), refuse).await;
+                return None;
+            }
             let (session, resumed) =
                 match crate::cluster::open_session(&state, claims, resume.as_deref(), ip) {
                     Ok(opened) => opened,
