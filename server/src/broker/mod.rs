@@ -295,8 +295,11 @@ pub struct HistoryPage {
     pub epoch: Arc<str>,
 }
 
-/// A broker failure (a backend that is down, a timeout). The caller nacks `internal` or closes
-/// the transport with 4011; it never panics.
+/// A broker failure (a backend that is down, a timeout). Callers never panic on it, and none
+/// closes a transport for it (the reference server never sends 4011 internal_error itself, as
+/// docs/PROTOCOL.md says): a client's publish, presence update or replay is answered `nack
+/// internal`, a ticket request or transport open `503 overloaded`, a server API call `503`,
+/// and what has no one to answer (watching a room, presence joins and leaves) is logged.
 #[derive(Debug)]
 pub struct BrokerError(pub String);
 
