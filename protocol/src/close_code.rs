@@ -64,7 +64,8 @@ impl CloseCode {
     /// logout, ban). Reconnecting with the same token would undo it, so the client stops.
     pub const DISCONNECTED: Self = Self(4013);
 
-    /// What a client must do after a close with this code.
+    /// What a client must do after a close with this code. docs/PROTOCOL.md's close-code table
+    /// and js/rtlink.js `TERMINAL` say the same (tests/core_close_codes.rs checks both).
     pub fn action(self) -> CloseAction {
         match self.0 {
             1000 => CloseAction::Terminal,
