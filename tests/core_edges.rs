@@ -232,6 +232,47 @@ fn a_probe_behind_a_buffering_proxy_never_costs_the_working_transport() {
     );
 }
 
+/// A session ended for good (4013: logout, ban) while its SSE or long-polling client's connection
+/// was down: the server answers the open that resumes it with a stream / batch holding only that
+/// `close` (docs/PROTOCOL.md, *A session that ended unheard*). The client stops there: a
+/// terminal error, no other ticket, no other transport.
+#[test]
+fn a_close_frame_in_place_of_welcome_on_a_resume_is_terminal() {
+    for kind in [TransportKind::Sse, TransportKind::LongPoll] {
+        let mut sim = Sim::one(Config {
+            transports: vec![kind],
+            ..Config::default()
+        });
+        sim.connect(0, &["lobby"]);
+        sim.run_for(2_000);
+        assert_eq!(sim.tabs[0].open_kind(), Some(kind));
+        sim.server
+            .modes
+            .insert(kind, Mode::CloseFrameBeforeWelcome(CloseCode::DISCONNECTED));
+        sim.kill(0, None);
+        sim.run_for(120_000);
+        let resumes: Vec<_> = sim.tabs[0].opens[1..]
+            .iter()
+            .map(|o| (o.1, o.2.is_some()))
+            .collect();
+        assert_eq!(
+            resumes,
+            [(kind, true)],
+            "{kind:?}: one resume, nothing after it"
+        );
+        assert_eq!(
+            sim.tabs[0].client.state(),
+            &State::Closed {
+                reason: CloseReason::Server {
+                    code: CloseCode::DISCONNECTED,
+                    reason: "disconnected".into()
+                }
+            },
+            "{kind:?}"
+        );
+    }
+}
+
 #[test]
 fn the_terminal_error_carries_the_real_cause() {
     type Setup = fn(&mut Sim);

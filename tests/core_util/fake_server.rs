@@ -19,6 +19,10 @@ pub enum Mode {
     DieBeforeFirstFrame,
     /// Opens and the server closes it with this code before `welcome` (e.g. 1013 when full).
     CloseBeforeWelcome(CloseCode),
+    /// Opens and sends a `close` frame with this code instead of `welcome`, then ends: how an SSE
+    /// stream or a long-poll batch says it (another protocol version, a session that ended for
+    /// good before its client heard).
+    CloseFrameBeforeWelcome(CloseCode),
     /// Opens and then nothing ever arrives (a buffering proxy).
     Silent,
     /// A buffering proxy in front of a working server: the server handles the open as usual
@@ -281,6 +285,22 @@ impl Sim {
         }
         match self.server.mode(kind) {
             Mode::OpenFail(error) => self.deliver(tab, Input::OpenFailed { id, error }),
+            Mode::CloseFrameBeforeWelcome(code) => {
+                self.deliver(tab, Input::TransportOpened { id });
+                let frame = ServerFrame::Close {
+                    code,
+                    reason: code.name().into(),
+                };
+                self.deliver(tab, Input::Frame { id, frame });
+                self.deliver(
+                    tab,
+                    Input::TransportClosed {
+                        id,
+                        code: None,
+                        reason: String::new(),
+                    },
+                );
+            }
             Mode::DieBeforeFirstFrame => {
                 self.deliver(tab, Input::TransportOpened { id });
                 self.deliver(
