@@ -259,7 +259,7 @@ impl Report {
             let rt = self.steps(n, Peer::Rtlink, Transport::WebSocket);
             let _ = writeln!(md);
             for peer in [Peer::SocketIo, Peer::Raw] {
-                match crate::cpu_ratio(&rt, &self.steps(n, peer, Transport::WebSocket)) {
+                match crate::compare::cpu_ratio(&rt, &self.steps(n, peer, Transport::WebSocket)) {
                     Some((load, r)) => {
                         let _ = writeln!(md, "- fan-out ratio, server CPU per delivery {} ÷ rtlink: **{r:.2}** (at {load:.0} deliveries/s offered)", peer.name());
                     }
@@ -272,7 +272,7 @@ impl Report {
             let _ = writeln!(
                 md,
                 "- p99 latency, rtlink ÷ Socket.IO, at each offered load both kept up with: {}",
-                crate::p99_summary(&crate::p99_pairs(&rt, &sio))
+                crate::compare::p99_summary(&crate::compare::p99_pairs(&rt, &sio))
             );
             let off = self.variant_steps(n, WINDOW_OFF);
             if !off.is_empty() {
