@@ -6,10 +6,12 @@
 //! last metadata; one that reattaches within it never left (no flap).
 
 use std::borrow::Borrow;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use rtlink_protocol::ErrorCode;
+use rustc_hash::FxBuildHasher;
 
 use crate::broker::PresenceEntry;
 
@@ -126,23 +128,70 @@ impl Hub {
 /// Rooms of at most this many connections keep them in a vector.
 const SMALL_ROOM: usize = 8;
 
-/// The connections present in one room, by session, kept in session order (the in-process
-/// broker's table).
+/// The connections present in one room, in the order they last changed (joined or updated),
+/// oldest first: the in-process broker's table, and the Redis broker's per-node mirror.
+///
+/// That order is the presence events' order, so a joiner that applies a snapshot sees every
+/// user as the members who applied the events do: a client shows a user with several
+/// connections by the latest one (`src/core/presence.rs`), and a snapshot in any other order
+/// made a joiner show another tab's metadata than everybody else (docs/PROTOCOL.md,
+/// `presence_snapshot`).
 ///
 /// Most rooms are small (a room per user, per document, per conversation): up to
-/// [`SMALL_ROOM`] connections sit in a sorted vector sized to fit; a larger presence moves to a
-/// B-tree set, and back below half that. (A `BTreeMap` of connections kept a whole eleven-slot
-/// leaf of 1.3 KB for a room of one; the vector keeps one pointer: docs/BENCHMARKS.md, idle
-/// memory. The set's leaves hold pointers, not connections.) Entries are shared
-/// ([`PresenceEntry`]), and the order is the one snapshots are sent in, so a snapshot of a room
-/// of N is N reference counts taken under the broker's lock: no copy, no sort.
+/// [`SMALL_ROOM`] connections sit in a vector sized to fit, in change order (a change moves its
+/// connection to the end: at most eight pointers shifted). A larger presence moves to
+/// [`Ordered`] (O(log N) per change, no scan), and back below half that. (A `BTreeMap` of
+/// connections kept a whole eleven-slot leaf of 1.3 KB for a room of one; the vector keeps one
+/// pointer: docs/BENCHMARKS.md, idle memory.) Entries are shared ([`PresenceEntry`]), and the
+/// order is the one snapshots are sent in, so a snapshot of a room of N is N reference counts
+/// taken under the broker's lock: no copy, no sort.
 #[derive(Debug)]
 pub enum PresenceTable {
     Small(Vec<Arc<PresenceEntry>>),
-    Large(BTreeSet<BySession>),
+    /// Boxed: an idle room's table stays one vector's size.
+    Large(Box<Ordered>),
 }
 
-/// A [`PresenceEntry`] ordered (and found) by its session id.
+/// A large room's connections: by change number (the order) and by session (the lookup).
+#[derive(Debug, Default)]
+pub struct Ordered {
+    /// Change number → connection, oldest change first.
+    by_change: BTreeMap<u64, Arc<PresenceEntry>>,
+    /// Session → the change number of its connection.
+    by_session: HashMap<BySession, u64, FxBuildHasher>,
+    /// The next change's number (counts this table's changes; only the order matters).
+    next: u64,
+}
+
+impl Ordered {
+    fn of(entries: impl IntoIterator<Item = Arc<PresenceEntry>>) -> Self {
+        let mut table = Self::default();
+        for entry in entries {
+            table.set(entry);
+        }
+        table
+    }
+
+    /// Sets the connection as the latest change; returns the one it replaced.
+    fn set(&mut self, entry: Arc<PresenceEntry>) -> Option<Arc<PresenceEntry>> {
+        let old = self.remove(&entry.conn.session);
+        self.next += 1;
+        self.by_change.insert(self.next, entry.clone());
+        self.by_session.insert(BySession(entry), self.next);
+        old
+    }
+
+    fn remove(&mut self, session: &str) -> Option<Arc<PresenceEntry>> {
+        let at = self.by_session.remove(session)?;
+        self.by_change.remove(&at)
+    }
+
+    fn get(&self, session: &str) -> Option<&Arc<PresenceEntry>> {
+        self.by_session.get_key_value(session).map(|(k, _)| &k.0)
+    }
+}
+
+/// A [`PresenceEntry`] found (hashed, compared) by its session id.
 #[derive(Debug)]
 pub struct BySession(Arc<PresenceEntry>);
 
@@ -160,15 +209,10 @@ impl PartialEq for BySession {
 
 impl Eq for BySession {}
 
-impl PartialOrd for BySession {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for BySession {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.conn.session.cmp(&other.0.conn.session)
+impl Hash for BySession {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // As `str` hashes: lookups by `&str` (through `Borrow`) must find it.
+        self.0.conn.session.as_str().hash(state);
     }
 }
 
@@ -182,7 +226,7 @@ impl PresenceTable {
     pub fn len(&self) -> usize {
         match self {
             Self::Small(v) => v.len(),
-            Self::Large(m) => m.len(),
+            Self::Large(t) => t.by_change.len(),
         }
     }
 
@@ -190,32 +234,34 @@ impl PresenceTable {
         self.len() == 0
     }
 
-    /// Adds the connection, or replaces the one of the same session (returned).
+    /// Adds the connection as the room's latest change, or replaces the one of the same
+    /// session (returned) and moves it to the end: an update is a change too.
     pub fn insert(&mut self, entry: Arc<PresenceEntry>) -> Option<Arc<PresenceEntry>> {
         match self {
             Self::Small(v) => {
                 let session = entry.conn.session.as_str();
-                match v.binary_search_by(|e| e.conn.session.as_str().cmp(session)) {
-                    Ok(at) => return Some(std::mem::replace(&mut v[at], entry)),
-                    Err(at) if v.len() < SMALL_ROOM => {
-                        v.reserve_exact(1);
-                        v.insert(at, entry);
-                    }
-                    Err(_) => {
-                        let set = v.drain(..).chain([entry]).map(BySession).collect();
-                        *self = Self::Large(set);
-                    }
+                if let Some(at) = v.iter().position(|e| e.conn.session == session) {
+                    let old = v.remove(at);
+                    v.push(entry);
+                    return Some(old);
+                }
+                if v.len() < SMALL_ROOM {
+                    v.reserve_exact(1);
+                    v.push(entry);
+                } else {
+                    let all = std::mem::take(v).into_iter().chain([entry]);
+                    *self = Self::Large(Box::new(Ordered::of(all)));
                 }
                 None
             }
-            Self::Large(m) => m.replace(BySession(entry)).map(|old| old.0),
+            Self::Large(t) => t.set(entry),
         }
     }
 
     pub fn get(&self, session: &str) -> Option<&Arc<PresenceEntry>> {
         match self {
             Self::Small(v) => v.iter().find(|e| e.conn.session == session),
-            Self::Large(m) => m.get(session).map(|e| &e.0),
+            Self::Large(t) => t.get(session),
         }
     }
 
@@ -227,10 +273,10 @@ impl PresenceTable {
                 v.shrink_to_fit();
                 Some(entry)
             }
-            Self::Large(m) => {
-                let entry = m.take(session)?.0;
-                if m.len() <= SMALL_ROOM / 2 {
-                    let small: Vec<_> = std::mem::take(m).into_iter().map(|e| e.0).collect();
+            Self::Large(t) => {
+                let entry = t.remove(session)?;
+                if t.by_change.len() <= SMALL_ROOM / 2 {
+                    let small: Vec<_> = std::mem::take(&mut t.by_change).into_values().collect();
                     *self = Self::Small(small);
                 }
                 Some(entry)
@@ -238,11 +284,11 @@ impl PresenceTable {
         }
     }
 
-    /// Every connection, sorted by session (shared, not copied).
+    /// Every connection, oldest change first (shared, not copied).
     pub fn snapshot(&self) -> Vec<Arc<PresenceEntry>> {
         match self {
             Self::Small(v) => v.clone(),
-            Self::Large(m) => m.iter().map(|e| e.0.clone()).collect(),
+            Self::Large(t) => t.by_change.values().cloned().collect(),
         }
     }
 }
@@ -263,42 +309,76 @@ mod tests {
     }
 
     /// Joins, updates and leaves across the small/large boundary (both ways) agree with a plain
-    /// sorted map at every step, snapshots included (in session order, as taken: no sort).
+    /// list in change order (a change moves its session to the end) at every step, snapshots
+    /// included (as taken: no sort).
     #[test]
-    fn the_table_agrees_with_a_sorted_map_across_its_two_forms() {
+    fn the_table_keeps_change_order_across_its_two_forms() {
         let mut table = PresenceTable::default();
-        let mut model: std::collections::BTreeMap<String, String> = Default::default();
-        // A deterministic walk: sessions 0..20, joining, updating and leaving in a scrambled order.
+        let mut model: Vec<(String, String)> = Vec::new();
+        let forget = |model: &mut Vec<(String, String)>, session: &str| {
+            let at = model.iter().position(|(s, _)| s == session)?;
+            Some(model.remove(at).1)
+        };
+        // A deterministic walk: sessions 0..14, joining, updating and leaving in a scrambled
+        // order, about seven present: the table changes form back and forth.
         let mut x = 7u32;
-        for step in 0..2000u32 {
+        let (mut large, mut was_large, mut switches) = (0, false, 0);
+        for step in 0..4000u32 {
             x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-            let session = format!("s{}", (x >> 16) % 20);
+            let session = format!("s{}", (x >> 16) % 14);
             let meta = step.to_string();
-            if (x >> 8).is_multiple_of(3) {
+            if (x >> 8).is_multiple_of(2) {
                 let removed = table.remove(&session).map(|e| e.conn.meta.clone());
-                assert_eq!(removed, model.remove(&session), "step {step}");
+                assert_eq!(removed, forget(&mut model, &session), "step {step}");
             } else {
                 let replaced = table
                     .insert(conn(&session, &meta))
                     .map(|e| e.conn.meta.clone());
-                assert_eq!(replaced, model.insert(session.clone(), meta), "step {step}");
+                assert_eq!(replaced, forget(&mut model, &session), "step {step}");
+                model.push((session, meta));
             }
+            let is_large = matches!(table, PresenceTable::Large(_));
+            switches += usize::from(is_large != was_large);
+            (large, was_large) = (large + usize::from(is_large), is_large);
             assert_eq!(table.len(), model.len());
             let got: Vec<(String, String)> = table
                 .snapshot()
                 .iter()
                 .map(|e| (e.conn.session.clone(), e.conn.meta.clone()))
                 .collect();
-            let want: Vec<(String, String)> =
-                model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            assert_eq!(got, want, "step {step}");
+            assert_eq!(got, model, "step {step}");
             for s in ["s3", "s17"] {
                 assert_eq!(
                     table.get(s).map(|e| e.conn.meta.clone()),
-                    model.get(s).cloned(),
+                    model.iter().find(|(m, _)| m == s).map(|(_, v)| v.clone()),
                     "step {step}"
                 );
             }
+        }
+        assert!(large > 400 && large < 3600, "both forms walked: {large}");
+        assert!(switches > 20, "{switches} changes of form");
+    }
+
+    /// The order is the changes', not the sessions': an update of the oldest connection makes
+    /// it the last one listed, in either form.
+    #[test]
+    fn an_update_moves_the_connection_to_the_end() {
+        for n in [3, 3 * SMALL_ROOM] {
+            let mut table = PresenceTable::default();
+            for i in 0..n {
+                table.insert(conn(&format!("s{i:02}"), ""));
+            }
+            table.insert(conn("s00", "later"));
+            let snap = table.snapshot();
+            assert_eq!(snap.len(), n);
+            assert_eq!(snap[0].conn.session, "s01");
+            assert_eq!(
+                (
+                    snap[n - 1].conn.session.as_str(),
+                    snap[n - 1].conn.meta.as_str()
+                ),
+                ("s00", "later")
+            );
         }
     }
 
@@ -309,10 +389,11 @@ mod tests {
         for i in 0..3 * SMALL_ROOM {
             table.insert(conn(&format!("s{i:02}"), "{}"));
         }
+        let held = Arc::strong_count(&table.snapshot()[0]) - 1;
         let (a, b) = (table.snapshot(), table.snapshot());
         assert_eq!(a.len(), 3 * SMALL_ROOM);
         assert!(a.iter().zip(&b).all(|(x, y)| Arc::ptr_eq(x, y)));
-        assert!(a.iter().all(|e| Arc::strong_count(e) == 3));
+        assert!(a.iter().all(|e| Arc::strong_count(e) == held + 2));
         assert_eq!(
             a[0].json(),
             r#"{"session":"s00","user":"u-s00","name":"s00","meta":"{}"}"#

@@ -129,6 +129,18 @@ async fn presence_crosses_nodes() {
     .await;
 }
 
+/// Snapshots on both nodes list a user's tabs in the order they last changed, as the events
+/// told the members (`common::joiners_see_the_tab_that_changed_last`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joiners_on_either_node_see_the_tab_that_changed_last() {
+    bounded(async {
+        let redis = RedisServer::start();
+        let (a, b) = two_nodes(&redis).await;
+        common::joiners_see_the_tab_that_changed_last(&a, &b).await;
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typing_crosses_nodes() {
     bounded(async {

@@ -942,6 +942,8 @@ async fn snapshots_of_a_watched_room_come_from_the_mirror() {
                 (c.session.clone(), c)
             })
             .collect();
+        // Sessions in the order of their last change: the order every snapshot lists them in.
+        let mut order: Vec<String> = expected.keys().cloned().collect();
         for i in 0..60 {
             // Joins on both nodes, metadata changes and leaves, each seen on b's channel
             // before b's next snapshot, which must then hold it.
@@ -997,18 +999,20 @@ async fn snapshots_of_a_watched_room_come_from_the_mirror() {
                     break;
                 }
             }
+            order.retain(|s| *s != change);
+            if expected.contains_key(&change) {
+                order.push(change.clone());
+            }
             let snap = b.presence_snapshot("r").await.expect("snapshot");
             assert_eq!(view_of(&snap), expected, "after change {i} ({change})");
-            let mut sorted = sessions(&snap);
-            sorted.sort();
-            assert_eq!(sessions(&snap), sorted, "sorted by session");
+            assert_eq!(sessions(&snap), order, "in change order after change {i}");
         }
         assert_eq!(
             command_calls(&server, "hgetall").await,
             reads,
             "no snapshot read the room from Redis"
         );
-        // A node that does not watch the room reads it (and agrees).
+        // A node that does not watch the room reads it (and agrees, order included).
         assert_eq!(
             sessions(&a.presence_snapshot("r").await.expect("snapshot")),
             sessions(&b.presence_snapshot("r").await.expect("snapshot"))
@@ -1089,10 +1093,15 @@ async fn joiners_on_another_node_converge_while_members_come_and_go() {
         let from_b = b.presence_snapshot("r").await.expect("snapshot");
         let from_c = c.presence_snapshot("r").await.expect("snapshot");
         assert_eq!(conns(from_b.clone()), conns(from_c));
-        // The in-process broker, given the same connections in another order, lists them in
-        // the same order.
+        // And the same as a node that reads the room from Redis.
+        assert_eq!(
+            conns(from_b.clone()),
+            conns(a.presence_snapshot("r").await.expect("read"))
+        );
+        // The in-process broker, given the same connections in the same order, lists them in
+        // that order.
         let local = rtlink_server::broker::local::LocalBroker::new(Default::default());
-        for e in from_b.iter().rev() {
+        for e in from_b.iter() {
             local
                 .presence_join("r", e.conn.clone())
                 .await
@@ -1135,13 +1144,18 @@ async fn a_mirror_forgets_what_redis_lost_when_it_restarted_empty() {
         );
         drop(crashed);
         server.restart();
-        // a and b re-announce their own users once they see their liveness keys gone.
+        // a and b re-announce their own users once they see their liveness keys gone (in
+        // whichever order they notice: sorted here).
         let want = vec![String::from("a1"), String::from("b1")];
+        let sorted = |mut s: Vec<String>| {
+            s.sort();
+            s
+        };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         let mut last = Vec::new();
         while tokio::time::Instant::now() < deadline {
             if let Ok(s) = b.presence_snapshot("r").await {
-                last = sessions(&s);
+                last = sorted(sessions(&s));
                 if last == want {
                     break;
                 }
@@ -1152,7 +1166,7 @@ async fn a_mirror_forgets_what_redis_lost_when_it_restarted_empty() {
         // And it stays so once the mirror is exact again (no ghost coming back from it).
         settle_mirror(&b, &mut rx, "r").await;
         assert_eq!(
-            sessions(&b.presence_snapshot("r").await.expect("snapshot")),
+            sorted(sessions(&b.presence_snapshot("r").await.expect("snapshot"))),
             want
         );
     })
@@ -1339,6 +1353,200 @@ async fn mirrors_filled_during_churn_match_redis() {
             command_calls(&server, "hgetall").await,
             reads,
             "answered by the mirrors"
+        );
+    })
+    .await;
+}
+
+/// What a member's client does with the events it gets after its snapshot: a join or update
+/// moves the connection to the end (the latest change), a leave removes it.
+fn apply_in_order(view: &mut Vec<PresenceConn>, kind: &RoomEventKind) -> Option<String> {
+    match kind {
+        RoomEventKind::PresenceJoin(c) | RoomEventKind::PresenceUpdate(c) => {
+            view.retain(|o| o.session != c.session);
+            view.push(c.clone());
+            Some(c.session.clone())
+        }
+        RoomEventKind::PresenceLeave { session, .. } => {
+            view.retain(|o| o.session != *session);
+            Some(session.clone())
+        }
+        _ => None,
+    }
+}
+
+/// Two tabs of one user with different metadata, the older one changed last. A member that
+/// followed the events shows the user by that change (clients show a user's latest
+/// connection); a joiner applies a snapshot, so every node's snapshot must list the
+/// connections in the order they last changed: from a mirror that followed the events, from a
+/// mirror filled from the hash later, and from a plain read of the hash. An entry written by a
+/// node of an older version (no change number) sorts first.
+#[tokio::test]
+async fn snapshots_list_connections_in_the_order_they_last_changed() {
+    bounded(async {
+        let server = RedisServer::start();
+        let o = opts();
+        let (a, b) = two_nodes(&server, o.clone()).await;
+        let c = RedisBroker::connect(&server.url(), o.clone())
+            .await
+            .expect("node c");
+        let mut rx = b.events();
+        b.watch("r").await.expect("watch");
+        settle_mirror(&b, &mut rx, "r").await;
+        let mut member = conns(b.presence_snapshot("r").await.expect("snapshot"));
+        assert!(member.is_empty());
+        a.presence_join("r", conn("s-a", "ana", ""))
+            .await
+            .expect("join");
+        b.presence_join("r", conn("s-m", "bob", ""))
+            .await
+            .expect("join");
+        a.presence_join("r", conn("s-z", "ana", ""))
+            .await
+            .expect("join");
+        assert!(a
+            .presence_update("r", conn("s-z", "ana", "typing"))
+            .await
+            .expect("update"));
+        assert!(a
+            .presence_update("r", conn("s-a", "ana", "away"))
+            .await
+            .expect("update"));
+        loop {
+            let ev = next(&mut rx, "r").await;
+            apply_in_order(&mut member, &ev.kind);
+            if matches!(&ev.kind, RoomEventKind::PresenceUpdate(c) if c.meta == "away") {
+                break;
+            }
+        }
+        let want = vec![
+            conn("s-m", "bob", ""),
+            conn("s-z", "ana", "typing"),
+            conn("s-a", "ana", "away"),
+        ];
+        assert_eq!(member, want, "the events' order");
+        assert_eq!(
+            conns(b.presence_snapshot("r").await.expect("snapshot")),
+            want,
+            "b's mirror, which followed the events"
+        );
+        let mut rx_c = c.events();
+        c.watch("r").await.expect("watch");
+        assert_eq!(
+            conns(c.presence_snapshot("r").await.expect("snapshot")),
+            want,
+            "c, filled from the hash"
+        );
+        settle_mirror(&c, &mut rx_c, "r").await;
+        assert_eq!(
+            conns(c.presence_snapshot("r").await.expect("snapshot")),
+            want,
+            "c's mirror"
+        );
+        assert_eq!(
+            conns(a.presence_snapshot("r").await.expect("read")),
+            want,
+            "a, which reads the hash"
+        );
+        // A rejoin (a resumed session) is a change too.
+        a.presence_join("r", conn("s-z", "ana", "typing"))
+            .await
+            .expect("rejoin");
+        loop {
+            let ev = next(&mut rx, "r").await;
+            if apply_in_order(&mut member, &ev.kind).as_deref() == Some("s-z") {
+                break;
+            }
+        }
+        let want = vec![
+            conn("s-m", "bob", ""),
+            conn("s-a", "ana", "away"),
+            conn("s-z", "ana", "typing"),
+        ];
+        assert_eq!(member, want);
+        assert_eq!(conns(a.presence_snapshot("r").await.expect("read")), want);
+        assert_eq!(
+            conns(b.presence_snapshot("r").await.expect("snapshot")),
+            want
+        );
+        // A rolling deploy: an entry from a node without change numbers sorts first.
+        let client = redis::Client::open(server.url()).expect("client");
+        let mut admin = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        let old = r#"{"session":"s-old","user":"cy","name":"cy","meta":"","node":"n"}"#;
+        let _: i64 = redis::cmd("HSET")
+            .arg(format!("{}:pres:r", o.key_prefix))
+            .arg("s-old")
+            .arg(old)
+            .query_async(&mut admin)
+            .await
+            .expect("HSET");
+        let read = conns(a.presence_snapshot("r").await.expect("read"));
+        assert_eq!(read.len(), 4);
+        assert_eq!(read[0].session, "s-old");
+        assert_eq!(read[1..], want[..]);
+    })
+    .await;
+}
+
+/// A member's view keeps the order of the changes across a Pub/Sub outage during which the
+/// older of two tabs changed (recovered as a diff against the mirror, or live).
+#[tokio::test]
+async fn change_order_survives_a_pubsub_outage() {
+    bounded(async {
+        let server = RedisServer::start();
+        let (a, b) = two_nodes(&server, opts()).await;
+        let mut rx = b.events();
+        b.watch("r").await.expect("watch");
+        for s in ["s-a", "s-b", "s-z"] {
+            a.presence_join("r", conn(s, "ana", ""))
+                .await
+                .expect("join");
+        }
+        settle_mirror(&b, &mut rx, "r").await;
+        let mut member = conns(b.presence_snapshot("r").await.expect("snapshot"));
+        let client = redis::Client::open(server.url()).expect("client");
+        let mut admin = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("admin connection");
+        let _: redis::Value = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(&mut admin)
+            .await
+            .expect("client kill");
+        assert!(a
+            .presence_update("r", conn("s-a", "ana", "away"))
+            .await
+            .expect("update"));
+        assert!(a
+            .presence_update("r", conn("s-b", "ana", "")) // the same value: still a change
+            .await
+            .expect("update"));
+        a.presence_join("r", conn("s-n", "ana", "new"))
+            .await
+            .expect("join");
+        let truth = conns(a.presence_snapshot("r").await.expect("read"));
+        assert_eq!(
+            truth.iter().map(|c| c.session.as_str()).collect::<Vec<_>>(),
+            ["s-z", "s-a", "s-b", "s-n"]
+        );
+        while let Some(ev) = next_in(&mut rx, "r", Duration::from_secs(2)).await {
+            apply_in_order(&mut member, &ev.kind);
+            if member == truth {
+                break;
+            }
+        }
+        assert_eq!(member, truth, "the member's view");
+        settle_mirror(&b, &mut rx, "r").await;
+        assert_eq!(
+            conns(b.presence_snapshot("r").await.expect("snapshot")),
+            truth,
+            "b's mirror after the outage"
         );
     })
     .await;

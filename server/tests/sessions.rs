@@ -9,6 +9,14 @@ use std::time::Duration;
 use common::*;
 use rtlink_protocol::{ClientFrame, ServerFrame};
 
+/// A joiner's snapshot lists a user's tabs in the order they last changed, as the events told
+/// the members (`common::joiners_see_the_tab_that_changed_last`), on the embedded broker.
+#[tokio::test]
+async fn joiners_see_the_tab_that_changed_last() {
+    let s = start(fast_config()).await;
+    common::joiners_see_the_tab_that_changed_last(&s, &s).await;
+}
+
 fn offsets(frames: &[ServerFrame]) -> Vec<u64> {
     frames
         .iter()

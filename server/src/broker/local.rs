@@ -58,7 +58,7 @@ struct Room {
     epoch: Arc<str>,
     head: u64,
     history: VecDeque<Arc<StoredMessage>>,
-    /// Session → connection, in session order (small rooms in a vector: see
+    /// Session → connection, in the order of their last change (small rooms in a vector: see
     /// [`PresenceTable`]); a snapshot shares the entries.
     presence: PresenceTable,
     last_active_ms: u64,
@@ -365,8 +365,8 @@ impl Broker for LocalBroker {
     }
 
     async fn presence_snapshot(&self, room: &str) -> BrokerResult<Vec<Arc<PresenceEntry>>> {
-        // Already in session order (as the Redis broker answers): a reference count per
-        // member under the lock, no copy and no sort.
+        // Already in change order (the order the room's events were sent in, as the Redis
+        // broker answers): a reference count per member under the lock, no copy and no sort.
         let guard = self.state.lock();
         Ok(guard
             .rooms
@@ -558,6 +558,44 @@ mod tests {
             let _ = b.publish(req("r", Some(&format!("m{i}")))).await;
         }
         assert!(b.state.lock().dedupe.len() <= 10);
+    }
+
+    /// Two tabs of one user: the older one changes last. Members saw that change last, so a
+    /// joiner's snapshot lists it last too (clients show a user by their latest connection),
+    /// whatever the session ids sort as.
+    #[tokio::test]
+    async fn a_snapshot_lists_connections_in_the_order_they_last_changed() {
+        let b = LocalBroker::new(LocalBrokerConfig::default());
+        let tab = |session: &str, meta: &str| PresenceConn {
+            session: session.into(),
+            user: "ana".into(),
+            name: "Ana".into(),
+            meta: meta.into(),
+        };
+        let order = |snap: Vec<Arc<PresenceEntry>>| -> Vec<(String, String)> {
+            snap.iter()
+                .map(|e| (e.conn.session.clone(), e.conn.meta.clone()))
+                .collect()
+        };
+        for others in [0, 20] {
+            let room = format!("r{others}");
+            let _ = b.presence_join(&room, tab("s-a", "")).await;
+            let _ = b.presence_join(&room, tab("s-z", "")).await;
+            let _ = b.presence_update(&room, tab("s-z", "typing")).await;
+            // Enough others to take the large form.
+            for i in 0..others {
+                let _ = b.presence_join(&room, tab(&format!("o{i:02}"), "")).await;
+            }
+            let _ = b.presence_update(&room, tab("s-a", "away")).await;
+            let snap = order(b.presence_snapshot(&room).await.unwrap_or_default());
+            assert_eq!(snap.len(), 2 + others);
+            assert_eq!(snap[0], ("s-z".into(), "typing".into()));
+            assert_eq!(snap.last(), Some(&("s-a".into(), "away".into())));
+            // A rejoin (a resumed session) is a change too.
+            let _ = b.presence_join(&room, tab("s-z", "typing")).await;
+            let snap = order(b.presence_snapshot(&room).await.unwrap_or_default());
+            assert_eq!(snap.last(), Some(&("s-z".into(), "typing".into())));
+        }
     }
 
     #[tokio::test]

@@ -43,11 +43,14 @@
 //!   the channel before the call returned; a change it misses is sent after. It may also hold
 //!   changes whose events are still to come (a snapshot read from Redis is newer than the
 //!   event stream): the hub applies those events again, which changes nothing (a join or
-//!   update sets the connection, a leave of an absent one is ignored).
-//! - **Snapshot order**: by session id (byte order), on both brokers and every node: two
-//!   snapshots of the same presence are the same list, whichever node took them and in
-//!   whatever order the changes arrived. (Not the order of the changes: a node that filled its
-//!   copy of a room from Redis does not know it.)
+//!   update sets the connection and moves it to the end, where the last changes already are,
+//!   in the same order; a leave of an absent one is ignored).
+//! - **Snapshot order**: the connections in the order of their last change (join, update or
+//!   rejoin), oldest first: the order their events were sent in, so a joiner that applies a
+//!   snapshot ends with the list the members built from the events (clients show a user with
+//!   several connections by the latest one). The same on both brokers and every node: the
+//!   Redis broker stores a change number with each entry, taken in the script that publishes
+//!   the change, and sorts reads of a room's hash by it.
 //! - **Typing** is never stored: [`Broker::typing`] only fans out.
 //! - **Tickets** ([`tickets`]) are stored where every node can redeem them: a ticket stored by
 //!   [`Broker::issue_ticket`] on one node is returned by [`Broker::redeem_ticket`] on any node,
@@ -358,8 +361,9 @@ pub trait Broker: Send + Sync + 'static {
     /// Removes a connection from a room's presence; sends `PresenceLeave` if it was present.
     async fn presence_leave(&self, room: &str, session: &str) -> BrokerResult<()>;
 
-    /// Every connection present in a room, sorted by session id (byte order) whichever broker
-    /// and node answers; race-free with the event channel (see the module docs). The local
+    /// Every connection present in a room, in the order of their last change (oldest first)
+    /// whichever broker and node answers; race-free with the event channel (see the module
+    /// docs). The local
     /// broker shares its table's entries; the Redis broker answers from its mirror of a
     /// watched room (filled once from Redis, kept current from the room's events), and reads
     /// Redis for a room it does not watch or while the mirror is being (re)filled.

@@ -456,3 +456,58 @@ pub async fn poll_until(
     }
     panic!("no matching frame; saw {seen:?}");
 }
+
+/// Two tabs of one user (`ana`, the first on `x`, the second on `y`) with different metadata,
+/// and the tab whose session id sorts first changes last. A member who followed the events
+/// shows ana by that last change (a client shows a user by their latest connection); so must
+/// a joiner who starts from a snapshot, on either node: its snapshot lists ana's tabs in the
+/// order they last changed. (`x` and `y` may be the same server.)
+pub async fn joiners_see_the_tab_that_changed_last(x: &Server, y: &Server) {
+    let room = "tabs";
+    let mut member = x.ws("cy").await;
+    member.subscribe(room, None).await;
+    let mut first = x.ws("ana").await;
+    first.subscribe(room, None).await;
+    let mut second = y.ws("ana").await;
+    second.subscribe(room, None).await;
+    let (first_id, second_id) = (session_id(first.welcome()), session_id(second.welcome()));
+    let (mut early, mut late) = (&mut first, &mut second);
+    let (early_id, late_id) = if first_id < second_id {
+        std::mem::swap(&mut early, &mut late);
+        (second_id, first_id)
+    } else {
+        (first_id, second_id)
+    };
+    for (tab, meta) in [(early, "typing"), (late, "away")] {
+        tab.send(&ClientFrame::Presence {
+            room: room.into(),
+            meta: meta.into(),
+        })
+        .await;
+        member
+            .recv_until(
+                |f| matches!(f, ServerFrame::PresenceUpdate { conn, .. } if conn.meta == meta),
+            )
+            .await;
+    }
+    for node in [x, y] {
+        let mut joiner = node.ws("dan").await;
+        joiner.subscribe(room, None).await;
+        let ServerFrame::PresenceSnapshot { conns, .. } = joiner
+            .recv_until(|f| matches!(f, ServerFrame::PresenceSnapshot { .. }))
+            .await
+        else {
+            unreachable!()
+        };
+        let ana: Vec<(&str, &str)> = conns
+            .iter()
+            .filter(|c| c.user == "ana")
+            .map(|c| (c.session.as_str(), c.meta.as_str()))
+            .collect();
+        assert_eq!(
+            ana,
+            [(early_id.as_str(), "typing"), (late_id.as_str(), "away")],
+            "{conns:?}"
+        );
+    }
+}

@@ -56,6 +56,15 @@ impl Keys {
         format!("{}:pres:{room}", self.prefix)
     }
 
+    /// String counter: the cluster's presence changes (every join and update script takes the
+    /// next number and stores it in the entry), so a read of a room's hash, which has no
+    /// order, can be sorted into the order the changes (and their events) happened. One for
+    /// every room: no key per room to create, expire and clean up, and a room's numbers only
+    /// need to grow.
+    pub(super) fn presence_seq(&self) -> String {
+        format!("{}:pres-seq", self.prefix)
+    }
+
     /// Prefix of presence keys, for scripts that walk every room.
     pub(super) fn presence_prefix(&self) -> String {
         format!("{}:pres:", self.prefix)

@@ -13,8 +13,11 @@
 //!   among those kept, in order; the ones kept that were published before the read are already
 //!   in the reply, and applying a run of changes again over a later state of the same room
 //!   leaves that state (a join or update sets the connection, a leave removes it: the last
-//!   change of each session wins either way). The same argument is why the hub may apply live
-//!   events over a snapshot that already holds some of them.
+//!   change of each session wins either way). The order too: the reply is in the order of the
+//!   changes (sorted by the change numbers stored with the entries), and the changes applied
+//!   again each move their connection to the end, which is where the last ones of them already
+//!   are, in that order. The same argument is why the hub may apply live events over a
+//!   snapshot that already holds some of them.
 //! - A fill only starts while the reader receives the room's events in order
 //!   ([`Mirror::following`]): after the room's `SUBSCRIBE` was confirmed (a read before it could
 //!   miss changes published before the subscription took effect, for good), and not between a
@@ -35,9 +38,9 @@ use rtlink_protocol::PresenceConn;
 
 use crate::broker::{PresenceEntry, RoomEventKind};
 
-/// A room's presence by session id, in session order (the order snapshots are sent in): the
-/// in-process broker's table, so both brokers list a room the same way, and a node watching
-/// many small rooms keeps each in a small vector.
+/// A room's presence by session id, in the order of the connections' last changes (the order
+/// snapshots are sent in): the in-process broker's table, so both brokers list a room the same
+/// way, and a node watching many small rooms keeps each in a small vector.
 pub(super) type Conns = crate::presence::PresenceTable;
 
 /// Whether a [`Mirror`] can answer snapshots.
@@ -62,7 +65,8 @@ pub(super) struct Mirror {
     following: bool,
 }
 
-/// The connections of a presence read, by session.
+/// The connections of a presence read, in the order given (read in change order:
+/// `StoredConn::in_change_order`).
 pub(super) fn conns_of(read: Vec<PresenceConn>) -> Conns {
     let mut conns = Conns::default();
     for c in read {
@@ -71,8 +75,8 @@ pub(super) fn conns_of(read: Vec<PresenceConn>) -> Conns {
     conns
 }
 
-/// A presence snapshot by session (its entries shared).
-pub(super) fn conns_by_session(snapshot: &[Arc<PresenceEntry>]) -> Conns {
+/// A presence snapshot as a table, in its order (its entries shared).
+pub(super) fn conns_in_order(snapshot: &[Arc<PresenceEntry>]) -> Conns {
     let mut conns = Conns::default();
     for e in snapshot {
         conns.insert(e.clone());
@@ -124,7 +128,7 @@ impl Mirror {
         }
     }
 
-    /// The snapshot, if the copy is exact: in session order, shared entries.
+    /// The snapshot, if the copy is exact: in change order, shared entries.
     pub fn snapshot(&self) -> Option<Vec<Arc<PresenceEntry>>> {
         matches!(self.state, FillState::Exact).then(|| self.conns.snapshot())
     }
@@ -262,7 +266,8 @@ mod tests {
         m.follow(Change::of(&RoomEventKind::PresenceUpdate(conn("b", "2"))).expect("a change"));
         assert_eq!(sessions(&m), None, "not exact before the reply");
         m.read(1, conns_of(vec![conn("a", ""), conn("b", "")]));
-        assert_eq!(sessions(&m), Some(vec!["b2".into(), "c".into()]));
+        // In the order of the last changes: `c` joined, then `b` changed.
+        assert_eq!(sessions(&m), Some(vec!["c".into(), "b2".into()]));
         m.follow(leave("b"));
         m.follow(join("d", "1"));
         assert_eq!(sessions(&m), Some(vec!["c".into(), "d1".into()]));

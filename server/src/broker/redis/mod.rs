@@ -12,7 +12,9 @@
 //! - **Fan-out**: one Pub/Sub channel per room. [`Broker::watch`] subscribes this node's
 //!   Pub/Sub connection and a reader task turns each channel message into a [`RoomEvent`]
 //!   (encoded once) on the node's broadcast channel (`subscriber.rs`).
-//! - **Presence**: a hash per room, session -> connection and owning node. Each node refreshes
+//! - **Presence**: a hash per room, session -> connection, owning node and the number of its
+//!   last change (a cluster-wide counter the join and update scripts take, so a read of the
+//!   hash sorts into the order the room's events went out in). Each node refreshes
 //!   a liveness key with a TTL; every node's reaper removes (and announces the leave of) the
 //!   entries of nodes whose key expired, so the users of a crashed node leave after about one
 //!   TTL (`upkeep.rs`). Each node mirrors the presence of the rooms it watches, filled once
@@ -341,20 +343,18 @@ impl Shared {
         })
     }
 
-    /// A room's presence read from Redis, sorted by session (for a room this node does not
-    /// watch, or whose mirror is not exact and already being filled).
+    /// A room's presence read from Redis, in the order of its last changes (for a room this
+    /// node does not watch, or whose mirror is not exact and already being filled).
     async fn read_presence(&self, room: &str) -> BrokerResult<Vec<Arc<PresenceEntry>>> {
         let entries: Vec<(String, String)> = redis::cmd("HGETALL")
             .arg(self.keys.presence(room))
             .query_async(&mut self.conn())
             .await
             .map_err(redis_err)?;
-        let mut conns: Vec<PresenceConn> = entries
+        Ok(StoredConn::in_change_order(entries)
             .into_iter()
-            .filter_map(|(_, v)| StoredConn::decode(&v))
-            .collect();
-        conns.sort_by(|a, b| a.session.cmp(&b.session));
-        Ok(conns.into_iter().map(PresenceEntry::new).collect())
+            .map(PresenceEntry::new)
+            .collect())
     }
 
     /// Runs the join script: stores the entry and publishes a join (new) or update (known).
@@ -366,6 +366,7 @@ impl Shared {
             .presence_join
             .key(self.keys.presence(room))
             .key(self.keys.presence_rooms())
+            .key(self.keys.presence_seq())
             .arg(&conn.session)
             .arg(entry)
             .arg(room)
@@ -487,6 +488,7 @@ impl Broker for RedisBroker {
             .scripts
             .presence_update
             .key(s.keys.presence(room))
+            .key(s.keys.presence_seq())
             .arg(&conn.session)
             .arg(entry)
             .arg(s.keys.channel(room))

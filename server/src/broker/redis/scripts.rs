@@ -214,22 +214,37 @@ end
 return {head, complete, messages, epoch}
 "#;
 
-/// KEYS: presence hash, presence-rooms index. ARGV: session, entry JSON, room, channel.
-/// Returns 1 for a join, 0 for an update.
+/// A presence entry as stored: the node's JSON (`{"session":…}`) with the change number `q`
+/// put first, taken from the cluster's presence counter in the same atomic step as the `HSET`
+/// and the `PUBLISH`. The number is the order of the room's changes, the order its events go
+/// out in: a read of the hash is sorted by it (`wire.rs`). An entry without one (written by a
+/// node from before it) sorts first.
+const STAMP_FN: &str = r#"
+local function stamped(seq_key, json)
+  local q = redis.call('INCR', seq_key)
+  return '{"q":' .. string.format('%d', q) .. ',' .. string.sub(json, 2)
+end
+"#;
+
+/// KEYS: presence hash, presence-rooms index, presence change counter.
+/// ARGV: session, entry JSON, room, channel. Returns 1 for a join, 0 for an update.
 const PRESENCE_JOIN: &str = r#"
-local new = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local entry = stamped(KEYS[3], ARGV[2])
+local new = redis.call('HSET', KEYS[1], ARGV[1], entry)
 redis.call('SADD', KEYS[2], ARGV[3])
 local t = 'pu'
 if new == 1 then t = 'pj' end
-redis.call('PUBLISH', ARGV[4], '{"t":"' .. t .. '","c":' .. ARGV[2] .. '}')
+redis.call('PUBLISH', ARGV[4], '{"t":"' .. t .. '","c":' .. entry .. '}')
 return new
 "#;
 
-/// KEYS: presence hash. ARGV: session, entry JSON, channel. Returns 1 if the session was there.
+/// KEYS: presence hash, presence change counter. ARGV: session, entry JSON, channel.
+/// Returns 1 if the session was there.
 const PRESENCE_UPDATE: &str = r#"
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('PUBLISH', ARGV[3], '{"t":"pu","c":' .. ARGV[2] .. '}')
+local entry = stamped(KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[1], entry)
+redis.call('PUBLISH', ARGV[3], '{"t":"pu","c":' .. entry .. '}')
 return 1
 "#;
 
@@ -397,8 +412,8 @@ impl Scripts {
         Self {
             publish: with_prelude(PUBLISH),
             history: with_prelude(HISTORY),
-            presence_join: Script::new(PRESENCE_JOIN),
-            presence_update: Script::new(PRESENCE_UPDATE),
+            presence_join: Script::new(&format!("{STAMP_FN}\n{PRESENCE_JOIN}")),
+            presence_update: Script::new(&format!("{STAMP_FN}\n{PRESENCE_UPDATE}")),
             presence_leave: Script::new(PRESENCE_LEAVE),
             presence_marked_snapshot: Script::new(PRESENCE_MARKED_SNAPSHOT),
             reap_room: Script::new(REAP_ROOM),

@@ -24,7 +24,7 @@ use redis::aio::{PubSubSink, PubSubStream};
 use redis::Msg;
 use rtlink_protocol::PresenceConn;
 
-use super::mirror::{conns_by_session, conns_of, Change, Conns, Mirror};
+use super::mirror::{conns_in_order, conns_of, Change, Conns, Mirror};
 use super::wire::{StoredConn, Wire};
 use super::{redis_err, timed_out, Shared};
 use crate::broker::{BrokerError, BrokerResult, PresenceEntry, RoomEvent, RoomEventKind};
@@ -123,7 +123,8 @@ impl Shared {
     }
 
     /// A watched room's presence from its mirror if that is exact; otherwise read from Redis
-    /// (and, if no fill is under way, the read fills the mirror). Sorted by session.
+    /// (and, if no fill is under way, the read fills the mirror). In the order of the
+    /// connections' last changes either way.
     ///
     /// With 5,000 members joining one room, that is a handful of reads of the room (the joins
     /// that came before the first fill's reply), not 5,000.
@@ -148,7 +149,7 @@ impl Shared {
         if filling {
             if let Some(w) = self.subs.watched.lock().get_mut(room) {
                 match &read {
-                    Ok(read) => w.presence.read(fill, conns_by_session(read)),
+                    Ok(read) => w.presence.read(fill, conns_in_order(read)),
                     Err(_) => w.presence.fill_failed(fill),
                 }
             }
@@ -383,10 +384,7 @@ impl Shared {
             .invoke_async(&mut self.conn())
             .await
             .map_err(redis_err)?;
-        Ok(entries
-            .into_iter()
-            .filter_map(|(_, v)| StoredConn::decode(&v))
-            .collect())
+        Ok(StoredConn::in_change_order(entries))
     }
 }
 
@@ -412,19 +410,38 @@ impl Watch {
     }
 }
 
-/// The events that turn presence `before` into `now`.
+/// The events that turn presence `before` into `now`, order included: applied one by one (a
+/// join or update moves its connection to the end), they leave a client that had `before`
+/// with `now`, in `now`'s order. The connections at the start of `now` that did not change and
+/// are still in `before`'s order need no event; every one after the first that changed (or
+/// moved) is sent again, in `now`'s order, even if unchanged (it changed to the same value, or
+/// something before it did).
 fn presence_diff(before: &Conns, now: &Conns) -> Vec<RoomEventKind> {
+    let was = before.snapshot();
+    let rank: HashMap<&str, usize> = was
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.conn.session.as_str(), i))
+        .collect();
     let mut changes = Vec::new();
+    // The rank in `before` of the last connection that needs no event, while there are such.
+    let mut kept = Some(None);
     for entry in now.snapshot() {
-        match before.get(&entry.conn.session) {
-            None => changes.push(RoomEventKind::PresenceJoin(entry.conn.clone())),
-            Some(old) if old.conn != entry.conn => {
-                changes.push(RoomEventKind::PresenceUpdate(entry.conn.clone()))
+        let old = before.get(&entry.conn.session);
+        if let Some(last) = kept {
+            let at = rank.get(entry.conn.session.as_str()).copied();
+            if old.is_some_and(|o| o.conn == entry.conn) && at > last {
+                kept = Some(at);
+                continue;
             }
-            Some(_) => {}
+            kept = None;
         }
+        changes.push(match old {
+            None => RoomEventKind::PresenceJoin(entry.conn.clone()),
+            Some(_) => RoomEventKind::PresenceUpdate(entry.conn.clone()),
+        });
     }
-    for old in before.snapshot() {
+    for old in was {
         if now.get(&old.conn.session).is_none() {
             changes.push(RoomEventKind::PresenceLeave {
                 session: old.conn.session.clone(),
@@ -522,5 +539,50 @@ mod tests {
             .collect();
         summary.sort();
         assert_eq!(summary, ["join new", "leave gone", "update changed 2"]);
+    }
+
+    /// What a client makes of the diff (applies it in order, a join or update moving its
+    /// connection to the end) is `now`, in `now`'s order, for pairs of presences that differ in
+    /// every way: members gone, new, changed, changed to the same value, in another order.
+    #[test]
+    fn presence_diff_leaves_a_client_in_the_new_order() {
+        let mut x = 11u32;
+        let mut rnd = |n: u32| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            (x >> 16) % n
+        };
+        let mut quiet = 0;
+        for case in 0..500 {
+            // `before`, then a run of changes on top of it: `now`.
+            let mut before: Vec<PresenceConn> = Vec::new();
+            for i in 0..rnd(12) {
+                before.push(conn(&format!("s{i}"), &rnd(3).to_string()));
+            }
+            let mut now = before.clone();
+            for _ in 0..rnd(6) {
+                let s = format!("s{}", rnd(14));
+                now.retain(|c| c.session != s);
+                if rnd(4) != 0 {
+                    now.push(conn(&s, &rnd(3).to_string()));
+                }
+            }
+            let changes = presence_diff(&conns_of(before.clone()), &conns_of(now.clone()));
+            quiet += usize::from(changes.is_empty());
+            let mut client = before.clone();
+            for change in changes {
+                match change {
+                    RoomEventKind::PresenceJoin(c) | RoomEventKind::PresenceUpdate(c) => {
+                        client.retain(|o| o.session != c.session);
+                        client.push(c);
+                    }
+                    RoomEventKind::PresenceLeave { session, .. } => {
+                        client.retain(|o| o.session != session)
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            assert_eq!(client, now, "case {case}: {before:?}");
+        }
+        assert!(quiet > 10 && quiet < 400, "{quiet} cases without changes");
     }
 }

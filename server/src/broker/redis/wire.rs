@@ -13,9 +13,15 @@ use serde::{Deserialize, Serialize};
 
 use super::super::{RoomEventKind, StoredMessage};
 
-/// A presence entry as stored in a room's hash: the connection and the node that owns it.
+/// A presence entry as stored in a room's hash: the connection, the node that owns it, and the
+/// number of its last change (see `scripts.rs`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(super) struct StoredConn {
+    /// Written by the join and update scripts, never by this side; 0 in an entry stored by a
+    /// node from before change numbers (a rolling deploy): such entries sort first. Nodes from
+    /// before ignore the field.
+    #[serde(default, skip_serializing)]
+    pub q: u64,
     pub session: String,
     pub user: String,
     pub name: String,
@@ -27,6 +33,7 @@ pub(super) struct StoredConn {
 impl StoredConn {
     pub(super) fn new(conn: &PresenceConn, node: &str) -> Self {
         Self {
+            q: 0,
             session: conn.session.clone(),
             user: conn.user.clone(),
             name: conn.name.clone(),
@@ -35,9 +42,17 @@ impl StoredConn {
         }
     }
 
-    /// A stored entry (JSON) as the connection it describes.
-    pub(super) fn decode(json: &str) -> Option<PresenceConn> {
-        serde_json::from_str::<Self>(json).ok().map(Self::into_conn)
+    /// The entries of a room's presence hash (`HGETALL`, session → JSON) as connections, in
+    /// the order of their last change: the order the room's events told them, which a hash
+    /// read does not keep. Ties (entries without a number) go by session. Undecodable entries
+    /// are skipped.
+    pub(super) fn in_change_order(entries: Vec<(String, String)>) -> Vec<PresenceConn> {
+        let mut stored: Vec<Self> = entries
+            .into_iter()
+            .filter_map(|(_, json)| serde_json::from_str::<Self>(&json).ok())
+            .collect();
+        stored.sort_unstable_by(|a, b| (a.q, &a.session).cmp(&(b.q, &b.session)));
+        stored.into_iter().map(Self::into_conn).collect()
     }
 
     pub(super) fn into_conn(self) -> PresenceConn {
@@ -184,6 +199,45 @@ pub(super) fn stored_from_entry(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A hash read comes in no order: sorted by change number, an entry without one (from a
+    /// node of an older version) first, and an entry without a node or with other fields still
+    /// read.
+    #[test]
+    fn a_presence_read_is_sorted_by_change_number() {
+        let entry = |q: Option<u64>, session: &str| {
+            let q = q.map(|q| format!("\"q\":{q},")).unwrap_or_default();
+            (
+                session.to_owned(),
+                format!("{{{q}\"session\":\"{session}\",\"user\":\"u\",\"name\":\"n\",\"node\":\"x\",\"later\":1}}"),
+            )
+        };
+        let read = vec![
+            entry(Some(9), "a"),
+            entry(Some(3), "b"),
+            (String::from("bad"), String::from("{")),
+            entry(None, "z"),
+            entry(Some(12), "c"),
+            entry(None, "y"),
+        ];
+        let sessions: Vec<String> = StoredConn::in_change_order(read)
+            .into_iter()
+            .map(|c| c.session)
+            .collect();
+        assert_eq!(sessions, ["y", "z", "b", "a", "c"]);
+        // What the Rust side writes has no number: the script puts it first.
+        let json = serde_json::to_string(&StoredConn::new(
+            &PresenceConn {
+                session: "s".into(),
+                user: "u".into(),
+                name: "n".into(),
+                meta: String::new(),
+            },
+            "node",
+        ))
+        .unwrap_or_default();
+        assert!(json.starts_with("{\"session\":"), "{json}");
+    }
 
     #[test]
     fn message_tail_completes_a_message_event() {
