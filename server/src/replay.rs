@@ -63,7 +63,7 @@ pub struct ReplayResult<'a> {
     /// the client to continue from it) instead of after its `since`.
     pub continue_after: Option<u64>,
     pub history: &'a [Arc<StoredMessage>],
-    /// The room's presence, sorted by session.
+    /// The room's presence, in the order the connections last changed.
     pub conns: Vec<Arc<PresenceEntry>>,
     pub own_session: &'a str,
 }
@@ -90,7 +90,9 @@ pub struct ReplayStream {
     room: String,
     gen: u64,
     owed: VecDeque<Owed>,
-    /// The snapshot holds this session: its own buffered join is redundant.
+    /// The snapshot holds this session: its own buffered join is redundant, as long as no
+    /// other presence event went out before it (those move their connections after this one
+    /// on the client, so the join must follow them to keep the order of the changes).
     self_in_snapshot: bool,
 }
 
@@ -294,6 +296,10 @@ impl SessionState {
                         {
                             continue
                         }
+                        RoomEventKind::PresenceJoin(_)
+                        | RoomEventKind::PresenceUpdate(_)
+                        | RoomEventKind::PresenceLeave { .. }
+                        | RoomEventKind::PresenceDiff { .. } => stream.self_in_snapshot = false,
                         _ => {}
                     }
                     ev.frame
