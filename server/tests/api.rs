@@ -457,6 +457,17 @@ async fn presence_and_history_for_backends() {
             })
             .collect();
         assert_eq!(summary, [("ana", "ana-name", 2), ("bob", "bob-name", 1)]);
+        // A member's connections in the order they last changed: tab1 joined first and
+        // changed last.
+        assert_eq!(
+            members[0]["conns"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["meta"].as_str().unwrap())
+                .collect::<Vec<_>>(),
+            ["", "{\"status\":\"away\"}"]
+        );
 
         for i in 1..=5 {
             tab1.publish("lobby", &format!("p{i}"), &i.to_string())

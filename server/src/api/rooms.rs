@@ -34,12 +34,13 @@ pub async fn presence(
         Err(e) => return broker_unavailable(&e),
     };
     let total = conns.len();
-    // BTreeMap: members sorted by user id, a stable answer.
+    // BTreeMap: members sorted by user id, a stable answer. The snapshot lists connections in
+    // the order they last changed, so a user's name is that of their latest change, as
+    // clients show it.
     let mut members: BTreeMap<String, (String, Vec<Value>)> = BTreeMap::new();
     for c in conns.iter().map(|e| &e.conn) {
-        let entry = members
-            .entry(c.user.clone())
-            .or_insert_with(|| (c.name.clone(), Vec::new()));
+        let entry = members.entry(c.user.clone()).or_default();
+        entry.0.clone_from(&c.name);
         entry
             .1
             .push(json!({ "session": c.session, "meta": c.meta }));
