@@ -164,15 +164,7 @@ async fn healthz_and_metrics() {
         200
     );
     let _ws = s.ws("m").await;
-    let text = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.get_text("/metrics").await;
     assert!(
         text.contains("rtlink_connections{transport=\"websocket\"} 1"),
         "{text}"
@@ -195,15 +187,7 @@ async fn metrics_say_whether_write_windows_hold() {
         config.write_window = window;
         config.write_window_above_cpu = above_cpu;
         let s = start(config).await;
-        let text = s
-            .http
-            .get(s.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = s.get_text("/metrics").await;
         assert!(text.contains(expect), "{window:?} {above_cpu}: {text}");
     }
 }
@@ -216,15 +200,7 @@ async fn static_dir_is_served_at_root() {
     let mut config = fast_config();
     config.static_dir = Some(dir.clone());
     let s = start(config).await;
-    let body = s
-        .http
-        .get(s.url("/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = s.get_text("/").await;
     assert_eq!(body, "<h1>demo</h1>");
     // The API still wins over the fallback.
     assert_eq!(

@@ -218,15 +218,7 @@ async fn slow_consumer_is_closed_4004_with_bounded_queue() {
     }
     let deadline = tokio::time::Instant::now() + T;
     loop {
-        let metrics = s
-            .http
-            .get(s.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = s.get_text("/metrics").await;
         if !metrics.contains("rtlink_drops_total{reason=\"slow_consumer\"} 0") {
             break;
         }

@@ -539,15 +539,7 @@ async fn a_lagging_hub_resyncs_from_history_without_gap_or_duplicate() {
         offsets(&extra).is_empty(),
         "duplicates after resync: {extra:?}"
     );
-    let metrics = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.get_text("/metrics").await;
     assert!(
         !metrics.contains("rtlink_broker_lagged_events_total 0"),
         "the hub never lagged"

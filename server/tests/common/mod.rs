@@ -72,6 +72,12 @@ impl Server {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// The body of `GET path` (e.g. `/metrics`), whatever its status.
+    pub async fn get_text(&self, path: &str) -> String {
+        let response = self.http.get(self.url(path)).send().await.unwrap();
+        response.text().await.unwrap()
+    }
+
     pub fn ws_url(&self, path: &str) -> String {
         format!("ws://{}{}", self.addr, path)
     }
