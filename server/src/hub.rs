@@ -23,7 +23,7 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::auth::{random_token, Claims};
 use crate::broker::{Broker, RoomEvent};
 use crate::config::{Config, TransportKind};
-use crate::ended_polls::EndedPolls;
+use crate::ended_sessions::EndedSessions;
 use crate::limits::{ConnGuard, PublishBudget, TokenBucket};
 use crate::metrics::{DropReason, Metrics};
 use crate::presence_batch::PresenceBatcher;
@@ -86,8 +86,8 @@ pub struct Hub {
     pub coalescing: Arc<Coalescing>,
     sessions: Mutex<Sessions>,
     rooms: Mutex<LocalRooms>,
-    /// How sessions ended whose client may not have been told (see [`EndedPolls`]).
-    ended_polls: Mutex<EndedPolls>,
+    /// How sessions ended whose client may not have been told (see [`EndedSessions`]).
+    ended_sessions: Mutex<EndedSessions>,
     /// Debug builds only (never the shipped `server` profile): see [`DispatchPanicHook`].
     #[cfg(debug_assertions)]
     panic_hook: DispatchPanicHook,
@@ -179,7 +179,7 @@ impl Hub {
             coalescing,
             sessions: Mutex::new(Sessions::default()),
             rooms: Mutex::new(LocalRooms::default()),
-            ended_polls: Mutex::new(EndedPolls::new(keep_ended)),
+            ended_sessions: Mutex::new(EndedSessions::new(keep_ended)),
             #[cfg(debug_assertions)]
             panic_hook: DispatchPanicHook::from_env(),
         })
@@ -323,7 +323,7 @@ impl Hub {
             None => code.action() == CloseAction::Terminal,
         };
         if unheard {
-            self.ended_polls.lock().insert(
+            self.ended_sessions.lock().insert(
                 &session.resume_token,
                 &session.claims.sub,
                 code,
@@ -344,7 +344,7 @@ impl Hub {
     /// have been told: a poll is answered with that close, a send is dropped (the close reaches
     /// the client on its downstream), instead of `unknown_session`.
     pub fn ended_session(&self, token: &str) -> Option<CloseCode> {
-        self.ended_polls
+        self.ended_sessions
             .lock()
             .get(token, Instant::now())
             .map(|e| e.code)
@@ -354,7 +354,7 @@ impl Hub {
     /// while its client may not have been told: an open that resumes it is answered with that
     /// close instead of a new session (after a 4013 the client must stop, not start over).
     pub fn ended_for_good(&self, token: &str, user: &str) -> Option<CloseCode> {
-        let mut ended = self.ended_polls.lock();
+        let mut ended = self.ended_sessions.lock();
         let e = ended.get(token, Instant::now())?;
         (e.user == user && e.code.action() == CloseAction::Terminal).then_some(e.code)
     }

@@ -12,7 +12,7 @@ pub mod broker;
 pub mod cluster;
 pub mod config;
 pub mod drain;
-pub mod ended_polls;
+pub mod ended_sessions;
 pub mod http;
 pub mod hub;
 pub mod limits;

@@ -1,7 +1,7 @@
 //! `POST /v1/send`: upstream frames for SSE and long polling, as an `UpstreamBatch`
 //! `{"session": R, "frames": [...]}`. Sent as `text/plain` by browsers to avoid a preflight; the
 //! content type is not checked. `204` on success (and, frames dropped, for a session that ended
-//! while its client may not have been told: [`crate::ended_polls`]). A body may be
+//! while its client may not have been told: [`crate::ended_sessions`]). A body may be
 //! `max_batch_bytes` long (the frame limit plus the envelope's allowance, announced in
 //! `welcome`), each frame in it at most `max_frame_bytes`; over either: `413 too_large`.
 //!

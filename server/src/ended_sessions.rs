@@ -20,14 +20,14 @@ use rtlink_protocol::CloseCode;
 
 /// Resume token → (user, close code), each kept for `keep` after the session ended. Bounded by
 /// the sessions that end within `keep` (each held a session slot until then).
-pub struct EndedPolls {
+pub struct EndedSessions {
     keep: Duration,
     codes: HashMap<String, Ended>,
     /// The same tokens, oldest first, with when they are forgotten.
     expiries: VecDeque<(Instant, String)>,
 }
 
-impl EndedPolls {
+impl EndedSessions {
     pub fn new(keep: Duration) -> Self {
         Self {
             keep,
@@ -88,7 +88,7 @@ mod tests {
     fn a_code_is_kept_for_the_window_then_forgotten() {
         let start = Instant::now();
         let keep = Duration::from_secs(30);
-        let mut ended = EndedPolls::new(keep);
+        let mut ended = EndedSessions::new(keep);
         ended.insert("a", "ana", CloseCode::DISCONNECTED, start);
         ended.insert(
             "b",
