@@ -136,6 +136,25 @@ struct RoomSubs {
     /// change and reused by every event until the next one: routing an event to N subscribers
     /// then copies one pointer instead of N (and frees no list afterwards).
     list: Option<Arc<[Arc<Session>]>>,
+    /// While the first subscriber's [`Broker::watch`] is in flight (its sender is dropped when
+    /// the watch returns): the subscribers that come meanwhile wait for it, so none of them
+    /// reads the room's history before the room's live events reach this node. Otherwise a
+    /// message published between that read and the watch would reach them by neither.
+    watching: Option<tokio::sync::watch::Receiver<()>>,
+}
+
+/// What a new local subscriber waits for before it may read the room's history.
+enum WatchRole {
+    /// The room had no local subscriber: this one starts the broker's watch (and drops the
+    /// sender when it returns); the receiver is the one left in [`RoomSubs::watching`].
+    First(
+        tokio::sync::watch::Sender<()>,
+        tokio::sync::watch::Receiver<()>,
+    ),
+    /// Another subscriber's watch is in flight.
+    Wait(tokio::sync::watch::Receiver<()>),
+    /// The room is watched.
+    Ready,
 }
 
 /// Why no session was opened.
@@ -540,7 +559,7 @@ impl Hub {
         room: &str,
         session: &Arc<Session>,
     ) -> Result<(), MembershipRefusal> {
-        let first = {
+        let role = {
             let mut guard = self.rooms.lock();
             let local = &mut *guard;
             let user = &session.claims.sub;
@@ -553,7 +572,15 @@ impl Hub {
                 return Err(MembershipRefusal::UserRooms);
             }
             let subs = local.by_room.entry(room.to_owned()).or_default();
-            let first = subs.by_session.is_empty();
+            let role = if subs.by_session.is_empty() {
+                let (done, rx) = tokio::sync::watch::channel(());
+                subs.watching = Some(rx.clone());
+                WatchRole::First(done, rx)
+            } else {
+                subs.watching
+                    .clone()
+                    .map_or(WatchRole::Ready, WatchRole::Wait)
+            };
             if subs
                 .by_session
                 .insert(session.id.clone(), session.clone())
@@ -565,12 +592,30 @@ impl Hub {
             self.metrics
                 .local_rooms
                 .store(local.by_room.len() as u64, Relaxed);
-            first
+            role
         };
-        if first {
-            if let Err(e) = self.broker.watch(room).await {
-                tracing::warn!(error = %e, "broker watch failed");
+        match role {
+            WatchRole::First(done, mine) => {
+                if let Err(e) = self.broker.watch(room).await {
+                    tracing::warn!(error = %e, "broker watch failed");
+                }
+                // Unless the room was left and joined again meanwhile (then the watch in
+                // flight is another subscriber's).
+                if let Some(subs) = self.rooms.lock().by_room.get_mut(room) {
+                    if subs
+                        .watching
+                        .as_ref()
+                        .is_some_and(|w| w.same_channel(&mine))
+                    {
+                        subs.watching = None;
+                    }
+                }
+                drop(done);
             }
+            // Returns once the sender is dropped: when that watch returned, or its subscriber
+            // went away before it did (then this one proceeds as before).
+            WatchRole::Wait(mut rx) => while rx.changed().await.is_ok() {},
+            WatchRole::Ready => {}
         }
         Ok(())
     }

@@ -338,7 +338,8 @@ pub trait Broker: Send + Sync + 'static {
     fn events(&self) -> broadcast::Receiver<RoomEvent>;
 
     /// This node has local subscribers in `room` from now on (Redis: `SUBSCRIBE`). Called by the
-    /// hub when the first local session subscribes, before reading history. Idempotent.
+    /// hub when the first local session subscribes, before reading history; the local sessions
+    /// that subscribe while it is in flight wait for it too. Idempotent.
     async fn watch(&self, room: &str) -> BrokerResult<()>;
 
     /// No local subscriber is left in `room` (Redis: `UNSUBSCRIBE`). Idempotent.
